@@ -1,0 +1,599 @@
+//! FHIRPath evaluation over borrowed JSON.
+
+use super::parse::{BinOp, Expr, Literal};
+use super::ChoiceModel;
+use serde_json::Value;
+use std::fmt;
+
+/// One item of a FHIRPath collection.
+#[derive(Debug, Clone)]
+pub enum Item<'a> {
+    /// A node of the input resource; `ty` is its FHIR type when navigation knows it
+    /// (from a choice element suffix or a `resourceType`).
+    Node { value: &'a Value, ty: Option<&'a str> },
+    String(String),
+    Integer(i64),
+    Decimal(f64),
+    Boolean(bool),
+    /// What `resolve()` yields: a resource known only by its type.
+    Resolved(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalError(pub String);
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EvalError {}
+
+const STRINGISH: [&str; 14] = [
+    "string",
+    "code",
+    "id",
+    "uri",
+    "url",
+    "canonical",
+    "markdown",
+    "date",
+    "dateTime",
+    "instant",
+    "time",
+    "oid",
+    "uuid",
+    "base64Binary",
+];
+
+impl<'a> Item<'a> {
+    pub fn json(&self) -> Option<&'a Value> {
+        match self {
+            Item::Node { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+
+    /// The item as a string, for primitives; objects render as JSON.
+    pub fn to_string_value(&self) -> String {
+        match self {
+            Item::Node { value, .. } => match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+            Item::String(s) => s.clone(),
+            Item::Integer(i) => i.to_string(),
+            Item::Decimal(d) => d.to_string(),
+            Item::Boolean(b) => b.to_string(),
+            Item::Resolved(t) => t.clone(),
+        }
+    }
+
+    fn as_bool(&self) -> Option<bool> {
+        match self {
+            Item::Boolean(b) => Some(*b),
+            Item::Node {
+                value: Value::Bool(b), ..
+            } => Some(*b),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Item::String(s) => Some(s),
+            Item::Node {
+                value: Value::String(s), ..
+            } => Some(s),
+            _ => None,
+        }
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        match self {
+            Item::Integer(i) => Some(*i as f64),
+            Item::Decimal(d) => Some(*d),
+            Item::Node {
+                value: Value::Number(n), ..
+            } => n.as_f64(),
+            _ => None,
+        }
+    }
+
+    /// Whether the item is of FHIR type `name`.
+    pub fn is_type(&self, name: &str) -> bool {
+        match self {
+            Item::Node { value, ty } => {
+                if let Some(t) = ty {
+                    return *t == name || (name == "Resource" || name == "DomainResource") && value.get("resourceType").is_some();
+                }
+                match value {
+                    Value::Object(o) => match o.get("resourceType").and_then(Value::as_str) {
+                        Some(rt) => rt == name || name == "Resource" || name == "DomainResource",
+                        None => false,
+                    },
+                    Value::String(_) => STRINGISH.contains(&name) || name == "String",
+                    Value::Bool(_) => name == "boolean" || name == "Boolean",
+                    Value::Number(n) => {
+                        name == "decimal" || name == "Decimal" || (n.is_i64() && (name == "integer" || name == "Integer"))
+                    }
+                    _ => false,
+                }
+            }
+            Item::String(_) => name == "string" || name == "String",
+            Item::Integer(_) => name == "integer" || name == "Integer",
+            Item::Decimal(_) => name == "decimal" || name == "Decimal",
+            Item::Boolean(_) => name == "boolean" || name == "Boolean",
+            Item::Resolved(t) => t == name || name == "Resource" || name == "DomainResource",
+        }
+    }
+}
+
+fn equal(a: &Item, b: &Item) -> bool {
+    if let (Some(x), Some(y)) = (a.as_str(), b.as_str()) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (a.as_bool(), b.as_bool()) {
+        return x == y;
+    }
+    if let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) {
+        return x == y;
+    }
+    match (a, b) {
+        (Item::Node { value: x, .. }, Item::Node { value: y, .. }) => x == y,
+        (Item::Resolved(x), Item::Resolved(y)) => x == y,
+        _ => false,
+    }
+}
+
+struct Ctx<'a> {
+    model: &'a ChoiceModel,
+    root: &'a Value,
+}
+
+/// Evaluates `expr` with `resource` as both the input and `%resource`.
+pub fn evaluate<'a>(expr: &Expr, resource: &'a Value, model: &'a ChoiceModel) -> Result<Vec<Item<'a>>, EvalError> {
+    let ctx = Ctx { model, root: resource };
+    let input = vec![Item::Node {
+        value: resource,
+        ty: None,
+    }];
+    eval(&ctx, expr, &input, None)
+}
+
+fn singleton_bool(items: &[Item]) -> Result<Option<bool>, EvalError> {
+    match items {
+        [] => Ok(None),
+        [one] => Ok(Some(one.as_bool().unwrap_or(true))),
+        _ => Err(EvalError("expected a single boolean, found a collection".into())),
+    }
+}
+
+fn children<'a>(ctx: &Ctx<'a>, item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>) {
+    let Item::Node {
+        value: Value::Object(obj),
+        ..
+    } = item
+    else {
+        return;
+    };
+    let push = |v: &'a Value, ty: Option<&'a str>, out: &mut Vec<Item<'a>>| match v {
+        Value::Array(a) => out.extend(a.iter().filter(|x| !x.is_null()).map(|x| Item::Node { value: x, ty })),
+        Value::Null => {}
+        other => out.push(Item::Node { value: other, ty }),
+    };
+    if let Some(v) = obj.get(name) {
+        push(v, None, out);
+        return;
+    }
+    if ctx.model.choice_names.contains(name) {
+        for (k, v) in obj {
+            if let Some(ty) = ctx.model.choice_type(name, k) {
+                push(v, Some(ty), out);
+            }
+        }
+    }
+}
+
+fn eval<'a>(ctx: &Ctx<'a>, expr: &Expr, input: &[Item<'a>], this: Option<&Item<'a>>) -> Result<Vec<Item<'a>>, EvalError> {
+    Ok(match expr {
+        Expr::This => this.cloned().into_iter().collect(),
+        Expr::Literal(l) => match l {
+            Literal::String(s) => vec![Item::String(s.clone())],
+            Literal::Integer(i) => vec![Item::Integer(*i)],
+            Literal::Decimal(d) => vec![Item::Decimal(*d)],
+            Literal::Boolean(b) => vec![Item::Boolean(*b)],
+            Literal::Empty => vec![],
+        },
+        Expr::Constant(name) => match name.as_str() {
+            "resource" | "rootResource" | "context" => vec![Item::Node {
+                value: ctx.root,
+                ty: None,
+            }],
+            "ucum" => vec![Item::String("http://unitsofmeasure.org".into())],
+            "sct" => vec![Item::String("http://snomed.info/sct".into())],
+            "loinc" => vec![Item::String("http://loinc.org".into())],
+            other => return Err(EvalError(format!("unknown constant %{other}"))),
+        },
+        Expr::Ident(name) => {
+            let mut out = Vec::new();
+            for item in input {
+                let is_type_filter = name.starts_with(|c: char| c.is_ascii_uppercase()) && item.is_type(name);
+                if is_type_filter {
+                    out.push(item.clone());
+                } else {
+                    children(ctx, item, name, &mut out);
+                }
+            }
+            out
+        }
+        Expr::Member(target, name) => {
+            let base = eval(ctx, target, input, this)?;
+            let mut out = Vec::new();
+            for item in &base {
+                children(ctx, item, name, &mut out);
+            }
+            out
+        }
+        Expr::Index(target, idx) => {
+            let base = eval(ctx, target, input, this)?;
+            let i = eval(ctx, idx, input, this)?;
+            match i.first().and_then(Item::as_f64) {
+                Some(n) if n >= 0.0 => base.into_iter().nth(n as usize).into_iter().collect(),
+                _ => vec![],
+            }
+        }
+        Expr::Negate(e) => eval(ctx, e, input, this)?
+            .into_iter()
+            .map(|i| match i {
+                Item::Integer(n) => Ok(Item::Integer(-n)),
+                other => other
+                    .as_f64()
+                    .map(|d| Item::Decimal(-d))
+                    .ok_or_else(|| EvalError("cannot negate a non-number".into())),
+            })
+            .collect::<Result<_, _>>()?,
+        Expr::Is(e, ty) => {
+            let v = eval(ctx, e, input, this)?;
+            match v.as_slice() {
+                [] => vec![],
+                [one] => vec![Item::Boolean(one.is_type(ty))],
+                _ => return Err(EvalError("'is' needs a single item".into())),
+            }
+        }
+        Expr::As(e, ty) => eval(ctx, e, input, this)?
+            .into_iter()
+            .filter(|i| i.is_type(ty))
+            .collect(),
+        Expr::Binary(op, l, r) => binary(ctx, *op, l, r, input, this)?,
+        Expr::Call { target, name, args } => {
+            let base = match target {
+                Some(t) => eval(ctx, t, input, this)?,
+                None => input.to_vec(),
+            };
+            call(ctx, name, args, base, input, this)?
+        }
+    })
+}
+
+fn binary<'a>(
+    ctx: &Ctx<'a>,
+    op: BinOp,
+    l: &Expr,
+    r: &Expr,
+    input: &[Item<'a>],
+    this: Option<&Item<'a>>,
+) -> Result<Vec<Item<'a>>, EvalError> {
+    let lv = eval(ctx, l, input, this)?;
+    let rv = eval(ctx, r, input, this)?;
+    let boolean = |b: Option<bool>| b.map(Item::Boolean).into_iter().collect::<Vec<_>>();
+    Ok(match op {
+        BinOp::Union => {
+            let mut out = lv;
+            for item in rv {
+                if !out.iter().any(|o| equal(o, &item)) {
+                    out.push(item);
+                }
+            }
+            out
+        }
+        BinOp::And | BinOp::Or | BinOp::Xor | BinOp::Implies => {
+            let a = singleton_bool(&lv)?;
+            let b = singleton_bool(&rv)?;
+            boolean(match op {
+                BinOp::And => match (a, b) {
+                    (Some(false), _) | (_, Some(false)) => Some(false),
+                    (Some(true), Some(true)) => Some(true),
+                    _ => None,
+                },
+                BinOp::Or => match (a, b) {
+                    (Some(true), _) | (_, Some(true)) => Some(true),
+                    (Some(false), Some(false)) => Some(false),
+                    _ => None,
+                },
+                BinOp::Xor => a.zip(b).map(|(x, y)| x != y),
+                _ => match (a, b) {
+                    (Some(false), _) | (_, Some(true)) => Some(true),
+                    (Some(true), Some(false)) => Some(false),
+                    _ => None,
+                },
+            })
+        }
+        BinOp::Eq | BinOp::Ne | BinOp::Equiv | BinOp::NotEquiv => {
+            let equivalent = matches!(op, BinOp::Equiv | BinOp::NotEquiv);
+            if lv.is_empty() || rv.is_empty() {
+                if equivalent {
+                    vec![Item::Boolean((lv.is_empty() && rv.is_empty()) == (op == BinOp::Equiv))]
+                } else {
+                    vec![]
+                }
+            } else {
+                let same = lv.len() == rv.len()
+                    && lv.iter().zip(&rv).all(|(a, b)| {
+                        if equivalent {
+                            match (a.as_str(), b.as_str()) {
+                                (Some(x), Some(y)) => x.trim().eq_ignore_ascii_case(y.trim()),
+                                _ => equal(a, b),
+                            }
+                        } else {
+                            equal(a, b)
+                        }
+                    });
+                vec![Item::Boolean(same == matches!(op, BinOp::Eq | BinOp::Equiv))]
+            }
+        }
+        BinOp::Lt | BinOp::Gt | BinOp::Le | BinOp::Ge => {
+            let (Some(a), Some(b)) = (lv.first(), rv.first()) else {
+                return Ok(vec![]);
+            };
+            let ord = match (a.as_f64(), b.as_f64()) {
+                (Some(x), Some(y)) => x.partial_cmp(&y),
+                _ => match (a.as_str(), b.as_str()) {
+                    (Some(x), Some(y)) => Some(x.cmp(y)),
+                    _ => None,
+                },
+            };
+            boolean(ord.map(|o| match op {
+                BinOp::Lt => o.is_lt(),
+                BinOp::Gt => o.is_gt(),
+                BinOp::Le => o.is_le(),
+                _ => o.is_ge(),
+            }))
+        }
+        BinOp::In | BinOp::Contains => {
+            let (needle, hay) = if op == BinOp::In { (&lv, &rv) } else { (&rv, &lv) };
+            match needle.as_slice() {
+                [] => vec![],
+                [n] => vec![Item::Boolean(hay.iter().any(|h| equal(h, n)))],
+                _ => return Err(EvalError("membership needs a single item".into())),
+            }
+        }
+        BinOp::Concat => {
+            let s = |v: &[Item]| v.first().map(Item::to_string_value).unwrap_or_default();
+            vec![Item::String(s(&lv) + &s(&rv))]
+        }
+        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::IntDiv | BinOp::Mod => {
+            let (Some(a), Some(b)) = (lv.first(), rv.first()) else {
+                return Ok(vec![]);
+            };
+            if op == BinOp::Add {
+                if let (Some(x), Some(y)) = (a.as_str(), b.as_str()) {
+                    return Ok(vec![Item::String(format!("{x}{y}"))]);
+                }
+            }
+            let both_int = matches!((a, b), (Item::Integer(_), Item::Integer(_)));
+            let (Some(x), Some(y)) = (a.as_f64(), b.as_f64()) else {
+                return Err(EvalError("arithmetic needs numbers".into()));
+            };
+            let v = match op {
+                BinOp::Add => x + y,
+                BinOp::Sub => x - y,
+                BinOp::Mul => x * y,
+                BinOp::Div if y == 0.0 => return Ok(vec![]),
+                BinOp::Div => return Ok(vec![Item::Decimal(x / y)]),
+                BinOp::IntDiv if y == 0.0 => return Ok(vec![]),
+                BinOp::IntDiv => return Ok(vec![Item::Integer((x / y).trunc() as i64)]),
+                _ if y == 0.0 => return Ok(vec![]),
+                _ => x % y,
+            };
+            vec![if both_int { Item::Integer(v as i64) } else { Item::Decimal(v) }]
+        }
+    })
+}
+
+fn reference_type(item: &Item) -> Option<String> {
+    let value = item.json()?;
+    let reference = match value {
+        Value::String(s) => s.as_str(),
+        Value::Object(o) => o.get("reference")?.as_str()?,
+        _ => return None,
+    };
+    let path = reference.split(['?', '#']).next().unwrap_or(reference);
+    let mut parts: Vec<&str> = path.split('/').collect();
+    // `.../Type/id/_history/n`
+    if parts.len() >= 4 && parts[parts.len() - 2] == "_history" {
+        parts.truncate(parts.len() - 2);
+    }
+    if parts.len() >= 2 {
+        let ty = parts[parts.len() - 2];
+        if ty.starts_with(|c: char| c.is_ascii_uppercase()) {
+            return Some(ty.to_string());
+        }
+    }
+    None
+}
+
+fn call<'a>(
+    ctx: &Ctx<'a>,
+    name: &str,
+    args: &[Expr],
+    base: Vec<Item<'a>>,
+    input: &[Item<'a>],
+    this: Option<&Item<'a>>,
+) -> Result<Vec<Item<'a>>, EvalError> {
+    let arity = |n: usize| -> Result<(), EvalError> {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(EvalError(format!("{name}() takes {n} argument(s)")))
+        }
+    };
+    let type_arg = || -> Result<String, EvalError> {
+        match args {
+            [Expr::Ident(t)] => Ok(t.clone()),
+            [Expr::Member(_, t)] => Ok(t.clone()),
+            [Expr::Literal(Literal::String(t))] => Ok(t.clone()),
+            _ => Err(EvalError(format!("{name}() needs a type name"))),
+        }
+    };
+    Ok(match name {
+        "where" => {
+            arity(1)?;
+            let mut out = Vec::new();
+            for item in base {
+                let r = eval(ctx, &args[0], std::slice::from_ref(&item), Some(&item))?;
+                if singleton_bool(&r)? == Some(true) {
+                    out.push(item);
+                }
+            }
+            out
+        }
+        "select" => {
+            arity(1)?;
+            let mut out = Vec::new();
+            for item in &base {
+                out.extend(eval(ctx, &args[0], std::slice::from_ref(item), Some(item))?);
+            }
+            out
+        }
+        "exists" => {
+            let any = if args.is_empty() {
+                !base.is_empty()
+            } else {
+                let mut found = false;
+                for item in &base {
+                    let r = eval(ctx, &args[0], std::slice::from_ref(item), Some(item))?;
+                    if singleton_bool(&r)? == Some(true) {
+                        found = true;
+                        break;
+                    }
+                }
+                found
+            };
+            vec![Item::Boolean(any)]
+        }
+        "all" => {
+            arity(1)?;
+            let mut all = true;
+            for item in &base {
+                let r = eval(ctx, &args[0], std::slice::from_ref(item), Some(item))?;
+                if singleton_bool(&r)? != Some(true) {
+                    all = false;
+                    break;
+                }
+            }
+            vec![Item::Boolean(all)]
+        }
+        "empty" => vec![Item::Boolean(base.is_empty())],
+        "hasValue" => vec![Item::Boolean(matches!(
+            base.as_slice(),
+            [Item::Node { value: Value::String(_) | Value::Bool(_) | Value::Number(_), .. }]
+                | [Item::String(_) | Item::Integer(_) | Item::Decimal(_) | Item::Boolean(_)]
+        ))],
+        "count" => vec![Item::Integer(base.len() as i64)],
+        "first" => base.into_iter().take(1).collect(),
+        "last" => base.into_iter().last().into_iter().collect(),
+        "tail" => base.into_iter().skip(1).collect(),
+        "single" => match base.len() {
+            0 | 1 => base,
+            _ => return Err(EvalError("single() on a collection of several items".into())),
+        },
+        "distinct" => {
+            let mut out: Vec<Item> = Vec::new();
+            for item in base {
+                if !out.iter().any(|o| equal(o, &item)) {
+                    out.push(item);
+                }
+            }
+            out
+        }
+        "not" => match singleton_bool(&base)? {
+            Some(b) => vec![Item::Boolean(!b)],
+            None => vec![],
+        },
+        "ofType" => {
+            arity(1)?;
+            let ty = type_arg()?;
+            base.into_iter().filter(|i| i.is_type(&ty)).collect()
+        }
+        "as" => {
+            arity(1)?;
+            let ty = type_arg()?;
+            base.into_iter().filter(|i| i.is_type(&ty)).collect()
+        }
+        "is" => {
+            arity(1)?;
+            let ty = type_arg()?;
+            match base.as_slice() {
+                [] => vec![],
+                [one] => vec![Item::Boolean(one.is_type(&ty))],
+                _ => return Err(EvalError("is() needs a single item".into())),
+            }
+        }
+        "resolve" => base.iter().filter_map(reference_type).map(Item::Resolved).collect(),
+        "extension" => {
+            arity(1)?;
+            let url = eval(ctx, &args[0], input, this)?;
+            let url = url.first().and_then(Item::as_str).unwrap_or_default().to_string();
+            let mut exts = Vec::new();
+            for item in &base {
+                children(ctx, item, "extension", &mut exts);
+            }
+            exts.into_iter()
+                .filter(|e| e.json().and_then(|v| v.get("url")).and_then(Value::as_str) == Some(url.as_str()))
+                .collect()
+        }
+        "join" => {
+            let sep = match args.first() {
+                Some(a) => eval(ctx, a, input, this)?
+                    .first()
+                    .map(Item::to_string_value)
+                    .unwrap_or_default(),
+                None => String::new(),
+            };
+            let parts: Vec<String> = base.iter().map(Item::to_string_value).collect();
+            vec![Item::String(parts.join(&sep))]
+        }
+        "toString" => base.iter().map(|i| Item::String(i.to_string_value())).collect(),
+        "lower" => base.iter().map(|i| Item::String(i.to_string_value().to_lowercase())).collect(),
+        "upper" => base.iter().map(|i| Item::String(i.to_string_value().to_uppercase())).collect(),
+        "startsWith" | "endsWith" | "contains" | "matches" => {
+            arity(1)?;
+            let arg = eval(ctx, &args[0], input, this)?;
+            let (Some(s), Some(a)) = (base.first().and_then(Item::as_str), arg.first().and_then(Item::as_str)) else {
+                return Ok(vec![]);
+            };
+            vec![Item::Boolean(match name {
+                "startsWith" => s.starts_with(a),
+                "endsWith" => s.ends_with(a),
+                "contains" => s.contains(a),
+                _ => return Err(EvalError("matches() is not supported".into())),
+            })]
+        }
+        "iif" => {
+            if args.len() < 2 {
+                return Err(EvalError("iif() takes 2 or 3 arguments".into()));
+            }
+            let c = eval(ctx, &args[0], &base, this)?;
+            if singleton_bool(&c)? == Some(true) {
+                eval(ctx, &args[1], &base, this)?
+            } else if let Some(e) = args.get(2) {
+                eval(ctx, e, &base, this)?
+            } else {
+                vec![]
+            }
+        }
+        other => return Err(EvalError(format!("function {other}() is not supported"))),
+    })
+}

@@ -1,0 +1,104 @@
+//! A FHIRPath subset evaluated over `serde_json::Value` resources.
+//!
+//! The node uses it to index search parameters (whose definitions are FHIRPath
+//! expressions) and, later, to evaluate ViewDefinitions and invariants. It is
+//! pure: no I/O, and `resolve()` only knows a reference's target type, which is
+//! all that search expressions like `subject.where(resolve() is Patient)` need.
+
+mod eval;
+mod parse;
+
+pub use eval::{evaluate, Item};
+pub use parse::{parse, BinOp, Expr, Literal, ParseError};
+
+/// The names of FHIR choice elements (`value[x]` and friends) and the data type
+/// names that may follow them, needed to navigate `Observation.value` onto
+/// `valueQuantity` without a full structure model.
+pub struct ChoiceModel {
+    pub choice_names: std::collections::HashSet<String>,
+    pub type_suffixes: std::collections::HashMap<String, String>,
+}
+
+impl ChoiceModel {
+    pub fn new<'a>(
+        choice_names: impl IntoIterator<Item = &'a str>,
+        type_names: impl IntoIterator<Item = &'a str>,
+    ) -> ChoiceModel {
+        let mut type_suffixes = std::collections::HashMap::new();
+        for t in type_names {
+            type_suffixes.insert(upper_first(t), t.to_string());
+        }
+        // References and resources may also appear as choices (`medicationReference`).
+        type_suffixes.insert("Reference".into(), "Reference".into());
+        ChoiceModel {
+            choice_names: choice_names.into_iter().map(str::to_string).collect(),
+            type_suffixes,
+        }
+    }
+
+    /// If `key` is `name` followed by a type suffix of a choice element, the FHIR type.
+    pub fn choice_type<'k>(&'k self, name: &str, key: &str) -> Option<&'k str> {
+        if !self.choice_names.contains(name) {
+            return None;
+        }
+        let suffix = key.strip_prefix(name)?;
+        self.type_suffixes.get(suffix).map(String::as_str)
+    }
+}
+
+pub(crate) fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn model() -> ChoiceModel {
+        ChoiceModel::new(
+            ["value", "deceased", "onset"],
+            ["Quantity", "string", "dateTime", "boolean", "CodeableConcept"],
+        )
+    }
+
+    fn strings(expr: &str, res: &serde_json::Value) -> Vec<String> {
+        let e = parse(expr).unwrap();
+        evaluate(&e, res, &model())
+            .unwrap()
+            .into_iter()
+            .map(|i| i.to_string_value())
+            .collect()
+    }
+
+    #[test]
+    fn navigates_choices_and_of_type() {
+        let obs = json!({"resourceType":"Observation","valueQuantity":{"value":5.4,"unit":"mg"},
+            "subject":{"reference":"Patient/1"}});
+        assert_eq!(strings("Observation.value.ofType(Quantity).unit", &obs), ["mg"]);
+        assert!(strings("(Observation.value as string)", &obs).is_empty());
+        assert_eq!(strings("Observation.subject.where(resolve() is Patient).reference", &obs), ["Patient/1"]);
+        assert!(strings("Observation.subject.where(resolve() is Group)", &obs).is_empty());
+    }
+
+    #[test]
+    fn where_exists_and_union() {
+        let p = json!({"resourceType":"Patient","telecom":[{"system":"phone","value":"1"},{"system":"email","value":"a@b"}],
+            "deceasedBoolean": false, "name":[{"given":["A","B"],"family":"C"}]});
+        assert_eq!(strings("Patient.telecom.where(system='email').value", &p), ["a@b"]);
+        assert_eq!(strings("Patient.name.given | Patient.name.family", &p), ["A", "B", "C"]);
+        assert_eq!(strings("Patient.deceased.exists() and Patient.deceased != false", &p), ["false"]);
+        assert_eq!(strings("Patient.name.given.join(',')", &p), ["A,B"]);
+        assert_eq!(strings("Patient.name.given.first()", &p), ["A"]);
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse("Patient.(").is_err());
+        assert!(parse("'unterminated").is_err());
+    }
+}
