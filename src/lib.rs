@@ -5,3 +5,8 @@
 pub mod fhir;
 pub mod fhirpath;
 pub mod search;
+pub mod node;
+pub mod store;
+pub mod cli;
+pub mod config;
+pub mod http;

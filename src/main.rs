@@ -1,1 +1,5 @@
-fn main() {}
+//! The `pennine` command: parse the command line, start tracing, run.
+
+fn main() -> std::process::ExitCode {
+    pennine::cli::main()
+}

@@ -1,0 +1,79 @@
+//! `pennine node`: run one regional node until Ctrl-C or SIGTERM.
+
+use crate::config::{NodeConfig, NodeOverrides};
+use anyhow::Context;
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// Region slug (nenc, yh, gm, nwc, ...).
+    #[arg(long, env = "PENNINE_REGION")]
+    region: Option<String>,
+    /// Address to listen on, host:port (port 0 picks a free port).
+    #[arg(long, env = "PENNINE_LISTEN")]
+    listen: Option<String>,
+    /// Data folder for the embedded store.
+    #[arg(long, env = "PENNINE_DATA")]
+    data: Option<PathBuf>,
+    /// TOML config file; environment variables and flags override it.
+    #[arg(long, env = "PENNINE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Public base URL when behind a proxy (links and Location headers use it).
+    #[arg(long, env = "PENNINE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "PENNINE_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// HTTP worker threads.
+    #[arg(long, env = "PENNINE_WORKERS")]
+    workers: Option<usize>,
+}
+
+pub fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let config = NodeConfig::load(
+        args.config.as_deref(),
+        NodeOverrides {
+            region: args.region,
+            listen: args.listen,
+            data: args.data,
+            public_url: args.public_url,
+            max_body_bytes: args.max_body_bytes,
+            workers: args.workers,
+        },
+    )?;
+    let rt = super::runtime()?;
+    rt.block_on(async move {
+        let region = config.region.clone();
+        let node = crate::http::start_node(config).await.context("cannot start the node")?;
+        // One line on stdout that scripts (and the tests) read to find the port.
+        println!("pennine node {region} listening on http://{}/fhir", node.addr);
+        let _ = std::io::stdout().flush();
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        node.stop().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

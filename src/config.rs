@@ -1,0 +1,213 @@
+//! Node configuration: one struct, loaded from a TOML file, then environment
+//! variables, then command-line flags (each overriding the one before), and
+//! validated once at start-up.
+
+use crate::node::ServiceSettings;
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A region slug such as `nenc`: lower-case letters, digits and dashes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Region(String);
+
+impl Region {
+    pub fn parse(s: &str) -> Result<Region, ConfigError> {
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(Region(s.to_string()))
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "region '{s}' must be a slug: lower-case letters, digits and '-', starting with a letter (e.g. nenc)"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The `[node]`-level keys of a config file; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    pub region: Option<String>,
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub workers: Option<usize>,
+    pub default_count: Option<usize>,
+    pub max_count: Option<usize>,
+    pub max_results: Option<usize>,
+    pub structural_check: Option<bool>,
+}
+
+/// Values from flags or the environment (clap merges those two).
+#[derive(Debug, Default, Clone)]
+pub struct NodeOverrides {
+    pub region: Option<String>,
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub workers: Option<usize>,
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub region: Region,
+    pub listen: String,
+    pub data: PathBuf,
+    /// The public FHIR base URL, when the node sits behind a proxy.
+    pub public_url: Option<String>,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+    pub service: ServiceSettings,
+}
+
+impl NodeConfig {
+    /// A configuration for tests and the demo: everything default.
+    pub fn local(region: &str, data: &Path) -> NodeConfig {
+        NodeConfig {
+            region: Region::parse(region).expect("a valid slug"),
+            listen: "127.0.0.1:0".into(),
+            data: data.to_path_buf(),
+            public_url: None,
+            max_body_bytes: 64 * 1024 * 1024,
+            workers: 2,
+            service: ServiceSettings::default(),
+        }
+    }
+
+    pub fn load(file: Option<&Path>, overrides: NodeOverrides) -> Result<NodeConfig, ConfigError> {
+        let from_file: NodeFile = match file {
+            None => NodeFile::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        let region = overrides
+            .region
+            .or(from_file.region)
+            .ok_or_else(|| ConfigError::Invalid("a region is required: --region <slug> (e.g. nenc)".into()))?;
+        let listen = overrides
+            .listen
+            .or(from_file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        if listen.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(ConfigError::Invalid(format!("listen address '{listen}' must be host:port")));
+        }
+        let data = overrides
+            .data
+            .or(from_file.data)
+            .ok_or_else(|| ConfigError::Invalid("a data folder is required: --data <dir>".into()))?;
+        let defaults = ServiceSettings::default();
+        let service = ServiceSettings {
+            default_count: from_file.default_count.unwrap_or(defaults.default_count),
+            max_count: from_file.max_count.unwrap_or(defaults.max_count),
+            max_results: from_file.max_results.unwrap_or(defaults.max_results),
+            structural_check: from_file.structural_check.unwrap_or(defaults.structural_check),
+        };
+        if service.default_count == 0 || service.default_count > service.max_count {
+            return Err(ConfigError::Invalid(format!(
+                "default_count ({}) must be between 1 and max_count ({})",
+                service.default_count, service.max_count
+            )));
+        }
+        let max_body_bytes = overrides
+            .max_body_bytes
+            .or(from_file.max_body_bytes)
+            .unwrap_or(64 * 1024 * 1024);
+        if max_body_bytes < 1024 {
+            return Err(ConfigError::Invalid("max_body_bytes must be at least 1024".into()));
+        }
+        let workers = overrides
+            .workers
+            .or(from_file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        if workers == 0 {
+            return Err(ConfigError::Invalid("workers must be at least 1".into()));
+        }
+        let public_url = overrides.public_url.or(from_file.public_url);
+        if let Some(u) = &public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!("public_url '{u}' must start with http:// or https://")));
+            }
+        }
+        Ok(NodeConfig {
+            region: Region::parse(&region)?,
+            listen,
+            data,
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
+            max_body_bytes,
+            workers,
+            service,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_bad_values_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "region = \"yh\"\nlisten = \"127.0.0.1:9000\"\ndata = \"/tmp/x\"\n").unwrap();
+        let c = NodeConfig::load(
+            Some(&file),
+            NodeOverrides {
+                region: Some("gm".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.region.as_str(), "gm");
+        assert_eq!(c.listen, "127.0.0.1:9000");
+        std::fs::write(&file, "region = \"yh\"\nbogus = 1\n").unwrap();
+        let e = NodeConfig::load(Some(&file), NodeOverrides::default()).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert!(Region::parse("North East").is_err());
+        let e = NodeConfig::load(
+            None,
+            NodeOverrides {
+                region: Some("nenc".into()),
+                data: Some("/tmp/x".into()),
+                listen: Some("nowhere".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("host:port"));
+    }
+}

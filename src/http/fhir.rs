@@ -1,0 +1,595 @@
+//! The FHIR RESTful API under `/fhir`.
+
+use super::error::{ApiError, FHIR_JSON};
+use super::AppState;
+use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
+use crate::node::{self, Conditional, WriteOutcome, WriteResult};
+use crate::search::{parse_query, SearchRequest};
+use crate::store::{HistoryQuery, HistoryScope, Stored};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/fhir")
+            .route("", web::post().to(bundle))
+            .route("", web::get().to(system_get))
+            .route("/", web::post().to(bundle))
+            .route("/metadata", web::get().to(metadata))
+            .route("/_history", web::get().to(system_history))
+            .route("/{type}", web::get().to(search_get))
+            .route("/{type}", web::post().to(create))
+            .route("/{type}", web::put().to(conditional_update))
+            .route("/{type}", web::delete().to(conditional_delete))
+            .route("/{type}/_search", web::post().to(search_post))
+            .route("/{type}/_history", web::get().to(type_history))
+            .route("/{type}/{id}", web::get().to(read))
+            .route("/{type}/{id}", web::put().to(update))
+            .route("/{type}/{id}", web::delete().to(delete))
+            .route("/{type}/{id}/_history", web::get().to(instance_history))
+            .route("/{type}/{id}/_history/{vid}", web::get().to(vread)),
+    );
+}
+
+/// What `Prefer` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Return {
+    Minimal,
+    Representation,
+    OperationOutcome,
+}
+
+struct Prefer {
+    ret: Return,
+    strict: bool,
+}
+
+fn prefer(req: &HttpRequest) -> Prefer {
+    let mut p = Prefer {
+        ret: Return::Representation,
+        strict: false,
+    };
+    for v in req.headers().get_all("prefer") {
+        let Ok(s) = v.to_str() else { continue };
+        for part in s.split([',', ';']).map(str::trim) {
+            match part {
+                "return=minimal" => p.ret = Return::Minimal,
+                "return=representation" => p.ret = Return::Representation,
+                "return=OperationOutcome" => p.ret = Return::OperationOutcome,
+                "handling=strict" => p.strict = true,
+                "handling=lenient" => p.strict = false,
+                _ => {}
+            }
+        }
+    }
+    p
+}
+
+pub(super) fn base_url(req: &HttpRequest, state: &AppState) -> String {
+    match &state.config.public_url {
+        Some(u) => format!("{u}/fhir"),
+        None => {
+            let ci = req.connection_info();
+            format!("{}://{}/fhir", ci.scheme(), ci.host())
+        }
+    }
+}
+
+fn check_type(rtype: &str) -> Result<(), ApiError> {
+    if fhir::is_resource_type(rtype) {
+        Ok(())
+    } else {
+        Err(ApiError::Fhir(node::Error::UnknownType(rtype.to_string())))
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if fhir::is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(Issue::error(
+            IssueCode::Value,
+            format!("'{id}' is not a valid resource id"),
+        )))
+    }
+}
+
+/// Rejects everything but FHIR JSON: a wrong body type is 415, not a parse error.
+fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/fhir+json" | "application/json" | "application/json+fhir" => Ok(()),
+        "" => Err(ApiError::MediaType(
+            "a Content-Type is required: application/fhir+json".into(),
+        )),
+        other => Err(ApiError::MediaType(format!(
+            "Content-Type '{other}' is not supported; send application/fhir+json"
+        ))),
+    }
+}
+
+/// Refuses `_format` or `Accept` values other than JSON.
+fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
+    let format = form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == "_format")
+        .map(|(_, v)| v.into_owned());
+    if let Some(f) = format {
+        if !matches!(f.as_str(), "json" | "application/json" | "application/fhir+json" | "application/json+fhir") {
+            return Err(ApiError::NotAcceptable(format!("_format '{f}' is not supported; this server speaks JSON")));
+        }
+    }
+    if let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
+        let ok = accept.split(',').any(|a| {
+            let m = a.split(';').next().unwrap_or("").trim();
+            m.is_empty() || m == "*/*" || m.contains("json") || m == "application/*"
+        });
+        if !ok {
+            return Err(ApiError::NotAcceptable(format!("Accept '{accept}' is not supported; this server speaks JSON")));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the body, refusing it as soon as it passes the configured limit.
+async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::Invalid(Issue::error(IssueCode::Incomplete, format!("reading the body failed: {e}"))))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+async fn json_body(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<web::Bytes, ApiError> {
+    check_content_type(req)?;
+    let body = read_body(req, payload, state.config.max_body_bytes).await?;
+    if body.is_empty() {
+        return Err(ApiError::Invalid(Issue::error(IssueCode::Required, "the request has no body")));
+    }
+    Ok(body)
+}
+
+fn parse_json(body: &[u8]) -> Result<(Value, &str), ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::Invalid(Issue::error(IssueCode::Structure, format!("the body is not UTF-8: {e}")))
+    })?;
+    let value = serde_json::from_str(text).map_err(ApiError::Json)?;
+    Ok((value, text))
+}
+
+/// Runs blocking service work on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, node::Error> + Send + 'static) -> Result<T, ApiError> {
+    match web::block(f).await {
+        Ok(r) => r.map_err(ApiError::Fhir),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.query_string().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn etag(version: u64) -> String {
+    format!("W/\"{version}\"")
+}
+
+fn http_date(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    header::HttpDate::from(t).to_string()
+}
+
+fn resource_response(s: &Stored) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .insert_header((header::ETAG, etag(s.version)))
+        .insert_header((header::LAST_MODIFIED, http_date(s.last_updated)))
+        .body(s.json.as_deref().unwrap_or(b"{}").to_vec())
+}
+
+fn write_response(r: WriteResult, prefer: Return, base: &str) -> HttpResponse {
+    let status = match r.outcome {
+        WriteOutcome::Created => actix_web::http::StatusCode::CREATED,
+        WriteOutcome::Updated | WriteOutcome::Existing => actix_web::http::StatusCode::OK,
+        WriteOutcome::Deleted | WriteOutcome::NothingToDelete => {
+            if prefer == Return::OperationOutcome {
+                actix_web::http::StatusCode::OK
+            } else {
+                actix_web::http::StatusCode::NO_CONTENT
+            }
+        }
+    };
+    let mut b = HttpResponse::build(status);
+    if r.version > 0 && !r.id.is_empty() {
+        b.insert_header((header::ETAG, etag(r.version)));
+        b.insert_header((header::LAST_MODIFIED, http_date(r.last_updated)));
+        if matches!(r.outcome, WriteOutcome::Created | WriteOutcome::Updated | WriteOutcome::Existing) {
+            let loc = format!("{base}/{}/{}/_history/{}", r.rtype, r.id, r.version);
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                b.insert_header((header::LOCATION, v.clone()));
+                b.insert_header((header::CONTENT_LOCATION, v));
+            }
+        }
+    }
+    match (prefer, r.outcome) {
+        (Return::OperationOutcome, outcome) => {
+            let msg = match outcome {
+                WriteOutcome::Created => format!("created {}/{}", r.rtype, r.id),
+                WriteOutcome::Updated => format!("updated {}/{} to version {}", r.rtype, r.id, r.version),
+                WriteOutcome::Existing => format!("{}/{} already matches; nothing was created", r.rtype, r.id),
+                WriteOutcome::Deleted => format!("deleted {}/{}", r.rtype, r.id),
+                WriteOutcome::NothingToDelete => "nothing to delete".to_string(),
+            };
+            b.content_type(FHIR_JSON)
+                .body(operation_outcome(&[Issue::information(IssueCode::Informational, msg)]).to_string())
+        }
+        (_, WriteOutcome::Deleted | WriteOutcome::NothingToDelete) | (Return::Minimal, _) => b.finish(),
+        (Return::Representation, _) => match r.json {
+            Some(j) => b.content_type(FHIR_JSON).body(j.to_vec()),
+            None => b.finish(),
+        },
+    }
+}
+
+async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    check_accept(&req)?;
+    let base = base_url(&req, &state);
+    let cs = node::capability_statement(&state.service.registry, &base, "Pennine");
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(cs.to_string()))
+}
+
+async fn read(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = path.into_inner();
+    check_type(&rtype)?;
+    check_id(&id)?;
+    check_accept(&req)?;
+    let svc = state.service.clone();
+    let s = blocking(move || svc.read(&rtype, &id)).await?;
+    if let Some(inm) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        if inm.split(',').any(|t| t.trim() == etag(s.version) || t.trim() == format!("\"{}\"", s.version)) {
+            return Ok(HttpResponse::NotModified()
+                .insert_header((header::ETAG, etag(s.version)))
+                .finish());
+        }
+    }
+    Ok(resource_response(&s))
+}
+
+async fn vread(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (rtype, id, vid) = path.into_inner();
+    check_type(&rtype)?;
+    check_id(&id)?;
+    check_accept(&req)?;
+    let version: u64 = vid
+        .parse()
+        .map_err(|_| ApiError::Invalid(Issue::error(IssueCode::Value, format!("'{vid}' is not a version number"))))?;
+    let svc = state.service.clone();
+    let s = blocking(move || svc.vread(&rtype, &id, version)).await?;
+    Ok(resource_response(&s))
+}
+
+fn if_none_exist(req: &HttpRequest, state: &AppState, rtype: &str) -> Result<Conditional, ApiError> {
+    let Some(h) = req.headers().get("if-none-exist") else {
+        return Ok(Conditional::None);
+    };
+    let q = h
+        .to_str()
+        .map_err(|_| ApiError::Invalid(Issue::error(IssueCode::Invalid, "If-None-Exist is not readable")))?;
+    let q = q.split_once('?').map_or(q, |(_, q)| q);
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if pairs.is_empty() {
+        return Err(ApiError::Invalid(Issue::error(IssueCode::Invalid, "If-None-Exist has no search parameters")));
+    }
+    Ok(Conditional::Search(parse_query(&state.service.registry, rtype, &pairs, true, usize::MAX)?))
+}
+
+fn if_match(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
+    let Some(h) = req.headers().get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = h.to_str().unwrap_or("");
+    let v = s.trim().trim_start_matches("W/").trim_matches('"');
+    v.parse()
+        .map(Some)
+        .map_err(|_| ApiError::Invalid(Issue::error(IssueCode::Invalid, format!("If-Match '{s}' is not a version ETag such as W/\"3\""))))
+}
+
+async fn create(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let rtype = path.into_inner();
+    check_type(&rtype)?;
+    let body = json_body(&req, payload, &state).await?;
+    let cond = if_none_exist(&req, &state, &rtype)?;
+    let svc = state.service.clone();
+    let result = blocking(move || {
+        let (value, text) = parse_json(&body).map_err(api_to_node)?;
+        svc.create(&rtype, value, Some(text), cond)
+    })
+    .await?;
+    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+}
+
+/// Parse failures inside the blocking pool travel as a node error.
+fn api_to_node(e: ApiError) -> node::Error {
+    match e {
+        ApiError::Json(j) => node::Error::invalid(Issue::error(
+            IssueCode::Structure,
+            format!("malformed JSON at line {} column {}: {j}", j.line(), j.column()),
+        )),
+        ApiError::Invalid(i) => node::Error::invalid(i),
+        other => node::Error::invalid(Issue::error(IssueCode::Invalid, other.to_string())),
+    }
+}
+
+async fn update(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = path.into_inner();
+    check_type(&rtype)?;
+    check_id(&id)?;
+    let body = json_body(&req, payload, &state).await?;
+    let version = if_match(&req)?;
+    let svc = state.service.clone();
+    let result = blocking(move || {
+        let (value, text) = parse_json(&body).map_err(api_to_node)?;
+        svc.update(&rtype, &id, value, Some(text), version)
+    })
+    .await?;
+    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+}
+
+fn conditional_query(req: &HttpRequest, state: &AppState, rtype: &str) -> Result<SearchRequest, ApiError> {
+    let pairs = query_pairs(req);
+    if pairs.is_empty() {
+        return Err(ApiError::Invalid(Issue::error(
+            IssueCode::Invalid,
+            format!("a conditional interaction on {rtype} needs search parameters"),
+        )));
+    }
+    Ok(parse_query(&state.service.registry, rtype, &pairs, true, usize::MAX)?)
+}
+
+async fn conditional_update(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let rtype = path.into_inner();
+    check_type(&rtype)?;
+    let query = conditional_query(&req, &state, &rtype)?;
+    let body = json_body(&req, payload, &state).await?;
+    let version = if_match(&req)?;
+    let svc = state.service.clone();
+    let result = blocking(move || {
+        let (value, text) = parse_json(&body).map_err(api_to_node)?;
+        svc.conditional_update(&rtype, query, value, Some(text), version)
+    })
+    .await?;
+    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+}
+
+async fn delete(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = path.into_inner();
+    check_type(&rtype)?;
+    check_id(&id)?;
+    let svc = state.service.clone();
+    let result = blocking(move || svc.delete(&rtype, &id)).await?;
+    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+}
+
+async fn conditional_delete(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let rtype = path.into_inner();
+    check_type(&rtype)?;
+    let query = conditional_query(&req, &state, &rtype)?;
+    let svc = state.service.clone();
+    let result = blocking(move || svc.conditional_delete(query)).await?;
+    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+}
+
+fn self_query(rtype: &str, pairs: &[(String, String)], parsed: &SearchRequest) -> String {
+    let mut ser = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        if !parsed.ignored.contains(k) && k != "_format" {
+            ser.append_pair(k, v);
+        }
+    }
+    let q = ser.finish();
+    if q.is_empty() {
+        rtype.to_string()
+    } else {
+        format!("{rtype}?{q}")
+    }
+}
+
+async fn run_search(req: &HttpRequest, state: &AppState, rtype: String, pairs: Vec<(String, String)>) -> Result<HttpResponse, ApiError> {
+    check_type(&rtype)?;
+    check_accept(req)?;
+    let strict = prefer(req).strict;
+    let parsed = parse_query(&state.service.registry, &rtype, &pairs, strict, state.service.settings.max_count)?;
+    let ctx = node::SearchContext {
+        base: base_url(req, state),
+        self_query: self_query(&rtype, &pairs, &parsed),
+    };
+    let svc = state.service.clone();
+    let bytes = blocking(move || svc.search_bytes(parsed, &ctx)).await?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
+}
+
+async fn search_get(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let pairs = query_pairs(&req);
+    run_search(&req, &state, path.into_inner(), pairs).await
+}
+
+async fn search_post(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let body = read_body(&req, payload, state.config.max_body_bytes).await?;
+    if !body.is_empty() && !ct.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::MediaType(
+            "POST _search takes application/x-www-form-urlencoded parameters".into(),
+        ));
+    }
+    let mut pairs = query_pairs(&req);
+    pairs.extend(form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())));
+    run_search(&req, &state, path.into_inner(), pairs).await
+}
+
+async fn system_get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    check_accept(&req)?;
+    let pairs = query_pairs(&req);
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some(page) = get("_getpages") else {
+        return Err(ApiError::Invalid(Issue::error(
+            IssueCode::NotSupported,
+            "system-level search is not supported; search a resource type (GET /fhir/Patient?...)",
+        )));
+    };
+    let offset: usize = get("_getpagesoffset").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let count: Option<usize> = get("_count").and_then(|v| v.parse().ok());
+    let ctx = node::SearchContext {
+        base: base_url(&req, &state),
+        self_query: String::new(),
+    };
+    let svc = state.service.clone();
+    let bytes = blocking(move || svc.search_page(&page, offset, count, &ctx)).await?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
+}
+
+async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = json_body(&req, payload, &state).await?;
+    let representation = prefer(&req).ret == Return::Representation && req.headers().contains_key("prefer");
+    let svc = state.service.clone();
+    let outcome = blocking(move || {
+        let text = std::str::from_utf8(&body)
+            .map_err(|e| node::Error::invalid(Issue::error(IssueCode::Structure, format!("the body is not UTF-8: {e}"))))?;
+        // Report malformed JSON with its position before looking at the Bundle's shape.
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            return Err(api_to_node(ApiError::Json(e)));
+        }
+        svc.process_bundle(text)
+    })
+    .await?;
+    let reply = node::response_bundle(&outcome, representation);
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(reply.to_string()))
+}
+
+fn history_query(req: &HttpRequest, state: &AppState, scope: HistoryScope) -> Result<HistoryQuery, ApiError> {
+    let pairs = query_pairs(req);
+    let mut q = HistoryQuery {
+        scope,
+        since: None,
+        at_or_before: None,
+        limit: state.service.settings.default_count,
+        offset: 0,
+    };
+    for (k, v) in &pairs {
+        let bad = |what: &str| ApiError::Invalid(Issue::error(IssueCode::Value, format!("{k}: {what}")));
+        match k.as_str() {
+            "_count" => q.limit = v.parse::<usize>().map_err(|_| bad("not a number"))?.clamp(1, state.service.settings.max_count),
+            "_since" => q.since = Some(fhir::time::parse_range(v).ok_or_else(|| bad("not an instant"))?.0),
+            "_at" => q.at_or_before = Some(fhir::time::parse_range(v).ok_or_else(|| bad("not a date"))?.1),
+            "_getpagesoffset" => q.offset = v.parse().map_err(|_| bad("not a number"))?,
+            "_getpagesbefore" => q.at_or_before = Some(v.parse().map_err(|_| bad("not a number"))?),
+            "_format" | "_pretty" => {}
+            other => {
+                if prefer(req).strict {
+                    return Err(ApiError::Invalid(Issue::error(
+                        IssueCode::NotSupported,
+                        format!("unknown history parameter '{other}'"),
+                    )));
+                }
+            }
+        }
+    }
+    Ok(q)
+}
+
+async fn history(req: HttpRequest, state: &AppState, scope: HistoryScope, path: String) -> Result<HttpResponse, ApiError> {
+    check_accept(&req)?;
+    let q = history_query(&req, state, scope)?;
+    let ctx = node::SearchContext {
+        base: base_url(&req, state),
+        self_query: String::new(),
+    };
+    let self_q = if req.query_string().is_empty() {
+        path
+    } else {
+        format!("{path}?{}", req.query_string())
+    };
+    let svc = state.service.clone();
+    let bytes = blocking(move || svc.history(q, &ctx, &self_q)).await?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
+}
+
+async fn system_history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    history(req, &state, HistoryScope::System, "_history".into()).await
+}
+
+async fn type_history(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let rtype = path.into_inner();
+    check_type(&rtype)?;
+    let p = format!("{rtype}/_history");
+    history(req, &state, HistoryScope::Type(rtype), p).await
+}
+
+async fn instance_history(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (rtype, id) = path.into_inner();
+    check_type(&rtype)?;
+    check_id(&id)?;
+    let svc = state.service.clone();
+    let (t2, i2) = (rtype.clone(), id.clone());
+    // History of something never written is a 404, as for read.
+    let exists = blocking(move || Ok(svc.store.read(&t2, &i2)?.is_some())).await?;
+    if !exists {
+        return Err(ApiError::Fhir(node::Error::NotFound(rtype, id)));
+    }
+    let p = format!("{rtype}/{id}/_history");
+    history(req, &state, HistoryScope::Instance(rtype, id), p).await
+}

@@ -1,0 +1,154 @@
+//! The HTTP layer: the only code that knows actix-web. One file per API area,
+//! each with `configure`; `start_node` builds the app that `main` and the tests share.
+
+pub mod error;
+pub mod fhir;
+
+use crate::config::NodeConfig;
+use crate::node::FhirService;
+use crate::search::Registry;
+use crate::store::{sqlite::SqliteStore, Store};
+use actix_web::dev::{Service, ServerHandle};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use error::ApiError;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub service: FhirService,
+    pub config: Arc<NodeConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {message}")]
+    Bind { addr: String, message: String },
+}
+
+/// A node serving HTTP. Dropping it does not stop it; call `stop`.
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub service: FhirService,
+    handle: ServerHandle,
+    store: Arc<SqliteStore>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningNode {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful stop: finish in-flight requests, then close the store.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+
+    /// Waits until the server stops by itself (e.g. on a signal).
+    pub async fn wait(self) -> std::io::Result<()> {
+        let r = self.task.await.unwrap_or(Ok(()));
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        r
+    }
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(r#"{"status":"ok"}"#)
+}
+
+async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.service.store.clone();
+    match web::block(move || store.ready()).await {
+        Ok(Ok(())) => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(format!(r#"{{"status":"ready","region":"{}"}}"#, state.config.region))),
+        Ok(Err(e)) => Err(ApiError::Unavailable(format!("storage is not reachable: {e}"))),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}
+
+async fn no_route(req: HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    ApiError::NoRoute(format!("no route for {} {}", req.method(), req.path())).error_response()
+}
+
+/// Opens the store, binds `config.listen` and starts serving on the current Tokio runtime.
+pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
+    let data = config.data.clone();
+    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data))
+        .await
+        .map_err(|e| crate::store::StoreError::Open {
+            path: String::new(),
+            message: e.to_string(),
+        })??;
+    let store = Arc::new(store);
+    let registry = Arc::new(Registry::r4());
+    let service = FhirService::new(store.clone() as Arc<dyn Store>, registry, config.service.clone());
+    let config = Arc::new(config);
+    let state = web::Data::new(AppState {
+        service: service.clone(),
+        config: config.clone(),
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PathConfig::default().error_handler(|e, _| {
+                ApiError::Invalid(crate::fhir::Issue::error(crate::fhir::IssueCode::Invalid, e.to_string())).into()
+            }))
+            .wrap_fn(|req, srv| {
+                let method = req.method().to_string();
+                let path = req.path().to_string();
+                let started = std::time::Instant::now();
+                let fut = srv.call(req);
+                async move {
+                    let res = fut.await;
+                    if let Ok(r) = &res {
+                        let status = r.status().as_u16();
+                        let ms = started.elapsed().as_secs_f64() * 1000.0;
+                        if status >= 500 {
+                            tracing::error!(%method, %path, status, ms, "request");
+                        } else {
+                            tracing::debug!(%method, %path, status, ms, "request");
+                        }
+                    }
+                    res
+                }
+            })
+            .route("/health", web::get().to(health))
+            .route("/ready", web::get().to(ready))
+            .configure(fhir::configure)
+            .default_service(web::to(no_route))
+    })
+    .workers(config.workers)
+    .disable_signals()
+    .shutdown_timeout(10)
+    .bind(&config.listen)
+    .map_err(|e| StartError::Bind {
+        addr: config.listen.clone(),
+        message: e.to_string(),
+    })?;
+    let addr = *server.addrs().first().ok_or_else(|| StartError::Bind {
+        addr: config.listen.clone(),
+        message: "no address bound".into(),
+    })?;
+    let server = server.run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    tracing::info!(region = %config.region, %addr, data = %config.data.display(), "node listening");
+    Ok(RunningNode {
+        addr,
+        service,
+        handle,
+        store,
+        task,
+    })
+}

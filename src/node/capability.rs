@@ -1,0 +1,81 @@
+//! The CapabilityStatement, generated from what the node actually supports:
+//! the resource types it stores and the search parameters it indexes.
+
+use crate::fhir::{self, definitions, time};
+use crate::search::{ParamKind, Registry};
+use serde_json::{json, Value};
+
+/// Builds the node's CapabilityStatement. `base` is the FHIR base URL.
+pub fn capability_statement(registry: &Registry, base: &str, software_name: &str) -> Value {
+    let resources: Vec<Value> = definitions::get()
+        .resource_type_list
+        .iter()
+        .map(|rtype| {
+            let mut params: Vec<Value> = registry
+                .for_type(rtype)
+                .map(|p| {
+                    json!({
+                        "name": p.code,
+                        "definition": format!("http://hl7.org/fhir/SearchParameter/{}", if p.code.starts_with('_') { format!("Resource-{}", &p.code[1..]) } else { format!("{rtype}-{}", p.code) }),
+                        "type": p.kind.as_str(),
+                    })
+                })
+                .collect();
+            if !params.iter().any(|p| p["name"] == "_id") {
+                params.insert(0, json!({"name": "_id", "type": "token"}));
+            }
+            if !params.iter().any(|p| p["name"] == "_lastUpdated") {
+                params.insert(1, json!({"name": "_lastUpdated", "type": "date"}));
+            }
+            let includes: Vec<Value> = registry
+                .for_type(rtype)
+                .filter(|p| p.kind == ParamKind::Reference)
+                .map(|p| json!(format!("{rtype}:{}", p.code)))
+                .collect();
+            let interactions: Vec<Value> = ["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"]
+                .iter()
+                .map(|c| json!({"code": c}))
+                .collect();
+            json!({
+                "type": rtype,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{rtype}"),
+                "interaction": interactions,
+                "versioning": "versioned-update",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
+                "referencePolicy": ["literal", "logical"],
+                "searchInclude": includes,
+                "searchRevInclude": [],
+                "searchParam": params,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": time::format_instant(time::now_millis()),
+        "kind": "instance",
+        "software": { "name": software_name, "version": env!("CARGO_PKG_VERSION") },
+        "implementation": { "description": "Pennine regional node", "url": base },
+        "fhirVersion": fhir::FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            "searchParam": [
+                {"name": "_count", "type": "number"},
+                {"name": "_sort", "type": "string"},
+                {"name": "_summary", "type": "token"},
+                {"name": "_total", "type": "token"},
+                {"name": "_elements", "type": "string"},
+                {"name": "_include", "type": "string"},
+                {"name": "_revinclude", "type": "string"}
+            ],
+        }],
+    })
+}

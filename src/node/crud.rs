@@ -1,0 +1,307 @@
+//! Instance-level interactions: create, read, vread, update, delete and their
+//! conditional forms. Each write is one unit of work in the store.
+
+use super::{Error, FhirService, Prepared};
+use crate::fhir::{Issue, IssueCode};
+use crate::search::SearchRequest;
+use crate::store::{Method, NewVersion, StoreError, Stored, WriteTxn};
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Created,
+    Updated,
+    Deleted,
+    /// A conditional create matched an existing resource; nothing was written.
+    Existing,
+    /// A delete of something absent or already deleted.
+    NothingToDelete,
+}
+
+/// What a write did, with the stored version.
+#[derive(Debug, Clone)]
+pub struct WriteResult {
+    pub rtype: String,
+    pub id: String,
+    pub version: u64,
+    pub last_updated: i64,
+    pub outcome: WriteOutcome,
+    pub json: Option<Arc<[u8]>>,
+}
+
+/// How a conditional interaction picks its target.
+#[derive(Debug, Clone)]
+pub enum Conditional {
+    None,
+    Search(SearchRequest),
+}
+
+pub(super) fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Finds the single match of a conditional search, or says why there is none.
+pub(super) fn single_match(txn: &mut dyn WriteTxn, q: &SearchRequest) -> Result<Option<String>, Error> {
+    let mut ids = txn.search_ids(q, 2)?;
+    match ids.len() {
+        0 => Ok(None),
+        1 => Ok(ids.pop()),
+        _ => Err(Error::PreconditionFailed(format!(
+            "the conditional search on {} matched more than one resource",
+            q.rtype
+        ))),
+    }
+}
+
+/// Writes `prepared` as the next version of `rtype/id`, honouring `if_match`.
+pub(super) fn put_version(
+    txn: &mut dyn WriteTxn,
+    prepared: &Prepared,
+    id: &str,
+    if_match: Option<u64>,
+) -> Result<WriteResult, Error> {
+    let current = txn.current(&prepared.rtype, id)?;
+    if let Some(expected) = if_match {
+        match current {
+            Some(c) if c.version == expected && !c.deleted => {}
+            Some(c) => {
+                return Err(Error::PreconditionFailed(format!(
+                    "{}/{id} is at version {}, not {expected}",
+                    prepared.rtype, c.version
+                )))
+            }
+            None => {
+                return Err(Error::PreconditionFailed(format!(
+                    "{}/{id} does not exist, so it cannot be at version {expected}",
+                    prepared.rtype
+                )))
+            }
+        }
+    }
+    let version = current.map_or(1, |c| c.version + 1);
+    let now = txn.now();
+    let json = prepared.assemble(id, version, now);
+    let created = current.is_none_or(|c| c.deleted);
+    txn.write(&NewVersion {
+        rtype: &prepared.rtype,
+        id,
+        version,
+        last_updated: now,
+        method: if created { Method::Create } else { Method::Update },
+        json: Some(&json),
+        index: Some(&prepared.index),
+        existed: current.is_some(),
+    })?;
+    Ok(WriteResult {
+        rtype: prepared.rtype.clone(),
+        id: id.to_string(),
+        version,
+        last_updated: now,
+        outcome: if created { WriteOutcome::Created } else { WriteOutcome::Updated },
+        json: Some(Arc::from(json)),
+    })
+}
+
+pub(super) fn delete_version(txn: &mut dyn WriteTxn, rtype: &str, id: &str) -> Result<WriteResult, Error> {
+    let current = txn.current(rtype, id)?;
+    match current {
+        Some(c) if !c.deleted => {
+            let now = txn.now();
+            let version = c.version + 1;
+            txn.write(&NewVersion {
+                rtype,
+                id,
+                version,
+                last_updated: now,
+                method: Method::Delete,
+                json: None,
+                index: None,
+                existed: true,
+            })?;
+            Ok(WriteResult {
+                rtype: rtype.to_string(),
+                id: id.to_string(),
+                version,
+                last_updated: now,
+                outcome: WriteOutcome::Deleted,
+                json: None,
+            })
+        }
+        other => Ok(WriteResult {
+            rtype: rtype.to_string(),
+            id: id.to_string(),
+            version: other.map_or(0, |c| c.version),
+            last_updated: other.map_or(0, |c| c.last_updated),
+            outcome: WriteOutcome::NothingToDelete,
+            json: None,
+        }),
+    }
+}
+
+impl FhirService {
+    /// Runs `f` as one atomic unit of work and returns its result once durable.
+    pub(super) fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn WriteTxn) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let slot: Arc<Mutex<Option<Result<T, Error>>>> = Arc::new(Mutex::new(None));
+        let out = slot.clone();
+        self.store.submit(Box::new(move |txn| {
+            let r = f(txn);
+            let keep = r.is_ok();
+            *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            keep
+        }))?;
+        let result = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        result.unwrap_or(Err(Error::Store(StoreError::JobPanicked)))
+    }
+
+    fn expect_type(&self, rtype: &str, value: &Value, raw: Option<&str>) -> Result<(), Error> {
+        let found = self.check_resource(value, raw)?;
+        if found != rtype {
+            return Err(Error::invalid(
+                Issue::error(
+                    IssueCode::Invalid,
+                    format!("the body is a {found} but the URL is for {rtype}"),
+                )
+                .at("resourceType"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `POST [type]`, optionally conditional (`If-None-Exist`).
+    pub fn create(
+        &self,
+        rtype: &str,
+        value: Value,
+        raw: Option<&str>,
+        if_none_exist: Conditional,
+    ) -> Result<WriteResult, Error> {
+        self.expect_type(rtype, &value, raw)?;
+        let prepared = self.prepare(rtype.to_string(), value);
+        let id = new_id();
+        let result = self.run(move |txn| {
+            if let Conditional::Search(q) = &if_none_exist {
+                if let Some(existing) = single_match(txn, q)? {
+                    let c = txn.current(&prepared.rtype, &existing)?;
+                    return Ok(WriteResult {
+                        rtype: prepared.rtype.clone(),
+                        id: existing,
+                        version: c.map_or(0, |c| c.version),
+                        last_updated: c.map_or(0, |c| c.last_updated),
+                        outcome: WriteOutcome::Existing,
+                        json: None,
+                    });
+                }
+            }
+            put_version(txn, &prepared, &id, None)
+        })?;
+        self.with_current_json(result)
+    }
+
+    fn with_current_json(&self, mut result: WriteResult) -> Result<WriteResult, Error> {
+        if result.outcome == WriteOutcome::Existing {
+            if let Some(s) = self.store.read(&result.rtype, &result.id)? {
+                result.json = s.json;
+            }
+        }
+        Ok(result)
+    }
+
+    /// `PUT [type]/[id]` (create-on-update), with an optional `If-Match` version.
+    pub fn update(
+        &self,
+        rtype: &str,
+        id: &str,
+        value: Value,
+        raw: Option<&str>,
+        if_match: Option<u64>,
+    ) -> Result<WriteResult, Error> {
+        self.expect_type(rtype, &value, raw)?;
+        let prepared = self.prepare(rtype.to_string(), value);
+        match prepared.body_id.as_deref() {
+            Some(b) if b == id => {}
+            Some(b) => {
+                return Err(Error::invalid(
+                    Issue::error(IssueCode::Invalid, format!("the body's id '{b}' does not match the URL's id '{id}'"))
+                        .at(format!("{rtype}.id")),
+                ))
+            }
+            None => {
+                return Err(Error::invalid(
+                    Issue::error(IssueCode::Required, "an update needs the resource id in the body").at(format!("{rtype}.id")),
+                ))
+            }
+        }
+        let id = id.to_string();
+        self.run(move |txn| put_version(txn, &prepared, &id, if_match))
+    }
+
+    /// `PUT [type]?[search]`: update the single match, or create if none.
+    pub fn conditional_update(
+        &self,
+        rtype: &str,
+        query: SearchRequest,
+        value: Value,
+        raw: Option<&str>,
+        if_match: Option<u64>,
+    ) -> Result<WriteResult, Error> {
+        self.expect_type(rtype, &value, raw)?;
+        let prepared = self.prepare(rtype.to_string(), value);
+        self.run(move |txn| {
+            let id = match (single_match(txn, &query)?, &prepared.body_id) {
+                (Some(found), Some(body)) if &found != body => {
+                    return Err(Error::invalid(Issue::error(
+                        IssueCode::Invalid,
+                        format!("the search matched {rtype}/{found} but the body's id is '{body}'", rtype = query.rtype),
+                    )))
+                }
+                (Some(found), _) => found,
+                (None, Some(body)) => body.clone(),
+                (None, None) => new_id(),
+            };
+            put_version(txn, &prepared, &id, if_match)
+        })
+    }
+
+    /// `DELETE [type]/[id]`: logical delete; deleting what is absent is not an error.
+    pub fn delete(&self, rtype: &str, id: &str) -> Result<WriteResult, Error> {
+        let (rtype, id) = (rtype.to_string(), id.to_string());
+        self.run(move |txn| delete_version(txn, &rtype, &id))
+    }
+
+    /// `DELETE [type]?[search]`: delete the single match.
+    pub fn conditional_delete(&self, query: SearchRequest) -> Result<WriteResult, Error> {
+        self.run(move |txn| match single_match(txn, &query)? {
+            Some(id) => delete_version(txn, &query.rtype, &id),
+            None => Ok(WriteResult {
+                rtype: query.rtype.clone(),
+                id: String::new(),
+                version: 0,
+                last_updated: 0,
+                outcome: WriteOutcome::NothingToDelete,
+                json: None,
+            }),
+        })
+    }
+
+    /// `GET [type]/[id]`.
+    pub fn read(&self, rtype: &str, id: &str) -> Result<Stored, Error> {
+        match self.store.read(rtype, id)? {
+            None => Err(Error::NotFound(rtype.into(), id.into())),
+            Some(s) if s.deleted() => Err(Error::Gone(rtype.into(), id.into())),
+            Some(s) => Ok(s),
+        }
+    }
+
+    /// `GET [type]/[id]/_history/[vid]`.
+    pub fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Stored, Error> {
+        match self.store.vread(rtype, id, version)? {
+            None => Err(Error::NotFound(rtype.into(), format!("{id}/_history/{version}"))),
+            Some(s) if s.deleted() => Err(Error::Gone(rtype.into(), format!("{id}/_history/{version}"))),
+            Some(s) => Ok(s),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Storage: the one trait every backend implements, and the types that cross it.
+//!
+//! The trait is blocking and object-safe; the HTTP layer calls it on a blocking
+//! thread pool. Writes are units of work (`WriteJob`) that the backend runs
+//! atomically inside its own transaction, so FHIR transaction semantics
+//! (conditional creates, `ifNoneExist`, version checks) live once in the node
+//! layer and every backend gets them for free. Only this module knows SQL.
+
+mod sql;
+pub mod sqlite;
+
+use crate::search::query::Include;
+use crate::search::{IndexRows, SearchRequest};
+use std::sync::Arc;
+
+/// A resource's current state, as a write sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current {
+    pub version: u64,
+    pub deleted: bool,
+    pub last_updated: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Create => "POST",
+            Method::Update => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+
+    fn parse(s: &str) -> Method {
+        match s {
+            "POST" => Method::Create,
+            "DELETE" => Method::Delete,
+            _ => Method::Update,
+        }
+    }
+}
+
+/// One stored version of a resource.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The backend's key of the resource (stable across versions).
+    pub key: i64,
+    pub rtype: String,
+    pub id: String,
+    pub version: u64,
+    pub last_updated: i64,
+    pub method: Method,
+    /// The resource JSON; `None` for a deletion.
+    pub json: Option<Arc<[u8]>>,
+}
+
+impl Stored {
+    pub fn deleted(&self) -> bool {
+        self.json.is_none()
+    }
+}
+
+/// What a history request covers.
+#[derive(Debug, Clone)]
+pub enum HistoryScope {
+    System,
+    Type(String),
+    Instance(String, String),
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    pub scope: HistoryScope,
+    pub since: Option<i64>,
+    pub at_or_before: Option<i64>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// A version to write, with everything computed outside the write lock.
+#[derive(Debug, Clone)]
+pub struct NewVersion<'a> {
+    pub rtype: &'a str,
+    pub id: &'a str,
+    pub version: u64,
+    pub last_updated: i64,
+    pub method: Method,
+    /// `None` writes a deletion.
+    pub json: Option<&'a [u8]>,
+    pub index: Option<&'a IndexRows>,
+    /// Whether a row for this resource exists already (any version).
+    pub existed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("storage is shutting down")]
+    Closed,
+    #[error("a write job panicked")]
+    JobPanicked,
+    #[error("cannot open the data folder {path}: {message}")]
+    Open { path: String, message: String },
+}
+
+/// The operations a unit of work may perform inside the store's transaction.
+pub trait WriteTxn {
+    fn current(&mut self, rtype: &str, id: &str) -> Result<Option<Current>, StoreError>;
+    /// The ids of current resources matching `req` (its conditions only).
+    fn search_ids(&mut self, req: &SearchRequest, limit: usize) -> Result<Vec<String>, StoreError>;
+    fn write(&mut self, v: &NewVersion) -> Result<(), StoreError>;
+    /// Runs `f` in a nested savepoint: its writes are kept if it returns `true`
+    /// and undone if it returns `false` (a batch entry that failed).
+    fn nested(&mut self, f: &mut dyn FnMut(&mut dyn WriteTxn) -> bool) -> Result<bool, StoreError>;
+    /// A timestamp for this unit of work: never earlier than any earlier unit's.
+    fn now(&mut self) -> i64;
+}
+
+/// A unit of work. It returns `true` to keep its writes, `false` to roll them back;
+/// it reports its own results through what it captured. The store runs it
+/// atomically and returns from `submit` only once it is durable (or rolled back).
+pub type WriteJob = Box<dyn FnOnce(&mut dyn WriteTxn) -> bool + Send>;
+
+/// A FHIR resource store.
+pub trait Store: Send + Sync + 'static {
+    fn read(&self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError>;
+    fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Option<Stored>, StoreError>;
+    /// History entries, newest first, and the total count in scope.
+    fn history(&self, q: &HistoryQuery) -> Result<(Vec<Stored>, u64), StoreError>;
+    /// Keys of current resources matching `req`, in the requested sort order.
+    fn search(&self, req: &SearchRequest, limit: usize) -> Result<Vec<i64>, StoreError>;
+    fn count(&self, req: &SearchRequest) -> Result<u64, StoreError>;
+    /// Current versions of `keys`, in the same order (missing or deleted ones left out).
+    fn fetch(&self, keys: &[i64]) -> Result<Vec<Stored>, StoreError>;
+    /// Keys of resources that `keys` reference through `inc`.
+    fn include(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError>;
+    /// Keys of resources of `inc.source_type` that reference any of `keys` through `inc`.
+    fn revinclude(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError>;
+    /// Runs a unit of work atomically and durably (group-committed with others).
+    fn submit(&self, job: WriteJob) -> Result<(), StoreError>;
+    /// The newest `last_updated` of any resource, if any (data freshness).
+    fn newest(&self) -> Result<Option<i64>, StoreError>;
+    /// Whether the store answers.
+    fn ready(&self) -> Result<(), StoreError>;
+}

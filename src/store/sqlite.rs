@@ -1,0 +1,612 @@
+//! The embedded store: one SQLite database file in WAL mode.
+//!
+//! One writer thread owns the write connection and group-commits: it takes
+//! every unit of work that is waiting, runs each inside its own SAVEPOINT of one
+//! transaction, commits once (one fsync for the whole group) and only then
+//! answers the callers. Readers use a small pool of their own connections and
+//! never block the writer. Because every write goes through the one thread,
+//! conditional creates see each other and cannot duplicate.
+
+use super::sql::{self, Arg, Sql};
+use super::{Current, HistoryQuery, HistoryScope, Method, NewVersion, Store, StoreError, Stored, WriteJob, WriteTxn};
+use crate::search::query::Include;
+use crate::search::{IndexRows, SearchRequest};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resources (
+    rid INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (type, id)
+);
+CREATE TABLE IF NOT EXISTS versions (
+    seq INTEGER PRIMARY KEY,
+    rid INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    last_updated INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    json BLOB,
+    UNIQUE (rid, version)
+);
+CREATE INDEX IF NOT EXISTS versions_time ON versions (last_updated);
+CREATE INDEX IF NOT EXISTS versions_type_time ON versions (type, last_updated);
+CREATE TABLE IF NOT EXISTS idx_token (rid INTEGER NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT);
+CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token (param, code, system);
+CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token (rid);
+CREATE TABLE IF NOT EXISTS idx_string (rid INTEGER NOT NULL, param TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS idx_string_norm ON idx_string (param, norm);
+CREATE INDEX IF NOT EXISTS idx_string_rid ON idx_string (rid);
+CREATE TABLE IF NOT EXISTS idx_date (rid INTEGER NOT NULL, param TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS idx_date_lo ON idx_date (param, lo);
+CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date (rid);
+CREATE TABLE IF NOT EXISTS idx_ref (rid INTEGER NOT NULL, param TEXT NOT NULL, ttype TEXT, tid TEXT, url TEXT);
+CREATE INDEX IF NOT EXISTS idx_ref_target ON idx_ref (param, tid, ttype);
+CREATE INDEX IF NOT EXISTS idx_ref_rid ON idx_ref (rid);
+CREATE TABLE IF NOT EXISTS idx_quantity (rid INTEGER NOT NULL, param TEXT NOT NULL, value REAL NOT NULL, system TEXT, code TEXT, unit TEXT);
+CREATE INDEX IF NOT EXISTS idx_quantity_value ON idx_quantity (param, value);
+CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity (rid);
+CREATE TABLE IF NOT EXISTS idx_uri (rid INTEGER NOT NULL, param TEXT NOT NULL, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (param, value);
+CREATE INDEX IF NOT EXISTS idx_uri_rid ON idx_uri (rid);
+";
+
+const INDEX_TABLES: [&str; 6] = ["idx_token", "idx_string", "idx_date", "idx_ref", "idx_quantity", "idx_uri"];
+
+fn db_err(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+struct Job {
+    work: WriteJob,
+    done: SyncSender<Result<(), StoreError>>,
+}
+
+/// The SQLite store. Cloning the handle is not needed: share it in an `Arc`.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<SyncSender<Job>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db_err)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA cache_size = -65536;
+         PRAGMA mmap_size = 268435456;",
+    )
+    .map_err(db_err)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database `pennine.db` in `dir`.
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let path = dir.join("pennine.db");
+        let conn = Connection::open(&path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        configure(&conn)?;
+        // WAL auto-checkpoints would stall the writer; checkpoint in bigger steps.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 10000;").map_err(db_err)?;
+        conn.execute_batch(SCHEMA).map_err(db_err)?;
+        let found: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        match found {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    params![SCHEMA_VERSION.to_string()],
+                )
+                .map_err(db_err)?;
+            }
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(StoreError::Open {
+                    path: path.display().to_string(),
+                    message: format!("schema version {v} is not supported by this build (expects {SCHEMA_VERSION})"),
+                })
+            }
+        }
+        let (tx, rx) = mpsc::sync_channel::<Job>(4096);
+        let handle = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(handle)),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+                )
+                .map_err(db_err)?;
+                configure(&c)?;
+                c.execute_batch("PRAGMA query_only = 1;").map_err(db_err)?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < 16 {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Stops the writer after the work already queued; later writes fail with `Closed`.
+    pub fn close(&self) {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(h) = self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn to_sql_args(args: &[Arg]) -> Vec<rusqlite::types::Value> {
+    args.iter()
+        .map(|a| match a {
+            Arg::Int(i) => rusqlite::types::Value::Integer(*i),
+            Arg::Real(f) => rusqlite::types::Value::Real(*f),
+            Arg::Text(s) => rusqlite::types::Value::Text(s.clone()),
+        })
+        .collect()
+}
+
+fn query_column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &Sql) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(&sql.text).map_err(db_err)?;
+    let args = to_sql_args(&sql.args);
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, T>(0))
+        .map_err(db_err)?;
+    rows.collect::<Result<Vec<T>, _>>().map_err(db_err)
+}
+
+fn row_to_stored(r: &rusqlite::Row) -> rusqlite::Result<Stored> {
+    let json: Option<Vec<u8>> = r.get(6)?;
+    let method: String = r.get(5)?;
+    Ok(Stored {
+        key: r.get(0)?,
+        rtype: r.get(1)?,
+        id: r.get(2)?,
+        version: r.get::<_, i64>(3)? as u64,
+        last_updated: r.get(4)?,
+        method: Method::parse(&method),
+        json: json.map(Arc::from),
+    })
+}
+
+const STORED_COLUMNS: &str = "v.rid, v.type, r.id, v.version, v.last_updated, v.method, v.json";
+
+struct SqliteTxn<'c> {
+    conn: &'c Connection,
+    last_now: &'c mut i64,
+}
+
+fn insert_index(conn: &Connection, rid: i64, index: &IndexRows) -> Result<(), StoreError> {
+    if !index.tokens.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT INTO idx_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(db_err)?;
+        for t in &index.tokens {
+            st.execute(params![rid, &*t.param, t.system, t.code, t.text]).map_err(db_err)?;
+        }
+    }
+    if !index.strings.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT INTO idx_string (rid, param, norm, exact) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(db_err)?;
+        for s in &index.strings {
+            st.execute(params![rid, &*s.param, s.norm, s.exact]).map_err(db_err)?;
+        }
+    }
+    if !index.dates.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT INTO idx_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(db_err)?;
+        for d in &index.dates {
+            st.execute(params![rid, &*d.param, d.lo, d.hi]).map_err(db_err)?;
+        }
+    }
+    if !index.refs.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT INTO idx_ref (rid, param, ttype, tid, url) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(db_err)?;
+        for r in &index.refs {
+            st.execute(params![rid, &*r.param, r.target_type, r.target_id, r.url])
+                .map_err(db_err)?;
+        }
+    }
+    if !index.quantities.is_empty() || !index.numbers.is_empty() {
+        let mut st = conn
+            .prepare_cached(
+                "INSERT INTO idx_quantity (rid, param, value, system, code, unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db_err)?;
+        for q in index.quantities.iter().chain(&index.numbers) {
+            st.execute(params![rid, &*q.param, q.value, q.system, q.code, q.unit])
+                .map_err(db_err)?;
+        }
+    }
+    if !index.uris.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT INTO idx_uri (rid, param, value) VALUES (?1, ?2, ?3)")
+            .map_err(db_err)?;
+        for u in &index.uris {
+            st.execute(params![rid, &*u.param, u.value]).map_err(db_err)?;
+        }
+    }
+    Ok(())
+}
+
+impl WriteTxn for SqliteTxn<'_> {
+    fn current(&mut self, rtype: &str, id: &str) -> Result<Option<Current>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT version, deleted, last_updated FROM resources WHERE type = ?1 AND id = ?2")
+            .map_err(db_err)?;
+        st.query_row(params![rtype, id], |r| {
+            Ok(Current {
+                version: r.get::<_, i64>(0)? as u64,
+                deleted: r.get::<_, i64>(1)? != 0,
+                last_updated: r.get(2)?,
+            })
+        })
+        .optional()
+        .map_err(db_err)
+    }
+
+    fn search_ids(&mut self, req: &SearchRequest, limit: usize) -> Result<Vec<String>, StoreError> {
+        query_column(self.conn, &sql::search_ids(req, limit))
+    }
+
+    fn write(&mut self, v: &NewVersion) -> Result<(), StoreError> {
+        let deleted = v.json.is_none() as i64;
+        let rid: i64 = if v.existed {
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "UPDATE resources SET version = ?3, last_updated = ?4, deleted = ?5 WHERE type = ?1 AND id = ?2 RETURNING rid",
+                )
+                .map_err(db_err)?;
+            let rid: i64 = st
+                .query_row(params![v.rtype, v.id, v.version as i64, v.last_updated, deleted], |r| r.get(0))
+                .map_err(db_err)?;
+            for table in INDEX_TABLES {
+                self.conn
+                    .prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
+                    .map_err(db_err)?
+                    .execute(params![rid])
+                    .map_err(db_err)?;
+            }
+            rid
+        } else {
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO resources (type, id, version, last_updated, deleted) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(db_err)?;
+            st.execute(params![v.rtype, v.id, v.version as i64, v.last_updated, deleted])
+                .map_err(db_err)?;
+            self.conn.last_insert_rowid()
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO versions (rid, version, type, last_updated, method, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db_err)?
+            .execute(params![rid, v.version as i64, v.rtype, v.last_updated, v.method.as_str(), v.json])
+            .map_err(db_err)?;
+        if let (Some(index), Some(_)) = (v.index, v.json) {
+            insert_index(self.conn, rid, index)?;
+        }
+        Ok(())
+    }
+
+    fn nested(&mut self, f: &mut dyn FnMut(&mut dyn WriteTxn) -> bool) -> Result<bool, StoreError> {
+        self.conn.execute_batch("SAVEPOINT entry").map_err(db_err)?;
+        let keep = f(self);
+        let end = if keep { "RELEASE entry" } else { "ROLLBACK TO entry; RELEASE entry" };
+        self.conn.execute_batch(end).map_err(db_err)?;
+        Ok(keep)
+    }
+
+    fn now(&mut self) -> i64 {
+        let now = crate::fhir::time::now_millis().max(*self.last_now);
+        *self.last_now = now;
+        now
+    }
+}
+
+/// Most units of work a single commit takes; more wait for the next group.
+const MAX_GROUP: usize = 256;
+
+fn writer_loop(conn: Connection, rx: Receiver<Job>) {
+    let mut last_now = 0i64;
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let err = db_err(e);
+            for job in group {
+                let _ = job.done.send(Err(StoreError::Database(err.to_string())));
+            }
+            continue;
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        for job in group {
+            let outcome = match conn.execute_batch("SAVEPOINT job") {
+                Err(e) => Err(db_err(e)),
+                Ok(()) => {
+                    let mut txn = SqliteTxn {
+                        conn: &conn,
+                        last_now: &mut last_now,
+                    };
+                    let work = job.work;
+                    let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut txn)));
+                    let (sql_end, result) = match kept {
+                        Ok(true) => ("RELEASE job", Ok(())),
+                        Ok(false) => ("ROLLBACK TO job; RELEASE job", Ok(())),
+                        Err(_) => ("ROLLBACK TO job; RELEASE job", Err(StoreError::JobPanicked)),
+                    };
+                    conn.execute_batch(sql_end).map_err(db_err).and(result)
+                }
+            };
+            answers.push((job.done, outcome));
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for (done, outcome) in answers {
+                    let _ = done.send(outcome);
+                }
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                let msg = e.to_string();
+                for (done, _) in answers {
+                    let _ = done.send(Err(StoreError::Database(msg.clone())));
+                }
+            }
+        }
+    }
+    // Leave a tidy file behind: fold the WAL back into the database.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+}
+
+impl Store for SqliteStore {
+    fn read(&self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+        self.with_reader(|c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version
+                     WHERE r.type = ?1 AND r.id = ?2"
+                ))
+                .map_err(db_err)?;
+            st.query_row(params![rtype, id], row_to_stored).optional().map_err(db_err)
+        })
+    }
+
+    fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Option<Stored>, StoreError> {
+        self.with_reader(|c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v ON v.rid = r.rid
+                     WHERE r.type = ?1 AND r.id = ?2 AND v.version = ?3"
+                ))
+                .map_err(db_err)?;
+            st.query_row(params![rtype, id, version as i64], row_to_stored)
+                .optional()
+                .map_err(db_err)
+        })
+    }
+
+    fn history(&self, q: &HistoryQuery) -> Result<(Vec<Stored>, u64), StoreError> {
+        self.with_reader(|c| {
+            let mut filter = String::from(" WHERE 1 = 1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            match &q.scope {
+                HistoryScope::System => {}
+                HistoryScope::Type(t) => {
+                    filter.push_str(" AND v.type = ?");
+                    args.push(t.clone().into());
+                }
+                HistoryScope::Instance(t, id) => {
+                    filter.push_str(" AND r.type = ? AND r.id = ?");
+                    args.push(t.clone().into());
+                    args.push(id.clone().into());
+                }
+            }
+            if let Some(since) = q.since {
+                filter.push_str(" AND v.last_updated >= ?");
+                args.push(since.into());
+            }
+            if let Some(at) = q.at_or_before {
+                filter.push_str(" AND v.last_updated <= ?");
+                args.push(at.into());
+            }
+            let total: i64 = c
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM versions v JOIN resources r ON r.rid = v.rid{filter}"
+                ))
+                .map_err(db_err)?
+                .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
+                .map_err(db_err)?;
+            let mut page_args = args.clone();
+            page_args.push((q.limit as i64).into());
+            page_args.push((q.offset as i64).into());
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {STORED_COLUMNS} FROM versions v JOIN resources r ON r.rid = v.rid{filter}
+                     ORDER BY v.last_updated DESC, v.seq DESC LIMIT ? OFFSET ?"
+                ))
+                .map_err(db_err)?;
+            let rows = st
+                .query_map(rusqlite::params_from_iter(page_args.iter()), row_to_stored)
+                .map_err(db_err)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db_err)?;
+            Ok((rows, total as u64))
+        })
+    }
+
+    fn search(&self, req: &SearchRequest, limit: usize) -> Result<Vec<i64>, StoreError> {
+        self.with_reader(|c| query_column(c, &sql::search_keys(req, limit)))
+    }
+
+    fn count(&self, req: &SearchRequest) -> Result<u64, StoreError> {
+        self.with_reader(|c| {
+            let n: Vec<i64> = query_column(c, &sql::count(req))?;
+            Ok(n.first().copied().unwrap_or(0) as u64)
+        })
+    }
+
+    fn fetch(&self, keys: &[i64]) -> Result<Vec<Stored>, StoreError> {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        self.with_reader(|c| {
+            let mut st = c
+                .prepare_cached(&format!(
+                    "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version
+                     WHERE r.rid = ?1 AND r.deleted = 0"
+                ))
+                .map_err(db_err)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for k in keys {
+                if let Some(s) = st.query_row(params![k], row_to_stored).optional().map_err(db_err)? {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn include(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError> {
+        self.with_reader(|c| {
+            let mut st = c
+                .prepare_cached(
+                    "SELECT t.rid FROM idx_ref x JOIN resources t ON t.type = x.ttype AND t.id = x.tid
+                     WHERE x.rid = ?1 AND x.param = ?2 AND t.deleted = 0 AND (?3 IS NULL OR t.type = ?3)",
+                )
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for k in keys {
+                let rows = st
+                    .query_map(params![k, &*inc.key, inc.target_type], |r| r.get::<_, i64>(0))
+                    .map_err(db_err)?;
+                for r in rows {
+                    out.push(r.map_err(db_err)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn revinclude(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError> {
+        self.with_reader(|c| {
+            let mut target = c
+                .prepare_cached("SELECT type, id FROM resources WHERE rid = ?1")
+                .map_err(db_err)?;
+            let mut st = c
+                .prepare_cached(
+                    "SELECT x.rid FROM idx_ref x JOIN resources s ON s.rid = x.rid
+                     WHERE x.param = ?1 AND x.tid = ?2 AND x.ttype = ?3 AND s.deleted = 0",
+                )
+                .map_err(db_err)?;
+            let mut out = Vec::new();
+            for k in keys {
+                let Some((t, id)) = target
+                    .query_row(params![k], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .optional()
+                    .map_err(db_err)?
+                else {
+                    continue;
+                };
+                if inc.target_type.as_deref().is_some_and(|want| want != t) {
+                    continue;
+                }
+                let rows = st
+                    .query_map(params![&*inc.key, id, t], |r| r.get::<_, i64>(0))
+                    .map_err(db_err)?;
+                for r in rows {
+                    out.push(r.map_err(db_err)?);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn submit(&self, job: WriteJob) -> Result<(), StoreError> {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let sender = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        sender
+            .send(Job { work: job, done: done_tx })
+            .map_err(|_| StoreError::Closed)?;
+        done_rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    fn newest(&self) -> Result<Option<i64>, StoreError> {
+        self.with_reader(|c| {
+            c.query_row("SELECT MAX(last_updated) FROM versions", [], |r| r.get(0))
+                .map_err(db_err)
+        })
+    }
+
+    fn ready(&self) -> Result<(), StoreError> {
+        self.with_reader(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(db_err))?;
+        if self.writer.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return Err(StoreError::Closed);
+        }
+        Ok(())
+    }
+}
