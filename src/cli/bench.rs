@@ -1,10 +1,206 @@
-//! `pennine bench`: measured later.
+//! `pennine bench`: loads the Synthea corpus into a fresh node over HTTP and
+//! measures ingest, read-by-id and indexed search, each beside a baseline
+//! measured in the same run (plain JSON parsing of the same bytes).
 
+use crate::config::NodeConfig;
+use anyhow::{bail, Context};
 use clap::Args;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// Folder of FHIR transaction bundles (JSON).
+    #[arg(long, default_value = "../shared/corpora/synthea-r4/bundles")]
+    corpus: PathBuf,
+    /// How many copies of the corpus to load (ids are server-assigned, so copies are new resources).
+    #[arg(long, default_value_t = 1)]
+    copies: usize,
+    /// Bundles in flight at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Read-by-id requests to time.
+    #[arg(long, default_value_t = 20_000)]
+    reads: usize,
+    /// Requests in flight for the read test.
+    #[arg(long, default_value_t = 8)]
+    read_concurrency: usize,
+    /// Disable the fhirbolt structural check (to measure its cost).
+    #[arg(long)]
+    no_structural_check: bool,
+}
 
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not yet")
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.corpus)
+        .with_context(|| format!("cannot read corpus folder {}", args.corpus.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("no .json bundles in {}", args.corpus.display());
+    }
+    let mut bodies: Vec<Arc<Vec<u8>>> = Vec::new();
+    for f in &files {
+        bodies.push(Arc::new(std::fs::read(f)?));
+    }
+    let bytes: usize = bodies.iter().map(|b| b.len()).sum::<usize>() * args.copies;
+
+    // Baseline: plain JSON parsing of the same bytes, one core.
+    let started = Instant::now();
+    let mut resources = 0usize;
+    for _ in 0..args.copies {
+        for b in &bodies {
+            let v: Value = serde_json::from_slice(b)?;
+            resources += v["entry"].as_array().map_or(0, Vec::len);
+        }
+    }
+    let parse_secs = started.elapsed().as_secs_f64();
+    let parse_rate = resources as f64 / parse_secs;
+
+    let dir = tempfile::tempdir()?;
+    let mut config = NodeConfig::local("bench", dir.path());
+    config.service.structural_check = !args.no_structural_check;
+    let rt = super::runtime()?;
+    rt.block_on(async move {
+        let node = crate::http::start_node(config).await?;
+        let base = format!("{}/fhir", node.base_url());
+        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+
+        // Ingest: every bundle as a transaction, `concurrency` at a time.
+        let started = Instant::now();
+        let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+        let mut tasks = Vec::new();
+        for _ in 0..args.copies {
+            for b in &bodies {
+                let permit = sem.clone().acquire_owned().await?;
+                let (client, base, body) = (client.clone(), base.clone(), b.clone());
+                tasks.push(tokio::spawn(async move {
+                    let r = client
+                        .post(&base)
+                        .header("content-type", "application/fhir+json")
+                        .body(body.to_vec())
+                        .send()
+                        .await?;
+                    let status = r.status();
+                    let text = r.text().await?;
+                    drop(permit);
+                    anyhow::ensure!(status.is_success(), "bundle rejected: {status} {text:.300}");
+                    let v: Value = serde_json::from_str(&text)?;
+                    let locations: Vec<String> = v["entry"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|e| e["response"]["location"].as_str())
+                        .map(|l| l.split("/_history").next().unwrap_or(l).to_string())
+                        .collect();
+                    Ok::<_, anyhow::Error>(locations)
+                }));
+            }
+        }
+        let mut locations = Vec::new();
+        for t in tasks {
+            locations.extend(t.await??);
+        }
+        let ingest_secs = started.elapsed().as_secs_f64();
+        let ingest_rate = locations.len() as f64 / ingest_secs;
+        if locations.len() != resources {
+            bail!("stored {} of {} resources", locations.len(), resources);
+        }
+
+        // Read by id: a spread of ids, `read_concurrency` in flight.
+        let patients: Vec<String> = locations.iter().filter(|l| l.starts_with("Patient/")).cloned().collect();
+        let step = (locations.len() / 997).max(1);
+        let sample: Arc<Vec<String>> = Arc::new(locations.iter().step_by(step).cloned().collect());
+        let started = Instant::now();
+        let per_task = args.reads / args.read_concurrency;
+        let mut tasks = Vec::new();
+        for t in 0..args.read_concurrency {
+            let (client, base, sample) = (client.clone(), base.clone(), sample.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_task);
+                for i in 0..per_task {
+                    let id = &sample[(t * per_task + i) % sample.len()];
+                    let s = Instant::now();
+                    let r = client.get(format!("{base}/{id}")).send().await?;
+                    anyhow::ensure!(r.status().is_success(), "read {id}: {}", r.status());
+                    let _ = r.bytes().await?;
+                    lat.push(s.elapsed());
+                }
+                Ok::<_, anyhow::Error>(lat)
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await??);
+        }
+        let read_secs = started.elapsed().as_secs_f64();
+        lat.sort();
+        let read_rate = lat.len() as f64 / read_secs;
+
+        // Indexed searches: median of 5 runs each.
+        let some_patient = patients.first().cloned().unwrap_or_default();
+        let searches = [
+            "Observation?code=http://loinc.org|8302-2&_count=50".to_string(),
+            "Observation?code=http://loinc.org|8302-2&_summary=count".to_string(),
+            format!("Observation?subject={some_patient}&_count=100"),
+            "Observation?date=ge2015-01-01&date=lt2015-02-01&_count=50".to_string(),
+            "Patient?name=Ma&_count=50".to_string(),
+            "Observation?value-quantity=gt100|http://unitsofmeasure.org|mg/dL&_summary=count".to_string(),
+            "Condition?code=http://snomed.info/sct|44054006&_include=Condition:subject".to_string(),
+            "Encounter?subject:Patient.gender=female&_summary=count".to_string(),
+        ];
+        let mut search_rows = Vec::new();
+        for q in &searches {
+            let mut times = Vec::new();
+            let mut total = Value::Null;
+            for _ in 0..5 {
+                let s = Instant::now();
+                let r = client.get(format!("{base}/{q}")).send().await?;
+                anyhow::ensure!(r.status().is_success(), "search {q}: {}", r.status());
+                let v: Value = r.json().await?;
+                times.push(s.elapsed());
+                total = v["total"].clone();
+            }
+            times.sort();
+            search_rows.push((q.clone(), total, times[2]));
+        }
+        node.stop().await;
+
+        println!("pennine bench: {} bundles x {} copies, {} resources, {:.1} MB", bodies.len(), args.copies, resources, bytes as f64 / 1e6);
+        println!("structural check (fhirbolt): {}", if args.no_structural_check { "off" } else { "on" });
+        println!();
+        println!("| measure | value | baseline in the same run | ratio |");
+        println!("|---|---|---|---|");
+        println!(
+            "| ingest over HTTP (transactions, {} in flight, durable, indexed) | {:.0} resources/s ({:.2} s) | plain JSON parse, 1 core: {:.0} resources/s | {:.3} |",
+            args.concurrency,
+            ingest_rate,
+            ingest_secs,
+            parse_rate,
+            ingest_rate / parse_rate
+        );
+        println!(
+            "| read by id ({} requests, {} in flight) | {:.0} requests/s; p50 {:.2} ms, p99 {:.2} ms | | |",
+            lat.len(),
+            args.read_concurrency,
+            read_rate,
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3
+        );
+        for (q, total, t) in &search_rows {
+            println!("| search `{q}` (median of 5) | {:.2} ms | total {} | |", t.as_secs_f64() * 1e3, total);
+        }
+        Ok(())
+    })
 }

@@ -6,10 +6,33 @@ use fhirbolt::model::r4::Resource;
 
 /// Parses `json` (one resource) with the typed R4 model in strict mode: unknown
 /// elements, wrong data types and malformed primitives are errors.
-pub fn check_structure(json: &str) -> Result<(), Issue> {
-    match fhirbolt::json::from_str::<Resource>(json, None) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(structure_issue(&e.to_string())),
+///
+/// A missing required element is returned as a warning, not an error: it is a
+/// cardinality rule, which the profile validator owns and a node's policy may
+/// accept (HAPI and Blaze store such resources too; one of the official R4
+/// examples, `bundle-questionnaire`, lacks a required `linkId`).
+pub fn check_structure(json: &str) -> Result<Option<Issue>, Issue> {
+    // fhirbolt 0.4 panics on some malformed primitives (e.g. a month of 13);
+    // a panic here must become a clear error, never a failed worker.
+    let parsed = std::panic::catch_unwind(|| fhirbolt::json::from_str::<Resource>(json, None));
+    match parsed {
+        Ok(Ok(_)) => Ok(None),
+        Ok(Err(e)) => {
+            let message = e.to_string();
+            if message.starts_with("missing field") {
+                let mut issue = structure_issue(&message);
+                issue.severity = super::Severity::Warning;
+                issue.code = IssueCode::Required;
+                issue.expression = None;
+                Ok(Some(issue))
+            } else {
+                Err(structure_issue(&message))
+            }
+        }
+        Err(_) => Err(Issue::error(
+            IssueCode::Value,
+            "Resource does not conform to FHIR R4: a primitive value is malformed (for example a date or time out of range)",
+        )),
     }
 }
 
@@ -29,7 +52,9 @@ mod tests {
 
     #[test]
     fn accepts_valid_and_rejects_unknown_elements() {
-        assert!(check_structure(r#"{"resourceType":"Patient","gender":"male","birthDate":"1970-01-01"}"#).is_ok());
+        assert_eq!(check_structure(r#"{"resourceType":"Patient","gender":"male","birthDate":"1970-01-01"}"#), Ok(None));
+        let w = check_structure(r#"{"resourceType":"Observation","code":{"text":"x"}}"#).unwrap().unwrap();
+        assert_eq!(w.severity, crate::fhir::Severity::Warning);
         let e = check_structure(r#"{"resourceType":"Patient","colour":"blue"}"#).unwrap_err();
         assert_eq!(e.code, IssueCode::Structure);
         assert!(e.diagnostics.contains("colour"), "{}", e.diagnostics);

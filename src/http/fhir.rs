@@ -17,6 +17,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("", web::post().to(bundle))
             .route("", web::get().to(system_get))
             .route("/", web::post().to(bundle))
+            .route("/", web::get().to(system_get))
             .route("/metadata", web::get().to(metadata))
             .route("/_history", web::get().to(system_history))
             .route("/{type}", web::get().to(search_get))

@@ -142,9 +142,13 @@ impl FhirService {
                 Some(r) => fhir::model::check_structure(r),
                 None => fhir::model::check_structure(&value.to_string()),
             };
-            if let Err(mut issue) = checked {
-                issue.expression = issue.expression.map(|e| format!("{rtype}.{e}"));
-                issues.push(issue);
+            match checked {
+                Ok(None) => {}
+                Ok(Some(warning)) => tracing::debug!(%rtype, warning = %warning.diagnostics, "accepted with a structural warning"),
+                Err(mut issue) => {
+                    issue.expression = issue.expression.map(|e| format!("{rtype}.{e}"));
+                    issues.push(issue);
+                }
             }
         }
         if issues.is_empty() {

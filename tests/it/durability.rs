@@ -1,0 +1,67 @@
+//! Durability: acknowledged writes survive `kill -9` of the node process.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+fn start(data: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pennine"))
+        .args(["node", "--region", "yh", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the pennine binary");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    (child, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = start(dir.path());
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (client, base) = (client.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                let r = client
+                    .post(format!("{base}/Patient"))
+                    .header("content-type", "application/fhir+json")
+                    .body(json!({"resourceType": "Patient", "name": [{"family": format!("K{t}-{i}")}]}).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+                let v: Value = r.json().await.unwrap();
+                ids.push(v["id"].as_str().unwrap().to_string());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    // SIGKILL: no shutdown hook runs, the WAL is not checkpointed.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut child, base) = start(dir.path());
+    for id in &ids {
+        let r = client.get(format!("{base}/Patient/{id}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "Patient/{id} lost");
+    }
+    let v: Value = client.get(format!("{base}/Patient?_summary=count")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["total"].as_u64().unwrap() as usize, ids.len());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

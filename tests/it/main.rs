@@ -1,0 +1,9 @@
+//! Integration tests: one binary; every test talks to a real node over HTTP.
+
+mod bundles;
+mod corpus;
+mod crud;
+mod durability;
+mod errors;
+mod helpers;
+mod search;
