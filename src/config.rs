@@ -16,7 +16,8 @@ impl Region {
         let ok = !s.is_empty()
             && s.len() <= 32
             && s.starts_with(|c: char| c.is_ascii_lowercase())
-            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if ok {
             Ok(Region(s.to_string()))
         } else {
@@ -123,8 +124,14 @@ impl NodeConfig {
             .listen
             .or(from_file.listen)
             .unwrap_or_else(|| "127.0.0.1:8080".into());
-        if listen.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-            return Err(ConfigError::Invalid(format!("listen address '{listen}' must be host:port")));
+        if listen
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "listen address '{listen}' must be host:port"
+            )));
         }
         let data = overrides
             .data
@@ -160,7 +167,9 @@ impl NodeConfig {
         let public_url = overrides.public_url.or(from_file.public_url);
         if let Some(u) = &public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
-                return Err(ConfigError::Invalid(format!("public_url '{u}' must start with http:// or https://")));
+                return Err(ConfigError::Invalid(format!(
+                    "public_url '{u}' must start with http:// or https://"
+                )));
             }
         }
         Ok(NodeConfig {
@@ -183,7 +192,11 @@ mod tests {
     fn flags_override_file_and_bad_values_fail() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("node.toml");
-        std::fs::write(&file, "region = \"yh\"\nlisten = \"127.0.0.1:9000\"\ndata = \"/tmp/x\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "region = \"yh\"\nlisten = \"127.0.0.1:9000\"\ndata = \"/tmp/x\"\n",
+        )
+        .unwrap();
         let c = NodeConfig::load(
             Some(&file),
             NodeOverrides {

@@ -2,11 +2,11 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the invariants between them.
 
-pub mod fhir;
-pub mod fhirpath;
-pub mod search;
-pub mod node;
-pub mod store;
 pub mod cli;
 pub mod config;
+pub mod fhir;
+pub mod fhirpath;
 pub mod http;
+pub mod node;
+pub mod search;
+pub mod store;

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "pennine", version, about = "FHIR R4 interoperability gateway for a federated learning health system")]
+#[command(
+    name = "pennine",
+    version,
+    about = "FHIR R4 interoperability gateway for a federated learning health system"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -39,7 +39,10 @@ pub fn check_structure(json: &str) -> Result<Option<Issue>, Issue> {
 fn structure_issue(message: &str) -> Issue {
     // fhirbolt reports e.g. "unknown field `foo`, expected one of ..." without a path;
     // name the field so the sender can find it.
-    let issue = Issue::error(IssueCode::Structure, format!("Resource does not conform to FHIR R4: {message}"));
+    let issue = Issue::error(
+        IssueCode::Structure,
+        format!("Resource does not conform to FHIR R4: {message}"),
+    );
     match message.split('`').nth(1) {
         Some(field) if message.starts_with("unknown field") => issue.at(field.to_string()),
         _ => issue,
@@ -52,8 +55,13 @@ mod tests {
 
     #[test]
     fn accepts_valid_and_rejects_unknown_elements() {
-        assert_eq!(check_structure(r#"{"resourceType":"Patient","gender":"male","birthDate":"1970-01-01"}"#), Ok(None));
-        let w = check_structure(r#"{"resourceType":"Observation","code":{"text":"x"}}"#).unwrap().unwrap();
+        assert_eq!(
+            check_structure(r#"{"resourceType":"Patient","gender":"male","birthDate":"1970-01-01"}"#),
+            Ok(None)
+        );
+        let w = check_structure(r#"{"resourceType":"Observation","code":{"text":"x"}}"#)
+            .unwrap()
+            .unwrap();
         assert_eq!(w.severity, crate::fhir::Severity::Warning);
         let e = check_structure(r#"{"resourceType":"Patient","colour":"blue"}"#).unwrap_err();
         assert_eq!(e.code, IssueCode::Structure);

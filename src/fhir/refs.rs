@@ -7,7 +7,11 @@ use serde_json::Value;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target<'a> {
     /// `Type/id` or `Type/id/_history/v`, relative or under some base URL.
-    Resource { rtype: &'a str, id: &'a str, base: Option<&'a str> },
+    Resource {
+        rtype: &'a str,
+        id: &'a str,
+        base: Option<&'a str>,
+    },
     /// `#id`: a contained resource.
     Contained(&'a str),
     /// Anything else (`urn:uuid:...`, `urn:oid:...`, a non-FHIR URL).
@@ -92,11 +96,19 @@ mod tests {
     fn parses_reference_forms() {
         assert_eq!(
             parse("Patient/1"),
-            Target::Resource { rtype: "Patient", id: "1", base: None }
+            Target::Resource {
+                rtype: "Patient",
+                id: "1",
+                base: None
+            }
         );
         assert_eq!(
             parse("http://x.org/fhir/Patient/1/_history/2"),
-            Target::Resource { rtype: "Patient", id: "1", base: Some("http://x.org/fhir") }
+            Target::Resource {
+                rtype: "Patient",
+                id: "1",
+                base: Some("http://x.org/fhir")
+            }
         );
         assert_eq!(parse("#c1"), Target::Contained("c1"));
         assert_eq!(parse("urn:uuid:abc"), Target::Other("urn:uuid:abc"));

@@ -10,7 +10,10 @@ use std::fmt;
 pub enum Item<'a> {
     /// A node of the input resource; `ty` is its FHIR type when navigation knows it
     /// (from a choice element suffix or a `resourceType`).
-    Node { value: &'a Value, ty: Option<&'a str> },
+    Node {
+        value: &'a Value,
+        ty: Option<&'a str>,
+    },
     String(String),
     Integer(i64),
     Decimal(f64),
@@ -84,7 +87,8 @@ impl<'a> Item<'a> {
         match self {
             Item::String(s) => Some(s),
             Item::Node {
-                value: Value::String(s), ..
+                value: Value::String(s),
+                ..
             } => Some(s),
             _ => None,
         }
@@ -95,7 +99,8 @@ impl<'a> Item<'a> {
             Item::Integer(i) => Some(*i as f64),
             Item::Decimal(d) => Some(*d),
             Item::Node {
-                value: Value::Number(n), ..
+                value: Value::Number(n),
+                ..
             } => n.as_f64(),
             _ => None,
         }
@@ -106,7 +111,8 @@ impl<'a> Item<'a> {
         match self {
             Item::Node { value, ty } => {
                 if let Some(t) = ty {
-                    return *t == name || (name == "Resource" || name == "DomainResource") && value.get("resourceType").is_some();
+                    return *t == name
+                        || (name == "Resource" || name == "DomainResource") && value.get("resourceType").is_some();
                 }
                 match value {
                     Value::Object(o) => match o.get("resourceType").and_then(Value::as_str) {
@@ -116,7 +122,9 @@ impl<'a> Item<'a> {
                     Value::String(_) => STRINGISH.contains(&name) || name == "String",
                     Value::Bool(_) => name == "boolean" || name == "Boolean",
                     Value::Number(n) => {
-                        name == "decimal" || name == "Decimal" || (n.is_i64() && (name == "integer" || name == "Integer"))
+                        name == "decimal"
+                            || name == "Decimal"
+                            || (n.is_i64() && (name == "integer" || name == "Integer"))
                     }
                     _ => false,
                 }
@@ -196,7 +204,12 @@ fn children<'a>(ctx: &Ctx<'a>, item: &Item<'a>, name: &str, out: &mut Vec<Item<'
     }
 }
 
-fn eval<'a>(ctx: &Ctx<'a>, expr: &Expr, input: &[Item<'a>], this: Option<&Item<'a>>) -> Result<Vec<Item<'a>>, EvalError> {
+fn eval<'a>(
+    ctx: &Ctx<'a>,
+    expr: &Expr,
+    input: &[Item<'a>],
+    this: Option<&Item<'a>>,
+) -> Result<Vec<Item<'a>>, EvalError> {
     Ok(match expr {
         Expr::This => this.cloned().into_iter().collect(),
         Expr::Literal(l) => match l {
@@ -397,7 +410,11 @@ fn binary<'a>(
                 _ if y == 0.0 => return Ok(vec![]),
                 _ => x % y,
             };
-            vec![if both_int { Item::Integer(v as i64) } else { Item::Decimal(v) }]
+            vec![if both_int {
+                Item::Integer(v as i64)
+            } else {
+                Item::Decimal(v)
+            }]
         }
     })
 }
@@ -498,8 +515,10 @@ fn call<'a>(
         "empty" => vec![Item::Boolean(base.is_empty())],
         "hasValue" => vec![Item::Boolean(matches!(
             base.as_slice(),
-            [Item::Node { value: Value::String(_) | Value::Bool(_) | Value::Number(_), .. }]
-                | [Item::String(_) | Item::Integer(_) | Item::Decimal(_) | Item::Boolean(_)]
+            [Item::Node {
+                value: Value::String(_) | Value::Bool(_) | Value::Number(_),
+                ..
+            }] | [Item::String(_) | Item::Integer(_) | Item::Decimal(_) | Item::Boolean(_)]
         ))],
         "count" => vec![Item::Integer(base.len() as i64)],
         "first" => base.into_iter().take(1).collect(),
@@ -566,8 +585,14 @@ fn call<'a>(
             vec![Item::String(parts.join(&sep))]
         }
         "toString" => base.iter().map(|i| Item::String(i.to_string_value())).collect(),
-        "lower" => base.iter().map(|i| Item::String(i.to_string_value().to_lowercase())).collect(),
-        "upper" => base.iter().map(|i| Item::String(i.to_string_value().to_uppercase())).collect(),
+        "lower" => base
+            .iter()
+            .map(|i| Item::String(i.to_string_value().to_lowercase()))
+            .collect(),
+        "upper" => base
+            .iter()
+            .map(|i| Item::String(i.to_string_value().to_uppercase()))
+            .collect(),
         "startsWith" | "endsWith" | "contains" | "matches" => {
             arity(1)?;
             let arg = eval(ctx, &args[0], input, this)?;

@@ -81,7 +81,10 @@ mod tests {
             "subject":{"reference":"Patient/1"}});
         assert_eq!(strings("Observation.value.ofType(Quantity).unit", &obs), ["mg"]);
         assert!(strings("(Observation.value as string)", &obs).is_empty());
-        assert_eq!(strings("Observation.subject.where(resolve() is Patient).reference", &obs), ["Patient/1"]);
+        assert_eq!(
+            strings("Observation.subject.where(resolve() is Patient).reference", &obs),
+            ["Patient/1"]
+        );
         assert!(strings("Observation.subject.where(resolve() is Group)", &obs).is_empty());
     }
 
@@ -91,7 +94,10 @@ mod tests {
             "deceasedBoolean": false, "name":[{"given":["A","B"],"family":"C"}]});
         assert_eq!(strings("Patient.telecom.where(system='email').value", &p), ["a@b"]);
         assert_eq!(strings("Patient.name.given | Patient.name.family", &p), ["A", "B", "C"]);
-        assert_eq!(strings("Patient.deceased.exists() and Patient.deceased != false", &p), ["false"]);
+        assert_eq!(
+            strings("Patient.deceased.exists() and Patient.deceased != false", &p),
+            ["false"]
+        );
         assert_eq!(strings("Patient.name.given.join(',')", &p), ["A,B"]);
         assert_eq!(strings("Patient.name.given.first()", &p), ["A"]);
     }

@@ -100,9 +100,7 @@ fn tokenize(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                 }
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let end = src[i + 2..]
-                    .find("*/")
-                    .ok_or_else(|| err("unterminated comment", i))?;
+                let end = src[i + 2..].find("*/").ok_or_else(|| err("unterminated comment", i))?;
                 i += end + 4;
             }
             b'\'' | b'`' => {
@@ -139,14 +137,7 @@ fn tokenize(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                     s.push(ch);
                     i += ch.len_utf8();
                 }
-                out.push((
-                    if quote == b'\'' {
-                        Tok::Str(s)
-                    } else {
-                        Tok::Ident(s)
-                    },
-                    start,
-                ));
+                out.push((if quote == b'\'' { Tok::Str(s) } else { Tok::Ident(s) }, start));
             }
             b'0'..=b'9' => {
                 while i < bytes.len() && bytes[i].is_ascii_digit() {
@@ -171,7 +162,8 @@ fn tokenize(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                     i += end + 2;
                 } else {
                     let s = i;
-                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'-') {
+                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'-')
+                    {
                         i += 1;
                     }
                     out.push((Tok::Const(src[s..i].to_string()), start));
@@ -186,7 +178,8 @@ fn tokenize(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
             }
             _ => {
                 const SYMS: [&str; 20] = [
-                    "<=", ">=", "!=", "!~", "(", ")", "[", "]", ",", ".", "|", "=", "~", "<", ">", "+", "-", "*", "/", "&",
+                    "<=", ">=", "!=", "!~", "(", ")", "[", "]", ",", ".", "|", "=", "~", "<", ">", "+", "-", "*", "/",
+                    "&",
                 ];
                 let sym = SYMS
                     .iter()
@@ -281,8 +274,7 @@ impl Parser {
 
     fn expr(&mut self, min_prec: u8) -> Result<Expr, ParseError> {
         let mut lhs = self.unary()?;
-        loop {
-            let Some(tok) = self.peek() else { break };
+        while let Some(tok) = self.peek() {
             // `is` and `as` bind between additive and union operators.
             if let Tok::Ident(kw) = tok {
                 if (kw == "is" || kw == "as") && min_prec <= 7 {

@@ -12,7 +12,9 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 #[derive(Debug)]
 pub enum ApiError {
     Fhir(node::Error),
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     MediaType(String),
     NotAcceptable(String),
     Json(serde_json::Error),
@@ -66,7 +68,10 @@ impl ApiError {
             ApiError::NoRoute(m) => vec![Issue::error(IssueCode::NotFound, m.clone())],
             ApiError::Invalid(i) => vec![i.clone()],
             ApiError::Unavailable(m) => vec![Issue::error(IssueCode::Transient, m.clone())],
-            ApiError::Internal(_) => vec![Issue::error(IssueCode::Exception, "an internal error occurred; it has been logged")],
+            ApiError::Internal(_) => vec![Issue::error(
+                IssueCode::Exception,
+                "an internal error occurred; it has been logged",
+            )],
         }
     }
 }

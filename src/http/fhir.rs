@@ -122,8 +122,13 @@ fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
         .find(|(k, _)| k == "_format")
         .map(|(_, v)| v.into_owned());
     if let Some(f) = format {
-        if !matches!(f.as_str(), "json" | "application/json" | "application/fhir+json" | "application/json+fhir") {
-            return Err(ApiError::NotAcceptable(format!("_format '{f}' is not supported; this server speaks JSON")));
+        if !matches!(
+            f.as_str(),
+            "json" | "application/json" | "application/fhir+json" | "application/json+fhir"
+        ) {
+            return Err(ApiError::NotAcceptable(format!(
+                "_format '{f}' is not supported; this server speaks JSON"
+            )));
         }
     }
     if let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) {
@@ -132,7 +137,9 @@ fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
             m.is_empty() || m == "*/*" || m.contains("json") || m == "application/*"
         });
         if !ok {
-            return Err(ApiError::NotAcceptable(format!("Accept '{accept}' is not supported; this server speaks JSON")));
+            return Err(ApiError::NotAcceptable(format!(
+                "Accept '{accept}' is not supported; this server speaks JSON"
+            )));
         }
     }
     Ok(())
@@ -152,7 +159,12 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::Invalid(Issue::error(IssueCode::Incomplete, format!("reading the body failed: {e}"))))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::Invalid(Issue::error(
+                IssueCode::Incomplete,
+                format!("reading the body failed: {e}"),
+            ))
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::TooLarge { limit });
         }
@@ -165,21 +177,29 @@ async fn json_body(req: &HttpRequest, payload: web::Payload, state: &AppState) -
     check_content_type(req)?;
     let body = read_body(req, payload, state.config.max_body_bytes).await?;
     if body.is_empty() {
-        return Err(ApiError::Invalid(Issue::error(IssueCode::Required, "the request has no body")));
+        return Err(ApiError::Invalid(Issue::error(
+            IssueCode::Required,
+            "the request has no body",
+        )));
     }
     Ok(body)
 }
 
 fn parse_json(body: &[u8]) -> Result<(Value, &str), ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
-        ApiError::Invalid(Issue::error(IssueCode::Structure, format!("the body is not UTF-8: {e}")))
+        ApiError::Invalid(Issue::error(
+            IssueCode::Structure,
+            format!("the body is not UTF-8: {e}"),
+        ))
     })?;
     let value = serde_json::from_str(text).map_err(ApiError::Json)?;
     Ok((value, text))
 }
 
 /// Runs blocking service work on the blocking pool.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, node::Error> + Send + 'static) -> Result<T, ApiError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, node::Error> + Send + 'static,
+) -> Result<T, ApiError> {
     match web::block(f).await {
         Ok(r) => r.map_err(ApiError::Fhir),
         Err(e) => Err(ApiError::Internal(e.to_string())),
@@ -225,7 +245,10 @@ fn write_response(r: WriteResult, prefer: Return, base: &str) -> HttpResponse {
     if r.version > 0 && !r.id.is_empty() {
         b.insert_header((header::ETAG, etag(r.version)));
         b.insert_header((header::LAST_MODIFIED, http_date(r.last_updated)));
-        if matches!(r.outcome, WriteOutcome::Created | WriteOutcome::Updated | WriteOutcome::Existing) {
+        if matches!(
+            r.outcome,
+            WriteOutcome::Created | WriteOutcome::Updated | WriteOutcome::Existing
+        ) {
             let loc = format!("{base}/{}/{}/_history/{}", r.rtype, r.id, r.version);
             if let Ok(v) = HeaderValue::from_str(&loc) {
                 b.insert_header((header::LOCATION, v.clone()));
@@ -260,7 +283,11 @@ async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(cs.to_string()))
 }
 
-async fn read(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn read(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = path.into_inner();
     check_type(&rtype)?;
     check_id(&id)?;
@@ -268,7 +295,10 @@ async fn read(req: HttpRequest, path: web::Path<(String, String)>, state: web::D
     let svc = state.service.clone();
     let s = blocking(move || svc.read(&rtype, &id)).await?;
     if let Some(inm) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        if inm.split(',').any(|t| t.trim() == etag(s.version) || t.trim() == format!("\"{}\"", s.version)) {
+        if inm
+            .split(',')
+            .any(|t| t.trim() == etag(s.version) || t.trim() == format!("\"{}\"", s.version))
+        {
             return Ok(HttpResponse::NotModified()
                 .insert_header((header::ETAG, etag(s.version)))
                 .finish());
@@ -286,9 +316,12 @@ async fn vread(
     check_type(&rtype)?;
     check_id(&id)?;
     check_accept(&req)?;
-    let version: u64 = vid
-        .parse()
-        .map_err(|_| ApiError::Invalid(Issue::error(IssueCode::Value, format!("'{vid}' is not a version number"))))?;
+    let version: u64 = vid.parse().map_err(|_| {
+        ApiError::Invalid(Issue::error(
+            IssueCode::Value,
+            format!("'{vid}' is not a version number"),
+        ))
+    })?;
     let svc = state.service.clone();
     let s = blocking(move || svc.vread(&rtype, &id, version)).await?;
     Ok(resource_response(&s))
@@ -306,9 +339,18 @@ fn if_none_exist(req: &HttpRequest, state: &AppState, rtype: &str) -> Result<Con
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     if pairs.is_empty() {
-        return Err(ApiError::Invalid(Issue::error(IssueCode::Invalid, "If-None-Exist has no search parameters")));
+        return Err(ApiError::Invalid(Issue::error(
+            IssueCode::Invalid,
+            "If-None-Exist has no search parameters",
+        )));
     }
-    Ok(Conditional::Search(parse_query(&state.service.registry, rtype, &pairs, true, usize::MAX)?))
+    Ok(Conditional::Search(parse_query(
+        &state.service.registry,
+        rtype,
+        &pairs,
+        true,
+        usize::MAX,
+    )?))
 }
 
 fn if_match(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
@@ -317,9 +359,12 @@ fn if_match(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
     };
     let s = h.to_str().unwrap_or("");
     let v = s.trim().trim_start_matches("W/").trim_matches('"');
-    v.parse()
-        .map(Some)
-        .map_err(|_| ApiError::Invalid(Issue::error(IssueCode::Invalid, format!("If-Match '{s}' is not a version ETag such as W/\"3\""))))
+    v.parse().map(Some).map_err(|_| {
+        ApiError::Invalid(Issue::error(
+            IssueCode::Invalid,
+            format!("If-Match '{s}' is not a version ETag such as W/\"3\""),
+        ))
+    })
 }
 
 async fn create(
@@ -404,7 +449,11 @@ async fn conditional_update(
     Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
 }
 
-async fn delete(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn delete(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let (rtype, id) = path.into_inner();
     check_type(&rtype)?;
     check_id(&id)?;
@@ -413,7 +462,11 @@ async fn delete(req: HttpRequest, path: web::Path<(String, String)>, state: web:
     Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
 }
 
-async fn conditional_delete(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn conditional_delete(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let rtype = path.into_inner();
     check_type(&rtype)?;
     let query = conditional_query(&req, &state, &rtype)?;
@@ -437,11 +490,22 @@ fn self_query(rtype: &str, pairs: &[(String, String)], parsed: &SearchRequest) -
     }
 }
 
-async fn run_search(req: &HttpRequest, state: &AppState, rtype: String, pairs: Vec<(String, String)>) -> Result<HttpResponse, ApiError> {
+async fn run_search(
+    req: &HttpRequest,
+    state: &AppState,
+    rtype: String,
+    pairs: Vec<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
     check_type(&rtype)?;
     check_accept(req)?;
     let strict = prefer(req).strict;
-    let parsed = parse_query(&state.service.registry, &rtype, &pairs, strict, state.service.settings.max_count)?;
+    let parsed = parse_query(
+        &state.service.registry,
+        &rtype,
+        &pairs,
+        strict,
+        state.service.settings.max_count,
+    )?;
     let ctx = node::SearchContext {
         base: base_url(req, state),
         self_query: self_query(&rtype, &pairs, &parsed),
@@ -451,7 +515,11 @@ async fn run_search(req: &HttpRequest, state: &AppState, rtype: String, pairs: V
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
 }
 
-async fn search_get(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn search_get(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let pairs = query_pairs(&req);
     run_search(&req, &state, path.into_inner(), pairs).await
 }
@@ -504,12 +572,12 @@ async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     let representation = prefer(&req).ret == Return::Representation && req.headers().contains_key("prefer");
     let svc = state.service.clone();
     let outcome = blocking(move || {
-        let text = std::str::from_utf8(&body)
-            .map_err(|e| node::Error::invalid(Issue::error(IssueCode::Structure, format!("the body is not UTF-8: {e}"))))?;
-        // Report malformed JSON with its position before looking at the Bundle's shape.
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
-            return Err(api_to_node(ApiError::Json(e)));
-        }
+        let text = std::str::from_utf8(&body).map_err(|e| {
+            node::Error::invalid(Issue::error(
+                IssueCode::Structure,
+                format!("the body is not UTF-8: {e}"),
+            ))
+        })?;
         svc.process_bundle(text)
     })
     .await?;
@@ -529,7 +597,12 @@ fn history_query(req: &HttpRequest, state: &AppState, scope: HistoryScope) -> Re
     for (k, v) in &pairs {
         let bad = |what: &str| ApiError::Invalid(Issue::error(IssueCode::Value, format!("{k}: {what}")));
         match k.as_str() {
-            "_count" => q.limit = v.parse::<usize>().map_err(|_| bad("not a number"))?.clamp(1, state.service.settings.max_count),
+            "_count" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .map_err(|_| bad("not a number"))?
+                    .clamp(1, state.service.settings.max_count)
+            }
             "_since" => q.since = Some(fhir::time::parse_range(v).ok_or_else(|| bad("not an instant"))?.0),
             "_at" => q.at_or_before = Some(fhir::time::parse_range(v).ok_or_else(|| bad("not a date"))?.1),
             "_getpagesoffset" => q.offset = v.parse().map_err(|_| bad("not a number"))?,
@@ -548,7 +621,12 @@ fn history_query(req: &HttpRequest, state: &AppState, scope: HistoryScope) -> Re
     Ok(q)
 }
 
-async fn history(req: HttpRequest, state: &AppState, scope: HistoryScope, path: String) -> Result<HttpResponse, ApiError> {
+async fn history(
+    req: HttpRequest,
+    state: &AppState,
+    scope: HistoryScope,
+    path: String,
+) -> Result<HttpResponse, ApiError> {
     check_accept(&req)?;
     let q = history_query(&req, state, scope)?;
     let ctx = node::SearchContext {
@@ -569,7 +647,11 @@ async fn system_history(req: HttpRequest, state: web::Data<AppState>) -> Result<
     history(req, &state, HistoryScope::System, "_history".into()).await
 }
 
-async fn type_history(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn type_history(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let rtype = path.into_inner();
     check_type(&rtype)?;
     let p = format!("{rtype}/_history");

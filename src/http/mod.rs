@@ -8,7 +8,7 @@ use crate::config::NodeConfig;
 use crate::node::FhirService;
 use crate::search::Registry;
 use crate::store::{sqlite::SqliteStore, Store};
-use actix_web::dev::{Service, ServerHandle};
+use actix_web::dev::{ServerHandle, Service};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use error::ApiError;
 use std::net::SocketAddr;
@@ -102,7 +102,11 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         App::new()
             .app_data(state.clone())
             .app_data(web::PathConfig::default().error_handler(|e, _| {
-                ApiError::Invalid(crate::fhir::Issue::error(crate::fhir::IssueCode::Invalid, e.to_string())).into()
+                ApiError::Invalid(crate::fhir::Issue::error(
+                    crate::fhir::IssueCode::Invalid,
+                    e.to_string(),
+                ))
+                .into()
             }))
             .wrap_fn(|req, srv| {
                 let method = req.method().to_string();

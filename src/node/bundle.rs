@@ -7,7 +7,7 @@
 //! conditional references. An entry whose references depend on those is
 //! rewritten and re-indexed there; the others are written as prepared.
 
-use super::crud::{delete_version, new_id, put_version, single_match, WriteOutcome, WriteResult};
+use super::crud::{create_fresh, delete_version, new_id, put_version, single_match, WriteOutcome, WriteResult};
 use super::{Error, FhirService, Prepared};
 use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
 use crate::search::{parse_query, SearchRequest};
@@ -88,6 +88,9 @@ struct Planned {
     late: Option<Value>,
 }
 
+/// A write entry's index in the request and what became of it.
+type EntryWrite = (usize, Result<WriteResult, Error>);
+
 /// The outcome of one entry.
 pub enum EntryResult {
     Written(WriteResult),
@@ -140,7 +143,10 @@ fn prefix_issues(issues: Vec<Issue>, index: usize) -> Vec<Issue> {
         .into_iter()
         .map(|mut i| {
             i.expression = Some(match i.expression.take() {
-                Some(e) => format!("Bundle.entry[{index}].resource.{}", e.split_once('.').map_or(e.as_str(), |x| x.1)),
+                Some(e) => format!(
+                    "Bundle.entry[{index}].resource.{}",
+                    e.split_once('.').map_or(e.as_str(), |x| x.1)
+                ),
                 None => format!("Bundle.entry[{index}]"),
             });
             i
@@ -154,7 +160,13 @@ fn entry_error(index: usize, message: impl Into<String>) -> Error {
 
 impl FhirService {
     fn search_request(&self, rtype: &str, query: &str) -> Result<SearchRequest, Error> {
-        Ok(parse_query(&self.registry, rtype, &query_pairs(query), true, usize::MAX)?)
+        Ok(parse_query(
+            &self.registry,
+            rtype,
+            &query_pairs(query),
+            true,
+            usize::MAX,
+        )?)
     }
 
     /// Parses one entry into a planned action (without resolving references).
@@ -168,9 +180,12 @@ impl FhirService {
             .url
             .as_deref()
             .ok_or_else(|| entry_error(index, "entry.request.url is required"))?;
-        let parsed = parse_entry_url(url).ok_or_else(|| entry_error(index, format!("cannot understand the URL '{url}'")))?;
+        let parsed =
+            parse_entry_url(url).ok_or_else(|| entry_error(index, format!("cannot understand the URL '{url}'")))?;
         let if_match = match &req.if_match {
-            Some(m) => Some(etag_version(m).ok_or_else(|| entry_error(index, format!("ifMatch '{m}' is not a version")))?),
+            Some(m) => {
+                Some(etag_version(m).ok_or_else(|| entry_error(index, format!("ifMatch '{m}' is not a version")))?)
+            }
             None => None,
         };
         let resource = |rtype: &str| -> Result<Prepared, Error> {
@@ -186,7 +201,10 @@ impl FhirService {
                     other => other,
                 })?;
             if found != rtype {
-                return Err(entry_error(index, format!("the resource is a {found} but the URL is for {rtype}")));
+                return Err(entry_error(
+                    index,
+                    format!("the resource is a {found} but the URL is for {rtype}"),
+                ));
             }
             Ok(self.prepare(found, value))
         };
@@ -214,7 +232,10 @@ impl FhirService {
                 let prepared = resource(parsed.rtype)?;
                 if let (Target::Id(id), Some(body)) = (&target, &prepared.body_id) {
                     if id != body {
-                        return Err(entry_error(index, format!("the resource id '{body}' does not match the url id '{id}'")));
+                        return Err(entry_error(
+                            index,
+                            format!("the resource id '{body}' does not match the url id '{id}'"),
+                        ));
                     }
                 }
                 if let (Target::Id(_), None) = (&target, &prepared.body_id) {
@@ -230,7 +251,12 @@ impl FhirService {
                 let target = match (parsed.id, parsed.query) {
                     (Some(id), None) => Target::Id(id.to_string()),
                     (None, Some(q)) => Target::Search(self.search_request(parsed.rtype, q)?),
-                    _ => return Err(entry_error(index, "a DELETE entry's url must be Type/id or Type?search")),
+                    _ => {
+                        return Err(entry_error(
+                            index,
+                            "a DELETE entry's url must be Type/id or Type?search",
+                        ))
+                    }
                 };
                 Action::Delete {
                     rtype: parsed.rtype.to_string(),
@@ -246,9 +272,14 @@ impl FhirService {
     /// Processes a batch or transaction Bundle given as JSON text.
     pub fn process_bundle(&self, body: &str) -> Result<BundleOutcome, Error> {
         let bundle: BundleIn = serde_json::from_str(body).map_err(|e| {
+            let what = if e.is_syntax() || e.is_eof() {
+                "malformed JSON"
+            } else {
+                "the Bundle cannot be read"
+            };
             Error::invalid(Issue::error(
                 IssueCode::Structure,
-                format!("the Bundle cannot be read: {e}"),
+                format!("{what} at line {} column {}: {e}", e.line(), e.column()),
             ))
         })?;
         if bundle.resource_type.as_deref() != Some("Bundle") {
@@ -263,7 +294,10 @@ impl FhirService {
                 return Err(Error::invalid(
                     Issue::error(
                         IssueCode::Invalid,
-                        format!("Bundle.type must be batch or transaction, not {}", other.unwrap_or("missing")),
+                        format!(
+                            "Bundle.type must be batch or transaction, not {}",
+                            other.unwrap_or("missing")
+                        ),
                     )
                     .at("Bundle.type"),
                 ))
@@ -357,7 +391,7 @@ impl FhirService {
         // 3. The unit of work: resolve what needs the database, then write.
         let service = self.clone();
         let provisional = map.clone();
-        let results = self.run(move |txn| -> Result<Vec<(usize, Result<WriteResult, Error>)>, Error> {
+        let results = self.run(move |txn| -> Result<Vec<EntryWrite>, Error> {
             let mut final_map = provisional;
             // Conditional references.
             for (r, q) in &conditional_refs {
@@ -367,7 +401,9 @@ impl FhirService {
                         final_map.insert(r.clone(), format!("{}/{id}", q.rtype));
                     }
                     None if atomic => {
-                        return Err(Error::PreconditionFailed(format!("the conditional reference '{r}' matched nothing")))
+                        return Err(Error::PreconditionFailed(format!(
+                            "the conditional reference '{r}' matched nothing"
+                        )))
                     }
                     None => {}
                 }
@@ -471,7 +507,7 @@ impl FhirService {
                                     json: None,
                                 })
                             } else {
-                                Some(put_version(txn, prepared, id, None)?)
+                                Some(create_fresh(txn, prepared, id)?)
                             }
                         }
                         Action::Update {
@@ -551,8 +587,15 @@ impl FhirService {
 
     /// A GET inside a batch: read, vread or search, as a resource.
     fn read_url(&self, url: &str) -> Result<Value, Error> {
-        let parsed = parse_entry_url(url).ok_or_else(|| Error::invalid(Issue::error(IssueCode::Invalid, format!("cannot understand '{url}'"))))?;
-        let segments: Vec<&str> = url.split('?').next().unwrap_or("").split('/').filter(|s| !s.is_empty()).collect();
+        let parsed = parse_entry_url(url)
+            .ok_or_else(|| Error::invalid(Issue::error(IssueCode::Invalid, format!("cannot understand '{url}'"))))?;
+        let segments: Vec<&str> = url
+            .split('?')
+            .next()
+            .unwrap_or("")
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
         let stored = match (parsed.id, parsed.query) {
             (Some(id), _) => {
                 let pos = segments.iter().position(|s| *s == id).unwrap_or(0);
@@ -567,7 +610,13 @@ impl FhirService {
                 }
             }
             (None, q) => {
-                let req = parse_query(&self.registry, parsed.rtype, &query_pairs(q.unwrap_or("")), false, self.settings.max_count)?;
+                let req = parse_query(
+                    &self.registry,
+                    parsed.rtype,
+                    &query_pairs(q.unwrap_or("")),
+                    false,
+                    self.settings.max_count,
+                )?;
                 let ctx = super::SearchContext {
                     base: String::new(),
                     self_query: url.to_string(),
@@ -619,7 +668,10 @@ pub fn response_bundle(outcome: &BundleOutcome, representation: bool) -> Value {
                 if !w.id.is_empty() && w.version > 0 {
                     response["etag"] = json!(format!("W/\"{}\"", w.version));
                     response["lastModified"] = json!(fhir::time::format_instant(w.last_updated));
-                    if matches!(w.outcome, WriteOutcome::Created | WriteOutcome::Updated | WriteOutcome::Existing) {
+                    if matches!(
+                        w.outcome,
+                        WriteOutcome::Created | WriteOutcome::Updated | WriteOutcome::Existing
+                    ) {
                         response["location"] = json!(format!("{}/{}/_history/{}", w.rtype, w.id, w.version));
                     }
                 }

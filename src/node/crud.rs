@@ -54,6 +54,12 @@ pub(super) fn single_match(txn: &mut dyn WriteTxn, q: &SearchRequest) -> Result<
     }
 }
 
+/// Writes a new resource under a server-assigned id (a fresh UUID, so there
+/// is no current version to look up).
+pub(super) fn create_fresh(txn: &mut dyn WriteTxn, prepared: &Prepared, id: &str) -> Result<WriteResult, Error> {
+    write_version(txn, prepared, id, None, None)
+}
+
 /// Writes `prepared` as the next version of `rtype/id`, honouring `if_match`.
 pub(super) fn put_version(
     txn: &mut dyn WriteTxn,
@@ -62,6 +68,16 @@ pub(super) fn put_version(
     if_match: Option<u64>,
 ) -> Result<WriteResult, Error> {
     let current = txn.current(&prepared.rtype, id)?;
+    write_version(txn, prepared, id, current, if_match)
+}
+
+fn write_version(
+    txn: &mut dyn WriteTxn,
+    prepared: &Prepared,
+    id: &str,
+    current: Option<crate::store::Current>,
+    if_match: Option<u64>,
+) -> Result<WriteResult, Error> {
     if let Some(expected) = if_match {
         match current {
             Some(c) if c.version == expected && !c.deleted => {}
@@ -98,7 +114,11 @@ pub(super) fn put_version(
         id: id.to_string(),
         version,
         last_updated: now,
-        outcome: if created { WriteOutcome::Created } else { WriteOutcome::Updated },
+        outcome: if created {
+            WriteOutcome::Created
+        } else {
+            WriteOutcome::Updated
+        },
         json: Some(Arc::from(json)),
     })
 }
@@ -196,7 +216,7 @@ impl FhirService {
                     });
                 }
             }
-            put_version(txn, &prepared, &id, None)
+            create_fresh(txn, &prepared, &id)
         })?;
         self.with_current_json(result)
     }
@@ -225,13 +245,17 @@ impl FhirService {
             Some(b) if b == id => {}
             Some(b) => {
                 return Err(Error::invalid(
-                    Issue::error(IssueCode::Invalid, format!("the body's id '{b}' does not match the URL's id '{id}'"))
-                        .at(format!("{rtype}.id")),
+                    Issue::error(
+                        IssueCode::Invalid,
+                        format!("the body's id '{b}' does not match the URL's id '{id}'"),
+                    )
+                    .at(format!("{rtype}.id")),
                 ))
             }
             None => {
                 return Err(Error::invalid(
-                    Issue::error(IssueCode::Required, "an update needs the resource id in the body").at(format!("{rtype}.id")),
+                    Issue::error(IssueCode::Required, "an update needs the resource id in the body")
+                        .at(format!("{rtype}.id")),
                 ))
             }
         }
@@ -255,7 +279,10 @@ impl FhirService {
                 (Some(found), Some(body)) if &found != body => {
                     return Err(Error::invalid(Issue::error(
                         IssueCode::Invalid,
-                        format!("the search matched {rtype}/{found} but the body's id is '{body}'", rtype = query.rtype),
+                        format!(
+                            "the search matched {rtype}/{found} but the body's id is '{body}'",
+                            rtype = query.rtype
+                        ),
                     )))
                 }
                 (Some(found), _) => found,

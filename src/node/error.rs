@@ -74,14 +74,19 @@ impl Error {
     pub fn issues(&self) -> Vec<Issue> {
         use crate::fhir::IssueCode;
         match self {
-            Error::UnknownType(t) => vec![Issue::error(IssueCode::NotSupported, format!("'{t}' is not a resource type this server supports"))],
+            Error::UnknownType(t) => vec![Issue::error(
+                IssueCode::NotSupported,
+                format!("'{t}' is not a resource type this server supports"),
+            )],
             Error::NotFound(t, id) => vec![Issue::error(IssueCode::NotFound, format!("{t}/{id} is not known"))],
             Error::Gone(t, id) => vec![Issue::error(IssueCode::Deleted, format!("{t}/{id} has been deleted"))],
             Error::Invalid(issues) | Error::Unprocessable(issues) => issues.clone(),
             Error::Query(q) => {
                 let issue = Issue::error(
                     match q {
-                        QueryError::UnknownParameter(_) | QueryError::UnsupportedModifier { .. } => IssueCode::NotSupported,
+                        QueryError::UnknownParameter(_) | QueryError::UnsupportedModifier { .. } => {
+                            IssueCode::NotSupported
+                        }
                         QueryError::InvalidValue { .. } => IssueCode::Value,
                     },
                     q.to_string(),
@@ -92,7 +97,10 @@ impl Error {
             Error::PreconditionFailed(m) => vec![Issue::error(IssueCode::Conflict, m.clone())],
             Error::MultipleMatches(m) => vec![Issue::error(IssueCode::MultipleMatches, m.clone())],
             Error::NotSupported(m) => vec![Issue::error(IssueCode::NotSupported, format!("not supported: {m}"))],
-            Error::Store(_) => vec![Issue::error(IssueCode::Exception, "an internal error occurred; it has been logged")],
+            Error::Store(_) => vec![Issue::error(
+                IssueCode::Exception,
+                "an internal error occurred; it has been logged",
+            )],
         }
     }
 }

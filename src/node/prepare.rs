@@ -59,7 +59,8 @@ impl Prepared {
 /// empty arrays, empty strings and nulls outside primitive-extension arrays.
 fn empty_elements(value: &Value, path: &mut String, issues: &mut Vec<Issue>) {
     fn report(issues: &mut Vec<Issue>, path: &str, what: &str) {
-        issues.push(Issue::error(IssueCode::Invalid, format!("{what} is not allowed in FHIR JSON")).at(path.to_string()));
+        issues
+            .push(Issue::error(IssueCode::Invalid, format!("{what} is not allowed in FHIR JSON")).at(path.to_string()));
     }
     match value {
         Value::Object(map) => {
@@ -114,7 +115,10 @@ impl FhirService {
     /// caller has it, to spare re-serialising it for the structural check.
     pub fn check_resource(&self, value: &Value, raw: Option<&str>) -> Result<String, Error> {
         let Some(obj) = value.as_object() else {
-            return Err(Error::invalid(Issue::error(IssueCode::Structure, "a resource must be a JSON object")));
+            return Err(Error::invalid(Issue::error(
+                IssueCode::Structure,
+                "a resource must be a JSON object",
+            )));
         };
         let rtype = match obj.get("resourceType") {
             Some(Value::String(t)) => t.clone(),
@@ -126,14 +130,17 @@ impl FhirService {
         };
         if !fhir::is_resource_type(&rtype) {
             return Err(Error::invalid(
-                Issue::error(IssueCode::NotSupported, format!("'{rtype}' is not an R4 resource type")).at("resourceType"),
+                Issue::error(IssueCode::NotSupported, format!("'{rtype}' is not an R4 resource type"))
+                    .at("resourceType"),
             ));
         }
         let mut issues = Vec::new();
         match obj.get("id") {
             None => {}
             Some(Value::String(id)) if fhir::is_valid_id(id) => {}
-            Some(_) => issues.push(Issue::error(IssueCode::Value, "id must match [A-Za-z0-9\\-\\.]{1,64}").at(format!("{rtype}.id"))),
+            Some(_) => issues.push(
+                Issue::error(IssueCode::Value, "id must match [A-Za-z0-9\\-\\.]{1,64}").at(format!("{rtype}.id")),
+            ),
         }
         let mut path = rtype.clone();
         empty_elements(value, &mut path, &mut issues);
@@ -144,7 +151,9 @@ impl FhirService {
             };
             match checked {
                 Ok(None) => {}
-                Ok(Some(warning)) => tracing::debug!(%rtype, warning = %warning.diagnostics, "accepted with a structural warning"),
+                Ok(Some(warning)) => {
+                    tracing::debug!(%rtype, warning = %warning.diagnostics, "accepted with a structural warning")
+                }
                 Err(mut issue) => {
                     issue.expression = issue.expression.map(|e| format!("{rtype}.{e}"));
                     issues.push(issue);
@@ -196,7 +205,10 @@ mod tests {
         let v = json!({"name":[{"given":[]}],"gender":"","x":null,"y":{}});
         empty_elements(&v, &mut "Patient".to_string(), &mut issues);
         let paths: Vec<_> = issues.iter().map(|i| i.expression.clone().unwrap()).collect();
-        assert_eq!(paths, ["Patient.name[0].given", "Patient.gender", "Patient.x", "Patient.y"]);
+        assert_eq!(
+            paths,
+            ["Patient.name[0].given", "Patient.gender", "Patient.x", "Patient.y"]
+        );
         let mut ok = Vec::new();
         let v = json!({"name":[{"given":["A", null],"_given":[null,{"id":"x"}]}]});
         empty_elements(&v, &mut "Patient".to_string(), &mut ok);

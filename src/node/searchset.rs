@@ -48,7 +48,9 @@ impl BundleWriter {
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(format!("{{\"relation\":{},\"url\":{}}}", json_str(rel), json_str(url)).as_bytes());
+                out.extend_from_slice(
+                    format!("{{\"relation\":{},\"url\":{}}}", json_str(rel), json_str(url)).as_bytes(),
+                );
             }
             out.push(b']');
         }
@@ -109,7 +111,13 @@ fn trim(json: &[u8], summary: Summary, elements: Option<&[String]>) -> Option<Ve
     };
     let allowed: Option<Vec<String>> = match (summary, elements) {
         (_, Some(e)) => Some(e.to_vec()),
-        (Summary::True, None) => Some(definitions::get().summary_elements.get(&rtype).cloned().unwrap_or_default()),
+        (Summary::True, None) => Some(
+            definitions::get()
+                .summary_elements
+                .get(&rtype)
+                .cloned()
+                .unwrap_or_default(),
+        ),
         (Summary::Text, None) => Some(vec!["text".into()]),
         (Summary::Data, None) => {
             obj.shift_remove("text");
@@ -183,7 +191,13 @@ impl FhirService {
     }
 
     /// A later page of a cached search (`?_getpages=...`).
-    pub fn search_page(&self, page_id: &str, offset: usize, count: Option<usize>, ctx: &SearchContext) -> Result<Vec<u8>, Error> {
+    pub fn search_page(
+        &self,
+        page_id: &str,
+        offset: usize,
+        count: Option<usize>,
+        ctx: &SearchContext,
+    ) -> Result<Vec<u8>, Error> {
         let cached = self.pages.get(page_id).ok_or_else(|| {
             Error::invalid(Issue::error(
                 IssueCode::NotFound,
@@ -204,7 +218,12 @@ impl FhirService {
         let issues: Vec<Issue> = req
             .ignored
             .iter()
-            .map(|p| Issue::warning(IssueCode::NotSupported, format!("unknown search parameter '{p}' was ignored")))
+            .map(|p| {
+                Issue::warning(
+                    IssueCode::NotSupported,
+                    format!("unknown search parameter '{p}' was ignored"),
+                )
+            })
             .collect();
         let oo = operation_outcome(&issues).to_string();
         w.entry(None, Some(oo.as_bytes()), "\"search\":{\"mode\":\"outcome\"}");
@@ -240,7 +259,11 @@ impl FhirService {
         let mut seen: HashSet<i64> = page.iter().copied().collect();
         for s in &matches {
             let json = s.json.as_deref().unwrap_or(b"{}");
-            let trimmed = if trimming { trim(json, req.summary, req.elements.as_deref()) } else { None };
+            let trimmed = if trimming {
+                trim(json, req.summary, req.elements.as_deref())
+            } else {
+                None
+            };
             w.entry(
                 Some(&full_url(&ctx.base, s)),
                 Some(trimmed.as_deref().unwrap_or(json)),

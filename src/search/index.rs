@@ -143,11 +143,15 @@ fn index_token(p: &SearchParam, item: &Item, out: &mut IndexRows) {
         text: text.map(normalize),
     };
     match item {
-        Item::Boolean(b) => out.tokens.push(row(None, Some(if *b { "true" } else { "false" }), None)),
+        Item::Boolean(b) => out
+            .tokens
+            .push(row(None, Some(if *b { "true" } else { "false" }), None)),
         Item::String(s) => out.tokens.push(row(None, Some(s), None)),
         Item::Node { value, ty } => match value {
             Value::String(s) => out.tokens.push(row(None, Some(s), None)),
-            Value::Bool(b) => out.tokens.push(row(None, Some(if *b { "true" } else { "false" }), None)),
+            Value::Bool(b) => out
+                .tokens
+                .push(row(None, Some(if *b { "true" } else { "false" }), None)),
             Value::Number(n) => out.tokens.push(row(None, Some(&n.to_string()), None)),
             Value::Object(_) => {
                 let cc_text = str_field(value, "text");
@@ -164,7 +168,11 @@ fn index_token(p: &SearchParam, item: &Item, out: &mut IndexRows) {
                     }
                 } else if value.get("code").is_some() && *ty != Some("Quantity") {
                     // Coding
-                    out.tokens.push(row(str_field(value, "system"), str_field(value, "code"), str_field(value, "display")));
+                    out.tokens.push(row(
+                        str_field(value, "system"),
+                        str_field(value, "code"),
+                        str_field(value, "display"),
+                    ));
                 } else if let Some(v) = str_field(value, "value") {
                     let system = str_field(value, "system");
                     let contact = *ty == Some("ContactPoint")
@@ -204,7 +212,16 @@ fn index_string(p: &SearchParam, item: &Item, out: &mut IndexRows) {
             Value::Object(_) => {
                 // HumanName, Address and other complex strings: every string part.
                 for part in [
-                    "text", "family", "given", "prefix", "suffix", "line", "city", "district", "state", "postalCode",
+                    "text",
+                    "family",
+                    "given",
+                    "prefix",
+                    "suffix",
+                    "line",
+                    "city",
+                    "district",
+                    "state",
+                    "postalCode",
                     "country",
                 ] {
                     for s in strings_of(value, part) {
@@ -243,8 +260,12 @@ fn index_date(p: &SearchParam, item: &Item, out: &mut IndexRows) {
         Value::Object(_) => {
             if value.get("start").is_some() || value.get("end").is_some() {
                 // Period: an open end is unbounded.
-                let lo = str_field(value, "start").and_then(time::parse_range).map_or(i64::MIN, |r| r.0);
-                let hi = str_field(value, "end").and_then(time::parse_range).map_or(i64::MAX, |r| r.1);
+                let lo = str_field(value, "start")
+                    .and_then(time::parse_range)
+                    .map_or(i64::MIN, |r| r.0);
+                let hi = str_field(value, "end")
+                    .and_then(time::parse_range)
+                    .map_or(i64::MAX, |r| r.1);
                 push(lo, hi);
             } else if let Some(Value::Array(events)) = value.get("event") {
                 // Timing
@@ -323,7 +344,8 @@ fn index_uri(p: &SearchParam, item: &Item, out: &mut IndexRows) {
     let s = match item {
         Item::String(s) => Some(s.as_str()),
         Item::Node {
-            value: Value::String(s), ..
+            value: Value::String(s),
+            ..
         } => Some(s.as_str()),
         _ => None,
     };
@@ -374,11 +396,23 @@ mod tests {
             "effectiveDateTime":"2020-01-02T10:00:00Z",
             "valueQuantity":{"value":72.5,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"}});
         let rows = extract(&reg, "Observation", &obs);
-        assert!(rows.tokens.iter().any(|t| &*t.param == "Observation.code" && t.code.as_deref() == Some("29463-7")));
-        assert!(rows.tokens.iter().any(|t| &*t.param == "Observation.status" && t.code.as_deref() == Some("final")));
-        assert!(rows.refs.iter().any(|r| &*r.param == "Observation.patient" && r.target_id.as_deref() == Some("p1")));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| &*t.param == "Observation.code" && t.code.as_deref() == Some("29463-7")));
+        assert!(rows
+            .tokens
+            .iter()
+            .any(|t| &*t.param == "Observation.status" && t.code.as_deref() == Some("final")));
+        assert!(rows
+            .refs
+            .iter()
+            .any(|r| &*r.param == "Observation.patient" && r.target_id.as_deref() == Some("p1")));
         assert!(rows.dates.iter().any(|d| &*d.param == "Observation.date"));
-        assert!(rows.quantities.iter().any(|q| &*q.param == "Observation.value-quantity" && q.value == 72.5));
+        assert!(rows
+            .quantities
+            .iter()
+            .any(|q| &*q.param == "Observation.value-quantity" && q.value == 72.5));
     }
 
     #[test]
@@ -390,7 +424,12 @@ mod tests {
             for p in reg.for_type(t) {
                 let r = json!({"resourceType": t});
                 let res = if t == "Patient" { &empty } else { &r };
-                assert!(fhirpath::evaluate(&p.compiled, res, model).is_ok(), "{} {}", p.key, p.expression);
+                assert!(
+                    fhirpath::evaluate(&p.compiled, res, model).is_ok(),
+                    "{} {}",
+                    p.key,
+                    p.expression
+                );
             }
         }
     }

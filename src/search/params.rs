@@ -103,9 +103,7 @@ fn compile_for(def: &SearchParamDefinition, rtype: &str) -> Option<Expr> {
     branches_for(parsed, rtype, &mut branches);
     let mut it = branches.into_iter();
     let first = it.next()?;
-    Some(it.fold(first, |acc, b| {
-        Expr::Binary(BinOp::Union, Box::new(acc), Box::new(b))
-    }))
+    Some(it.fold(first, |acc, b| Expr::Binary(BinOp::Union, Box::new(acc), Box::new(b))))
 }
 
 impl Registry {

@@ -75,19 +75,54 @@ pub enum UriMode {
 /// One AND-ed condition; the values inside each are OR-ed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
-    Id { values: Vec<String>, not: bool },
+    Id {
+        values: Vec<String>,
+        not: bool,
+    },
     LastUpdated(Vec<DateCond>),
-    Token { key: Arc<str>, not: bool, values: Vec<TokenValue> },
-    TokenText { key: Arc<str>, values: Vec<String> },
-    String { key: Arc<str>, mode: StringMode, values: Vec<String> },
-    Date { key: Arc<str>, values: Vec<DateCond> },
-    Quantity { key: Arc<str>, number: bool, values: Vec<NumCond> },
-    Uri { key: Arc<str>, mode: UriMode, values: Vec<String> },
-    Reference { key: Arc<str>, values: Vec<RefValue> },
+    Token {
+        key: Arc<str>,
+        not: bool,
+        values: Vec<TokenValue>,
+    },
+    TokenText {
+        key: Arc<str>,
+        values: Vec<String>,
+    },
+    String {
+        key: Arc<str>,
+        mode: StringMode,
+        values: Vec<String>,
+    },
+    Date {
+        key: Arc<str>,
+        values: Vec<DateCond>,
+    },
+    Quantity {
+        key: Arc<str>,
+        number: bool,
+        values: Vec<NumCond>,
+    },
+    Uri {
+        key: Arc<str>,
+        mode: UriMode,
+        values: Vec<String>,
+    },
+    Reference {
+        key: Arc<str>,
+        values: Vec<RefValue>,
+    },
     /// `subject:Patient.name=x`: resources whose reference `key` points at a
     /// resource of one of the target types that matches that type's condition.
-    Chain { key: Arc<str>, targets: Vec<(String, Condition)> },
-    Missing { key: Arc<str>, kind: ParamKind, missing: bool },
+    Chain {
+        key: Arc<str>,
+        targets: Vec<(String, Condition)>,
+    },
+    Missing {
+        key: Arc<str>,
+        kind: ParamKind,
+        missing: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -304,7 +339,10 @@ fn parse_reference(param: &str, v: &str, type_modifier: Option<&str>) -> Result<
             target_type: Some(rtype.to_string()),
             id: id.to_string(),
         }),
-        _ if fhir::is_valid_id(&v) => Ok(RefValue::Local { target_type: None, id: v }),
+        _ if fhir::is_valid_id(&v) => Ok(RefValue::Local {
+            target_type: None,
+            id: v,
+        }),
         _ => Ok(RefValue::Url(v)),
     }
 }
@@ -540,7 +578,10 @@ fn sort_key(registry: &Registry, rtype: &str, code: &str) -> Result<SortKey, Que
                         kind: p.kind,
                     })
                 }
-                _ => Err(bad("_sort", format!("cannot sort by {} parameter '{code}'", p.kind.as_str()))),
+                _ => Err(bad(
+                    "_sort",
+                    format!("cannot sort by {} parameter '{code}'", p.kind.as_str()),
+                )),
             }
         }
     }
@@ -572,7 +613,15 @@ fn include(registry: &Registry, spec: &str, name: &str) -> Result<Include, Query
 }
 
 /// Result parameters that control the response, not the match.
-const CONTROL: [&str; 7] = ["_format", "_pretty", "_total", "_contained", "_containedType", "_getpages", "_getpagesoffset"];
+const CONTROL: [&str; 7] = [
+    "_format",
+    "_pretty",
+    "_total",
+    "_contained",
+    "_containedType",
+    "_getpages",
+    "_getpagesoffset",
+];
 
 /// Parses a whole query. Under `strict` handling an unknown parameter is an error;
 /// otherwise it is skipped and listed in `ignored`.
@@ -664,22 +713,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(&r.conditions[1], Condition::Date { values, .. } if values[0].prefix == Prefix::Ge));
-        assert!(matches!(&r.conditions[2], Condition::Chain { targets, .. } if targets.len() == 1 && targets[0].0 == "Patient"));
+        assert!(
+            matches!(&r.conditions[2], Condition::Chain { targets, .. } if targets.len() == 1 && targets[0].0 == "Patient")
+        );
         assert_eq!(r.count, Some(5));
     }
 
     #[test]
     fn rejects_bad_input() {
         assert!(matches!(q(&[("nonsense", "1")]), Err(QueryError::UnknownParameter(_))));
-        assert!(matches!(q(&[("date", "yesterday")]), Err(QueryError::InvalidValue { .. })));
-        assert!(matches!(q(&[("code:exact", "1")]), Err(QueryError::UnsupportedModifier { .. })));
+        assert!(matches!(
+            q(&[("date", "yesterday")]),
+            Err(QueryError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            q(&[("code:exact", "1")]),
+            Err(QueryError::UnsupportedModifier { .. })
+        ));
         assert!(q(&[("_count", "-1")]).is_err());
     }
 
     #[test]
     fn number_precision_defines_the_range() {
         let r = q(&[("value-quantity", "5.4|http://unitsofmeasure.org|mg")]).unwrap();
-        let Condition::Quantity { values, .. } = &r.conditions[0] else { panic!() };
+        let Condition::Quantity { values, .. } = &r.conditions[0] else {
+            panic!()
+        };
         assert!((values[0].lo - 5.35).abs() < 1e-9 && (values[0].hi - 5.45).abs() < 1e-9);
         assert_eq!(values[0].code.as_deref(), Some("mg"));
     }

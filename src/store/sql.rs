@@ -373,7 +373,10 @@ fn order_by(sql: &mut Sql, req: &SearchRequest) {
                     ParamKind::Token => "code",
                     _ => "value",
                 };
-                sql.push(&format!("(SELECT {agg}({col}) FROM {} WHERE rid = r.rid AND param = ", table_for(*kind)));
+                sql.push(&format!(
+                    "(SELECT {agg}({col}) FROM {} WHERE rid = r.rid AND param = ",
+                    table_for(*kind)
+                ));
                 sql.text_arg(key);
                 sql.push(&format!(") {dir} NULLS LAST, "));
             }

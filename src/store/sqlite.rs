@@ -39,8 +39,7 @@ CREATE TABLE IF NOT EXISTS versions (
     json BLOB,
     UNIQUE (rid, version)
 );
-CREATE INDEX IF NOT EXISTS versions_time ON versions (last_updated);
-CREATE INDEX IF NOT EXISTS versions_type_time ON versions (type, last_updated);
+CREATE INDEX IF NOT EXISTS versions_type ON versions (type);
 CREATE TABLE IF NOT EXISTS idx_token (rid INTEGER NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT);
 CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token (param, code, system);
 CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token (rid);
@@ -61,7 +60,14 @@ CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (param, value);
 CREATE INDEX IF NOT EXISTS idx_uri_rid ON idx_uri (rid);
 ";
 
-const INDEX_TABLES: [&str; 6] = ["idx_token", "idx_string", "idx_date", "idx_ref", "idx_quantity", "idx_uri"];
+const INDEX_TABLES: [&str; 6] = [
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_ref",
+    "idx_quantity",
+    "idx_uri",
+];
 
 fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -77,6 +83,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Option<SyncSender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<(StopSignal, std::thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -105,8 +112,8 @@ impl SqliteStore {
             message: e.to_string(),
         })?;
         configure(&conn)?;
-        // WAL auto-checkpoints would stall the writer; checkpoint in bigger steps.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 10000;").map_err(db_err)?;
+        // Checkpoints run on their own thread (below), not inside the writer's commits.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;").map_err(db_err)?;
         conn.execute_batch(SCHEMA).map_err(db_err)?;
         let found: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
@@ -136,10 +143,22 @@ impl SqliteStore {
                 path: path.display().to_string(),
                 message: e.to_string(),
             })?;
+        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let checkpointer = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sqlite-checkpoint".into())
+                .spawn(move || checkpoint_loop(&path, &stop))
+                .map_err(|e| StoreError::Open {
+                    path: String::new(),
+                    message: e.to_string(),
+                })?
+        };
         Ok(SqliteStore {
             path,
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some((stop, checkpointer))),
             readers: Mutex::new(Vec::new()),
         })
     }
@@ -169,6 +188,11 @@ impl SqliteStore {
 
     /// Stops the writer after the work already queued; later writes fail with `Closed`.
     pub fn close(&self) {
+        if let Some((stop, h)) = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            *stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            stop.1.notify_all();
+            let _ = h.join();
+        }
         self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = self.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = h.join();
@@ -228,7 +252,8 @@ fn insert_index(conn: &Connection, rid: i64, index: &IndexRows) -> Result<(), St
             .prepare_cached("INSERT INTO idx_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)")
             .map_err(db_err)?;
         for t in &index.tokens {
-            st.execute(params![rid, &*t.param, t.system, t.code, t.text]).map_err(db_err)?;
+            st.execute(params![rid, &*t.param, t.system, t.code, t.text])
+                .map_err(db_err)?;
         }
     }
     if !index.strings.is_empty() {
@@ -309,7 +334,9 @@ impl WriteTxn for SqliteTxn<'_> {
                 )
                 .map_err(db_err)?;
             let rid: i64 = st
-                .query_row(params![v.rtype, v.id, v.version as i64, v.last_updated, deleted], |r| r.get(0))
+                .query_row(params![v.rtype, v.id, v.version as i64, v.last_updated, deleted], |r| {
+                    r.get(0)
+                })
                 .map_err(db_err)?;
             for table in INDEX_TABLES {
                 self.conn
@@ -335,7 +362,14 @@ impl WriteTxn for SqliteTxn<'_> {
                 "INSERT INTO versions (rid, version, type, last_updated, method, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(db_err)?
-            .execute(params![rid, v.version as i64, v.rtype, v.last_updated, v.method.as_str(), v.json])
+            .execute(params![
+                rid,
+                v.version as i64,
+                v.rtype,
+                v.last_updated,
+                v.method.as_str(),
+                v.json
+            ])
             .map_err(db_err)?;
         if let (Some(index), Some(_)) = (v.index, v.json) {
             insert_index(self.conn, rid, index)?;
@@ -346,7 +380,11 @@ impl WriteTxn for SqliteTxn<'_> {
     fn nested(&mut self, f: &mut dyn FnMut(&mut dyn WriteTxn) -> bool) -> Result<bool, StoreError> {
         self.conn.execute_batch("SAVEPOINT entry").map_err(db_err)?;
         let keep = f(self);
-        let end = if keep { "RELEASE entry" } else { "ROLLBACK TO entry; RELEASE entry" };
+        let end = if keep {
+            "RELEASE entry"
+        } else {
+            "ROLLBACK TO entry; RELEASE entry"
+        };
         self.conn.execute_batch(end).map_err(db_err)?;
         Ok(keep)
     }
@@ -355,6 +393,28 @@ impl WriteTxn for SqliteTxn<'_> {
         let now = crate::fhir::time::now_millis().max(*self.last_now);
         *self.last_now = now;
         now
+    }
+}
+
+type StopSignal = Arc<(Mutex<bool>, std::sync::Condvar)>;
+
+/// Copies committed WAL frames back into the database file every half second,
+/// without blocking the writer (PASSIVE), so the WAL stays small.
+fn checkpoint_loop(path: &Path, stop: &StopSignal) {
+    let Ok(conn) = Connection::open(path) else { return };
+    let _ = conn.busy_timeout(std::time::Duration::from_millis(100));
+    let (lock, cvar) = &**stop;
+    let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+    while !*stopped {
+        let (guard, _) = cvar
+            .wait_timeout(stopped, std::time::Duration::from_millis(500))
+            .unwrap_or_else(|e| e.into_inner());
+        stopped = guard;
+        if !*stopped {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
     }
 }
 
@@ -427,7 +487,9 @@ impl Store for SqliteStore {
                      WHERE r.type = ?1 AND r.id = ?2"
                 ))
                 .map_err(db_err)?;
-            st.query_row(params![rtype, id], row_to_stored).optional().map_err(db_err)
+            st.query_row(params![rtype, id], row_to_stored)
+                .optional()
+                .map_err(db_err)
         })
     }
 
@@ -482,7 +544,7 @@ impl Store for SqliteStore {
             let mut st = c
                 .prepare_cached(&format!(
                     "SELECT {STORED_COLUMNS} FROM versions v JOIN resources r ON r.rid = v.rid{filter}
-                     ORDER BY v.last_updated DESC, v.seq DESC LIMIT ? OFFSET ?"
+                     ORDER BY v.seq DESC LIMIT ? OFFSET ?"
                 ))
                 .map_err(db_err)?;
             let rows = st
@@ -590,15 +652,22 @@ impl Store for SqliteStore {
             .clone()
             .ok_or(StoreError::Closed)?;
         sender
-            .send(Job { work: job, done: done_tx })
+            .send(Job {
+                work: job,
+                done: done_tx,
+            })
             .map_err(|_| StoreError::Closed)?;
         done_rx.recv().map_err(|_| StoreError::Closed)?
     }
 
     fn newest(&self) -> Result<Option<i64>, StoreError> {
         self.with_reader(|c| {
-            c.query_row("SELECT MAX(last_updated) FROM versions", [], |r| r.get(0))
-                .map_err(db_err)
+            c.query_row("SELECT last_updated FROM versions ORDER BY seq DESC LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map(Option::flatten)
+            .map_err(db_err)
         })
     }
 

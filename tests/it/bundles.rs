@@ -11,7 +11,9 @@ async fn post_bundle(node: &crate::helpers::TestNode, b: &Value) -> (u16, Value)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synthea_transactions_load_with_references_resolved() {
-    let Some(dir) = corpus("synthea-r4/bundles") else { return };
+    let Some(dir) = corpus("synthea-r4/bundles") else {
+        return;
+    };
     let node = spawn_node().await;
     let files = json_files(&dir);
     let mut expected = 0usize;
@@ -20,12 +22,19 @@ async fn synthea_transactions_load_with_references_resolved() {
         let b: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
         let entries = b["entry"].as_array().unwrap();
         expected += entries.len();
-        observations += entries.iter().filter(|e| e["resource"]["resourceType"] == "Observation").count() as u64;
+        observations += entries
+            .iter()
+            .filter(|e| e["resource"]["resourceType"] == "Observation")
+            .count() as u64;
         let (status, reply) = post_bundle(&node, &b).await;
         assert_eq!(status, 200, "{}: {reply:.500}", f.display());
         assert_eq!(reply["type"], "transaction-response");
         assert_eq!(reply["entry"].as_array().unwrap().len(), entries.len());
-        assert!(reply["entry"].as_array().unwrap().iter().all(|e| e["response"]["status"] == "201 Created"));
+        assert!(reply["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["response"]["status"] == "201 Created"));
     }
     assert_eq!(node.total("Observation").await, observations);
     let history = node.get_json("_history?_count=1").await;
@@ -35,7 +44,9 @@ async fn synthea_transactions_load_with_references_resolved() {
     assert_eq!(patients.len(), 5);
     let mut linked = 0;
     for p in &patients {
-        let obs = node.get_json(&format!("Observation?subject=Patient/{p}&_count=1")).await;
+        let obs = node
+            .get_json(&format!("Observation?subject=Patient/{p}&_count=1"))
+            .await;
         let n = obs["total"].as_u64().unwrap();
         linked += n;
         if n > 0 {
@@ -77,7 +88,12 @@ async fn a_failing_entry_rolls_back_the_whole_transaction() {
     ]});
     let (status, oo) = post_bundle(&node, &b).await;
     assert_eq!(status, 422, "{oo}");
-    let exprs: Vec<&str> = oo["issue"].as_array().unwrap().iter().filter_map(|i| i["expression"][0].as_str()).collect();
+    let exprs: Vec<&str> = oo["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["expression"][0].as_str())
+        .collect();
     assert!(exprs.iter().any(|e| e.starts_with("Bundle.entry[1]")), "{exprs:?}");
     assert!(exprs.iter().any(|e| e.starts_with("Bundle.entry[2]")), "{exprs:?}");
     assert_eq!(node.get_json("_history").await["total"].as_u64().unwrap(), before);
@@ -104,9 +120,16 @@ async fn if_none_exist_and_conditional_references_in_a_transaction() {
     let (status, reply) = post_bundle(&node, &tx("First")).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["entry"][0]["response"]["status"], "201 Created");
-    let pid = reply["entry"][0]["fullUrl"].as_str().unwrap().trim_start_matches("Patient/").to_string();
+    let pid = reply["entry"][0]["fullUrl"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("Patient/")
+        .to_string();
     let patient = node.get_json(&format!("Patient/{pid}")).await;
-    assert_eq!(patient["managingOrganization"]["reference"], format!("Organization/{org}"));
+    assert_eq!(
+        patient["managingOrganization"]["reference"],
+        format!("Organization/{org}")
+    );
     // Second time: the patient exists, so the Observation must point at the existing one.
     let (status, reply) = post_bundle(&node, &tx("Second")).await;
     assert_eq!(status, 200, "{reply}");
@@ -141,9 +164,28 @@ async fn batch_entries_succeed_or_fail_on_their_own() {
     let (status, reply) = post_bundle(&node, &b).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["type"], "batch-response");
-    let statuses: Vec<&str> = reply["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["201 Created", "422 Unprocessable Entity", "410 Gone", "404 Not Found", "204 No Content", "200 OK", "412 Precondition Failed"]);
-    assert_eq!(reply["entry"][1]["response"]["outcome"]["resourceType"], "OperationOutcome");
+    let statuses: Vec<&str> = reply["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "201 Created",
+            "422 Unprocessable Entity",
+            "410 Gone",
+            "404 Not Found",
+            "204 No Content",
+            "200 OK",
+            "412 Precondition Failed"
+        ]
+    );
+    assert_eq!(
+        reply["entry"][1]["response"]["outcome"]["resourceType"],
+        "OperationOutcome"
+    );
     assert_eq!(reply["entry"][5]["resource"]["total"], 1);
     assert_eq!(node.total("Patient").await, 1);
     node.stop().await;

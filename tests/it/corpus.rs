@@ -43,7 +43,11 @@ async fn r4_examples_round_trip_without_loss() {
         let status = r.status();
         let created: Value = r.json().await.unwrap();
         if status != 201 {
-            failures.push(format!("{}: {status} {}", f.display(), created["issue"][0]["diagnostics"]));
+            failures.push(format!(
+                "{}: {status} {}",
+                f.display(),
+                created["issue"][0]["diagnostics"]
+            ));
             continue;
         }
         let id = created["id"].as_str().unwrap();
@@ -57,6 +61,11 @@ async fn r4_examples_round_trip_without_loss() {
         checked += 1;
     }
     println!("R4 examples: {checked} of {} round-tripped", files.len());
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     node.stop().await;
 }

@@ -18,7 +18,10 @@ async fn create_read_update_delete_with_versions_and_headers() {
     assert!(r.headers().contains_key("last-modified"));
     let created: Value = r.json().await.unwrap();
     let id = created["id"].as_str().unwrap().to_string();
-    assert!(location.ends_with(&format!("/fhir/Patient/{id}/_history/1")), "{location}");
+    assert!(
+        location.ends_with(&format!("/fhir/Patient/{id}/_history/1")),
+        "{location}"
+    );
     assert_eq!(created["meta"]["versionId"], "1");
     assert!(created["meta"]["lastUpdated"].as_str().unwrap().ends_with('Z'));
 
@@ -56,7 +59,12 @@ async fn create_read_update_delete_with_versions_and_headers() {
     assert_eq!(hist["entry"][0]["request"]["method"], "PUT");
     assert_eq!(hist["entry"][1]["request"]["method"], "POST");
 
-    let r = node.client.delete(node.url(&format!("Patient/{id}"))).send().await.unwrap();
+    let r = node
+        .client
+        .delete(node.url(&format!("Patient/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     let r = node.get(&format!("Patient/{id}")).await;
     assert_eq!(r.status(), 410);
@@ -64,7 +72,12 @@ async fn create_read_update_delete_with_versions_and_headers() {
     assert_eq!(oo["resourceType"], "OperationOutcome");
     assert_eq!(oo["issue"][0]["code"], "deleted");
     // Deleting again is not an error; the old versions stay readable.
-    let r = node.client.delete(node.url(&format!("Patient/{id}"))).send().await.unwrap();
+    let r = node
+        .client
+        .delete(node.url(&format!("Patient/{id}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(node.get(&format!("Patient/{id}/_history/2")).await.status(), 200);
     assert_eq!(node.get(&format!("Patient/{id}/_history/3")).await.status(), 410);
@@ -150,7 +163,10 @@ async fn versioned_update_rejects_stale_versions() {
     let r = put("W/\"1\"", body.clone()).await;
     assert_eq!(r.status(), 412);
     let oo: Value = r.json().await.unwrap();
-    assert!(oo["issue"][0]["diagnostics"].as_str().unwrap().contains("version 2"), "{oo}");
+    assert!(
+        oo["issue"][0]["diagnostics"].as_str().unwrap().contains("version 2"),
+        "{oo}"
+    );
     assert_eq!(put("W/\"2\"", body).await.status(), 200);
     node.stop().await;
 }
@@ -179,7 +195,10 @@ async fn conditional_create_update_and_delete() {
     assert_eq!(r2.status(), 200);
     let second: Value = r2.json().await.unwrap();
     assert_eq!(first["id"], second["id"]);
-    assert_eq!(second["name"][0]["family"], "First", "the existing resource is returned unchanged");
+    assert_eq!(
+        second["name"][0]["family"], "First",
+        "the existing resource is returned unchanged"
+    );
 
     // Conditional update: one match -> update it.
     let r = node.put(&format!("Patient?{cond}"), &patient("Updated")).await;
@@ -190,7 +209,9 @@ async fn conditional_create_update_and_delete() {
     // No match -> create.
     let mut p = patient("New");
     p["identifier"][0]["value"] = json!("9000000009");
-    let r = node.put("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9000000009", &p).await;
+    let r = node
+        .put("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9000000009", &p)
+        .await;
     assert_eq!(r.status(), 201);
     // Several matches -> 412.
     node.create(&patient("Dup")).await;
@@ -199,7 +220,12 @@ async fn conditional_create_update_and_delete() {
     let r = node.client.delete(node.url("Patient?family=New")).send().await.unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(node.total("Patient?family=New").await, 0);
-    let r = node.client.delete(node.url(&format!("Patient?{cond}"))).send().await.unwrap();
+    let r = node
+        .client
+        .delete(node.url(&format!("Patient?{cond}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 412);
     node.stop().await;
 }
@@ -246,13 +272,36 @@ async fn metadata_lists_what_the_node_supports() {
     assert_eq!(cs["resourceType"], "CapabilityStatement");
     assert_eq!(cs["fhirVersion"], "4.0.1");
     let rest = &cs["rest"][0];
-    let patient = rest["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Patient").unwrap();
-    let params: Vec<&str> = patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    for p in ["_id", "_lastUpdated", "name", "identifier", "birthdate", "gender", "organization"] {
+    let patient = rest["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Patient")
+        .unwrap();
+    let params: Vec<&str> = patient["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in [
+        "_id",
+        "_lastUpdated",
+        "name",
+        "identifier",
+        "birthdate",
+        "gender",
+        "organization",
+    ] {
         assert!(params.contains(&p), "{p} missing from {params:?}");
     }
     assert_eq!(patient["conditionalCreate"], true);
-    let interactions: Vec<&str> = rest["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    let interactions: Vec<&str> = rest["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["code"].as_str().unwrap())
+        .collect();
     assert!(interactions.contains(&"transaction") && interactions.contains(&"batch"));
     // Every advertised parameter can actually be used in a search.
     for p in patient["searchParam"].as_array().unwrap() {
@@ -271,7 +320,23 @@ async fn metadata_lists_what_the_node_supports() {
             .unwrap();
         assert_eq!(r.status(), 200, "searching Patient by {name}");
     }
-    assert_eq!(node.client.get(format!("{}/health", node.root)).send().await.unwrap().status(), 200);
-    assert_eq!(node.client.get(format!("{}/ready", node.root)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        node.client
+            .get(format!("{}/health", node.root))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        node.client
+            .get(format!("{}/ready", node.root))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     node.stop().await;
 }

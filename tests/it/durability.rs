@@ -60,7 +60,14 @@ async fn acknowledged_writes_survive_kill_9() {
         let r = client.get(format!("{base}/Patient/{id}")).send().await.unwrap();
         assert_eq!(r.status(), 200, "Patient/{id} lost");
     }
-    let v: Value = client.get(format!("{base}/Patient?_summary=count")).send().await.unwrap().json().await.unwrap();
+    let v: Value = client
+        .get(format!("{base}/Patient?_summary=count"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["total"].as_u64().unwrap() as usize, ids.len());
     child.kill().unwrap();
     child.wait().unwrap();

@@ -8,7 +8,11 @@ async fn outcome(r: reqwest::Response) -> (u16, Value) {
     let status = r.status().as_u16();
     let v: Value = r.json().await.expect("an OperationOutcome body");
     assert_eq!(v["resourceType"], "OperationOutcome", "{v}");
-    assert!(v["issue"][0]["severity"].is_string() && v["issue"][0]["code"].is_string() && v["issue"][0]["diagnostics"].is_string());
+    assert!(
+        v["issue"][0]["severity"].is_string()
+            && v["issue"][0]["code"].is_string()
+            && v["issue"][0]["diagnostics"].is_string()
+    );
     (status, v)
 }
 
@@ -16,16 +20,34 @@ async fn outcome(r: reqwest::Response) -> (u16, Value) {
 async fn malformed_unknown_too_large_and_wrong_type() {
     let node = spawn_node_with(|c| c.max_body_bytes = 4096).await;
     let post_raw = |path: &str, ct: &str, body: String| {
-        node.client.post(node.url(path)).header("content-type", ct).body(body).send()
+        node.client
+            .post(node.url(path))
+            .header("content-type", ct)
+            .body(body)
+            .send()
     };
-    let (s, oo) = outcome(post_raw("Patient", "application/fhir+json", "{\n  \"resourceType\": \"Patient\",\n  \"gender\": }".into()).await.unwrap()).await;
+    let (s, oo) = outcome(
+        post_raw(
+            "Patient",
+            "application/fhir+json",
+            "{\n  \"resourceType\": \"Patient\",\n  \"gender\": }".into(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
     assert_eq!(s, 400);
     let d = oo["issue"][0]["diagnostics"].as_str().unwrap();
     assert!(d.contains("line 3") && d.contains("column"), "{d}");
 
     let (s, _) = outcome(node.get("Nonsense/1").await).await;
     assert_eq!(s, 404);
-    let (s, _) = outcome(post_raw("Nonsense", "application/fhir+json", "{}".into()).await.unwrap()).await;
+    let (s, _) = outcome(
+        post_raw("Nonsense", "application/fhir+json", "{}".into())
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 404);
     let (s, _) = outcome(node.get("Patient/has$bad!id").await).await;
     assert_eq!(s, 400);
@@ -33,14 +55,34 @@ async fn malformed_unknown_too_large_and_wrong_type() {
     let (s, oo) = outcome(post_raw("Patient", "application/fhir+json", big).await.unwrap()).await;
     assert_eq!(s, 413);
     assert_eq!(oo["issue"][0]["code"], "too-long");
-    let (s, _) = outcome(post_raw("Patient", "application/xml", "<Patient/>".into()).await.unwrap()).await;
+    let (s, _) = outcome(
+        post_raw("Patient", "application/xml", "<Patient/>".into())
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 415);
     let (s, _) = outcome(post_raw("Patient", "text/plain", "{}".into()).await.unwrap()).await;
     assert_eq!(s, 415);
-    let (s, _) = outcome(node.client.get(node.url("Patient")).header("accept", "application/fhir+xml").send().await.unwrap()).await;
+    let (s, _) = outcome(
+        node.client
+            .get(node.url("Patient"))
+            .header("accept", "application/fhir+xml")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 406);
     // Body of the wrong type for the URL, a non-object, a missing resourceType.
-    let (s, _) = outcome(node.post("Patient", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})).await).await;
+    let (s, _) = outcome(
+        node.post(
+            "Patient",
+            &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(s, 400);
     let (s, _) = outcome(node.post("Patient", &json!([1, 2])).await).await;
     assert_eq!(s, 400);
@@ -55,15 +97,35 @@ async fn malformed_unknown_too_large_and_wrong_type() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn structural_errors_name_the_element() {
     let node = spawn_node().await;
-    let (s, oo) = outcome(node.post("Patient", &json!({"resourceType": "Patient", "colour": "blue"})).await).await;
+    let (s, oo) = outcome(
+        node.post("Patient", &json!({"resourceType": "Patient", "colour": "blue"}))
+            .await,
+    )
+    .await;
     assert_eq!(s, 422);
     assert_eq!(oo["issue"][0]["code"], "structure");
     assert_eq!(oo["issue"][0]["expression"][0], "Patient.colour");
-    let (s, oo) = outcome(node.post("Patient", &json!({"resourceType": "Patient", "name": [], "gender": ""})).await).await;
+    let (s, oo) = outcome(
+        node.post("Patient", &json!({"resourceType": "Patient", "name": [], "gender": ""}))
+            .await,
+    )
+    .await;
     assert_eq!(s, 422);
-    let exprs: Vec<&str> = oo["issue"].as_array().unwrap().iter().filter_map(|i| i["expression"][0].as_str()).collect();
-    assert!(exprs.contains(&"Patient.name") && exprs.contains(&"Patient.gender"), "{exprs:?}");
-    let (s, _) = outcome(node.post("Patient", &json!({"resourceType": "Patient", "active": "yes"})).await).await;
+    let exprs: Vec<&str> = oo["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["expression"][0].as_str())
+        .collect();
+    assert!(
+        exprs.contains(&"Patient.name") && exprs.contains(&"Patient.gender"),
+        "{exprs:?}"
+    );
+    let (s, _) = outcome(
+        node.post("Patient", &json!({"resourceType": "Patient", "active": "yes"}))
+            .await,
+    )
+    .await;
     assert_eq!(s, 422);
     assert_eq!(node.total("Patient").await, 0);
     node.stop().await;
@@ -91,17 +153,35 @@ async fn garbage_never_stops_the_node() {
                 let r = node
                     .client
                     .request(method.clone(), node.url(path))
-                    .header("content-type", if path.ends_with("_search") { "application/x-www-form-urlencoded" } else { "application/fhir+json" })
+                    .header(
+                        "content-type",
+                        if path.ends_with("_search") {
+                            "application/x-www-form-urlencoded"
+                        } else {
+                            "application/fhir+json"
+                        },
+                    )
                     .body(b.clone())
                     .send()
                     .await
                     .unwrap();
                 let s = r.status().as_u16();
-                assert!(s < 500, "{method} /{path} with {:?} gave {s}", String::from_utf8_lossy(b));
+                assert!(
+                    s < 500,
+                    "{method} /{path} with {:?} gave {s}",
+                    String::from_utf8_lossy(b)
+                );
             }
         }
     }
-    for q in ["Patient?birthdate=%00", "Patient?name=%27%3B%20DROP%20TABLE%20resources", "Patient?_sort=-", "Patient?_count=99999999999999999999", "Observation?subject:Patient.subject.name=x", "Patient?_elements=,,,"] {
+    for q in [
+        "Patient?birthdate=%00",
+        "Patient?name=%27%3B%20DROP%20TABLE%20resources",
+        "Patient?_sort=-",
+        "Patient?_count=99999999999999999999",
+        "Observation?subject:Patient.subject.name=x",
+        "Patient?_elements=,,,",
+    ] {
         let s = node.get(q).await.status().as_u16();
         assert!(s < 500, "{q} gave {s}");
     }

@@ -107,7 +107,9 @@ impl TestNode {
 
 /// The shared corpora folder, or `None` (with a printed message) when absent.
 pub fn corpus(sub: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora").join(sub);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/corpora")
+        .join(sub);
     if p.exists() {
         Some(p)
     } else {

@@ -16,19 +16,25 @@ async fn seed(node: &TestNode) -> Seed {
                         "identifier": [{"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "RTD01"}]}))
         .await;
     let ann = node
-        .create(&json!({"resourceType": "Patient", "name": [{"family": "Armstrong", "given": ["Ann"]}], "gender": "female",
+        .create(
+            &json!({"resourceType": "Patient", "name": [{"family": "Armstrong", "given": ["Ann"]}], "gender": "female",
             "birthDate": "1970-05-17", "managingOrganization": {"reference": format!("Organization/{org}")},
             "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}],
-            "address": [{"city": "Newcastle upon Tyne", "postalCode": "NE1 4LP"}]}))
+            "address": [{"city": "Newcastle upon Tyne", "postalCode": "NE1 4LP"}]}),
+        )
         .await;
     let bob = node
-        .create(&json!({"resourceType": "Patient", "name": [{"family": "Brown", "given": ["Bob"]}], "gender": "male",
+        .create(
+            &json!({"resourceType": "Patient", "name": [{"family": "Brown", "given": ["Bob"]}], "gender": "male",
             "birthDate": "1985-11-02", "address": [{"city": "Leeds"}],
-            "identifier": [{"system": "urn:mrn", "value": "B-1"}]}))
+            "identifier": [{"system": "urn:mrn", "value": "B-1"}]}),
+        )
         .await;
     let zoe = node
-        .create(&json!({"resourceType": "Patient", "name": [{"family": "Zoë", "given": ["Zed"]}], "gender": "female",
-            "birthDate": "2001", "active": false}))
+        .create(
+            &json!({"resourceType": "Patient", "name": [{"family": "Zoë", "given": ["Zed"]}], "gender": "female",
+            "birthDate": "2001", "active": false}),
+        )
         .await;
     let obs = |patient: &str, code: &str, value: f64, unit: &str, when: &str| {
         json!({"resourceType": "Observation", "status": "final",
@@ -46,9 +52,11 @@ async fn seed(node: &TestNode) -> Seed {
     ] {
         node.create(&o).await;
     }
-    node.create(&json!({"resourceType": "Provenance", "recorded": "2020-01-15T10:00:00Z",
-        "target": [{"reference": format!("Patient/{ann}")}], "agent": [{"who": {"display": "feed"}}]}))
-        .await;
+    node.create(
+        &json!({"resourceType": "Provenance", "recorded": "2020-01-15T10:00:00Z",
+        "target": [{"reference": format!("Patient/{ann}")}], "agent": [{"who": {"display": "feed"}}]}),
+    )
+    .await;
     Seed { ann, bob, zoe }
 }
 
@@ -69,27 +77,54 @@ async fn token_string_date_reference_quantity_and_uri() {
     assert_eq!(node.total("Observation?code:not=29463-7").await, 2);
     assert_eq!(node.total("Observation?code:text=code%208302").await, 2);
     assert_eq!(node.search_ids("Patient?gender=female").await.len(), 2);
-    assert_eq!(node.search_ids("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919").await, vec![s.ann.clone()]);
-    assert_eq!(node.search_ids("Patient?identifier=urn:mrn|").await, vec![s.bob.clone()]);
+    assert_eq!(
+        node.search_ids("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919")
+            .await,
+        vec![s.ann.clone()]
+    );
+    assert_eq!(
+        node.search_ids("Patient?identifier=urn:mrn|").await,
+        vec![s.bob.clone()]
+    );
     assert_eq!(node.search_ids("Patient?active=false").await, vec![s.zoe.clone()]);
     // string: starts-with, case- and accent-insensitive; exact; contains
     assert_eq!(node.search_ids("Patient?name=arm").await, vec![s.ann.clone()]);
     assert_eq!(node.search_ids("Patient?family=zoe").await, vec![s.zoe.clone()]);
     assert!(node.search_ids("Patient?family:exact=zoe").await.is_empty());
-    assert_eq!(node.search_ids("Patient?family:exact=Zo%C3%AB").await, vec![s.zoe.clone()]);
-    assert_eq!(node.search_ids("Patient?address-city:contains=upon").await, vec![s.ann.clone()]);
-    assert_eq!(node.search_ids("Patient?address-postalcode=ne1").await, vec![s.ann.clone()]);
+    assert_eq!(
+        node.search_ids("Patient?family:exact=Zo%C3%AB").await,
+        vec![s.zoe.clone()]
+    );
+    assert_eq!(
+        node.search_ids("Patient?address-city:contains=upon").await,
+        vec![s.ann.clone()]
+    );
+    assert_eq!(
+        node.search_ids("Patient?address-postalcode=ne1").await,
+        vec![s.ann.clone()]
+    );
     // date with prefixes and implicit precision
-    assert_eq!(sorted(node.search_ids("Patient?birthdate=ge1980").await), sorted(vec![s.bob.clone(), s.zoe.clone()]));
+    assert_eq!(
+        sorted(node.search_ids("Patient?birthdate=ge1980").await),
+        sorted(vec![s.bob.clone(), s.zoe.clone()])
+    );
     assert_eq!(node.search_ids("Patient?birthdate=1970-05").await, vec![s.ann.clone()]);
     assert_eq!(node.search_ids("Patient?birthdate=lt1971").await, vec![s.ann.clone()]);
-    assert_eq!(node.search_ids("Patient?birthdate=2001-06-01").await.len(), 0, "a year is not inside a day");
+    assert_eq!(
+        node.search_ids("Patient?birthdate=2001-06-01").await.len(),
+        0,
+        "a year is not inside a day"
+    );
     assert_eq!(node.search_ids("Patient?birthdate=le2001-06-01").await.len(), 3);
     assert_eq!(node.total("Observation?date=2020").await, 3);
     assert_eq!(node.total("Observation?date=ge2020-02-01&date=le2020-12-31").await, 1);
     assert_eq!(node.total("Observation?date=sa2020-12-31").await, 1);
     assert_eq!(node.total("Observation?date=eb2020-01-01").await, 1);
-    assert_eq!(node.total("Observation?date=2021-03-01T08:30:00Z").await, 1, "offsets are normalised");
+    assert_eq!(
+        node.total("Observation?date=2021-03-01T08:30:00Z").await,
+        1,
+        "offsets are normalised"
+    );
     assert_eq!(node.total("Observation?date=ne2020").await, 2);
     // reference: Type/id, bare id, type modifier, chaining
     assert_eq!(node.total(&format!("Observation?subject=Patient/{}", s.ann)).await, 3);
@@ -97,23 +132,41 @@ async fn token_string_date_reference_quantity_and_uri() {
     assert_eq!(node.total(&format!("Observation?subject:Patient={}", s.bob)).await, 1);
     assert_eq!(node.total(&format!("Observation?patient={}", s.zoe)).await, 1);
     assert_eq!(node.total("Observation?subject:Patient.gender=female").await, 4);
-    assert_eq!(node.total("Observation?subject:Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919").await, 3);
+    assert_eq!(
+        node.total("Observation?subject:Patient.identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919")
+            .await,
+        3
+    );
     assert_eq!(node.total("Observation?subject.family=brown").await, 1);
     assert_eq!(node.total("Patient?organization.name=freeman").await, 1);
     // quantity with prefixes, precision and units
-    assert_eq!(node.total("Observation?value-quantity=72.5|http://unitsofmeasure.org|kg").await, 1);
-    assert_eq!(node.total("Observation?value-quantity=72|http://unitsofmeasure.org|kg").await, 0);
+    assert_eq!(
+        node.total("Observation?value-quantity=72.5|http://unitsofmeasure.org|kg")
+            .await,
+        1
+    );
+    assert_eq!(
+        node.total("Observation?value-quantity=72|http://unitsofmeasure.org|kg")
+            .await,
+        0
+    );
     assert_eq!(node.total("Observation?value-quantity=gt73||kg").await, 2);
     assert_eq!(node.total("Observation?value-quantity=le120").await, 4);
     assert_eq!(node.total("Observation?value-quantity=ap74").await, 2);
     // uri
     assert_eq!(node.total("Observation?_profile=http://example.org/none").await, 0);
     // _id and _lastUpdated
-    assert_eq!(node.search_ids(&format!("Patient?_id={},{}", s.ann, s.bob)).await.len(), 2);
+    assert_eq!(
+        node.search_ids(&format!("Patient?_id={},{}", s.ann, s.bob)).await.len(),
+        2
+    );
     assert_eq!(node.total("Patient?_lastUpdated=gt2000-01-01").await, 3);
     assert_eq!(node.total("Patient?_lastUpdated=lt2000-01-01").await, 0);
     // :missing
-    assert_eq!(node.search_ids("Patient?address:missing=true").await, vec![s.zoe.clone()]);
+    assert_eq!(
+        node.search_ids("Patient?address:missing=true").await,
+        vec![s.zoe.clone()]
+    );
     assert_eq!(node.total("Patient?address:missing=false").await, 2);
     // POST _search with form parameters behaves like GET
     let r = node
@@ -133,21 +186,34 @@ async fn token_string_date_reference_quantity_and_uri() {
 async fn paging_is_stable_and_sorting_works() {
     let node = spawn_node().await;
     for i in 0..25 {
-        node.create(&json!({"resourceType": "Patient", "name": [{"family": format!("Page{i:02}")}],
-            "birthDate": format!("19{:02}-01-01", 50 + i)}))
-            .await;
+        node.create(
+            &json!({"resourceType": "Patient", "name": [{"family": format!("Page{i:02}")}],
+            "birthDate": format!("19{:02}-01-01", 50 + i)}),
+        )
+        .await;
     }
     let first = node.get_json("Patient?_count=10&_sort=-birthdate").await;
     assert_eq!(first["total"], 25);
     assert_eq!(first["entry"].as_array().unwrap().len(), 10);
     assert_eq!(first["entry"][0]["resource"]["birthDate"], "1974-01-01");
-    let next = first["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").unwrap()["url"]
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap()["url"]
         .as_str()
         .unwrap()
         .to_string();
     // A write between pages does not shift them.
-    node.create(&json!({"resourceType": "Patient", "name": [{"family": "Intruder"}], "birthDate": "1999-01-01"})).await;
-    let mut seen: Vec<String> = first["entry"].as_array().unwrap().iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect();
+    node.create(&json!({"resourceType": "Patient", "name": [{"family": "Intruder"}], "birthDate": "1999-01-01"}))
+        .await;
+    let mut seen: Vec<String> = first["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
     let mut url = Some(next);
     let mut pages = 1;
     while let Some(u) = url {
@@ -156,8 +222,17 @@ async fn paging_is_stable_and_sorting_works() {
         for e in page["entry"].as_array().unwrap() {
             seen.push(e["resource"]["id"].as_str().unwrap().to_string());
         }
-        assert!(page["link"].as_array().unwrap().iter().any(|l| l["relation"] == "previous"));
-        url = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").map(|l| l["url"].as_str().unwrap().to_string());
+        assert!(page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "previous"));
+        url = page["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
         pages += 1;
     }
     assert_eq!(pages, 3);
@@ -167,9 +242,19 @@ async fn paging_is_stable_and_sorting_works() {
     dedup.dedup();
     assert_eq!(dedup.len(), 25, "no duplicates across pages");
     let by_name = node.get_json("Patient?_sort=family&_count=3").await;
-    let names: Vec<&str> = by_name["entry"].as_array().unwrap().iter().map(|e| e["resource"]["name"][0]["family"].as_str().unwrap()).collect();
+    let names: Vec<&str> = by_name["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["name"][0]["family"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["Intruder", "Page00", "Page01"]);
-    let r = node.client.get(format!("{}?_getpages=doesnotexist", node.fhir)).send().await.unwrap();
+    let r = node
+        .client
+        .get(format!("{}?_getpages=doesnotexist", node.fhir))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     node.stop().await;
 }
@@ -178,16 +263,25 @@ async fn paging_is_stable_and_sorting_works() {
 async fn includes_summary_elements_and_unknown_parameters() {
     let node = spawn_node().await;
     let s = seed(&node).await;
-    let b = node.get_json("Observation?code=8302-2&_include=Observation:subject").await;
+    let b = node
+        .get_json("Observation?code=8302-2&_include=Observation:subject")
+        .await;
     let modes: Vec<(&str, &str)> = b["entry"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| (e["resource"]["resourceType"].as_str().unwrap(), e["search"]["mode"].as_str().unwrap()))
+        .map(|e| {
+            (
+                e["resource"]["resourceType"].as_str().unwrap(),
+                e["search"]["mode"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(modes.iter().filter(|m| *m == &("Observation", "match")).count(), 2);
     assert_eq!(modes.iter().filter(|m| *m == &("Patient", "include")).count(), 2);
-    let b = node.get_json(&format!("Patient?_id={}&_revinclude=Provenance:target", s.ann)).await;
+    let b = node
+        .get_json(&format!("Patient?_id={}&_revinclude=Provenance:target", s.ann))
+        .await;
     assert_eq!(b["entry"].as_array().unwrap().len(), 2);
     assert_eq!(b["entry"][1]["resource"]["resourceType"], "Provenance");
     assert_eq!(b["entry"][1]["search"]["mode"], "include");
@@ -199,16 +293,31 @@ async fn includes_summary_elements_and_unknown_parameters() {
     let r = &b["entry"][0]["resource"];
     assert_eq!(r["gender"], "female");
     assert!(r.get("name").is_none());
-    assert!(r["meta"]["tag"].as_array().unwrap().iter().any(|t| t["code"] == "SUBSETTED"));
+    assert!(r["meta"]["tag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["code"] == "SUBSETTED"));
     let b = node.get_json(&format!("Patient?_id={}&_summary=true", s.ann)).await;
     assert!(b["entry"][0]["resource"].get("name").is_some());
 
     // Unknown parameter: ignored and reported under lenient handling, 400 under strict.
     let b = node.get_json("Patient?gender=male&colour=blue").await;
     assert_eq!(b["total"], 1);
-    let outcome = b["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").unwrap();
-    assert!(outcome["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains("colour"));
-    assert!(!b["link"][0]["url"].as_str().unwrap().contains("colour"), "self link shows only applied parameters");
+    let outcome = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["search"]["mode"] == "outcome")
+        .unwrap();
+    assert!(outcome["resource"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("colour"));
+    assert!(
+        !b["link"][0]["url"].as_str().unwrap().contains("colour"),
+        "self link shows only applied parameters"
+    );
     let r = node
         .client
         .get(node.url("Patient?gender=male&colour=blue"))
