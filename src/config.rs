@@ -62,6 +62,9 @@ pub struct NodeFile {
     pub max_count: Option<usize>,
     pub max_results: Option<usize>,
     pub structural_check: Option<bool>,
+    pub database: Option<String>,
+    pub database_schema: Option<String>,
+    pub database_pool: Option<usize>,
 }
 
 /// Values from flags or the environment (clap merges those two).
@@ -73,6 +76,17 @@ pub struct NodeOverrides {
     pub public_url: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub workers: Option<usize>,
+    pub database: Option<String>,
+    pub database_schema: Option<String>,
+}
+
+/// Where a node keeps its data.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// The embedded SQLite file in the data folder (the default).
+    Embedded,
+    /// A PostgreSQL database; `schema` holds the node's tables.
+    Postgres { url: String, schema: String, pool: usize },
 }
 
 /// A validated node configuration.
@@ -85,6 +99,7 @@ pub struct NodeConfig {
     pub public_url: Option<String>,
     pub max_body_bytes: usize,
     pub workers: usize,
+    pub storage: StorageConfig,
     pub service: ServiceSettings,
 }
 
@@ -98,6 +113,7 @@ impl NodeConfig {
             public_url: None,
             max_body_bytes: 64 * 1024 * 1024,
             workers: 2,
+            storage: StorageConfig::Embedded,
             service: ServiceSettings::default(),
         }
     }
@@ -133,10 +149,43 @@ impl NodeConfig {
                 "listen address '{listen}' must be host:port"
             )));
         }
-        let data = overrides
-            .data
-            .or(from_file.data)
-            .ok_or_else(|| ConfigError::Invalid("a data folder is required: --data <dir>".into()))?;
+        let database = overrides.database.or(from_file.database);
+        let storage = match database {
+            None => StorageConfig::Embedded,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let schema = overrides
+                    .database_schema
+                    .or(from_file.database_schema)
+                    .unwrap_or_else(|| format!("pennine_{}", region.replace('-', "_")));
+                let schema_ok = schema.len() <= 63
+                    && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && schema
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !schema_ok {
+                    return Err(ConfigError::Invalid(format!(
+                        "database_schema '{schema}' must be lower-case letters, digits and '_'"
+                    )));
+                }
+                StorageConfig::Postgres {
+                    url,
+                    schema,
+                    pool: from_file.database_pool.unwrap_or(8).max(2),
+                }
+            }
+            Some(_) => {
+                return Err(ConfigError::Invalid(
+                    "database must be a postgres:// URL (leave it out for the embedded store)".into(),
+                ))
+            }
+        };
+        let data = match (overrides.data.or(from_file.data), &storage) {
+            (Some(d), _) => d,
+            (None, StorageConfig::Postgres { .. }) => PathBuf::from("."),
+            (None, StorageConfig::Embedded) => {
+                return Err(ConfigError::Invalid("a data folder is required: --data <dir>".into()))
+            }
+        };
         let defaults = ServiceSettings::default();
         let service = ServiceSettings {
             default_count: from_file.default_count.unwrap_or(defaults.default_count),
@@ -179,6 +228,7 @@ impl NodeConfig {
             public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
             max_body_bytes,
             workers,
+            storage,
             service,
         })
     }

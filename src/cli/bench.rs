@@ -2,7 +2,7 @@
 //! measures ingest, read-by-id and indexed search, each beside a baseline
 //! measured in the same run (plain JSON parsing of the same bytes).
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, StorageConfig};
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::Value;
@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Disable the fhirbolt structural check (to measure its cost).
     #[arg(long)]
     no_structural_check: bool,
+    /// Also run the same measurements on this PostgreSQL database (a fresh schema, dropped after).
+    #[arg(long)]
+    database: Option<String>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -68,11 +71,95 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let parse_secs = started.elapsed().as_secs_f64();
     let parse_rate = resources as f64 / parse_secs;
 
-    let dir = tempfile::tempdir()?;
-    let mut config = NodeConfig::local("bench", dir.path());
-    config.service.structural_check = !args.no_structural_check;
     let rt = super::runtime()?;
-    rt.block_on(async move {
+    let mut backends = vec![("embedded (SQLite)".to_string(), StorageConfig::Embedded)];
+    if let Some(url) = &args.database {
+        let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+        backends.push((
+            "PostgreSQL".to_string(),
+            StorageConfig::Postgres {
+                url: url.clone(),
+                schema,
+                pool: 8,
+            },
+        ));
+    }
+    println!(
+        "pennine bench: {} bundles x {} copies, {} resources, {:.1} MB; structural check (fhirbolt) {}",
+        bodies.len(),
+        args.copies,
+        resources,
+        bytes as f64 / 1e6,
+        if args.no_structural_check { "off" } else { "on" }
+    );
+    let mut ingest_rates = Vec::new();
+    for (name, storage) in backends {
+        let dir = tempfile::tempdir()?;
+        let mut config = NodeConfig::local("bench", dir.path());
+        config.service.structural_check = !args.no_structural_check;
+        config.storage = storage.clone();
+        let m = rt.block_on(measure(config, &bodies, &args, resources))?;
+        if let StorageConfig::Postgres { url, schema, .. } = storage {
+            drop_schema(url, schema);
+        }
+        println!();
+        println!("### {name}");
+        println!();
+        println!("| measure | value | baseline in the same run | ratio |");
+        println!("|---|---|---|---|");
+        println!(
+            "| ingest over HTTP (transactions, {} in flight, durable, indexed) | {:.0} resources/s ({:.2} s) | plain JSON parse, 1 core: {:.0} resources/s | {:.3} |",
+            args.concurrency,
+            m.ingest_rate,
+            m.ingest_secs,
+            parse_rate,
+            m.ingest_rate / parse_rate
+        );
+        println!(
+            "| read by id ({} requests, {} in flight) | {:.0} requests/s; p50 {:.2} ms, p99 {:.2} ms | | |",
+            m.reads, args.read_concurrency, m.read_rate, m.read_p50_ms, m.read_p99_ms
+        );
+        for (q, total, ms) in &m.searches {
+            println!("| search `{q}` (median of 5) | {ms:.2} ms | total {total} | |");
+        }
+        ingest_rates.push((name, m.ingest_rate));
+    }
+    if ingest_rates.len() == 2 {
+        println!();
+        println!(
+            "PostgreSQL ingest / embedded ingest in this run: {:.2}",
+            ingest_rates[1].1 / ingest_rates[0].1
+        );
+    }
+    Ok(())
+}
+
+fn drop_schema(url: String, schema: String) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    })
+    .join();
+}
+
+struct Measured {
+    ingest_rate: f64,
+    ingest_secs: f64,
+    reads: usize,
+    read_rate: f64,
+    read_p50_ms: f64,
+    read_p99_ms: f64,
+    searches: Vec<(String, Value, f64)>,
+}
+
+async fn measure(
+    config: NodeConfig,
+    bodies: &[Arc<Vec<u8>>],
+    args: &BenchArgs,
+    resources: usize,
+) -> anyhow::Result<Measured> {
+    {
         let node = crate::http::start_node(config).await?;
         let base = format!("{}/fhir", node.base_url());
         let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
@@ -82,7 +169,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         let sem = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
         let mut tasks = Vec::new();
         for _ in 0..args.copies {
-            for b in &bodies {
+            for b in bodies {
                 let permit = sem.clone().acquire_owned().await?;
                 let (client, base, body) = (client.clone(), base.clone(), b.clone());
                 tasks.push(tokio::spawn(async move {
@@ -119,7 +206,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
 
         // Read by id: a spread of ids, `read_concurrency` in flight.
-        let patients: Vec<String> = locations.iter().filter(|l| l.starts_with("Patient/")).cloned().collect();
+        let patients: Vec<String> = locations
+            .iter()
+            .filter(|l| l.starts_with("Patient/"))
+            .cloned()
+            .collect();
         let step = (locations.len() / 997).max(1);
         let sample: Arc<Vec<String>> = Arc::new(locations.iter().step_by(step).cloned().collect());
         let started = Instant::now();
@@ -176,31 +267,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             search_rows.push((q.clone(), total, times[2]));
         }
         node.stop().await;
-
-        println!("pennine bench: {} bundles x {} copies, {} resources, {:.1} MB", bodies.len(), args.copies, resources, bytes as f64 / 1e6);
-        println!("structural check (fhirbolt): {}", if args.no_structural_check { "off" } else { "on" });
-        println!();
-        println!("| measure | value | baseline in the same run | ratio |");
-        println!("|---|---|---|---|");
-        println!(
-            "| ingest over HTTP (transactions, {} in flight, durable, indexed) | {:.0} resources/s ({:.2} s) | plain JSON parse, 1 core: {:.0} resources/s | {:.3} |",
-            args.concurrency,
+        Ok(Measured {
             ingest_rate,
             ingest_secs,
-            parse_rate,
-            ingest_rate / parse_rate
-        );
-        println!(
-            "| read by id ({} requests, {} in flight) | {:.0} requests/s; p50 {:.2} ms, p99 {:.2} ms | | |",
-            lat.len(),
-            args.read_concurrency,
+            reads: lat.len(),
             read_rate,
-            percentile(&lat, 0.5).as_secs_f64() * 1e3,
-            percentile(&lat, 0.99).as_secs_f64() * 1e3
-        );
-        for (q, total, t) in &search_rows {
-            println!("| search `{q}` (median of 5) | {:.2} ms | total {} | |", t.as_secs_f64() * 1e3, total);
-        }
-        Ok(())
-    })
+            read_p50_ms: percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            read_p99_ms: percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            searches: search_rows
+                .into_iter()
+                .map(|(q, total, t)| (q, total, t.as_secs_f64() * 1e3))
+                .collect(),
+        })
+    }
 }

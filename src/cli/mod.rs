@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand.
 
 mod bench;
+mod migrate;
 mod node;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run a regional node: FHIR R4 store and REST API.
     Node(node::NodeArgs),
+    /// Apply PostgreSQL schema migrations for a node and exit.
+    Migrate(migrate::MigrateArgs),
     /// Load the Synthea corpus into a fresh node and measure ingest, read and search.
     Bench(bench::BenchArgs),
 }
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node(args) => node::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Migrate(args) => migrate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

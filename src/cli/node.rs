@@ -29,6 +29,12 @@ pub struct NodeArgs {
     /// HTTP worker threads.
     #[arg(long, env = "PENNINE_WORKERS")]
     workers: Option<usize>,
+    /// PostgreSQL URL (postgres://...); without it the node uses the embedded store in --data.
+    #[arg(long, env = "PENNINE_DATABASE")]
+    database: Option<String>,
+    /// PostgreSQL schema for this node's tables (default pennine_<region>).
+    #[arg(long, env = "PENNINE_DATABASE_SCHEMA")]
+    database_schema: Option<String>,
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -41,6 +47,8 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             public_url: args.public_url,
             max_body_bytes: args.max_body_bytes,
             workers: args.workers,
+            database: args.database,
+            database_schema: args.database_schema,
         },
     )?;
     let rt = super::runtime()?;

@@ -4,10 +4,10 @@
 pub mod error;
 pub mod fhir;
 
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, StorageConfig};
 use crate::node::FhirService;
 use crate::search::Registry;
-use crate::store::{sqlite::SqliteStore, Store};
+use crate::store::{postgres::PostgresStore, sqlite::SqliteStore, Store};
 use actix_web::dev::{ServerHandle, Service};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use error::ApiError;
@@ -33,7 +33,7 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     pub service: FhirService,
     handle: ServerHandle,
-    store: Arc<SqliteStore>,
+    store: Arc<dyn Store>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -83,16 +83,20 @@ async fn no_route(req: HttpRequest) -> HttpResponse {
 
 /// Opens the store, binds `config.listen` and starts serving on the current Tokio runtime.
 pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
-    let data = config.data.clone();
-    let store = tokio::task::spawn_blocking(move || SqliteStore::open(&data))
-        .await
-        .map_err(|e| crate::store::StoreError::Open {
-            path: String::new(),
-            message: e.to_string(),
-        })??;
-    let store = Arc::new(store);
+    let (data, storage) = (config.data.clone(), config.storage.clone());
+    let store = tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, crate::store::StoreError> {
+        Ok(match storage {
+            StorageConfig::Embedded => Arc::new(SqliteStore::open(&data)?),
+            StorageConfig::Postgres { url, schema, pool } => Arc::new(PostgresStore::open(&url, &schema, pool)?),
+        })
+    })
+    .await
+    .map_err(|e| crate::store::StoreError::Open {
+        path: String::new(),
+        message: e.to_string(),
+    })??;
     let registry = Arc::new(Registry::r4());
-    let service = FhirService::new(store.clone() as Arc<dyn Store>, registry, config.service.clone());
+    let service = FhirService::new(store.clone(), registry, config.service.clone());
     let config = Arc::new(config);
     let state = web::Data::new(AppState {
         service: service.clone(),
@@ -147,7 +151,11 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
     let server = server.run();
     let handle = server.handle();
     let task = tokio::spawn(server);
-    tracing::info!(region = %config.region, %addr, data = %config.data.display(), "node listening");
+    let backend = match &config.storage {
+        StorageConfig::Embedded => format!("sqlite:{}", config.data.join("pennine.db").display()),
+        StorageConfig::Postgres { schema, .. } => format!("postgres schema {schema}"),
+    };
+    tracing::info!(region = %config.region, %addr, storage = %backend, "node listening");
     Ok(RunningNode {
         addr,
         service,

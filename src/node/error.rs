@@ -52,6 +52,7 @@ impl Error {
             Error::PreconditionFailed(_) => 412,
             Error::MultipleMatches(_) => 412,
             Error::NotSupported(_) => 501,
+            Error::Store(StoreError::Conflict(_)) => 409,
             Error::Store(_) => 500,
         }
     }

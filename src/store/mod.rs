@@ -6,6 +6,7 @@
 //! (conditional creates, `ifNoneExist`, version checks) live once in the node
 //! layer and every backend gets them for free. Only this module knows SQL.
 
+pub mod postgres;
 mod sql;
 pub mod sqlite;
 
@@ -102,6 +103,8 @@ pub struct NewVersion<'a> {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("storage is shutting down")]
     Closed,
     #[error("a write job panicked")]
@@ -149,4 +152,6 @@ pub trait Store: Send + Sync + 'static {
     fn newest(&self) -> Result<Option<i64>, StoreError>;
     /// Whether the store answers.
     fn ready(&self) -> Result<(), StoreError>;
+    /// Finishes queued work and releases connections; later calls may fail.
+    fn close(&self);
 }

@@ -291,9 +291,10 @@ pub fn condition(sql: &mut Sql, r: &str, c: &Condition) {
                     sql.text_arg(&prefix_upper(v));
                 }
                 UriMode::Above => {
-                    sql.push("instr(");
+                    // Portable across SQLite and PostgreSQL: `value` is a prefix of the argument.
+                    sql.push("substr(");
                     sql.text_arg(v);
-                    sql.push(", value) = 1");
+                    sql.push(", 1, length(value)) = value");
                 }
             });
             sql.push(")");
@@ -409,4 +410,87 @@ pub fn count(req: &SearchRequest) -> Sql {
     sql.push("SELECT COUNT(*) FROM resources r");
     where_clause(&mut sql, req);
     sql
+}
+
+/// The columns of a `Stored` row, in the order backends read them.
+pub const STORED_COLUMNS: &str = "v.rid, v.type, r.id, v.version, v.last_updated, v.method, v.json";
+
+pub const READ_CURRENT: &str = "SELECT v.rid, v.type, r.id, v.version, v.last_updated, v.method, v.json \
+     FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version WHERE r.type = ? AND r.id = ?";
+
+pub const READ_VERSION: &str = "SELECT v.rid, v.type, r.id, v.version, v.last_updated, v.method, v.json \
+     FROM resources r JOIN versions v ON v.rid = r.rid WHERE r.type = ? AND r.id = ? AND v.version = ?";
+
+pub const FETCH_CURRENT: &str = "SELECT v.rid, v.type, r.id, v.version, v.last_updated, v.method, v.json \
+     FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version WHERE r.rid = ? AND r.deleted = 0";
+
+pub const INCLUDE: &str = "SELECT t.rid FROM idx_ref x JOIN resources t ON t.type = x.ttype AND t.id = x.tid \
+     WHERE x.rid = ? AND x.param = ? AND t.deleted = 0";
+
+pub const TYPE_AND_ID: &str = "SELECT type, id FROM resources WHERE rid = ?";
+
+pub const REVINCLUDE: &str = "SELECT x.rid FROM idx_ref x JOIN resources s ON s.rid = x.rid \
+     WHERE x.param = ? AND x.tid = ? AND x.ttype = ? AND s.deleted = 0";
+
+/// History rows and their count for a scope, newest first. Returns the WHERE
+/// clause (with `?` placeholders) and its arguments.
+pub fn history_filter(q: &super::HistoryQuery) -> (String, Vec<Arg>) {
+    let mut filter = String::from(" WHERE 1 = 1");
+    let mut args = Vec::new();
+    match &q.scope {
+        super::HistoryScope::System => {}
+        super::HistoryScope::Type(t) => {
+            filter.push_str(" AND v.type = ?");
+            args.push(Arg::Text(t.clone()));
+        }
+        super::HistoryScope::Instance(t, id) => {
+            filter.push_str(" AND r.type = ? AND r.id = ?");
+            args.push(Arg::Text(t.clone()));
+            args.push(Arg::Text(id.clone()));
+        }
+    }
+    if let Some(since) = q.since {
+        filter.push_str(" AND v.last_updated >= ?");
+        args.push(Arg::Int(since));
+    }
+    if let Some(at) = q.at_or_before {
+        filter.push_str(" AND v.last_updated <= ?");
+        args.push(Arg::Int(at));
+    }
+    (filter, args)
+}
+
+/// Rewrites `?` placeholders as `$1`, `$2`, ... (outside string literals) for PostgreSQL.
+pub fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    let mut in_string = false;
+    for c in sql.chars() {
+        match c {
+            '\'' => {
+                in_string = !in_string;
+                out.push(c);
+            }
+            '?' if !in_string => {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_placeholders_outside_strings() {
+        assert_eq!(
+            numbered("a = ? AND b LIKE ? ESCAPE '\\' AND c = '?' AND d = ?"),
+            "a = $1 AND b LIKE $2 ESCAPE '\\' AND c = '?' AND d = $3"
+        );
+    }
 }

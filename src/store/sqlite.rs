@@ -8,7 +8,7 @@
 //! conditional creates see each other and cannot duplicate.
 
 use super::sql::{self, Arg, Sql};
-use super::{Current, HistoryQuery, HistoryScope, Method, NewVersion, Store, StoreError, Stored, WriteJob, WriteTxn};
+use super::{Current, HistoryQuery, Method, NewVersion, Store, StoreError, Stored, WriteJob, WriteTxn};
 use crate::search::query::Include;
 use crate::search::{IndexRows, SearchRequest};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -187,7 +187,7 @@ impl SqliteStore {
     }
 
     /// Stops the writer after the work already queued; later writes fail with `Closed`.
-    pub fn close(&self) {
+    pub fn shutdown(&self) {
         if let Some((stop, h)) = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner()).take() {
             *stop.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
             stop.1.notify_all();
@@ -202,7 +202,7 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
-        self.close();
+        self.shutdown();
     }
 }
 
@@ -238,8 +238,6 @@ fn row_to_stored(r: &rusqlite::Row) -> rusqlite::Result<Stored> {
         json: json.map(Arc::from),
     })
 }
-
-const STORED_COLUMNS: &str = "v.rid, v.type, r.id, v.version, v.last_updated, v.method, v.json";
 
 struct SqliteTxn<'c> {
     conn: &'c Connection,
@@ -481,12 +479,7 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>) {
 impl Store for SqliteStore {
     fn read(&self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError> {
         self.with_reader(|c| {
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version
-                     WHERE r.type = ?1 AND r.id = ?2"
-                ))
-                .map_err(db_err)?;
+            let mut st = c.prepare_cached(sql::READ_CURRENT).map_err(db_err)?;
             st.query_row(params![rtype, id], row_to_stored)
                 .optional()
                 .map_err(db_err)
@@ -495,12 +488,7 @@ impl Store for SqliteStore {
 
     fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Option<Stored>, StoreError> {
         self.with_reader(|c| {
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v ON v.rid = r.rid
-                     WHERE r.type = ?1 AND r.id = ?2 AND v.version = ?3"
-                ))
-                .map_err(db_err)?;
+            let mut st = c.prepare_cached(sql::READ_VERSION).map_err(db_err)?;
             st.query_row(params![rtype, id, version as i64], row_to_stored)
                 .optional()
                 .map_err(db_err)
@@ -509,32 +497,10 @@ impl Store for SqliteStore {
 
     fn history(&self, q: &HistoryQuery) -> Result<(Vec<Stored>, u64), StoreError> {
         self.with_reader(|c| {
-            let mut filter = String::from(" WHERE 1 = 1");
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            match &q.scope {
-                HistoryScope::System => {}
-                HistoryScope::Type(t) => {
-                    filter.push_str(" AND v.type = ?");
-                    args.push(t.clone().into());
-                }
-                HistoryScope::Instance(t, id) => {
-                    filter.push_str(" AND r.type = ? AND r.id = ?");
-                    args.push(t.clone().into());
-                    args.push(id.clone().into());
-                }
-            }
-            if let Some(since) = q.since {
-                filter.push_str(" AND v.last_updated >= ?");
-                args.push(since.into());
-            }
-            if let Some(at) = q.at_or_before {
-                filter.push_str(" AND v.last_updated <= ?");
-                args.push(at.into());
-            }
+            let (filter, args) = sql::history_filter(q);
+            let args = to_sql_args(&args);
             let total: i64 = c
-                .prepare_cached(&format!(
-                    "SELECT COUNT(*) FROM versions v JOIN resources r ON r.rid = v.rid{filter}"
-                ))
+                .prepare_cached(&format!("SELECT COUNT(*) FROM versions v JOIN resources r ON r.rid = v.rid{filter}"))
                 .map_err(db_err)?
                 .query_row(rusqlite::params_from_iter(args.iter()), |r| r.get(0))
                 .map_err(db_err)?;
@@ -543,8 +509,8 @@ impl Store for SqliteStore {
             page_args.push((q.offset as i64).into());
             let mut st = c
                 .prepare_cached(&format!(
-                    "SELECT {STORED_COLUMNS} FROM versions v JOIN resources r ON r.rid = v.rid{filter}
-                     ORDER BY v.seq DESC LIMIT ? OFFSET ?"
+                    "SELECT {} FROM versions v JOIN resources r ON r.rid = v.rid{filter} ORDER BY v.seq DESC LIMIT ? OFFSET ?",
+                    sql::STORED_COLUMNS
                 ))
                 .map_err(db_err)?;
             let rows = st
@@ -572,12 +538,7 @@ impl Store for SqliteStore {
             return Ok(vec![]);
         }
         self.with_reader(|c| {
-            let mut st = c
-                .prepare_cached(&format!(
-                    "SELECT {STORED_COLUMNS} FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version
-                     WHERE r.rid = ?1 AND r.deleted = 0"
-                ))
-                .map_err(db_err)?;
+            let mut st = c.prepare_cached(sql::FETCH_CURRENT).map_err(db_err)?;
             let mut out = Vec::with_capacity(keys.len());
             for k in keys {
                 if let Some(s) = st.query_row(params![k], row_to_stored).optional().map_err(db_err)? {
@@ -590,19 +551,23 @@ impl Store for SqliteStore {
 
     fn include(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError> {
         self.with_reader(|c| {
-            let mut st = c
-                .prepare_cached(
-                    "SELECT t.rid FROM idx_ref x JOIN resources t ON t.type = x.ttype AND t.id = x.tid
-                     WHERE x.rid = ?1 AND x.param = ?2 AND t.deleted = 0 AND (?3 IS NULL OR t.type = ?3)",
-                )
-                .map_err(db_err)?;
+            let mut st = c.prepare_cached(sql::INCLUDE).map_err(db_err)?;
+            let mut target = c.prepare_cached(sql::TYPE_AND_ID).map_err(db_err)?;
             let mut out = Vec::new();
             for k in keys {
                 let rows = st
-                    .query_map(params![k, &*inc.key, inc.target_type], |r| r.get::<_, i64>(0))
+                    .query_map(params![k, &*inc.key], |r| r.get::<_, i64>(0))
+                    .map_err(db_err)?
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(db_err)?;
-                for r in rows {
-                    out.push(r.map_err(db_err)?);
+                for rid in rows {
+                    if let Some(want) = &inc.target_type {
+                        let t: String = target.query_row(params![rid], |r| r.get(0)).map_err(db_err)?;
+                        if &t != want {
+                            continue;
+                        }
+                    }
+                    out.push(rid);
                 }
             }
             Ok(out)
@@ -611,15 +576,8 @@ impl Store for SqliteStore {
 
     fn revinclude(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError> {
         self.with_reader(|c| {
-            let mut target = c
-                .prepare_cached("SELECT type, id FROM resources WHERE rid = ?1")
-                .map_err(db_err)?;
-            let mut st = c
-                .prepare_cached(
-                    "SELECT x.rid FROM idx_ref x JOIN resources s ON s.rid = x.rid
-                     WHERE x.param = ?1 AND x.tid = ?2 AND x.ttype = ?3 AND s.deleted = 0",
-                )
-                .map_err(db_err)?;
+            let mut target = c.prepare_cached(sql::TYPE_AND_ID).map_err(db_err)?;
+            let mut st = c.prepare_cached(sql::REVINCLUDE).map_err(db_err)?;
             let mut out = Vec::new();
             for k in keys {
                 let Some((t, id)) = target
@@ -669,6 +627,10 @@ impl Store for SqliteStore {
             .map(Option::flatten)
             .map_err(db_err)
         })
+    }
+
+    fn close(&self) {
+        self.shutdown();
     }
 
     fn ready(&self) -> Result<(), StoreError> {

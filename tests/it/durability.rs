@@ -4,10 +4,15 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-fn start(data: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pennine"))
-        .args(["node", "--region", "yh", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
+/// Starts the real binary; on a PostgreSQL run `schema` names the node's schema.
+pub fn start(data: &std::path::Path, schema: Option<&str>) -> (Child, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pennine"));
+    cmd.args(["node", "--region", "yh", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data);
+    if let (Some(url), Some(schema)) = (crate::helpers::test_database(), schema) {
+        cmd.args(["--database", &url, "--database-schema", schema]);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -26,7 +31,8 @@ fn start(data: &std::path::Path) -> (Child, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = start(dir.path());
+    let schema = crate::helpers::fresh_schema();
+    let (mut child, base) = start(dir.path(), Some(&schema));
     let client = reqwest::Client::new();
     let mut tasks = Vec::new();
     for t in 0..8 {
@@ -55,7 +61,7 @@ async fn acknowledged_writes_survive_kill_9() {
     // SIGKILL: no shutdown hook runs, the WAL is not checkpointed.
     child.kill().unwrap();
     child.wait().unwrap();
-    let (mut child, base) = start(dir.path());
+    let (mut child, base) = start(dir.path(), Some(&schema));
     for id in &ids {
         let r = client.get(format!("{base}/Patient/{id}")).send().await.unwrap();
         assert_eq!(r.status(), 200, "Patient/{id} lost");
@@ -71,4 +77,7 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(v["total"].as_u64().unwrap() as usize, ids.len());
     child.kill().unwrap();
     child.wait().unwrap();
+    if let Some(url) = crate::helpers::test_database() {
+        crate::helpers::drop_schema(url, schema).await;
+    }
 }

@@ -1,6 +1,6 @@
 //! Spawning real nodes on port 0 with temporary data folders.
 
-use pennine::config::NodeConfig;
+use pennine::config::{NodeConfig, StorageConfig};
 use pennine::http::{start_node, RunningNode};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ pub struct TestNode {
     pub root: String,
     pub client: reqwest::Client,
     node: Option<RunningNode>,
+    schema: Option<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -18,9 +19,30 @@ pub async fn spawn_node() -> TestNode {
     spawn_node_with(|_| {}).await
 }
 
+/// The PostgreSQL URL when the suite runs against PostgreSQL
+/// (`PENNINE_TEST_DATABASE=postgres://...`), else `None` for the embedded store.
+pub fn test_database() -> Option<String> {
+    std::env::var("PENNINE_TEST_DATABASE").ok().filter(|s| !s.is_empty())
+}
+
+/// A schema of its own for each node, so tests and runs never collide.
+pub fn fresh_schema() -> String {
+    format!("t_{}", uuid::Uuid::new_v4().simple())
+}
+
 pub async fn spawn_node_with(tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = NodeConfig::local("nenc", dir.path());
+    let mut schema = None;
+    if let Some(url) = test_database() {
+        let s = fresh_schema();
+        schema = Some((url.clone(), s.clone()));
+        config.storage = StorageConfig::Postgres {
+            url,
+            schema: s,
+            pool: 8,
+        };
+    }
     tweak(&mut config);
     let node = start_node(config).await.expect("node starts");
     let root = node.base_url();
@@ -29,8 +51,19 @@ pub async fn spawn_node_with(tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
         root,
         client: reqwest::Client::new(),
         node: Some(node),
+        schema,
         _dir: dir,
     }
+}
+
+/// Drops a test schema (PostgreSQL runs only).
+pub async fn drop_schema(url: String, schema: String) {
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    })
+    .await;
 }
 
 impl TestNode {
@@ -101,6 +134,9 @@ impl TestNode {
     pub async fn stop(mut self) {
         if let Some(n) = self.node.take() {
             n.stop().await;
+        }
+        if let Some((url, schema)) = self.schema.take() {
+            drop_schema(url, schema).await;
         }
     }
 }

@@ -6,4 +6,5 @@ mod crud;
 mod durability;
 mod errors;
 mod helpers;
+mod multiprocess;
 mod search;

@@ -1,0 +1,722 @@
+//! The PostgreSQL store, for regions that outgrow one file: several node
+//! processes may share one database and behave as one node.
+//!
+//! Each unit of work runs in its own database transaction on a pooled
+//! connection (PostgreSQL group-commits concurrent transactions itself).
+//! Cross-process guarantees come from the database, not from process memory:
+//! conditional searches take a transaction-scoped advisory lock on the resource
+//! type, so two conditional creates anywhere serialise; current versions are
+//! read `FOR UPDATE`; `(type, id)` is unique.
+
+use super::sql::{self, Arg};
+use super::{Current, HistoryQuery, Method, NewVersion, Store, StoreError, Stored, WriteJob, WriteTxn};
+use crate::search::query::Include;
+use crate::search::{IndexRows, SearchRequest};
+use postgres::types::ToSql;
+use postgres::{Client, NoTls, Row, Transaction};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Versioned, idempotent migrations; each runs once, in order, under a lock.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "
+CREATE TABLE resources (
+    rid BIGSERIAL PRIMARY KEY,
+    type TEXT COLLATE \"C\" NOT NULL,
+    id TEXT COLLATE \"C\" NOT NULL,
+    version BIGINT NOT NULL,
+    last_updated BIGINT NOT NULL,
+    deleted SMALLINT NOT NULL DEFAULT 0,
+    UNIQUE (type, id)
+);
+CREATE TABLE versions (
+    seq BIGSERIAL PRIMARY KEY,
+    rid BIGINT NOT NULL,
+    version BIGINT NOT NULL,
+    type TEXT COLLATE \"C\" NOT NULL,
+    last_updated BIGINT NOT NULL,
+    method TEXT NOT NULL,
+    json BYTEA,
+    UNIQUE (rid, version)
+);
+CREATE INDEX versions_type ON versions (type, seq);
+CREATE TABLE idx_token (rid BIGINT NOT NULL, param TEXT COLLATE \"C\" NOT NULL, system TEXT COLLATE \"C\", code TEXT COLLATE \"C\", text TEXT COLLATE \"C\");
+CREATE INDEX idx_token_code ON idx_token (param, code, system);
+CREATE INDEX idx_token_rid ON idx_token (rid);
+CREATE TABLE idx_string (rid BIGINT NOT NULL, param TEXT COLLATE \"C\" NOT NULL, norm TEXT COLLATE \"C\" NOT NULL, exact TEXT COLLATE \"C\" NOT NULL);
+CREATE INDEX idx_string_norm ON idx_string (param, norm);
+CREATE INDEX idx_string_rid ON idx_string (rid);
+CREATE TABLE idx_date (rid BIGINT NOT NULL, param TEXT COLLATE \"C\" NOT NULL, lo BIGINT NOT NULL, hi BIGINT NOT NULL);
+CREATE INDEX idx_date_lo ON idx_date (param, lo);
+CREATE INDEX idx_date_rid ON idx_date (rid);
+CREATE TABLE idx_ref (rid BIGINT NOT NULL, param TEXT COLLATE \"C\" NOT NULL, ttype TEXT COLLATE \"C\", tid TEXT COLLATE \"C\", url TEXT COLLATE \"C\");
+CREATE INDEX idx_ref_target ON idx_ref (param, tid, ttype);
+CREATE INDEX idx_ref_rid ON idx_ref (rid);
+CREATE TABLE idx_quantity (rid BIGINT NOT NULL, param TEXT COLLATE \"C\" NOT NULL, value DOUBLE PRECISION NOT NULL, system TEXT COLLATE \"C\", code TEXT COLLATE \"C\", unit TEXT COLLATE \"C\");
+CREATE INDEX idx_quantity_value ON idx_quantity (param, value);
+CREATE INDEX idx_quantity_rid ON idx_quantity (rid);
+CREATE TABLE idx_uri (rid BIGINT NOT NULL, param TEXT COLLATE \"C\" NOT NULL, value TEXT COLLATE \"C\" NOT NULL);
+CREATE INDEX idx_uri_value ON idx_uri (param, value);
+CREATE INDEX idx_uri_rid ON idx_uri (rid);
+",
+)];
+
+const INDEX_TABLES: [&str; 6] = [
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_ref",
+    "idx_quantity",
+    "idx_uri",
+];
+
+fn db_err(e: postgres::Error) -> StoreError {
+    if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+        return StoreError::Conflict("a concurrent write created the same resource".into());
+    }
+    // `Display` of a postgres error hides the server's message; include it.
+    match e.as_db_error() {
+        Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
+        None => StoreError::Database(e.to_string()),
+    }
+}
+
+fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// A small blocking connection pool.
+struct Pool {
+    url: String,
+    schema: String,
+    idle: Mutex<Vec<Client>>,
+    available: Condvar,
+    open: Mutex<usize>,
+    max: usize,
+}
+
+impl Pool {
+    fn connect(&self) -> Result<Client, StoreError> {
+        let mut c = Client::connect(&self.url, NoTls).map_err(|e| StoreError::Open {
+            path: redact(&self.url),
+            message: e.to_string(),
+        })?;
+        c.batch_execute(&format!("SET search_path TO {}", self.schema))
+            .map_err(db_err)?;
+        Ok(c)
+    }
+
+    fn get(&self) -> Result<Client, StoreError> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(c) = idle.pop() {
+                if !c.is_closed() {
+                    return Ok(c);
+                }
+                *self.open.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                continue;
+            }
+            {
+                let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+                if *open < self.max {
+                    *open += 1;
+                    drop(open);
+                    drop(idle);
+                    return self.connect().inspect_err(|_| {
+                        *self.open.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                    });
+                }
+            }
+            idle = self.available.wait(idle).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn put(&self, c: Client) {
+        if c.is_closed() {
+            *self.open.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        } else {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        }
+        self.available.notify_one();
+    }
+}
+
+impl Pool {
+    /// Closes idle connections on a plain thread: the blocking client must not
+    /// be dropped on a thread that drives async tasks (an actix worker).
+    fn close_idle(&self) {
+        let clients: Vec<Client> = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        if !clients.is_empty() {
+            let _ = std::thread::spawn(move || drop(clients)).join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close_idle();
+    }
+}
+
+/// Hides a password in a connection URL for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+pub struct PostgresStore {
+    pool: Arc<Pool>,
+    /// Resources written, and the count at the last ANALYZE: after bulk loads
+    /// the planner needs fresh statistics sooner than autovacuum gives them.
+    written: std::sync::atomic::AtomicU64,
+    analyzed_at: std::sync::atomic::AtomicU64,
+}
+
+/// New resources after which the node refreshes planner statistics itself.
+const ANALYZE_EVERY: u64 = 20_000;
+
+/// Applies pending migrations to `schema` (created if absent). Safe to run
+/// concurrently from several processes and to run again.
+pub fn migrate(url: &str, schema: &str) -> Result<Vec<i32>, StoreError> {
+    if !valid_schema(schema) {
+        return Err(StoreError::Open {
+            path: redact(url),
+            message: format!("schema name '{schema}' must be lower-case letters, digits and '_'"),
+        });
+    }
+    let mut c = Client::connect(url, NoTls).map_err(|e| StoreError::Open {
+        path: redact(url),
+        message: e.to_string(),
+    })?;
+    let mut tx = c.transaction().map_err(db_err)?;
+    // One migrator at a time, whatever the process.
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext('pennine-migrate'))", &[])
+        .map_err(db_err)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema};
+         CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());"
+    ))
+    .map_err(db_err)?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM schema_migrations", &[])
+        .map_err(db_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut done = Vec::new();
+    for (version, script) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(script).map_err(db_err)?;
+        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version])
+            .map_err(db_err)?;
+        done.push(*version);
+    }
+    let newest = applied.iter().copied().max().unwrap_or(0);
+    let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+    if newest > known {
+        return Err(StoreError::Open {
+            path: redact(url),
+            message: format!("the database is at schema version {newest}, newer than this build knows ({known})"),
+        });
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(done)
+}
+
+impl PostgresStore {
+    /// Connects, migrates the schema and keeps up to `pool_size` connections.
+    pub fn open(url: &str, schema: &str, pool_size: usize) -> Result<PostgresStore, StoreError> {
+        migrate(url, schema)?;
+        let pool = Arc::new(Pool {
+            url: url.to_string(),
+            schema: schema.to_string(),
+            idle: Mutex::new(Vec::new()),
+            available: Condvar::new(),
+            open: Mutex::new(0),
+            max: pool_size.max(2),
+        });
+        // Fail at start-up, not on the first request.
+        let c = pool.get()?;
+        pool.put(c);
+        Ok(PostgresStore {
+            pool,
+            written: Default::default(),
+            analyzed_at: Default::default(),
+        })
+    }
+
+    /// Runs ANALYZE in the background once enough has been written since the last one.
+    fn note_written(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        let total = self.written.fetch_add(n, Ordering::Relaxed) + n;
+        let last = self.analyzed_at.load(Ordering::Relaxed);
+        if total - last >= ANALYZE_EVERY
+            && self
+                .analyzed_at
+                .compare_exchange(last, total, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let pool = self.pool.clone();
+            std::thread::spawn(move || {
+                if let Ok(mut c) = pool.get() {
+                    if let Err(e) = c.batch_execute(
+                        "ANALYZE resources, versions, idx_token, idx_string, idx_date, idx_ref, idx_quantity, idx_uri",
+                    ) {
+                        tracing::warn!(error = %e, "ANALYZE failed");
+                    }
+                    pool.put(c);
+                }
+            });
+        }
+    }
+
+    fn with_client<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut c = self.pool.get()?;
+        let r = f(&mut c);
+        self.pool.put(c);
+        r
+    }
+}
+
+fn pg_args(args: &[Arg]) -> Vec<Box<dyn ToSql + Sync>> {
+    args.iter()
+        .map(|a| -> Box<dyn ToSql + Sync> {
+            match a {
+                Arg::Int(i) => Box::new(*i),
+                Arg::Real(f) => Box::new(*f),
+                Arg::Text(s) => Box::new(s.clone()),
+            }
+        })
+        .collect()
+}
+
+fn refs(args: &[Box<dyn ToSql + Sync>]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter().map(|b| b.as_ref()).collect()
+}
+
+fn row_to_stored(r: &Row) -> Stored {
+    let json: Option<Vec<u8>> = r.get(6);
+    let method: String = r.get(5);
+    Stored {
+        key: r.get(0),
+        rtype: r.get(1),
+        id: r.get(2),
+        version: r.get::<_, i64>(3) as u64,
+        last_updated: r.get(4),
+        method: Method::parse(&method),
+        json: json.map(Arc::from),
+    }
+}
+
+type SqlValue = Box<dyn ToSql + Sync>;
+
+/// Tables that take bulk inserts, in the order `flush` writes them.
+const TABLES: [(&str, &str); 8] = [
+    ("resources", "rid, type, id, version, last_updated, deleted"),
+    ("versions", "rid, version, type, last_updated, method, json"),
+    ("idx_token", "rid, param, system, code, text"),
+    ("idx_string", "rid, param, norm, exact"),
+    ("idx_date", "rid, param, lo, hi"),
+    ("idx_ref", "rid, param, ttype, tid, url"),
+    ("idx_quantity", "rid, param, value, system, code, unit"),
+    ("idx_uri", "rid, param, value"),
+];
+
+struct PgTxn<'a, 'c> {
+    tx: &'a mut Transaction<'c>,
+    locked_types: Vec<String>,
+    savepoints: usize,
+    /// New rows by table (index into `TABLES`), inserted in bulk by `flush`
+    /// before any read in the transaction and before commit.
+    pending: [Vec<Vec<SqlValue>>; 8],
+    /// Pre-allocated resource keys from the `resources` sequence.
+    rids: Vec<i64>,
+    /// Versions written by this unit of work.
+    written: u64,
+}
+
+impl PgTxn<'_, '_> {
+    fn next_rid(&mut self) -> Result<i64, StoreError> {
+        if self.rids.is_empty() {
+            let rows = self
+                .tx
+                .query(
+                    "SELECT nextval(pg_get_serial_sequence('resources', 'rid')) FROM generate_series(1, 256)",
+                    &[],
+                )
+                .map_err(db_err)?;
+            self.rids = rows.iter().rev().map(|r| r.get(0)).collect();
+        }
+        self.rids
+            .pop()
+            .ok_or_else(|| StoreError::Database("no resource key allocated".into()))
+    }
+
+    /// Inserts every pending row: multi-row INSERTs of up to ~30,000 parameters.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        for (t, (table, cols)) in TABLES.iter().enumerate() {
+            let rows = std::mem::take(&mut self.pending[t]);
+            let Some(width) = rows.first().map(Vec::len) else {
+                continue;
+            };
+            let per_statement = (30_000 / width).max(1);
+            for chunk in rows.chunks(per_statement) {
+                let mut sql = format!("INSERT INTO {table} ({cols}) VALUES ");
+                let mut n = 0;
+                for (i, row) in chunk.iter().enumerate() {
+                    sql.push_str(if i == 0 { "(" } else { ",(" });
+                    for j in 0..row.len() {
+                        n += 1;
+                        if j > 0 {
+                            sql.push(',');
+                        }
+                        sql.push('$');
+                        sql.push_str(&n.to_string());
+                    }
+                    sql.push(')');
+                }
+                let params: Vec<&(dyn ToSql + Sync)> = chunk.iter().flatten().map(|b| b.as_ref()).collect();
+                self.tx.execute(sql.as_str(), &params).map_err(db_err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_index(&mut self, rid: i64, index: &IndexRows) {
+        let b = |v: &str| -> SqlValue { Box::new(v.to_string()) };
+        let o = |v: &Option<String>| -> SqlValue { Box::new(v.clone()) };
+        let key = || -> SqlValue { Box::new(rid) };
+        for t in &index.tokens {
+            self.pending[2].push(vec![key(), b(&t.param), o(&t.system), o(&t.code), o(&t.text)]);
+        }
+        for s in &index.strings {
+            self.pending[3].push(vec![key(), b(&s.param), b(&s.norm), b(&s.exact)]);
+        }
+        for d in &index.dates {
+            self.pending[4].push(vec![key(), b(&d.param), Box::new(d.lo), Box::new(d.hi)]);
+        }
+        for r in &index.refs {
+            self.pending[5].push(vec![key(), b(&r.param), o(&r.target_type), o(&r.target_id), o(&r.url)]);
+        }
+        for q in index.quantities.iter().chain(&index.numbers) {
+            self.pending[6].push(vec![
+                key(),
+                b(&q.param),
+                Box::new(q.value),
+                o(&q.system),
+                o(&q.code),
+                o(&q.unit),
+            ]);
+        }
+        for u in &index.uris {
+            self.pending[7].push(vec![key(), b(&u.param), b(&u.value)]);
+        }
+    }
+}
+
+impl WriteTxn for PgTxn<'_, '_> {
+    fn current(&mut self, rtype: &str, id: &str) -> Result<Option<Current>, StoreError> {
+        self.flush()?;
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT version, deleted, last_updated FROM resources WHERE type = $1 AND id = $2 FOR UPDATE",
+                &[&rtype, &id],
+            )
+            .map_err(db_err)?;
+        Ok(row.map(|r| Current {
+            version: r.get::<_, i64>(0) as u64,
+            deleted: r.get::<_, i16>(1) != 0,
+            last_updated: r.get(2),
+        }))
+    }
+
+    fn search_ids(&mut self, req: &SearchRequest, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.flush()?;
+        // Conditional interactions on a type serialise across every process
+        // sharing the database until this transaction ends.
+        if !self.locked_types.contains(&req.rtype) {
+            self.tx
+                .execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('pennine-conditional:' || $1))",
+                    &[&req.rtype],
+                )
+                .map_err(db_err)?;
+            self.locked_types.push(req.rtype.clone());
+        }
+        let q = sql::search_ids(req, limit);
+        let args = pg_args(&q.args);
+        let rows = self
+            .tx
+            .query(sql::numbered(&q.text).as_str(), &refs(&args))
+            .map_err(db_err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn write(&mut self, v: &NewVersion) -> Result<(), StoreError> {
+        let deleted: i16 = v.json.is_none() as i16;
+        let version = v.version as i64;
+        let rid: i64 = if v.existed {
+            self.flush()?;
+            let row = self
+                .tx
+                .query_one(
+                    "UPDATE resources SET version = $3, last_updated = $4, deleted = $5 WHERE type = $1 AND id = $2 RETURNING rid",
+                    &[&v.rtype, &v.id, &version, &v.last_updated, &deleted],
+                )
+                .map_err(db_err)?;
+            let rid: i64 = row.get(0);
+            for table in INDEX_TABLES {
+                self.tx
+                    .execute(format!("DELETE FROM {table} WHERE rid = $1").as_str(), &[&rid])
+                    .map_err(db_err)?;
+            }
+            rid
+        } else {
+            let rid = self.next_rid()?;
+            self.pending[0].push(vec![
+                Box::new(rid),
+                Box::new(v.rtype.to_string()),
+                Box::new(v.id.to_string()),
+                Box::new(version),
+                Box::new(v.last_updated),
+                Box::new(deleted),
+            ]);
+            rid
+        };
+        self.written += 1;
+        self.pending[1].push(vec![
+            Box::new(rid),
+            Box::new(version),
+            Box::new(v.rtype.to_string()),
+            Box::new(v.last_updated),
+            Box::new(v.method.as_str()),
+            Box::new(v.json.map(<[u8]>::to_vec)),
+        ]);
+        if let (Some(index), Some(_)) = (v.index, v.json) {
+            self.queue_index(rid, index);
+        }
+        Ok(())
+    }
+
+    fn nested(&mut self, f: &mut dyn FnMut(&mut dyn WriteTxn) -> bool) -> Result<bool, StoreError> {
+        self.flush()?;
+        self.savepoints += 1;
+        let name = format!("entry{}", self.savepoints);
+        self.tx.batch_execute(&format!("SAVEPOINT {name}")).map_err(db_err)?;
+        let mut keep = f(self);
+        if keep {
+            keep = self.flush().is_ok();
+        }
+        if !keep {
+            // What the entry queued but did not flush is dropped with it.
+            self.pending.iter_mut().for_each(Vec::clear);
+        }
+        let end = if keep {
+            format!("RELEASE SAVEPOINT {name}")
+        } else {
+            format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+        };
+        self.tx.batch_execute(&end).map_err(db_err)?;
+        Ok(keep)
+    }
+
+    fn now(&mut self) -> i64 {
+        crate::fhir::time::now_millis()
+    }
+}
+
+impl Store for PostgresStore {
+    fn read(&self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError> {
+        self.with_client(|c| {
+            let row = c
+                .query_opt(sql::numbered(sql::READ_CURRENT).as_str(), &[&rtype, &id])
+                .map_err(db_err)?;
+            Ok(row.as_ref().map(row_to_stored))
+        })
+    }
+
+    fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Option<Stored>, StoreError> {
+        self.with_client(|c| {
+            let row = c
+                .query_opt(
+                    sql::numbered(sql::READ_VERSION).as_str(),
+                    &[&rtype, &id, &(version as i64)],
+                )
+                .map_err(db_err)?;
+            Ok(row.as_ref().map(row_to_stored))
+        })
+    }
+
+    fn history(&self, q: &HistoryQuery) -> Result<(Vec<Stored>, u64), StoreError> {
+        self.with_client(|c| {
+            let (filter, args) = sql::history_filter(q);
+            let count_sql = sql::numbered(&format!("SELECT COUNT(*) FROM versions v JOIN resources r ON r.rid = v.rid{filter}"));
+            let pa = pg_args(&args);
+            let total: i64 = c.query_one(count_sql.as_str(), &refs(&pa)).map_err(db_err)?.get(0);
+            let mut page_args = args;
+            page_args.push(Arg::Int(q.limit as i64));
+            page_args.push(Arg::Int(q.offset as i64));
+            let page_sql = sql::numbered(&format!(
+                "SELECT {} FROM versions v JOIN resources r ON r.rid = v.rid{filter} ORDER BY v.seq DESC LIMIT ? OFFSET ?",
+                sql::STORED_COLUMNS
+            ));
+            let pa = pg_args(&page_args);
+            let rows = c.query(page_sql.as_str(), &refs(&pa)).map_err(db_err)?;
+            Ok((rows.iter().map(row_to_stored).collect(), total as u64))
+        })
+    }
+
+    fn search(&self, req: &SearchRequest, limit: usize) -> Result<Vec<i64>, StoreError> {
+        self.with_client(|c| {
+            let q = sql::search_keys(req, limit);
+            let args = pg_args(&q.args);
+            let rows = c.query(sql::numbered(&q.text).as_str(), &refs(&args)).map_err(db_err)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn count(&self, req: &SearchRequest) -> Result<u64, StoreError> {
+        self.with_client(|c| {
+            let q = sql::count(req);
+            let args = pg_args(&q.args);
+            let n: i64 = c
+                .query_one(sql::numbered(&q.text).as_str(), &refs(&args))
+                .map_err(db_err)?
+                .get(0);
+            Ok(n as u64)
+        })
+    }
+
+    fn fetch(&self, keys: &[i64]) -> Result<Vec<Stored>, StoreError> {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        self.with_client(|c| {
+            // One round trip for the page, then back into the requested order.
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT {} FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version
+                         WHERE r.rid = ANY($1) AND r.deleted = 0",
+                        sql::STORED_COLUMNS
+                    ),
+                    &[&keys],
+                )
+                .map_err(db_err)?;
+            let mut by_key: std::collections::HashMap<i64, Stored> =
+                rows.iter().map(row_to_stored).map(|s| (s.key, s)).collect();
+            Ok(keys.iter().filter_map(|k| by_key.remove(k)).collect())
+        })
+    }
+
+    fn include(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError> {
+        self.with_client(|c| {
+            let rows = c
+                .query(
+                    "SELECT t.rid, t.type FROM idx_ref x JOIN resources t ON t.type = x.ttype AND t.id = x.tid
+                     WHERE x.rid = ANY($1) AND x.param = $2 AND t.deleted = 0",
+                    &[&keys, &&*inc.key],
+                )
+                .map_err(db_err)?;
+            Ok(rows
+                .iter()
+                .filter(|r| inc.target_type.as_deref().is_none_or(|t| r.get::<_, &str>(1) == t))
+                .map(|r| r.get(0))
+                .collect())
+        })
+    }
+
+    fn revinclude(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError> {
+        self.with_client(|c| {
+            let rows = c
+                .query(
+                    "SELECT x.rid FROM resources t
+                     JOIN idx_ref x ON x.param = $2 AND x.tid = t.id AND x.ttype = t.type
+                     JOIN resources s ON s.rid = x.rid
+                     WHERE t.rid = ANY($1) AND s.deleted = 0 AND ($3::text IS NULL OR t.type = $3)",
+                    &[&keys, &&*inc.key, &inc.target_type],
+                )
+                .map_err(db_err)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn submit(&self, job: WriteJob) -> Result<(), StoreError> {
+        self.with_client(|c| {
+            let mut tx = c.transaction().map_err(db_err)?;
+            let mut txn = PgTxn {
+                tx: &mut tx,
+                locked_types: Vec::new(),
+                savepoints: 0,
+                pending: Default::default(),
+                rids: Vec::new(),
+                written: 0,
+            };
+            let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut txn)));
+            let flushed = match kept {
+                Ok(true) => txn.flush().map(|()| true),
+                Ok(false) => Ok(false),
+                Err(_) => Err(StoreError::JobPanicked),
+            };
+            let written = txn.written;
+            match flushed {
+                Ok(true) => {
+                    tx.commit().map_err(db_err)?;
+                    self.note_written(written);
+                    Ok(())
+                }
+                Ok(false) => tx.rollback().map_err(db_err),
+                Err(e) => {
+                    let _ = tx.rollback();
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn newest(&self) -> Result<Option<i64>, StoreError> {
+        self.with_client(|c| {
+            let row = c
+                .query_opt("SELECT last_updated FROM versions ORDER BY seq DESC LIMIT 1", &[])
+                .map_err(db_err)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn ready(&self) -> Result<(), StoreError> {
+        self.with_client(|c| c.simple_query("SELECT 1").map(|_| ()).map_err(db_err))
+    }
+
+    fn close(&self) {
+        self.pool.close_idle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hides_passwords_and_checks_schema_names() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+        assert!(valid_schema("pennine_nenc"));
+        assert!(!valid_schema("x; DROP TABLE y"));
+        assert!(!valid_schema("Upper"));
+    }
+}
