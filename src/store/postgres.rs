@@ -13,7 +13,8 @@ use super::{Current, HistoryQuery, Method, NewVersion, Store, StoreError, Stored
 use crate::search::query::Include;
 use crate::search::{IndexRows, SearchRequest};
 use postgres::types::ToSql;
-use postgres::{Client, NoTls, Row, Transaction};
+use postgres::{Client, NoTls, Row, Statement, Transaction};
+use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Versioned, idempotent migrations; each runs once, in order, under a lock.
@@ -89,32 +90,73 @@ fn valid_schema(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// Prepared statements per connection, by SQL text; bounded so that ad-hoc
+/// search shapes cannot grow it without limit.
+#[derive(Default)]
+struct StatementCache(HashMap<String, Statement>);
+
+const STATEMENT_CACHE_SIZE: usize = 512;
+
+impl StatementCache {
+    fn get(
+        &mut self,
+        prepare: impl FnOnce(&str) -> Result<Statement, postgres::Error>,
+        sql: &str,
+    ) -> Result<Statement, StoreError> {
+        if let Some(st) = self.0.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = prepare(sql).map_err(db_err)?;
+        if self.0.len() >= STATEMENT_CACHE_SIZE {
+            self.0.clear();
+        }
+        self.0.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+}
+
+/// A pooled connection with its statement cache.
+struct Conn {
+    client: Client,
+    cache: StatementCache,
+}
+
+impl Conn {
+    fn stmt(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        let client = &mut self.client;
+        self.cache.get(|q| client.prepare(q), sql)
+    }
+}
+
 /// A small blocking connection pool.
 struct Pool {
     url: String,
     schema: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
     available: Condvar,
     open: Mutex<usize>,
     max: usize,
 }
 
 impl Pool {
-    fn connect(&self) -> Result<Client, StoreError> {
+    fn connect(&self) -> Result<Conn, StoreError> {
         let mut c = Client::connect(&self.url, NoTls).map_err(|e| StoreError::Open {
             path: redact(&self.url),
             message: e.to_string(),
         })?;
         c.batch_execute(&format!("SET search_path TO {}", self.schema))
             .map_err(db_err)?;
-        Ok(c)
+        Ok(Conn {
+            client: c,
+            cache: StatementCache::default(),
+        })
     }
 
-    fn get(&self) -> Result<Client, StoreError> {
+    fn get(&self) -> Result<Conn, StoreError> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(c) = idle.pop() {
-                if !c.is_closed() {
+                if !c.client.is_closed() {
                     return Ok(c);
                 }
                 *self.open.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
@@ -135,8 +177,8 @@ impl Pool {
         }
     }
 
-    fn put(&self, c: Client) {
-        if c.is_closed() {
+    fn put(&self, c: Conn) {
+        if c.client.is_closed() {
             *self.open.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
         } else {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
@@ -149,7 +191,7 @@ impl Pool {
     /// Closes idle connections on a plain thread: the blocking client must not
     /// be dropped on a thread that drives async tasks (an actix worker).
     fn close_idle(&self) {
-        let clients: Vec<Client> = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        let clients: Vec<Conn> = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         if !clients.is_empty() {
             let _ = std::thread::spawn(move || drop(clients)).join();
         }
@@ -273,7 +315,7 @@ impl PostgresStore {
             let pool = self.pool.clone();
             std::thread::spawn(move || {
                 if let Ok(mut c) = pool.get() {
-                    if let Err(e) = c.batch_execute(
+                    if let Err(e) = c.client.batch_execute(
                         "ANALYZE resources, versions, idx_token, idx_string, idx_date, idx_ref, idx_quantity, idx_uri",
                     ) {
                         tracing::warn!(error = %e, "ANALYZE failed");
@@ -284,7 +326,7 @@ impl PostgresStore {
         }
     }
 
-    fn with_client<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with_client<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut c = self.pool.get()?;
         let r = f(&mut c);
         self.pool.put(c);
@@ -338,6 +380,7 @@ const TABLES: [(&str, &str); 8] = [
 
 struct PgTxn<'a, 'c> {
     tx: &'a mut Transaction<'c>,
+    cache: &'a mut StatementCache,
     locked_types: Vec<String>,
     savepoints: usize,
     /// New rows by table (index into `TABLES`), inserted in bulk by `flush`
@@ -350,15 +393,16 @@ struct PgTxn<'a, 'c> {
 }
 
 impl PgTxn<'_, '_> {
+    fn stmt(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        let tx = &mut *self.tx;
+        self.cache.get(|q| tx.prepare(q), sql)
+    }
+
     fn next_rid(&mut self) -> Result<i64, StoreError> {
         if self.rids.is_empty() {
-            let rows = self
-                .tx
-                .query(
-                    "SELECT nextval(pg_get_serial_sequence('resources', 'rid')) FROM generate_series(1, 256)",
-                    &[],
-                )
-                .map_err(db_err)?;
+            let st =
+                self.stmt("SELECT nextval(pg_get_serial_sequence('resources', 'rid')) FROM generate_series(1, 256)")?;
+            let rows = self.tx.query(&st, &[]).map_err(db_err)?;
             self.rids = rows.iter().rev().map(|r| r.get(0)).collect();
         }
         self.rids
@@ -390,7 +434,8 @@ impl PgTxn<'_, '_> {
                     sql.push(')');
                 }
                 let params: Vec<&(dyn ToSql + Sync)> = chunk.iter().flatten().map(|b| b.as_ref()).collect();
-                self.tx.execute(sql.as_str(), &params).map_err(db_err)?;
+                let st = self.stmt(&sql)?;
+                self.tx.execute(&st, &params).map_err(db_err)?;
             }
         }
         Ok(())
@@ -431,13 +476,9 @@ impl PgTxn<'_, '_> {
 impl WriteTxn for PgTxn<'_, '_> {
     fn current(&mut self, rtype: &str, id: &str) -> Result<Option<Current>, StoreError> {
         self.flush()?;
-        let row = self
-            .tx
-            .query_opt(
-                "SELECT version, deleted, last_updated FROM resources WHERE type = $1 AND id = $2 FOR UPDATE",
-                &[&rtype, &id],
-            )
-            .map_err(db_err)?;
+        let st =
+            self.stmt("SELECT version, deleted, last_updated FROM resources WHERE type = $1 AND id = $2 FOR UPDATE")?;
+        let row = self.tx.query_opt(&st, &[&rtype, &id]).map_err(db_err)?;
         Ok(row.map(|r| Current {
             version: r.get::<_, i64>(0) as u64,
             deleted: r.get::<_, i16>(1) != 0,
@@ -450,12 +491,8 @@ impl WriteTxn for PgTxn<'_, '_> {
         // Conditional interactions on a type serialise across every process
         // sharing the database until this transaction ends.
         if !self.locked_types.contains(&req.rtype) {
-            self.tx
-                .execute(
-                    "SELECT pg_advisory_xact_lock(hashtext('pennine-conditional:' || $1))",
-                    &[&req.rtype],
-                )
-                .map_err(db_err)?;
+            let st = self.stmt("SELECT pg_advisory_xact_lock(hashtext('pennine-conditional:' || $1))")?;
+            self.tx.execute(&st, &[&req.rtype]).map_err(db_err)?;
             self.locked_types.push(req.rtype.clone());
         }
         let q = sql::search_ids(req, limit);
@@ -472,18 +509,17 @@ impl WriteTxn for PgTxn<'_, '_> {
         let version = v.version as i64;
         let rid: i64 = if v.existed {
             self.flush()?;
+            let st = self.stmt(
+                "UPDATE resources SET version = $3, last_updated = $4, deleted = $5 WHERE type = $1 AND id = $2 RETURNING rid",
+            )?;
             let row = self
                 .tx
-                .query_one(
-                    "UPDATE resources SET version = $3, last_updated = $4, deleted = $5 WHERE type = $1 AND id = $2 RETURNING rid",
-                    &[&v.rtype, &v.id, &version, &v.last_updated, &deleted],
-                )
+                .query_one(&st, &[&v.rtype, &v.id, &version, &v.last_updated, &deleted])
                 .map_err(db_err)?;
             let rid: i64 = row.get(0);
             for table in INDEX_TABLES {
-                self.tx
-                    .execute(format!("DELETE FROM {table} WHERE rid = $1").as_str(), &[&rid])
-                    .map_err(db_err)?;
+                let st = self.stmt(&format!("DELETE FROM {table} WHERE rid = $1"))?;
+                self.tx.execute(&st, &[&rid]).map_err(db_err)?;
             }
             rid
         } else {
@@ -543,21 +579,17 @@ impl WriteTxn for PgTxn<'_, '_> {
 impl Store for PostgresStore {
     fn read(&self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError> {
         self.with_client(|c| {
-            let row = c
-                .query_opt(sql::numbered(sql::READ_CURRENT).as_str(), &[&rtype, &id])
-                .map_err(db_err)?;
+            let st = c.stmt(&sql::numbered(sql::READ_CURRENT))?;
+            let row = c.client.query_opt(&st, &[&rtype, &id]).map_err(db_err)?;
             Ok(row.as_ref().map(row_to_stored))
         })
     }
 
     fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Option<Stored>, StoreError> {
         self.with_client(|c| {
-            let row = c
-                .query_opt(
-                    sql::numbered(sql::READ_VERSION).as_str(),
-                    &[&rtype, &id, &(version as i64)],
-                )
-                .map_err(db_err)?;
+            let st = c.stmt(&sql::numbered(sql::READ_VERSION))?;
+            let version = version as i64;
+            let row = c.client.query_opt(&st, &[&rtype, &id, &version]).map_err(db_err)?;
             Ok(row.as_ref().map(row_to_stored))
         })
     }
@@ -567,7 +599,8 @@ impl Store for PostgresStore {
             let (filter, args) = sql::history_filter(q);
             let count_sql = sql::numbered(&format!("SELECT COUNT(*) FROM versions v JOIN resources r ON r.rid = v.rid{filter}"));
             let pa = pg_args(&args);
-            let total: i64 = c.query_one(count_sql.as_str(), &refs(&pa)).map_err(db_err)?.get(0);
+            let st = c.stmt(&count_sql)?;
+            let total: i64 = c.client.query_one(&st, &refs(&pa)).map_err(db_err)?.get(0);
             let mut page_args = args;
             page_args.push(Arg::Int(q.limit as i64));
             page_args.push(Arg::Int(q.offset as i64));
@@ -576,7 +609,8 @@ impl Store for PostgresStore {
                 sql::STORED_COLUMNS
             ));
             let pa = pg_args(&page_args);
-            let rows = c.query(page_sql.as_str(), &refs(&pa)).map_err(db_err)?;
+            let st = c.stmt(&page_sql)?;
+            let rows = c.client.query(&st, &refs(&pa)).map_err(db_err)?;
             Ok((rows.iter().map(row_to_stored).collect(), total as u64))
         })
     }
@@ -585,7 +619,8 @@ impl Store for PostgresStore {
         self.with_client(|c| {
             let q = sql::search_keys(req, limit);
             let args = pg_args(&q.args);
-            let rows = c.query(sql::numbered(&q.text).as_str(), &refs(&args)).map_err(db_err)?;
+            let st = c.stmt(&sql::numbered(&q.text))?;
+            let rows = c.client.query(&st, &refs(&args)).map_err(db_err)?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })
     }
@@ -594,10 +629,8 @@ impl Store for PostgresStore {
         self.with_client(|c| {
             let q = sql::count(req);
             let args = pg_args(&q.args);
-            let n: i64 = c
-                .query_one(sql::numbered(&q.text).as_str(), &refs(&args))
-                .map_err(db_err)?
-                .get(0);
+            let st = c.stmt(&sql::numbered(&q.text))?;
+            let n: i64 = c.client.query_one(&st, &refs(&args)).map_err(db_err)?.get(0);
             Ok(n as u64)
         })
     }
@@ -608,16 +641,12 @@ impl Store for PostgresStore {
         }
         self.with_client(|c| {
             // One round trip for the page, then back into the requested order.
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT {} FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version
-                         WHERE r.rid = ANY($1) AND r.deleted = 0",
-                        sql::STORED_COLUMNS
-                    ),
-                    &[&keys],
-                )
-                .map_err(db_err)?;
+            let st = c.stmt(&format!(
+                "SELECT {} FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version
+                 WHERE r.rid = ANY($1) AND r.deleted = 0",
+                sql::STORED_COLUMNS
+            ))?;
+            let rows = c.client.query(&st, &[&keys]).map_err(db_err)?;
             let mut by_key: std::collections::HashMap<i64, Stored> =
                 rows.iter().map(row_to_stored).map(|s| (s.key, s)).collect();
             Ok(keys.iter().filter_map(|k| by_key.remove(k)).collect())
@@ -626,13 +655,11 @@ impl Store for PostgresStore {
 
     fn include(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError> {
         self.with_client(|c| {
-            let rows = c
-                .query(
-                    "SELECT t.rid, t.type FROM idx_ref x JOIN resources t ON t.type = x.ttype AND t.id = x.tid
-                     WHERE x.rid = ANY($1) AND x.param = $2 AND t.deleted = 0",
-                    &[&keys, &&*inc.key],
-                )
-                .map_err(db_err)?;
+            let st = c.stmt(
+                "SELECT t.rid, t.type FROM idx_ref x JOIN resources t ON t.type = x.ttype AND t.id = x.tid
+                 WHERE x.rid = ANY($1) AND x.param = $2 AND t.deleted = 0",
+            )?;
+            let rows = c.client.query(&st, &[&keys, &&*inc.key]).map_err(db_err)?;
             Ok(rows
                 .iter()
                 .filter(|r| inc.target_type.as_deref().is_none_or(|t| r.get::<_, &str>(1) == t))
@@ -643,14 +670,15 @@ impl Store for PostgresStore {
 
     fn revinclude(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError> {
         self.with_client(|c| {
+            let st = c.stmt(
+                "SELECT x.rid FROM resources t
+                 JOIN idx_ref x ON x.param = $2 AND x.tid = t.id AND x.ttype = t.type
+                 JOIN resources s ON s.rid = x.rid
+                 WHERE t.rid = ANY($1) AND s.deleted = 0 AND ($3::text IS NULL OR t.type = $3)",
+            )?;
             let rows = c
-                .query(
-                    "SELECT x.rid FROM resources t
-                     JOIN idx_ref x ON x.param = $2 AND x.tid = t.id AND x.ttype = t.type
-                     JOIN resources s ON s.rid = x.rid
-                     WHERE t.rid = ANY($1) AND s.deleted = 0 AND ($3::text IS NULL OR t.type = $3)",
-                    &[&keys, &&*inc.key, &inc.target_type],
-                )
+                .client
+                .query(&st, &[&keys, &&*inc.key, &inc.target_type])
                 .map_err(db_err)?;
             Ok(rows.iter().map(|r| r.get(0)).collect())
         })
@@ -658,9 +686,11 @@ impl Store for PostgresStore {
 
     fn submit(&self, job: WriteJob) -> Result<(), StoreError> {
         self.with_client(|c| {
-            let mut tx = c.transaction().map_err(db_err)?;
+            let Conn { client, cache } = c;
+            let mut tx = client.transaction().map_err(db_err)?;
             let mut txn = PgTxn {
                 tx: &mut tx,
+                cache,
                 locked_types: Vec::new(),
                 savepoints: 0,
                 pending: Default::default(),
@@ -692,6 +722,7 @@ impl Store for PostgresStore {
     fn newest(&self) -> Result<Option<i64>, StoreError> {
         self.with_client(|c| {
             let row = c
+                .client
                 .query_opt("SELECT last_updated FROM versions ORDER BY seq DESC LIMIT 1", &[])
                 .map_err(db_err)?;
             Ok(row.map(|r| r.get(0)))
@@ -699,7 +730,7 @@ impl Store for PostgresStore {
     }
 
     fn ready(&self) -> Result<(), StoreError> {
-        self.with_client(|c| c.simple_query("SELECT 1").map(|_| ()).map_err(db_err))
+        self.with_client(|c| c.client.simple_query("SELECT 1").map(|_| ()).map_err(db_err))
     }
 
     fn close(&self) {
