@@ -70,6 +70,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let parse_secs = started.elapsed().as_secs_f64();
     let parse_rate = resources as f64 / parse_secs;
+    stages(&bodies, resources)?;
 
     let rt = super::runtime()?;
     let mut backends = vec![("embedded (SQLite)".to_string(), StorageConfig::Embedded)];
@@ -129,6 +130,69 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!(
             "PostgreSQL ingest / embedded ingest in this run: {:.2}",
             ingest_rates[1].1 / ingest_rates[0].1
+        );
+    }
+    Ok(())
+}
+
+/// Single-core cost of each step of the ingest path, over every entry of the corpus.
+fn stages(bodies: &[Arc<Vec<u8>>], resources: usize) -> anyhow::Result<()> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Entry<'a> {
+        #[serde(borrow)]
+        resource: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Bundle<'a> {
+        #[serde(borrow)]
+        entry: Vec<Entry<'a>>,
+    }
+    let texts: Vec<&str> = bodies
+        .iter()
+        .map(|b| std::str::from_utf8(b))
+        .collect::<Result<_, _>>()?;
+    let registry = crate::search::Registry::r4();
+    let (mut split, mut parse, mut structure, mut index, mut serialize) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    // Bundle by bundle, as the node does, so memory is reused as it is there.
+    for t in &texts {
+        let started = Instant::now();
+        let b: Bundle = serde_json::from_str(t)?;
+        let raws: Vec<&str> = b.entry.iter().filter_map(|e| e.resource.map(RawValue::get)).collect();
+        split += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        let values: Vec<Value> = raws.iter().map(|r| serde_json::from_str(r)).collect::<Result<_, _>>()?;
+        parse += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        for r in &raws {
+            let _ = std::hint::black_box(crate::fhir::model::check_structure(r));
+        }
+        structure += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        for v in &values {
+            let rtype = v["resourceType"].as_str().unwrap_or_default();
+            std::hint::black_box(crate::search::extract(&registry, rtype, v));
+        }
+        index += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        for v in &values {
+            std::hint::black_box(serde_json::to_vec(v)?);
+        }
+        serialize += started.elapsed().as_secs_f64();
+    }
+    println!("ingest stages on one core, {resources} resources (resources/s; lower share is better):");
+    let total = split + parse + structure + index + serialize;
+    for (name, secs) in [
+        ("split the Bundle (RawValue)", split),
+        ("parse each resource to a JSON value", parse),
+        ("structural check (fhirbolt strict parse)", structure),
+        ("search index extraction (FHIRPath)", index),
+        ("serialise for storage", serialize),
+    ] {
+        println!(
+            "  {name:<44} {:>9.0}/s  {:>4.0}%",
+            resources as f64 / secs,
+            100.0 * secs / total
         );
     }
     Ok(())

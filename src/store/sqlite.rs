@@ -37,27 +37,23 @@ CREATE TABLE IF NOT EXISTS versions (
     last_updated INTEGER NOT NULL,
     method TEXT NOT NULL,
     json BLOB,
+    -- Where this version's index rows are: 'lo-hi' rowid ranges per index table.
+    spans TEXT,
     UNIQUE (rid, version)
 );
 CREATE INDEX IF NOT EXISTS versions_type ON versions (type);
 CREATE TABLE IF NOT EXISTS idx_token (rid INTEGER NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT);
 CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token (param, code, system);
-CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token (rid);
 CREATE TABLE IF NOT EXISTS idx_string (rid INTEGER NOT NULL, param TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS idx_string_norm ON idx_string (param, norm);
-CREATE INDEX IF NOT EXISTS idx_string_rid ON idx_string (rid);
 CREATE TABLE IF NOT EXISTS idx_date (rid INTEGER NOT NULL, param TEXT NOT NULL, lo INTEGER NOT NULL, hi INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS idx_date_lo ON idx_date (param, lo);
-CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date (rid);
 CREATE TABLE IF NOT EXISTS idx_ref (rid INTEGER NOT NULL, param TEXT NOT NULL, ttype TEXT, tid TEXT, url TEXT);
 CREATE INDEX IF NOT EXISTS idx_ref_target ON idx_ref (param, tid, ttype);
-CREATE INDEX IF NOT EXISTS idx_ref_rid ON idx_ref (rid);
 CREATE TABLE IF NOT EXISTS idx_quantity (rid INTEGER NOT NULL, param TEXT NOT NULL, value REAL NOT NULL, system TEXT, code TEXT, unit TEXT);
 CREATE INDEX IF NOT EXISTS idx_quantity_value ON idx_quantity (param, value);
-CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity (rid);
 CREATE TABLE IF NOT EXISTS idx_uri (rid INTEGER NOT NULL, param TEXT NOT NULL, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (param, value);
-CREATE INDEX IF NOT EXISTS idx_uri_rid ON idx_uri (rid);
 ";
 
 const INDEX_TABLES: [&str; 6] = [
@@ -89,6 +85,7 @@ pub struct SqliteStore {
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db_err)?;
+    conn.set_prepared_statement_cache_capacity(512);
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -244,61 +241,138 @@ struct SqliteTxn<'c> {
     last_now: &'c mut i64,
 }
 
-fn insert_index(conn: &Connection, rid: i64, index: &IndexRows) -> Result<(), StoreError> {
-    if !index.tokens.is_empty() {
-        let mut st = conn
-            .prepare_cached("INSERT INTO idx_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .map_err(db_err)?;
-        for t in &index.tokens {
-            st.execute(params![rid, &*t.param, t.system, t.code, t.text])
-                .map_err(db_err)?;
+/// Rowid ranges of one version's index rows, per table of `INDEX_TABLES`.
+///
+/// The single writer inserts a version's rows into each table back to back, so
+/// they occupy one contiguous rowid range; recording it lets an update delete
+/// them without a `rid` index on every index table (one B-tree less per row).
+type Spans = [Option<(i64, i64)>; 6];
+
+fn encode_spans(spans: &Spans) -> String {
+    spans
+        .iter()
+        .map(|s| s.map_or(String::new(), |(lo, hi)| format!("{lo}-{hi}")))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+fn decode_spans(text: &str) -> Spans {
+    let mut out: Spans = [None; 6];
+    for (i, part) in text.split(';').enumerate().take(6) {
+        if let Some((lo, hi)) = part.split_once('-') {
+            if let (Ok(lo), Ok(hi)) = (lo.parse(), hi.parse()) {
+                out[i] = Some((lo, hi));
+            }
         }
     }
-    if !index.strings.is_empty() {
-        let mut st = conn
-            .prepare_cached("INSERT INTO idx_string (rid, param, norm, exact) VALUES (?1, ?2, ?3, ?4)")
+    out
+}
+
+/// Rows per multi-row INSERT: fewer statements per resource, and few enough
+/// distinct statement shapes to stay in the statement cache.
+const ROWS_PER_INSERT: usize = 32;
+
+/// Inserts `rows` (each `width` values) into `table` with multi-row INSERTs and
+/// returns the rowid range they occupy.
+fn insert_rows(
+    conn: &Connection,
+    table: &str,
+    cols: &str,
+    width: usize,
+    rows: &[Vec<rusqlite::types::Value>],
+) -> Result<Option<(i64, i64)>, StoreError> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut first = None;
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut sql = format!("INSERT INTO {table} ({cols}) VALUES ");
+        let one = format!("({})", vec!["?"; width].join(","));
+        sql.push_str(&vec![one.as_str(); chunk.len()].join(","));
+        let mut st = conn.prepare_cached(&sql).map_err(db_err)?;
+        st.execute(rusqlite::params_from_iter(chunk.iter().flatten()))
             .map_err(db_err)?;
-        for s in &index.strings {
-            st.execute(params![rid, &*s.param, s.norm, s.exact]).map_err(db_err)?;
+        if first.is_none() {
+            first = Some(conn.last_insert_rowid() - chunk.len() as i64 + 1);
         }
     }
-    if !index.dates.is_empty() {
-        let mut st = conn
-            .prepare_cached("INSERT INTO idx_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)")
-            .map_err(db_err)?;
-        for d in &index.dates {
-            st.execute(params![rid, &*d.param, d.lo, d.hi]).map_err(db_err)?;
-        }
-    }
-    if !index.refs.is_empty() {
-        let mut st = conn
-            .prepare_cached("INSERT INTO idx_ref (rid, param, ttype, tid, url) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .map_err(db_err)?;
-        for r in &index.refs {
-            st.execute(params![rid, &*r.param, r.target_type, r.target_id, r.url])
-                .map_err(db_err)?;
-        }
-    }
-    if !index.quantities.is_empty() || !index.numbers.is_empty() {
-        let mut st = conn
-            .prepare_cached(
-                "INSERT INTO idx_quantity (rid, param, value, system, code, unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(db_err)?;
-        for q in index.quantities.iter().chain(&index.numbers) {
-            st.execute(params![rid, &*q.param, q.value, q.system, q.code, q.unit])
-                .map_err(db_err)?;
-        }
-    }
-    if !index.uris.is_empty() {
-        let mut st = conn
-            .prepare_cached("INSERT INTO idx_uri (rid, param, value) VALUES (?1, ?2, ?3)")
-            .map_err(db_err)?;
-        for u in &index.uris {
-            st.execute(params![rid, &*u.param, u.value]).map_err(db_err)?;
-        }
-    }
-    Ok(())
+    Ok(first.map(|lo| (lo, conn.last_insert_rowid())))
+}
+
+fn insert_index(conn: &Connection, rid: i64, index: &IndexRows) -> Result<Spans, StoreError> {
+    use rusqlite::types::Value as V;
+    let text = |s: &str| V::Text(s.to_string());
+    let opt = |s: &Option<String>| s.as_ref().map_or(V::Null, |s| V::Text(s.clone()));
+    let tokens: Vec<Vec<V>> = index
+        .tokens
+        .iter()
+        .map(|t| {
+            vec![
+                V::Integer(rid),
+                text(&t.param),
+                opt(&t.system),
+                opt(&t.code),
+                opt(&t.text),
+            ]
+        })
+        .collect();
+    let strings: Vec<Vec<V>> = index
+        .strings
+        .iter()
+        .map(|s| vec![V::Integer(rid), text(&s.param), text(&s.norm), text(&s.exact)])
+        .collect();
+    let dates: Vec<Vec<V>> = index
+        .dates
+        .iter()
+        .map(|d| vec![V::Integer(rid), text(&d.param), V::Integer(d.lo), V::Integer(d.hi)])
+        .collect();
+    let refs: Vec<Vec<V>> = index
+        .refs
+        .iter()
+        .map(|r| {
+            vec![
+                V::Integer(rid),
+                text(&r.param),
+                opt(&r.target_type),
+                opt(&r.target_id),
+                opt(&r.url),
+            ]
+        })
+        .collect();
+    let quantities: Vec<Vec<V>> = index
+        .quantities
+        .iter()
+        .chain(&index.numbers)
+        .map(|q| {
+            vec![
+                V::Integer(rid),
+                text(&q.param),
+                V::Real(q.value),
+                opt(&q.system),
+                opt(&q.code),
+                opt(&q.unit),
+            ]
+        })
+        .collect();
+    let uris: Vec<Vec<V>> = index
+        .uris
+        .iter()
+        .map(|u| vec![V::Integer(rid), text(&u.param), text(&u.value)])
+        .collect();
+    Ok([
+        insert_rows(conn, "idx_token", "rid, param, system, code, text", 5, &tokens)?,
+        insert_rows(conn, "idx_string", "rid, param, norm, exact", 4, &strings)?,
+        insert_rows(conn, "idx_date", "rid, param, lo, hi", 4, &dates)?,
+        insert_rows(conn, "idx_ref", "rid, param, ttype, tid, url", 5, &refs)?,
+        insert_rows(
+            conn,
+            "idx_quantity",
+            "rid, param, value, system, code, unit",
+            6,
+            &quantities,
+        )?,
+        insert_rows(conn, "idx_uri", "rid, param, value", 3, &uris)?,
+    ])
 }
 
 impl WriteTxn for SqliteTxn<'_> {
@@ -336,12 +410,25 @@ impl WriteTxn for SqliteTxn<'_> {
                     r.get(0)
                 })
                 .map_err(db_err)?;
-            for table in INDEX_TABLES {
-                self.conn
-                    .prepare_cached(&format!("DELETE FROM {table} WHERE rid = ?1"))
-                    .map_err(db_err)?
-                    .execute(params![rid])
-                    .map_err(db_err)?;
+            // The previous version's index rows go, found by their recorded spans.
+            let old: Option<String> = self
+                .conn
+                .prepare_cached("SELECT spans FROM versions WHERE rid = ?1 AND version = ?2")
+                .map_err(db_err)?
+                .query_row(params![rid, v.version as i64 - 1], |r| r.get(0))
+                .optional()
+                .map_err(db_err)?
+                .flatten();
+            if let Some(old) = old {
+                for (table, span) in INDEX_TABLES.iter().zip(decode_spans(&old)) {
+                    if let Some((lo, hi)) = span {
+                        self.conn
+                            .prepare_cached(&format!("DELETE FROM {table} WHERE rowid BETWEEN ?1 AND ?2"))
+                            .map_err(db_err)?
+                            .execute(params![lo, hi])
+                            .map_err(db_err)?;
+                    }
+                }
             }
             rid
         } else {
@@ -355,9 +442,13 @@ impl WriteTxn for SqliteTxn<'_> {
                 .map_err(db_err)?;
             self.conn.last_insert_rowid()
         };
+        let spans = match (v.index, v.json) {
+            (Some(index), Some(_)) => Some(encode_spans(&insert_index(self.conn, rid, index)?)),
+            _ => None,
+        };
         self.conn
             .prepare_cached(
-                "INSERT INTO versions (rid, version, type, last_updated, method, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO versions (rid, version, type, last_updated, method, json, spans) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(db_err)?
             .execute(params![
@@ -366,12 +457,10 @@ impl WriteTxn for SqliteTxn<'_> {
                 v.rtype,
                 v.last_updated,
                 v.method.as_str(),
-                v.json
+                v.json,
+                spans
             ])
             .map_err(db_err)?;
-        if let (Some(index), Some(_)) = (v.index, v.json) {
-            insert_index(self.conn, rid, index)?;
-        }
         Ok(())
     }
 
@@ -639,5 +728,17 @@ impl Store for SqliteStore {
             return Err(StoreError::Closed);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_round_trip() {
+        let spans: Spans = [Some((1, 5)), None, Some((7, 7)), None, None, Some((10, 20))];
+        assert_eq!(decode_spans(&encode_spans(&spans)), spans);
+        assert_eq!(decode_spans(""), [None; 6]);
     }
 }

@@ -44,12 +44,21 @@ async fn create_read_update_delete_with_versions_and_headers() {
 
     let mut changed = read.clone();
     changed["name"][0]["family"] = json!("Jones");
+    changed["gender"] = json!("other");
+    changed["birthDate"] = json!("1999-09-09");
     let r = node.put(&format!("Patient/{id}"), &changed).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["etag"], "W/\"2\"");
     let updated: Value = r.json().await.unwrap();
     assert_eq!(updated["meta"]["versionId"], "2");
 
+    // The index follows the current version only.
+    assert_eq!(node.total("Patient?family=Smith").await, 0);
+    assert_eq!(node.total("Patient?family=Jones").await, 1);
+    assert_eq!(node.total("Patient?gender=female").await, 0, "old token rows are gone");
+    assert_eq!(node.total("Patient?gender=other").await, 1);
+    assert_eq!(node.total("Patient?birthdate=1999").await, 1);
+    assert_eq!(node.total("Patient?identifier=9434765919").await, 1);
     let v1 = node.get_json(&format!("Patient/{id}/_history/1")).await;
     assert_eq!(v1["name"][0]["family"], "Smith");
     let hist = node.get_json(&format!("Patient/{id}/_history")).await;
@@ -68,6 +77,8 @@ async fn create_read_update_delete_with_versions_and_headers() {
     assert_eq!(r.status(), 204);
     let r = node.get(&format!("Patient/{id}")).await;
     assert_eq!(r.status(), 410);
+    assert_eq!(node.total("Patient?family=Jones").await, 0);
+    assert_eq!(node.total("Patient?identifier=9434765919").await, 0);
     let oo: Value = r.json().await.unwrap();
     assert_eq!(oo["resourceType"], "OperationOutcome");
     assert_eq!(oo["issue"][0]["code"], "deleted");
