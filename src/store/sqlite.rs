@@ -85,7 +85,6 @@ pub struct SqliteStore {
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(db_err)?;
-    conn.set_prepared_statement_cache_capacity(512);
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
@@ -268,111 +267,75 @@ fn decode_spans(text: &str) -> Spans {
     out
 }
 
-/// Rows per multi-row INSERT: fewer statements per resource, and few enough
-/// distinct statement shapes to stay in the statement cache.
-const ROWS_PER_INSERT: usize = 32;
-
-/// Inserts `rows` (each `width` values) into `table` with multi-row INSERTs and
-/// returns the rowid range they occupy.
-fn insert_rows(
-    conn: &Connection,
-    table: &str,
-    cols: &str,
-    width: usize,
-    rows: &[Vec<rusqlite::types::Value>],
-) -> Result<Option<(i64, i64)>, StoreError> {
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let mut first = None;
-    for chunk in rows.chunks(ROWS_PER_INSERT) {
-        let mut sql = format!("INSERT INTO {table} ({cols}) VALUES ");
-        let one = format!("({})", vec!["?"; width].join(","));
-        sql.push_str(&vec![one.as_str(); chunk.len()].join(","));
-        let mut st = conn.prepare_cached(&sql).map_err(db_err)?;
-        st.execute(rusqlite::params_from_iter(chunk.iter().flatten()))
-            .map_err(db_err)?;
-        if first.is_none() {
-            first = Some(conn.last_insert_rowid() - chunk.len() as i64 + 1);
-        }
-    }
-    Ok(first.map(|lo| (lo, conn.last_insert_rowid())))
-}
-
 fn insert_index(conn: &Connection, rid: i64, index: &IndexRows) -> Result<Spans, StoreError> {
-    use rusqlite::types::Value as V;
-    let text = |s: &str| V::Text(s.to_string());
-    let opt = |s: &Option<String>| s.as_ref().map_or(V::Null, |s| V::Text(s.clone()));
-    let tokens: Vec<Vec<V>> = index
-        .tokens
-        .iter()
-        .map(|t| {
-            vec![
-                V::Integer(rid),
-                text(&t.param),
-                opt(&t.system),
-                opt(&t.code),
-                opt(&t.text),
-            ]
-        })
-        .collect();
-    let strings: Vec<Vec<V>> = index
-        .strings
-        .iter()
-        .map(|s| vec![V::Integer(rid), text(&s.param), text(&s.norm), text(&s.exact)])
-        .collect();
-    let dates: Vec<Vec<V>> = index
-        .dates
-        .iter()
-        .map(|d| vec![V::Integer(rid), text(&d.param), V::Integer(d.lo), V::Integer(d.hi)])
-        .collect();
-    let refs: Vec<Vec<V>> = index
-        .refs
-        .iter()
-        .map(|r| {
-            vec![
-                V::Integer(rid),
-                text(&r.param),
-                opt(&r.target_type),
-                opt(&r.target_id),
-                opt(&r.url),
-            ]
-        })
-        .collect();
-    let quantities: Vec<Vec<V>> = index
-        .quantities
-        .iter()
-        .chain(&index.numbers)
-        .map(|q| {
-            vec![
-                V::Integer(rid),
-                text(&q.param),
-                V::Real(q.value),
-                opt(&q.system),
-                opt(&q.code),
-                opt(&q.unit),
-            ]
-        })
-        .collect();
-    let uris: Vec<Vec<V>> = index
-        .uris
-        .iter()
-        .map(|u| vec![V::Integer(rid), text(&u.param), text(&u.value)])
-        .collect();
-    Ok([
-        insert_rows(conn, "idx_token", "rid, param, system, code, text", 5, &tokens)?,
-        insert_rows(conn, "idx_string", "rid, param, norm, exact", 4, &strings)?,
-        insert_rows(conn, "idx_date", "rid, param, lo, hi", 4, &dates)?,
-        insert_rows(conn, "idx_ref", "rid, param, ttype, tid, url", 5, &refs)?,
-        insert_rows(
-            conn,
-            "idx_quantity",
-            "rid, param, value, system, code, unit",
-            6,
-            &quantities,
-        )?,
-        insert_rows(conn, "idx_uri", "rid, param, value", 3, &uris)?,
-    ])
+    let mut spans: Spans = [None; 6];
+    let mut mark = |slot: usize, n: usize| {
+        if n > 0 {
+            let hi = conn.last_insert_rowid();
+            spans[slot] = Some((hi - n as i64 + 1, hi));
+        }
+    };
+    if !index.tokens.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT INTO idx_token (rid, param, system, code, text) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(db_err)?;
+        for t in &index.tokens {
+            st.execute(params![rid, &*t.param, t.system, t.code, t.text])
+                .map_err(db_err)?;
+        }
+        mark(0, index.tokens.len());
+        mark(0, index.tokens.len());
+    }
+    if !index.strings.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT INTO idx_string (rid, param, norm, exact) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(db_err)?;
+        for s in &index.strings {
+            st.execute(params![rid, &*s.param, s.norm, s.exact]).map_err(db_err)?;
+        }
+        mark(1, index.strings.len());
+    }
+    if !index.dates.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT INTO idx_date (rid, param, lo, hi) VALUES (?1, ?2, ?3, ?4)")
+            .map_err(db_err)?;
+        for d in &index.dates {
+            st.execute(params![rid, &*d.param, d.lo, d.hi]).map_err(db_err)?;
+        }
+        mark(2, index.dates.len());
+    }
+    if !index.refs.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT INTO idx_ref (rid, param, ttype, tid, url) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .map_err(db_err)?;
+        for r in &index.refs {
+            st.execute(params![rid, &*r.param, r.target_type, r.target_id, r.url])
+                .map_err(db_err)?;
+        }
+        mark(3, index.refs.len());
+    }
+    if !index.quantities.is_empty() || !index.numbers.is_empty() {
+        let mut st = conn
+            .prepare_cached(
+                "INSERT INTO idx_quantity (rid, param, value, system, code, unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db_err)?;
+        for q in index.quantities.iter().chain(&index.numbers) {
+            st.execute(params![rid, &*q.param, q.value, q.system, q.code, q.unit])
+                .map_err(db_err)?;
+        }
+        mark(4, index.quantities.len() + index.numbers.len());
+    }
+    if !index.uris.is_empty() {
+        let mut st = conn
+            .prepare_cached("INSERT INTO idx_uri (rid, param, value) VALUES (?1, ?2, ?3)")
+            .map_err(db_err)?;
+        for u in &index.uris {
+            st.execute(params![rid, &*u.param, u.value]).map_err(db_err)?;
+        }
+        mark(5, index.uris.len());
+    }
+    Ok(spans)
 }
 
 impl WriteTxn for SqliteTxn<'_> {
