@@ -170,7 +170,12 @@ impl FhirService {
         let mut keys = self.store.search(&req, max + 1)?;
         let total = if keys.len() > max {
             keys.truncate(max);
-            None
+            // Beyond what is kept for paging, count only when asked (`_total=accurate`).
+            if req.total_accurate {
+                Some(self.store.count(&req)?)
+            } else {
+                None
+            }
         } else {
             Some(keys.len() as u64)
         };

@@ -168,6 +168,8 @@ pub struct SearchRequest {
     pub elements: Option<Vec<String>>,
     /// Parameters ignored under lenient handling, reported back to the client.
     pub ignored: Vec<String>,
+    /// `_total=accurate`: count every match even beyond the paging limit.
+    pub total_accurate: bool,
 }
 
 impl SearchRequest {
@@ -182,6 +184,7 @@ impl SearchRequest {
             revincludes: vec![],
             elements: None,
             ignored: vec![],
+            total_accurate: false,
         }
     }
 }
@@ -613,10 +616,9 @@ fn include(registry: &Registry, spec: &str, name: &str) -> Result<Include, Query
 }
 
 /// Result parameters that control the response, not the match.
-const CONTROL: [&str; 7] = [
+const CONTROL: [&str; 6] = [
     "_format",
     "_pretty",
-    "_total",
     "_contained",
     "_containedType",
     "_getpages",
@@ -661,6 +663,13 @@ pub fn parse_query(
                     "data" => Summary::Data,
                     "text" => Summary::Text,
                     _ => return Err(bad("_summary", "expected true, false, count, data or text")),
+                }
+            }
+            "_total" => {
+                req.total_accurate = match value.as_str() {
+                    "accurate" => true,
+                    "none" | "estimate" => false,
+                    _ => return Err(bad("_total", "expected none, estimate or accurate")),
                 }
             }
             "_include" | "_include:iterate" => req.includes.push(include(registry, value, name)?),

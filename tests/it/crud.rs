@@ -314,23 +314,48 @@ async fn metadata_lists_what_the_node_supports() {
         .map(|i| i["code"].as_str().unwrap())
         .collect();
     assert!(interactions.contains(&"transaction") && interactions.contains(&"batch"));
-    // Every advertised parameter can actually be used in a search.
-    for p in patient["searchParam"].as_array().unwrap() {
-        let name = p["name"].as_str().unwrap();
-        let value = match p["type"].as_str().unwrap() {
-            "date" => "2020",
-            "quantity" | "number" => "1",
-            _ => "x",
-        };
-        let r = node
-            .client
-            .get(node.url(&format!("Patient?{name}={value}")))
-            .header("prefer", "handling=strict")
-            .send()
-            .await
+    // Every advertised parameter of the core clinical types can actually be used.
+    let mut searched = 0;
+    for rtype in [
+        "Patient",
+        "Encounter",
+        "Observation",
+        "Condition",
+        "Procedure",
+        "MedicationRequest",
+        "Immunization",
+        "DiagnosticReport",
+        "AllergyIntolerance",
+        "Organization",
+        "Practitioner",
+        "Location",
+        "Provenance",
+    ] {
+        let res = rest["resource"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["type"] == rtype)
             .unwrap();
-        assert_eq!(r.status(), 200, "searching Patient by {name}");
+        for p in res["searchParam"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap();
+            let value = match p["type"].as_str().unwrap() {
+                "date" => "ge2020",
+                "quantity" | "number" => "gt1",
+                _ => "x",
+            };
+            let r = node
+                .client
+                .get(node.url(&format!("{rtype}?{name}={value}")))
+                .header("prefer", "handling=strict")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "searching {rtype} by {name}");
+            searched += 1;
+        }
     }
+    assert!(searched > 250, "only {searched} parameters advertised");
     assert_eq!(
         node.client
             .get(format!("{}/health", node.root))

@@ -337,3 +337,18 @@ async fn includes_summary_elements_and_unknown_parameters() {
     let _ = s.bob;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_beyond_the_paging_limit_only_when_accurate_is_asked() {
+    let node = crate::helpers::spawn_node_with(|c| c.service.max_results = 5).await;
+    for i in 0..8 {
+        node.create(&json!({"resourceType": "Patient", "name": [{"family": format!("T{i}")}]}))
+            .await;
+    }
+    let b = node.get_json("Patient?_count=2").await;
+    assert!(b.get("total").is_none(), "{b}");
+    let b = node.get_json("Patient?_count=2&_total=accurate").await;
+    assert_eq!(b["total"], 8);
+    assert_eq!(node.get("Patient?_total=sometimes").await.status(), 400);
+    node.stop().await;
+}
