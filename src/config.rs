@@ -157,12 +157,7 @@ impl NodeConfig {
                     .database_schema
                     .or(from_file.database_schema)
                     .unwrap_or_else(|| format!("pennine_{}", region.replace('-', "_")));
-                let schema_ok = schema.len() <= 63
-                    && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-                    && schema
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-                if !schema_ok {
+                if !crate::store::postgres::valid_schema(&schema) {
                     return Err(ConfigError::Invalid(format!(
                         "database_schema '{schema}' must be lower-case letters, digits and '_'"
                     )));

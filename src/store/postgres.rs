@@ -82,7 +82,8 @@ fn db_err(e: postgres::Error) -> StoreError {
     }
 }
 
-fn valid_schema(s: &str) -> bool {
+/// Whether `s` can be used as a schema name unquoted (it is spliced into SQL).
+pub fn valid_schema(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')

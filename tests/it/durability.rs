@@ -81,3 +81,67 @@ async fn acknowledged_writes_survive_kill_9() {
         crate::helpers::drop_schema(url, schema).await;
     }
 }
+
+#[test]
+fn invalid_settings_stop_the_node_at_start_up_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_config = dir.path().join("node.toml");
+    std::fs::write(
+        &bad_config,
+        "region = \"nenc\"\nlisten = \"127.0.0.1:0\"\nmax_count = \"many\"\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--region".into(),
+                "North East".into(),
+                "--data".into(),
+                dir.path().display().to_string(),
+            ],
+            "region",
+        ),
+        (vec!["--region".into(), "nenc".into()], "data folder"),
+        (
+            vec![
+                "--region".into(),
+                "nenc".into(),
+                "--data".into(),
+                dir.path().display().to_string(),
+                "--listen".into(),
+                "nowhere".into(),
+            ],
+            "host:port",
+        ),
+        (
+            vec![
+                "--config".into(),
+                bad_config.display().to_string(),
+                "--data".into(),
+                dir.path().display().to_string(),
+            ],
+            "max_count",
+        ),
+        (
+            vec![
+                "--region".into(),
+                "nenc".into(),
+                "--database".into(),
+                "mysql://x".into(),
+            ],
+            "postgres://",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_pennine"))
+            .arg("node")
+            .args(&args)
+            .env_remove("PENNINE_REGION")
+            .env_remove("PENNINE_DATA")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

@@ -3,6 +3,7 @@
 mod bundles;
 mod corpus;
 mod crud;
+mod docker;
 mod durability;
 mod errors;
 mod helpers;

@@ -352,3 +352,34 @@ async fn total_beyond_the_paging_limit_only_when_accurate_is_asked() {
     assert_eq!(node.get("Patient?_total=sometimes").await.status(), 400);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_parameters_match_exactly_below_and_above() {
+    let node = spawn_node().await;
+    let profile = "https://fhir.nhs.uk/StructureDefinition/NHSDigital-Observation";
+    node.create(
+        &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "meta": {"profile": [profile]}}),
+    )
+    .await;
+    node.create(&json!({"resourceType": "Observation", "status": "final", "code": {"text": "y"}}))
+        .await;
+    assert_eq!(node.total(&format!("Observation?_profile={profile}")).await, 1);
+    assert_eq!(
+        node.total("Observation?_profile=https://fhir.nhs.uk/StructureDefinition/NHSDigital")
+            .await,
+        0
+    );
+    assert_eq!(
+        node.total("Observation?_profile:below=https://fhir.nhs.uk/StructureDefinition/")
+            .await,
+        1
+    );
+    assert_eq!(
+        node.total(&format!("Observation?_profile:above={profile}/extra/parts"))
+            .await,
+        1
+    );
+    assert_eq!(node.total("Observation?_profile:missing=true").await, 1);
+    node.stop().await;
+}

@@ -1,0 +1,42 @@
+//! The Docker files cannot be run here (no engine), so check what can be:
+//! the paths they copy exist and the command they run is one the binary accepts.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn dockerfile_copies_real_paths_and_runs_real_flags() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for src in &parts[1..parts.len() - 1] {
+            assert!(root.join(src).exists(), "Dockerfile copies {src}, which does not exist");
+        }
+    }
+    let cmd = dockerfile.lines().find(|l| l.starts_with("CMD ")).expect("a CMD");
+    let args: Vec<String> = serde_json::from_str(cmd.trim_start_matches("CMD ")).unwrap();
+    assert_eq!(args[0], "node");
+    let help = Command::new(env!("CARGO_BIN_EXE_pennine"))
+        .args(["node", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(flag.as_str()), "pennine node does not accept {flag}");
+    }
+    let compose = std::fs::read_to_string(root.join("docker/compose.yaml")).unwrap();
+    for region in ["nenc", "yh", "gm", "nwc"] {
+        assert!(
+            compose.contains(&format!("PENNINE_REGION: {region}")),
+            "compose lacks {region}"
+        );
+    }
+    for var in compose.split_whitespace().filter(|w| w.starts_with("PENNINE_")) {
+        let name = var.trim_end_matches(':').trim_matches(|c| c == '{' || c == ',');
+        assert!(help.contains(name), "pennine node does not read {name}");
+    }
+}
