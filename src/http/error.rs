@@ -17,6 +17,7 @@ pub enum ApiError {
     },
     MediaType(String),
     NotAcceptable(String),
+    MethodNotAllowed(String),
     Json(serde_json::Error),
     NoRoute(String),
     Invalid(Issue),
@@ -42,7 +43,10 @@ impl fmt::Display for ApiError {
         match self {
             ApiError::Fhir(e) => write!(f, "{e}"),
             ApiError::TooLarge { limit } => write!(f, "body larger than {limit} bytes"),
-            ApiError::MediaType(m) | ApiError::NotAcceptable(m) | ApiError::NoRoute(m) => f.write_str(m),
+            ApiError::MediaType(m)
+            | ApiError::NotAcceptable(m)
+            | ApiError::NoRoute(m)
+            | ApiError::MethodNotAllowed(m) => f.write_str(m),
             ApiError::Json(e) => write!(f, "malformed JSON: {e}"),
             ApiError::Invalid(i) => f.write_str(&i.diagnostics),
             ApiError::Unavailable(m) => write!(f, "unavailable: {m}"),
@@ -61,6 +65,7 @@ impl ApiError {
             )],
             ApiError::MediaType(m) => vec![Issue::error(IssueCode::NotSupported, m.clone())],
             ApiError::NotAcceptable(m) => vec![Issue::error(IssueCode::NotSupported, m.clone())],
+            ApiError::MethodNotAllowed(m) => vec![Issue::error(IssueCode::NotSupported, m.clone())],
             ApiError::Json(e) => vec![Issue::error(
                 IssueCode::Structure,
                 format!("malformed JSON at line {} column {}: {e}", e.line(), e.column()),
@@ -83,6 +88,7 @@ impl ResponseError for ApiError {
             ApiError::TooLarge { .. } => 413,
             ApiError::MediaType(_) => 415,
             ApiError::NotAcceptable(_) => 406,
+            ApiError::MethodNotAllowed(_) => 405,
             ApiError::Json(_) => 400,
             ApiError::NoRoute(_) => 404,
             ApiError::Invalid(_) => 400,

@@ -29,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/{type}/{id}", web::get().to(read))
             .route("/{type}/{id}", web::put().to(update))
             .route("/{type}/{id}", web::delete().to(delete))
+            .route("/{type}/{id}", web::patch().to(patch_not_supported))
             .route("/{type}/{id}/_history", web::get().to(instance_history))
             .route("/{type}/{id}/_history/{vid}", web::get().to(vread)),
     );
@@ -274,6 +275,13 @@ fn write_response(r: WriteResult, prefer: Return, base: &str) -> HttpResponse {
             None => b.finish(),
         },
     }
+}
+
+/// PATCH is not in the CapabilityStatement; say so rather than "no route".
+async fn patch_not_supported() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(
+        "PATCH is not supported by this server; use PUT with the whole resource".into(),
+    ))
 }
 
 async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

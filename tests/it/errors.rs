@@ -89,6 +89,16 @@ async fn malformed_unknown_too_large_and_wrong_type() {
     let (s, oo) = outcome(node.post("Patient", &json!({"gender": "male"})).await).await;
     assert_eq!(s, 400);
     assert_eq!(oo["issue"][0]["expression"][0], "resourceType");
+    let (s, _) = outcome(
+        node.client
+            .patch(node.url("Patient/1"))
+            .body("[]")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 405);
     let (s, _) = outcome(node.client.get(format!("{}/nowhere", node.root)).send().await.unwrap()).await;
     assert_eq!(s, 404);
     node.stop().await;
