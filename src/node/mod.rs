@@ -6,7 +6,6 @@ mod bundle;
 mod capability;
 mod crud;
 mod error;
-mod pages;
 mod prepare;
 mod searchset;
 
@@ -51,7 +50,6 @@ pub struct FhirService {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
     pub settings: Arc<ServiceSettings>,
-    pages: Arc<pages::PageCache>,
 }
 
 impl FhirService {
@@ -60,7 +58,6 @@ impl FhirService {
             store,
             registry,
             settings: Arc::new(settings),
-            pages: Arc::new(pages::PageCache::new(1024, std::time::Duration::from_secs(600))),
         }
     }
 }

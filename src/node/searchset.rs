@@ -1,7 +1,6 @@
 //! Search and history results as Bundles, written straight from the stored
 //! JSON bytes (no re-parsing) unless `_elements` or `_summary` asks to trim.
 
-use super::pages::CachedSearch;
 use super::{Error, FhirService};
 use crate::fhir::{self, definitions, outcome::operation_outcome, Issue, IssueCode};
 use crate::search::query::Summary;
@@ -9,6 +8,23 @@ use crate::search::SearchRequest;
 use crate::store::{HistoryQuery, Method, Stored};
 use serde_json::Value;
 use std::collections::HashSet;
+
+/// A search's matches and what rendering its pages needs.
+struct CachedSearch {
+    request: SearchRequest,
+    keys: Vec<i64>,
+    total: Option<u64>,
+    /// The applied query, `Type?a=b`: kept with the result set, and parsed
+    /// again for later pages (for `_include`, `_elements`, `_summary`).
+    self_query: String,
+}
+
+/// What a stored result set carries besides its keys.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PagePayload {
+    query: String,
+    total: Option<u64>,
+}
 
 /// Where a result Bundle's links point.
 #[derive(Debug, Clone)]
@@ -187,8 +203,15 @@ impl FhirService {
             self_query: ctx.self_query.clone(),
         };
         if cached.keys.len() > count {
-            let id = self.pages.insert(cached);
-            let cached = self.pages.get(&id).expect("just inserted");
+            let payload = serde_json::to_vec(&PagePayload {
+                query: cached.self_query.clone(),
+                total: cached.total,
+            })
+            .map_err(|e| Error::Store(crate::store::StoreError::Database(e.to_string())))?;
+            let id = self.store.save_result_set(crate::store::ResultSet {
+                payload,
+                keys: cached.keys.clone(),
+            })?;
             self.render_page(&cached, Some(&id), 0, count, ctx)
         } else {
             self.render_page(&cached, None, 0, count, ctx)
@@ -203,12 +226,25 @@ impl FhirService {
         count: Option<usize>,
         ctx: &SearchContext,
     ) -> Result<Vec<u8>, Error> {
-        let cached = self.pages.get(page_id).ok_or_else(|| {
+        let expired = || {
             Error::invalid(Issue::error(
                 IssueCode::NotFound,
                 format!("search result page set '{page_id}' has expired or never existed; run the search again"),
             ))
-        })?;
+        };
+        let set = self.store.load_result_set(page_id)?.ok_or_else(expired)?;
+        let payload: PagePayload = serde_json::from_slice(&set.payload).map_err(|_| expired())?;
+        let (rtype, query) = payload.query.split_once('?').unwrap_or((payload.query.as_str(), ""));
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let request = crate::search::parse_query(&self.registry, rtype, &pairs, false, self.settings.max_count)?;
+        let cached = CachedSearch {
+            request,
+            keys: set.keys.clone(),
+            total: payload.total,
+            self_query: payload.query.clone(),
+        };
         let count = count
             .or(cached.request.count)
             .unwrap_or(self.settings.default_count)

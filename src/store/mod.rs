@@ -7,8 +7,11 @@
 //! layer and every backend gets them for free. Only this module knows SQL.
 
 pub mod postgres;
+pub mod result_sets;
 mod sql;
 pub mod sqlite;
+
+pub use result_sets::ResultSet;
 
 use crate::search::query::Include;
 use crate::search::{IndexRows, SearchRequest};
@@ -109,7 +112,7 @@ pub enum StoreError {
     Closed,
     #[error("a write job panicked")]
     JobPanicked,
-    #[error("cannot open the data folder {path}: {message}")]
+    #[error("cannot open the store at {path}: {message}")]
     Open { path: String, message: String },
 }
 
@@ -152,6 +155,10 @@ pub trait Store: Send + Sync + 'static {
     fn newest(&self) -> Result<Option<i64>, StoreError>;
     /// Whether the store answers.
     fn ready(&self) -> Result<(), StoreError>;
+    /// Keeps a search's result list for paging; returns its id.
+    fn save_result_set(&self, set: ResultSet) -> Result<String, StoreError>;
+    /// A result list saved within `result_sets::RESULT_SET_TTL`, if any.
+    fn load_result_set(&self, id: &str) -> Result<Option<std::sync::Arc<ResultSet>>, StoreError>;
     /// Finishes queued work and releases connections; later calls may fail.
     fn close(&self);
 }

@@ -18,7 +18,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// Versioned, idempotent migrations; each runs once, in order, under a lock.
-const MIGRATIONS: &[(i32, &str)] = &[(
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
     1,
     "
 CREATE TABLE resources (
@@ -60,7 +61,15 @@ CREATE TABLE idx_uri (rid BIGINT NOT NULL, param TEXT COLLATE \"C\" NOT NULL, va
 CREATE INDEX idx_uri_value ON idx_uri (param, value);
 CREATE INDEX idx_uri_rid ON idx_uri (rid);
 ",
-)];
+    ),
+    (
+        2,
+        // Paging state shared by every process; disposable, so not WAL-logged.
+        "CREATE UNLOGGED TABLE result_sets (
+            id TEXT PRIMARY KEY, created BIGINT NOT NULL, payload BYTEA NOT NULL, keys BIGINT[] NOT NULL);
+         CREATE INDEX result_sets_created ON result_sets (created);",
+    ),
+];
 
 const INDEX_TABLES: [&str; 6] = [
     "idx_token",
@@ -732,6 +741,36 @@ impl Store for PostgresStore {
 
     fn ready(&self) -> Result<(), StoreError> {
         self.with_client(|c| c.client.simple_query("SELECT 1").map(|_| ()).map_err(db_err))
+    }
+
+    fn save_result_set(&self, set: super::ResultSet) -> Result<String, StoreError> {
+        let id = super::result_sets::new_id();
+        let now = crate::fhir::time::now_millis();
+        let expired = now - super::result_sets::RESULT_SET_TTL.as_millis() as i64;
+        self.with_client(|c| {
+            let st = c.stmt("INSERT INTO result_sets (id, created, payload, keys) VALUES ($1, $2, $3, $4)")?;
+            c.client
+                .execute(&st, &[&id, &now, &set.payload, &set.keys])
+                .map_err(db_err)?;
+            // Expired sets go as new ones arrive (cheap: indexed on `created`).
+            let st = c.stmt("DELETE FROM result_sets WHERE created < $1")?;
+            c.client.execute(&st, &[&expired]).map_err(db_err)?;
+            Ok(id)
+        })
+    }
+
+    fn load_result_set(&self, id: &str) -> Result<Option<Arc<super::ResultSet>>, StoreError> {
+        let fresh = crate::fhir::time::now_millis() - super::result_sets::RESULT_SET_TTL.as_millis() as i64;
+        self.with_client(|c| {
+            let st = c.stmt("SELECT payload, keys FROM result_sets WHERE id = $1 AND created >= $2")?;
+            let row = c.client.query_opt(&st, &[&id, &fresh]).map_err(db_err)?;
+            Ok(row.map(|r| {
+                Arc::new(super::ResultSet {
+                    payload: r.get(0),
+                    keys: r.get(1),
+                })
+            }))
+        })
     }
 
     fn close(&self) {

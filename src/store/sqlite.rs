@@ -81,6 +81,7 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<Option<(StopSignal, std::thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
+    result_sets: super::result_sets::MemoryResultSets,
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
@@ -156,6 +157,7 @@ impl SqliteStore {
             writer_thread: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some((stop, checkpointer))),
             readers: Mutex::new(Vec::new()),
+            result_sets: super::result_sets::MemoryResultSets::new(1024),
         })
     }
 
@@ -679,6 +681,14 @@ impl Store for SqliteStore {
             .map(Option::flatten)
             .map_err(db_err)
         })
+    }
+
+    fn save_result_set(&self, set: super::ResultSet) -> Result<String, StoreError> {
+        Ok(self.result_sets.insert(set))
+    }
+
+    fn load_result_set(&self, id: &str) -> Result<Option<Arc<super::ResultSet>>, StoreError> {
+        Ok(self.result_sets.get(id))
     }
 
     fn close(&self) {

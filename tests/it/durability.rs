@@ -145,3 +145,25 @@ fn invalid_settings_stop_the_node_at_start_up_with_a_message() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_applies_once_and_is_idempotent() {
+    let Some(url) = crate::helpers::test_database() else {
+        println!("NOTE: `pennine migrate` is for PostgreSQL; set PENNINE_TEST_DATABASE to run this check");
+        return;
+    };
+    let schema = crate::helpers::fresh_schema();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_pennine"))
+            .args(["migrate", "--database", &url, "--database-schema", &schema])
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations 1, 2"));
+    let second = run();
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
+    crate::helpers::drop_schema(url.clone(), schema.clone()).await;
+}
