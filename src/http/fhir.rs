@@ -287,8 +287,18 @@ async fn patch_not_supported() -> Result<HttpResponse, ApiError> {
 async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     check_accept(&req)?;
     let base = base_url(&req, &state);
-    let cs = node::capability_statement(&state.service.registry, &base, "Pennine");
-    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(cs.to_string()))
+    // The statement only changes with the base URL: build it once per base, not per request.
+    let mut cached = state.metadata.lock().unwrap_or_else(|e| e.into_inner());
+    let body = match cached.as_ref() {
+        Some((b, body)) if *b == base => body.clone(),
+        _ => {
+            let body =
+                web::Bytes::from(node::capability_statement(&state.service.registry, &base, "Pennine").to_string());
+            *cached = Some((base, body.clone()));
+            body
+        }
+    };
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
 }
 
 async fn read(

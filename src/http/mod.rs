@@ -18,6 +18,8 @@ use std::sync::Arc;
 pub struct AppState {
     pub service: FhirService,
     pub config: Arc<NodeConfig>,
+    /// The last CapabilityStatement served, with the base URL it was built for.
+    pub metadata: std::sync::Mutex<Option<(String, web::Bytes)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +103,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
     let state = web::Data::new(AppState {
         service: service.clone(),
         config: config.clone(),
+        metadata: std::sync::Mutex::new(None),
     });
     let server = HttpServer::new(move || {
         App::new()

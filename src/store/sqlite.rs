@@ -178,7 +178,8 @@ impl SqliteStore {
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < 16 {
+        // Keep as many readers as the blocking pool is likely to use at once.
+        if pool.len() < 64 {
             pool.push(conn);
         }
         out
