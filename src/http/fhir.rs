@@ -186,13 +186,14 @@ async fn json_body(req: &HttpRequest, payload: web::Payload, state: &AppState) -
     Ok(body)
 }
 
+/// The body as text, without a UTF-8 byte-order mark (some Windows senders add one).
+fn body_text(body: &[u8]) -> Result<&str, Issue> {
+    let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
+    std::str::from_utf8(body).map_err(|e| Issue::error(IssueCode::Structure, format!("the body is not UTF-8: {e}")))
+}
+
 fn parse_json(body: &[u8]) -> Result<(Value, &str), ApiError> {
-    let text = std::str::from_utf8(body).map_err(|e| {
-        ApiError::Invalid(Issue::error(
-            IssueCode::Structure,
-            format!("the body is not UTF-8: {e}"),
-        ))
-    })?;
+    let text = body_text(body).map_err(ApiError::Invalid)?;
     let value = serde_json::from_str(text).map_err(ApiError::Json)?;
     Ok((value, text))
 }
@@ -590,12 +591,7 @@ async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     let representation = prefer(&req).ret == Return::Representation && req.headers().contains_key("prefer");
     let svc = state.service.clone();
     let outcome = blocking(move || {
-        let text = std::str::from_utf8(&body).map_err(|e| {
-            node::Error::invalid(Issue::error(
-                IssueCode::Structure,
-                format!("the body is not UTF-8: {e}"),
-            ))
-        })?;
+        let text = body_text(&body).map_err(node::Error::invalid)?;
         svc.process_bundle(text)
     })
     .await?;

@@ -196,5 +196,15 @@ async fn garbage_never_stops_the_node() {
         assert!(s < 500, "{q} gave {s}");
     }
     assert_eq!(node.get("metadata").await.status(), 200, "the node still answers");
+    // A UTF-8 byte-order mark is tolerated.
+    let r = node
+        .client
+        .post(node.url("Patient"))
+        .header("content-type", "application/fhir+json")
+        .body("\u{feff}{\"resourceType\": \"Patient\", \"gender\": \"male\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     node.stop().await;
 }
