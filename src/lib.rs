@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod feeds;
 pub mod fhir;
 pub mod fhirpath;
 pub mod http;

@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Disable the fhirbolt structural check (to measure its cost).
     #[arg(long)]
     no_structural_check: bool,
+    /// HL7 v2 messages (.hl7) for the ER7 parsing measurement.
+    #[arg(long, default_value = "../shared/corpora/fhir-converter-hl7v2/input")]
+    hl7_corpus: PathBuf,
     /// Also run the same measurements on this PostgreSQL database (a fresh schema, dropped after).
     #[arg(long)]
     database: Option<String>,
@@ -71,6 +74,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let parse_secs = started.elapsed().as_secs_f64();
     let parse_rate = resources as f64 / parse_secs;
     stages(&bodies, resources)?;
+    er7_rate(&args.hl7_corpus);
 
     let rt = super::runtime()?;
     let mut backends = vec![("embedded (SQLite)".to_string(), StorageConfig::Embedded)];
@@ -133,6 +137,41 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// ER7 parsing with the field reads a translation makes, on one core.
+fn er7_rate(dir: &std::path::Path) {
+    let texts: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "hl7"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect();
+    if texts.is_empty() {
+        println!("ER7 parsing: no .hl7 files in {} (skipped)", dir.display());
+        return;
+    }
+    let rounds = 50;
+    let started = Instant::now();
+    let mut parsed = 0usize;
+    for _ in 0..rounds {
+        for t in &texts {
+            if let Ok(m) = crate::feeds::hl7v2::er7::parse(t) {
+                std::hint::black_box((m.get("MSH-9.1"), m.get("MSH-10"), m.get("PID-3.1"), m.get("PID-5.1")));
+                parsed += 1;
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let bytes: usize = texts.iter().map(String::len).sum::<usize>() * rounds;
+    println!(
+        "ER7 parsing on one core: {:.0} messages/s ({:.0} MB/s) over {} corpus messages x {rounds}",
+        parsed as f64 / secs,
+        bytes as f64 / secs / 1e6,
+        texts.len()
+    );
 }
 
 /// Single-core cost of each step of the ingest path, over every entry of the corpus.
