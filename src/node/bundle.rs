@@ -7,7 +7,9 @@
 //! conditional references. An entry whose references depend on those is
 //! rewritten and re-indexed there; the others are written as prepared.
 
-use super::crud::{create_fresh, delete_version, new_id, put_version, single_match, WriteOutcome, WriteResult};
+use super::crud::{
+    create_fresh, delete_version, existing, new_id, put_version, single_match, WriteOutcome, WriteResult,
+};
 use super::{Error, FhirService, Prepared};
 use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
 use crate::search::{parse_query, SearchRequest};
@@ -496,16 +498,8 @@ impl FhirService {
                                 else {
                                     unreachable!()
                                 };
-                                let existing = single_match(txn, q)?.unwrap_or_default();
-                                let c = txn.current(&prepared.rtype, &existing)?;
-                                Some(WriteResult {
-                                    rtype: prepared.rtype.clone(),
-                                    id: existing,
-                                    version: c.map_or(0, |c| c.version),
-                                    last_updated: c.map_or(0, |c| c.last_updated),
-                                    outcome: WriteOutcome::Existing,
-                                    json: None,
-                                })
+                                let id = single_match(txn, q)?.unwrap_or_default();
+                                Some(existing(txn, &prepared.rtype, id)?)
                             } else {
                                 Some(create_fresh(txn, prepared, id)?)
                             }
@@ -523,14 +517,7 @@ impl FhirService {
                             };
                             match id {
                                 Some(id) => Some(delete_version(txn, rtype, &id)?),
-                                None => Some(WriteResult {
-                                    rtype: rtype.clone(),
-                                    id: String::new(),
-                                    version: 0,
-                                    last_updated: 0,
-                                    outcome: WriteOutcome::NothingToDelete,
-                                    json: None,
-                                }),
+                                None => Some(WriteResult::nothing_to_delete(rtype)),
                             }
                         }
                         Action::Read => None,

@@ -37,6 +37,33 @@ pub enum Conditional {
     Search(SearchRequest),
 }
 
+/// The result of a conditional create that matched `id`: nothing written.
+pub(super) fn existing(txn: &mut dyn WriteTxn, rtype: &str, id: String) -> Result<WriteResult, Error> {
+    let c = txn.current(rtype, &id)?;
+    Ok(WriteResult {
+        rtype: rtype.to_string(),
+        id,
+        version: c.map_or(0, |c| c.version),
+        last_updated: c.map_or(0, |c| c.last_updated),
+        outcome: WriteOutcome::Existing,
+        json: None,
+    })
+}
+
+impl WriteResult {
+    /// A conditional delete that matched nothing.
+    pub(super) fn nothing_to_delete(rtype: &str) -> WriteResult {
+        WriteResult {
+            rtype: rtype.to_string(),
+            id: String::new(),
+            version: 0,
+            last_updated: 0,
+            outcome: WriteOutcome::NothingToDelete,
+            json: None,
+        }
+    }
+}
+
 pub(super) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -204,16 +231,8 @@ impl FhirService {
         let id = new_id();
         let result = self.run(move |txn| {
             if let Conditional::Search(q) = &if_none_exist {
-                if let Some(existing) = single_match(txn, q)? {
-                    let c = txn.current(&prepared.rtype, &existing)?;
-                    return Ok(WriteResult {
-                        rtype: prepared.rtype.clone(),
-                        id: existing,
-                        version: c.map_or(0, |c| c.version),
-                        last_updated: c.map_or(0, |c| c.last_updated),
-                        outcome: WriteOutcome::Existing,
-                        json: None,
-                    });
+                if let Some(id) = single_match(txn, q)? {
+                    return existing(txn, &prepared.rtype, id);
                 }
             }
             create_fresh(txn, &prepared, &id)
@@ -303,14 +322,7 @@ impl FhirService {
     pub fn conditional_delete(&self, query: SearchRequest) -> Result<WriteResult, Error> {
         self.run(move |txn| match single_match(txn, &query)? {
             Some(id) => delete_version(txn, &query.rtype, &id),
-            None => Ok(WriteResult {
-                rtype: query.rtype.clone(),
-                id: String::new(),
-                version: 0,
-                last_updated: 0,
-                outcome: WriteOutcome::NothingToDelete,
-                json: None,
-            }),
+            None => Ok(WriteResult::nothing_to_delete(&query.rtype)),
         })
     }
 

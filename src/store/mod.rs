@@ -17,6 +17,16 @@ use crate::search::query::Include;
 use crate::search::{IndexRows, SearchRequest};
 use std::sync::Arc;
 
+/// The index tables, in the order both backends record and clear them.
+const INDEX_TABLES: [&str; 6] = [
+    "idx_token",
+    "idx_string",
+    "idx_date",
+    "idx_ref",
+    "idx_quantity",
+    "idx_uri",
+];
+
 /// A resource's current state, as a write sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Current {

@@ -71,15 +71,6 @@ CREATE INDEX idx_uri_rid ON idx_uri (rid);
     ),
 ];
 
-const INDEX_TABLES: [&str; 6] = [
-    "idx_token",
-    "idx_string",
-    "idx_date",
-    "idx_ref",
-    "idx_quantity",
-    "idx_uri",
-];
-
 fn db_err(e: postgres::Error) -> StoreError {
     if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
         return StoreError::Conflict("a concurrent write created the same resource".into());
@@ -527,7 +518,7 @@ impl WriteTxn for PgTxn<'_, '_> {
                 .query_one(&st, &[&v.rtype, &v.id, &version, &v.last_updated, &deleted])
                 .map_err(db_err)?;
             let rid: i64 = row.get(0);
-            for table in INDEX_TABLES {
+            for table in super::INDEX_TABLES {
                 let st = self.stmt(&format!("DELETE FROM {table} WHERE rid = $1"))?;
                 self.tx.execute(&st, &[&rid]).map_err(db_err)?;
             }

@@ -56,15 +56,6 @@ CREATE TABLE IF NOT EXISTS idx_uri (rid INTEGER NOT NULL, param TEXT NOT NULL, v
 CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (param, value);
 ";
 
-const INDEX_TABLES: [&str; 6] = [
-    "idx_token",
-    "idx_string",
-    "idx_date",
-    "idx_ref",
-    "idx_quantity",
-    "idx_uri",
-];
-
 fn db_err(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
@@ -243,7 +234,7 @@ struct SqliteTxn<'c> {
     last_now: &'c mut i64,
 }
 
-/// Rowid ranges of one version's index rows, per table of `INDEX_TABLES`.
+/// Rowid ranges of one version's index rows, per table of `super::INDEX_TABLES`.
 ///
 /// The single writer inserts a version's rows into each table back to back, so
 /// they occupy one contiguous rowid range; recording it lets an update delete
@@ -386,7 +377,7 @@ impl WriteTxn for SqliteTxn<'_> {
                 .map_err(db_err)?
                 .flatten();
             if let Some(old) = old {
-                for (table, span) in INDEX_TABLES.iter().zip(decode_spans(&old)) {
+                for (table, span) in super::INDEX_TABLES.iter().zip(decode_spans(&old)) {
                     if let Some((lo, hi)) = span {
                         self.conn
                             .prepare_cached(&format!("DELETE FROM {table} WHERE rowid BETWEEN ?1 AND ?2"))
