@@ -4,8 +4,26 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+/// A node process that is killed (SIGKILL) when dropped, so a failing test
+/// never leaves a server running.
+pub struct NodeProcess(Child);
+
+impl NodeProcess {
+    /// `kill -9` and wait for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts the real binary; on a PostgreSQL run `schema` names the node's schema.
-pub fn start(data: &std::path::Path, schema: Option<&str>) -> (Child, String) {
+pub fn start(data: &std::path::Path, schema: Option<&str>) -> (NodeProcess, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pennine"));
     cmd.args(["node", "--region", "yh", "--listen", "127.0.0.1:0", "--data"])
         .arg(data);
@@ -25,7 +43,7 @@ pub fn start(data: &std::path::Path, schema: Option<&str>) -> (Child, String) {
         .find(|w| w.starts_with("http://"))
         .unwrap_or_else(|| panic!("no URL in {line:?}"))
         .to_string();
-    (child, url)
+    (NodeProcess(child), url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,8 +77,7 @@ async fn acknowledged_writes_survive_kill_9() {
         ids.extend(t.await.unwrap());
     }
     // SIGKILL: no shutdown hook runs, the WAL is not checkpointed.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     let (mut child, base) = start(dir.path(), Some(&schema));
     for id in &ids {
         let r = client.get(format!("{base}/Patient/{id}")).send().await.unwrap();
@@ -75,8 +92,7 @@ async fn acknowledged_writes_survive_kill_9() {
         .await
         .unwrap();
     assert_eq!(v["total"].as_u64().unwrap() as usize, ids.len());
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
     if let Some(url) = crate::helpers::test_database() {
         crate::helpers::drop_schema(url, schema).await;
     }

@@ -93,8 +93,7 @@ async fn two_processes_on_one_store_act_as_one_node() {
         .unwrap();
     assert_eq!(v["total"], 200);
     for c in [&mut a, &mut b] {
-        c.kill().unwrap();
-        c.wait().unwrap();
+        c.kill();
     }
     if let Some(url) = crate::helpers::test_database() {
         crate::helpers::drop_schema(url, schema).await;
