@@ -259,8 +259,8 @@ impl FhirService {
         if_match: Option<u64>,
     ) -> Result<WriteResult, Error> {
         self.expect_type(rtype, &value, raw)?;
-        let prepared = self.prepare(rtype.to_string(), value);
-        match prepared.body_id.as_deref() {
+        // Check the id before indexing: a rejected request should cost no more than it must.
+        match value.get("id").and_then(Value::as_str) {
             Some(b) if b == id => {}
             Some(b) => {
                 return Err(Error::invalid(
@@ -278,6 +278,7 @@ impl FhirService {
                 ))
             }
         }
+        let prepared = self.prepare(rtype.to_string(), value);
         let id = id.to_string();
         self.run(move |txn| put_version(txn, &prepared, &id, if_match))
     }
