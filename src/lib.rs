@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod federation;
 pub mod feeds;
 pub mod fhir;
 pub mod fhirpath;
@@ -11,3 +12,4 @@ pub mod http;
 pub mod node;
 pub mod search;
 pub mod store;
+pub mod views;

@@ -155,19 +155,38 @@ fn equal(a: &Item, b: &Item) -> bool {
     }
 }
 
-struct Ctx<'a> {
+struct Ctx<'a, 'v> {
     model: &'a ChoiceModel,
     root: &'a Value,
+    /// Environment variables (`%name`) given by the caller, e.g. a view's constants.
+    vars: &'v [(String, Item<'a>)],
 }
 
 /// Evaluates `expr` with `resource` as both the input and `%resource`.
 pub fn evaluate<'a>(expr: &Expr, resource: &'a Value, model: &'a ChoiceModel) -> Result<Vec<Item<'a>>, EvalError> {
-    let ctx = Ctx { model, root: resource };
+    let ctx = Ctx {
+        model,
+        root: resource,
+        vars: &[],
+    };
     let input = vec![Item::Node {
         value: resource,
         ty: None,
     }];
     eval(&ctx, expr, &input, None)
+}
+
+/// Evaluates `expr` on `focus` (also `$this`), inside `root` (`%resource`), with
+/// the environment variables `vars` (without their `%`).
+pub fn evaluate_in<'a>(
+    expr: &Expr,
+    focus: &Item<'a>,
+    root: &'a Value,
+    model: &'a ChoiceModel,
+    vars: &[(String, Item<'a>)],
+) -> Result<Vec<Item<'a>>, EvalError> {
+    let ctx = Ctx { model, root, vars };
+    eval(&ctx, expr, std::slice::from_ref(focus), Some(focus))
 }
 
 fn singleton_bool(items: &[Item]) -> Result<Option<bool>, EvalError> {
@@ -178,7 +197,7 @@ fn singleton_bool(items: &[Item]) -> Result<Option<bool>, EvalError> {
     }
 }
 
-fn children<'a>(ctx: &Ctx<'a>, item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>) {
+fn children<'a>(ctx: &Ctx<'a, '_>, item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>) {
     let Item::Node {
         value: Value::Object(obj),
         ..
@@ -205,7 +224,7 @@ fn children<'a>(ctx: &Ctx<'a>, item: &Item<'a>, name: &str, out: &mut Vec<Item<'
 }
 
 fn eval<'a>(
-    ctx: &Ctx<'a>,
+    ctx: &Ctx<'a, '_>,
     expr: &Expr,
     input: &[Item<'a>],
     this: Option<&Item<'a>>,
@@ -219,6 +238,12 @@ fn eval<'a>(
             Literal::Boolean(b) => vec![Item::Boolean(*b)],
             Literal::Empty => vec![],
         },
+        Expr::Constant(name) if ctx.vars.iter().any(|(n, _)| n == name) => ctx
+            .vars
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect(),
         Expr::Constant(name) => match name.as_str() {
             "resource" | "rootResource" | "context" => vec![Item::Node {
                 value: ctx.root,
@@ -291,7 +316,7 @@ fn eval<'a>(
 }
 
 fn binary<'a>(
-    ctx: &Ctx<'a>,
+    ctx: &Ctx<'a, '_>,
     op: BinOp,
     l: &Expr,
     r: &Expr,
@@ -419,7 +444,8 @@ fn binary<'a>(
     })
 }
 
-fn reference_type(item: &Item) -> Option<String> {
+/// The type and id a reference points at (`Type/id`, also inside a full URL).
+fn reference_key(item: &Item) -> Option<(String, String)> {
     let value = item.json()?;
     let reference = match value {
         Value::String(s) => s.as_str(),
@@ -428,21 +454,23 @@ fn reference_type(item: &Item) -> Option<String> {
     };
     let path = reference.split(['?', '#']).next().unwrap_or(reference);
     let mut parts: Vec<&str> = path.split('/').collect();
-    // `.../Type/id/_history/n`
     if parts.len() >= 4 && parts[parts.len() - 2] == "_history" {
         parts.truncate(parts.len() - 2);
     }
-    if parts.len() >= 2 {
-        let ty = parts[parts.len() - 2];
-        if ty.starts_with(|c: char| c.is_ascii_uppercase()) {
-            return Some(ty.to_string());
+    match parts.as_slice() {
+        [.., ty, id] if ty.starts_with(|c: char| c.is_ascii_uppercase()) && !id.is_empty() => {
+            Some((ty.to_string(), id.to_string()))
         }
+        _ => None,
     }
-    None
+}
+
+fn reference_type(item: &Item) -> Option<String> {
+    reference_key(item).map(|(ty, _)| ty)
 }
 
 fn call<'a>(
-    ctx: &Ctx<'a>,
+    ctx: &Ctx<'a, '_>,
     name: &str,
     args: &[Expr],
     base: Vec<Item<'a>>,
@@ -561,6 +589,53 @@ fn call<'a>(
             }
         }
         "resolve" => base.iter().filter_map(reference_type).map(Item::Resolved).collect(),
+        "getResourceKey" => base
+            .iter()
+            .filter_map(|i| {
+                let v = i.json()?;
+                v.get("resourceType")?;
+                Some(Item::String(v.get("id")?.as_str()?.to_string()))
+            })
+            .collect(),
+        "getReferenceKey" => {
+            let wanted = if args.is_empty() { None } else { Some(type_arg()?) };
+            base.iter()
+                .filter_map(|i| {
+                    let (ty, id) = reference_key(i)?;
+                    match &wanted {
+                        Some(w) if *w != ty => None,
+                        _ => Some(Item::String(id)),
+                    }
+                })
+                .collect()
+        }
+        "substring" => {
+            if args.is_empty() || args.len() > 2 {
+                return Err(EvalError("substring() takes 1 or 2 arguments".into()));
+            }
+            let number = |e: &Expr| -> Result<Option<i64>, EvalError> {
+                Ok(eval(ctx, e, input, this)?.first().and_then(Item::as_f64).map(|f| f as i64))
+            };
+            let (Some(s), Some(start)) = (base.first().and_then(Item::as_str), number(&args[0])?) else {
+                return Ok(vec![]);
+            };
+            let chars: Vec<char> = s.chars().collect();
+            if start < 0 || start as usize >= chars.len() {
+                return Ok(vec![]);
+            }
+            let len = match args.get(1) {
+                Some(e) => number(e)?.unwrap_or(0).max(0) as usize,
+                None => chars.len(),
+            };
+            let end = (start as usize).saturating_add(len).min(chars.len());
+            vec![Item::String(chars[start as usize..end].iter().collect())]
+        }
+        "length" => base
+            .first()
+            .and_then(Item::as_str)
+            .map(|s| Item::Integer(s.chars().count() as i64))
+            .into_iter()
+            .collect(),
         "extension" => {
             arity(1)?;
             let url = eval(ctx, &args[0], input, this)?;

@@ -8,7 +8,7 @@
 mod eval;
 mod parse;
 
-pub use eval::{evaluate, Item};
+pub use eval::{evaluate, evaluate_in, EvalError, Item};
 pub use parse::{parse, BinOp, Expr, Literal, ParseError};
 
 /// The names of FHIR choice elements (`value[x]` and friends) and the data type

@@ -22,6 +22,8 @@ pub enum ApiError {
     NoRoute(String),
     Invalid(Issue),
     Unavailable(String),
+    /// Authenticated (or not) but not allowed: 403.
+    Forbidden(String),
     /// A worker failed (e.g. a panic on the blocking pool): opaque to the client.
     Internal(String),
 }
@@ -50,6 +52,7 @@ impl fmt::Display for ApiError {
             ApiError::Json(e) => write!(f, "malformed JSON: {e}"),
             ApiError::Invalid(i) => f.write_str(&i.diagnostics),
             ApiError::Unavailable(m) => write!(f, "unavailable: {m}"),
+            ApiError::Forbidden(m) => write!(f, "forbidden: {m}"),
             ApiError::Internal(m) => write!(f, "internal error: {m}"),
         }
     }
@@ -73,6 +76,7 @@ impl ApiError {
             ApiError::NoRoute(m) => vec![Issue::error(IssueCode::NotFound, m.clone())],
             ApiError::Invalid(i) => vec![i.clone()],
             ApiError::Unavailable(m) => vec![Issue::error(IssueCode::Transient, m.clone())],
+            ApiError::Forbidden(m) => vec![Issue::error(IssueCode::Forbidden, m.clone())],
             ApiError::Internal(_) => vec![Issue::error(
                 IssueCode::Exception,
                 "an internal error occurred; it has been logged",
@@ -93,6 +97,7 @@ impl ResponseError for ApiError {
             ApiError::NoRoute(_) => 404,
             ApiError::Invalid(_) => 400,
             ApiError::Unavailable(_) => 503,
+            ApiError::Forbidden(_) => 403,
             ApiError::Internal(_) => 500,
         };
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
