@@ -2,7 +2,9 @@
 //! variables, then command-line flags (each overriding the one before), and
 //! validated once at start-up.
 
+use crate::federation::Disclosure;
 use crate::node::ServiceSettings;
+use crate::tls::TlsFiles;
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -65,6 +67,12 @@ pub struct NodeFile {
     pub database: Option<String>,
     pub database_schema: Option<String>,
     pub database_pool: Option<usize>,
+    pub tls_dir: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub min_cell: Option<u64>,
+    pub rounding: Option<u64>,
 }
 
 /// Values from flags or the environment (clap merges those two).
@@ -78,6 +86,62 @@ pub struct NodeOverrides {
     pub workers: Option<usize>,
     pub database: Option<String>,
     pub database_schema: Option<String>,
+    pub tls: TlsOverrides,
+    pub min_cell: Option<u64>,
+    pub rounding: Option<u64>,
+}
+
+/// TLS flags, shared by `pennine node` and `pennine hub`.
+#[derive(Debug, Default, Clone)]
+pub struct TlsOverrides {
+    pub dir: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsOverrides {
+    /// The files to serve with, if any: explicit files win over a `dev-certs` folder
+    /// (where `name` picks `<name>.pem` and `<name>-key.pem`).
+    pub fn resolve(self, file: TlsOverrides, name: &str) -> Result<Option<TlsFiles>, ConfigError> {
+        let dir = self.dir.or(file.dir);
+        let cert = self.cert.or(file.cert);
+        let key = self.key.or(file.key);
+        let ca = self.ca.or(file.ca);
+        match (cert, key, dir) {
+            (Some(cert), Some(key), _) => Ok(Some(TlsFiles { cert, key, ca })),
+            (Some(_), None, _) | (None, Some(_), _) => Err(ConfigError::Invalid(
+                "tls_cert and tls_key go together: give both (or --tls-dir)".into(),
+            )),
+            (None, None, Some(dir)) => {
+                let mut files = TlsFiles::in_dir(&dir, name);
+                if ca.is_some() {
+                    files.ca = ca;
+                }
+                Ok(Some(files))
+            }
+            (None, None, None) if ca.is_some() => Err(ConfigError::Invalid(
+                "tls_ca needs a certificate to serve with: give tls_cert and tls_key (or --tls-dir)".into(),
+            )),
+            (None, None, None) => Ok(None),
+        }
+    }
+}
+
+/// Disclosure settings from flags or a file, over the defaults.
+pub fn disclosure(min_cell: Option<u64>, rounding: Option<u64>, min_regions: Option<usize>) -> Result<Disclosure, ConfigError> {
+    let d = Disclosure::default();
+    let d = Disclosure {
+        min_cell: min_cell.unwrap_or(d.min_cell),
+        rounding: rounding.unwrap_or(d.rounding),
+        min_regions: min_regions.unwrap_or(d.min_regions),
+    };
+    if d.min_cell == 0 || d.rounding == 0 || d.min_regions == 0 {
+        return Err(ConfigError::Invalid(
+            "min_cell, rounding and min_regions must be at least 1".into(),
+        ));
+    }
+    Ok(d)
 }
 
 /// Where a node keeps its data.
@@ -101,6 +165,10 @@ pub struct NodeConfig {
     pub workers: usize,
     pub storage: StorageConfig,
     pub service: ServiceSettings,
+    /// HTTPS with these files; plain HTTP without.
+    pub tls: Option<TlsFiles>,
+    /// The node's own disclosure floor: it refuses federation queries asking for less.
+    pub disclosure: Disclosure,
 }
 
 impl NodeConfig {
@@ -115,6 +183,8 @@ impl NodeConfig {
             workers: 2,
             storage: StorageConfig::Embedded,
             service: ServiceSettings::default(),
+            tls: None,
+            disclosure: Disclosure::default(),
         }
     }
 
@@ -216,8 +286,23 @@ impl NodeConfig {
                 )));
             }
         }
+        let region = Region::parse(&region)?;
+        let tls = overrides.tls.resolve(
+            TlsOverrides {
+                dir: from_file.tls_dir,
+                cert: from_file.tls_cert,
+                key: from_file.tls_key,
+                ca: from_file.tls_ca,
+            },
+            region.as_str(),
+        )?;
+        let disclosure = disclosure(
+            overrides.min_cell.or(from_file.min_cell),
+            overrides.rounding.or(from_file.rounding),
+            None,
+        )?;
         Ok(NodeConfig {
-            region: Region::parse(&region)?,
+            region,
             listen,
             data,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
@@ -225,6 +310,8 @@ impl NodeConfig {
             workers,
             storage,
             service,
+            tls,
+            disclosure,
         })
     }
 }

@@ -12,4 +12,5 @@ pub mod http;
 pub mod node;
 pub mod search;
 pub mod store;
+pub mod tls;
 pub mod views;

@@ -1,6 +1,6 @@
 //! `pennine node`: run one regional node until Ctrl-C or SIGTERM.
 
-use crate::config::{NodeConfig, NodeOverrides};
+use crate::config::{NodeConfig, NodeOverrides, TlsOverrides};
 use anyhow::Context;
 use clap::Args;
 use std::io::Write;
@@ -35,6 +35,42 @@ pub struct NodeArgs {
     /// PostgreSQL schema for this node's tables (default pennine_<region>).
     #[arg(long, env = "PENNINE_DATABASE_SCHEMA")]
     database_schema: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Smallest count this node lets the hub release (federation queries asking less are refused).
+    #[arg(long, env = "PENNINE_MIN_CELL")]
+    min_cell: Option<u64>,
+    /// Rounding base for released counts that this node requires at least.
+    #[arg(long, env = "PENNINE_ROUNDING")]
+    rounding: Option<u64>,
+}
+
+/// TLS flags, shared by `node` and `hub`.
+#[derive(Args, Default)]
+pub struct TlsArgs {
+    /// Folder written by `pennine dev-certs`: serve HTTPS with <name>.pem, <name>-key.pem and ca.pem.
+    #[arg(long, env = "PENNINE_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Certificate chain (PEM) to serve HTTPS with.
+    #[arg(long, env = "PENNINE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "PENNINE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) that signs the hub's certificate (on a node) or the nodes' (on the hub).
+    #[arg(long, env = "PENNINE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    pub fn overrides(self) -> TlsOverrides {
+        TlsOverrides {
+            dir: self.tls_dir,
+            cert: self.tls_cert,
+            key: self.tls_key,
+            ca: self.tls_ca,
+        }
+    }
 }
 
 pub fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -49,6 +85,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             workers: args.workers,
             database: args.database,
             database_schema: args.database_schema,
+            tls: args.tls.overrides(),
+            min_cell: args.min_cell,
+            rounding: args.rounding,
         },
     )?;
     let rt = super::runtime()?;
@@ -56,7 +95,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         let region = config.region.clone();
         let node = crate::http::start_node(config).await.context("cannot start the node")?;
         // One line on stdout that scripts (and the tests) read to find the port.
-        println!("pennine node {region} listening on http://{}/fhir", node.addr);
+        println!("pennine node {region} listening on {}/fhir", node.base_url());
         let _ = std::io::stdout().flush();
         shutdown_signal().await;
         tracing::info!("shutting down");
@@ -65,7 +104,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -444,6 +444,94 @@ fn binary<'a>(
     })
 }
 
+/// `lowBoundary()` / `highBoundary()`: the least or greatest value an imprecise
+/// decimal, date, dateTime or time could stand for.
+fn boundary<'a>(item: &Item<'a>, high: bool) -> Option<Item<'a>> {
+    let (text, ty) = match item {
+        Item::Node {
+            value: Value::Number(n),
+            ..
+        } => return decimal_boundary(&n.to_string(), high),
+        Item::Decimal(d) => return decimal_boundary(&d.to_string(), high),
+        Item::Integer(i) => return decimal_boundary(&i.to_string(), high),
+        Item::Node {
+            value: Value::String(s),
+            ty,
+        } => (s.as_str(), *ty),
+        Item::String(s) => (s.as_str(), None),
+        _ => return None,
+    };
+    let is_time = ty == Some("time") || (ty.is_none() && text.len() >= 5 && text.as_bytes().get(2) == Some(&b':'));
+    if is_time {
+        return Some(Item::String(time_boundary(text, high)?));
+    }
+    let (date, time) = match text.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (text, None),
+    };
+    let mut parts = date.split('-');
+    let year: i32 = parts.next()?.parse().ok()?;
+    let month: Option<u32> = parts.next().map(str::parse).transpose().ok()?;
+    let day: Option<u32> = parts.next().map(str::parse).transpose().ok()?;
+    let month_v = month.unwrap_or(if high { 12 } else { 1 });
+    let day_v = day.unwrap_or(if high { days_in_month(year, month_v) } else { 1 });
+    let full_date = format!("{year:04}-{month_v:02}-{day_v:02}");
+    if ty == Some("date") || (ty.is_none() && time.is_none()) {
+        return Some(Item::String(full_date));
+    }
+    match time {
+        None => Some(Item::String(format!(
+            "{full_date}T{}",
+            if high { "23:59:59.999-12:00" } else { "00:00:00.000+14:00" }
+        ))),
+        Some(t) => {
+            let zone_at = t.find(['Z', '+', '-']).unwrap_or(t.len());
+            let (clock, zone) = t.split_at(zone_at);
+            let zone = if zone.is_empty() {
+                if high {
+                    "-12:00"
+                } else {
+                    "+14:00"
+                }
+            } else {
+                zone
+            };
+            Some(Item::String(format!("{full_date}T{}{zone}", time_boundary(clock, high)?)))
+        }
+    }
+}
+
+fn time_boundary(t: &str, high: bool) -> Option<String> {
+    let mut parts = t.split(':');
+    let h: u32 = parts.next()?.parse().ok()?;
+    let m: u32 = parts.next().map(str::parse).transpose().ok()?.unwrap_or(if high { 59 } else { 0 });
+    let (sec, frac) = match parts.next() {
+        Some(s) => match s.split_once('.') {
+            Some((s, f)) => (s.parse::<u32>().ok()?, format!("{f:0<3}")),
+            None => (s.parse::<u32>().ok()?, if high { "999".into() } else { "000".into() }),
+        },
+        None => (if high { 59 } else { 0 }, if high { "999".into() } else { "000".into() }),
+    };
+    Some(format!("{h:02}:{m:02}:{sec:02}.{frac}"))
+}
+
+fn days_in_month(year: i32, month: u32) -> u32 {
+    match month {
+        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+fn decimal_boundary<'a>(text: &str, high: bool) -> Option<Item<'a>> {
+    let value: f64 = text.parse().ok()?;
+    let places = text.split_once('.').map_or(0, |(_, f)| f.trim_end_matches(|c: char| !c.is_ascii_digit()).len());
+    let half = 0.5 * 10f64.powi(-(places as i32));
+    let bound = if high { value + half } else { value - half };
+    format!("{bound:.*}", places + 1).parse().ok().map(Item::Decimal)
+}
+
 /// The type and id a reference points at (`Type/id`, also inside a full URL).
 fn reference_key(item: &Item) -> Option<(String, String)> {
     let value = item.json()?;
@@ -629,6 +717,10 @@ fn call<'a>(
             };
             let end = (start as usize).saturating_add(len).min(chars.len());
             vec![Item::String(chars[start as usize..end].iter().collect())]
+        }
+        "lowBoundary" | "highBoundary" => {
+            let high = name == "highBoundary";
+            base.iter().filter_map(|i| boundary(i, high)).collect()
         }
         "length" => base
             .first()

@@ -79,7 +79,7 @@ pub(super) fn base_url(req: &HttpRequest, state: &AppState) -> String {
     }
 }
 
-fn check_type(rtype: &str) -> Result<(), ApiError> {
+pub(super) fn check_type(rtype: &str) -> Result<(), ApiError> {
     if fhir::is_resource_type(rtype) {
         Ok(())
     } else {
@@ -118,7 +118,7 @@ fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Refuses `_format` or `Accept` values other than JSON.
-fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
+pub(super) fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
     let format = form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == "_format")
         .map(|(_, v)| v.into_owned());
@@ -174,7 +174,7 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     Ok(body.freeze())
 }
 
-async fn json_body(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<web::Bytes, ApiError> {
+pub(super) async fn json_body(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<web::Bytes, ApiError> {
     check_content_type(req)?;
     let body = read_body(req, payload, state.config.max_body_bytes).await?;
     if body.is_empty() {
@@ -192,14 +192,14 @@ fn body_text(body: &[u8]) -> Result<&str, Issue> {
     std::str::from_utf8(body).map_err(|e| Issue::error(IssueCode::Structure, format!("the body is not UTF-8: {e}")))
 }
 
-fn parse_json(body: &[u8]) -> Result<(Value, &str), ApiError> {
+pub(super) fn parse_json(body: &[u8]) -> Result<(Value, &str), ApiError> {
     let text = body_text(body).map_err(ApiError::Invalid)?;
     let value = serde_json::from_str(text).map_err(ApiError::Json)?;
     Ok((value, text))
 }
 
 /// Runs blocking service work on the blocking pool.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, node::Error> + Send + 'static,
 ) -> Result<T, ApiError> {
     match web::block(f).await {
@@ -208,7 +208,7 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
+pub(super) fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
     form_urlencoded::parse(req.query_string().as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
@@ -406,7 +406,7 @@ async fn create(
 }
 
 /// Parse failures inside the blocking pool travel as a node error.
-fn api_to_node(e: ApiError) -> node::Error {
+pub(super) fn api_to_node(e: ApiError) -> node::Error {
     match e {
         ApiError::Json(j) => node::Error::invalid(Issue::error(
             IssueCode::Structure,

@@ -2,7 +2,9 @@
 //! each with `configure`; `start_node` builds the app that `main` and the tests share.
 
 pub mod error;
+pub mod federation;
 pub mod fhir;
+mod views;
 
 use crate::config::{NodeConfig, StorageConfig};
 use crate::node::FhirService;
@@ -28,11 +30,14 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {message}")]
     Bind { addr: String, message: String },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A node serving HTTP. Dropping it does not stop it; call `stop`.
 pub struct RunningNode {
     pub addr: SocketAddr,
+    pub tls: bool,
     pub service: FhirService,
     handle: ServerHandle,
     store: Arc<dyn Store>,
@@ -41,7 +46,7 @@ pub struct RunningNode {
 
 impl RunningNode {
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
     /// Graceful stop: finish in-flight requests, then close the store.
@@ -82,6 +87,37 @@ async fn no_route(req: HttpRequest) -> HttpResponse {
     use actix_web::ResponseError;
     ApiError::NoRoute(format!("no route for {} {}", req.method(), req.path())).error_response()
 }
+
+/// Marks connections whose client presented a certificate the TLS layer verified.
+pub fn note_client_certificate(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    use actix_tls::accept::rustls_0_23::TlsStream;
+    if let Some(tls) = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>() {
+        let (_, session) = tls.get_ref();
+        if session.peer_certificates().is_some_and(|c| !c.is_empty()) {
+            ext.insert(federation::VerifiedClientCert);
+        }
+    }
+}
+
+/// Binds `listen` on an `HttpServer`, with TLS when `tls` is given. (A macro:
+/// the server's generic parameters are not nameable outside actix.)
+macro_rules! bind_server {
+    ($server:expr, $listen:expr, $tls:expr) => {{
+        let listen: &str = $listen;
+        let bound = match $tls {
+            Some(files) => match crate::tls::server_config(files) {
+                Ok(tls) => $server.bind_rustls_0_23(listen, tls),
+                Err(e) => return Err(StartError::Tls(e)),
+            },
+            None => $server.bind(listen),
+        };
+        bound.map_err(|e| StartError::Bind {
+            addr: listen.to_string(),
+            message: e.to_string(),
+        })?
+    }};
+}
+pub(crate) use bind_server;
 
 /// Opens the store, binds `config.listen` and starts serving on the current Tokio runtime.
 pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
@@ -136,17 +172,16 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
             })
             .route("/health", web::get().to(health))
             .route("/ready", web::get().to(ready))
+            .configure(views::configure)
+            .configure(federation::configure)
             .configure(fhir::configure)
             .default_service(web::to(no_route))
     })
     .workers(config.workers)
     .disable_signals()
     .shutdown_timeout(10)
-    .bind(&config.listen)
-    .map_err(|e| StartError::Bind {
-        addr: config.listen.clone(),
-        message: e.to_string(),
-    })?;
+    .on_connect(note_client_certificate);
+    let server = bind_server!(server, &config.listen, config.tls.as_ref());
     let addr = *server.addrs().first().ok_or_else(|| StartError::Bind {
         addr: config.listen.clone(),
         message: "no address bound".into(),
@@ -161,6 +196,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
     tracing::info!(region = %config.region, %addr, storage = %backend, "node listening");
     Ok(RunningNode {
         addr,
+        tls: config.tls.is_some(),
         service,
         handle,
         store,

@@ -2,6 +2,8 @@
 //! (create, read, update, delete, history, search, batch and transaction) on
 //! top of any `Store`. It knows FHIR semantics and nothing about HTTP or SQL.
 
+pub mod analytics;
+pub mod audit;
 mod bundle;
 mod capability;
 mod crud;
@@ -50,6 +52,7 @@ pub struct FhirService {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
     pub settings: Arc<ServiceSettings>,
+    pub views: Arc<analytics::ViewCache>,
 }
 
 impl FhirService {
@@ -58,6 +61,7 @@ impl FhirService {
             store,
             registry,
             settings: Arc::new(settings),
+            views: Arc::default(),
         }
     }
 }

@@ -161,6 +161,10 @@ pub trait Store: Send + Sync + 'static {
     fn revinclude(&self, keys: &[i64], inc: &Include) -> Result<Vec<i64>, StoreError>;
     /// Runs a unit of work atomically and durably (group-committed with others).
     fn submit(&self, job: WriteJob) -> Result<(), StoreError>;
+    /// Current versions of `rtype` with keys above `after`, in key order, at most `limit`.
+    fn scan(&self, rtype: &str, after: i64, limit: usize) -> Result<Vec<Stored>, StoreError>;
+    /// A number that changes whenever a write commits (for caches of derived data).
+    fn change_marker(&self) -> Result<i64, StoreError>;
     /// The newest `last_updated` of any resource, if any (data freshness).
     fn newest(&self) -> Result<Option<i64>, StoreError>;
     /// Whether the store answers.

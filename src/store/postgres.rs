@@ -720,6 +720,24 @@ impl Store for PostgresStore {
         })
     }
 
+    fn scan(&self, rtype: &str, after: i64, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        self.with_client(|c| {
+            let st = c.stmt(&sql::numbered(sql::SCAN_CURRENT))?;
+            let rows = c
+                .client
+                .query(&st, &[&rtype, &after, &(limit as i64)])
+                .map_err(db_err)?;
+            Ok(rows.iter().map(row_to_stored).collect())
+        })
+    }
+
+    fn change_marker(&self) -> Result<i64, StoreError> {
+        self.with_client(|c| {
+            let row = c.client.query_one(sql::CHANGE_MARKER, &[]).map_err(db_err)?;
+            Ok(row.get(0))
+        })
+    }
+
     fn newest(&self) -> Result<Option<i64>, StoreError> {
         self.with_client(|c| {
             let row = c

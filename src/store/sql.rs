@@ -424,6 +424,14 @@ pub const READ_VERSION: &str = "SELECT v.rid, v.type, r.id, v.version, v.last_up
 pub const FETCH_CURRENT: &str = "SELECT v.rid, v.type, r.id, v.version, v.last_updated, v.method, v.json \
      FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version WHERE r.rid = ? AND r.deleted = 0";
 
+/// Current versions of one type after a key, in key order (keyset paging for scans).
+pub const SCAN_CURRENT: &str = "SELECT v.rid, v.type, r.id, v.version, v.last_updated, v.method, v.json \
+     FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version \
+     WHERE r.type = ? AND r.rid > ? AND r.deleted = 0 ORDER BY r.rid LIMIT ?";
+
+/// A number that grows with every committed write.
+pub const CHANGE_MARKER: &str = "SELECT COALESCE(MAX(seq), 0) FROM versions";
+
 pub const INCLUDE: &str = "SELECT t.rid FROM idx_ref x JOIN resources t ON t.type = x.ttype AND t.id = x.tid \
      WHERE x.rid = ? AND x.param = ? AND t.deleted = 0";
 

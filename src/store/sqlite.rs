@@ -664,6 +664,20 @@ impl Store for SqliteStore {
         done_rx.recv().map_err(|_| StoreError::Closed)?
     }
 
+    fn scan(&self, rtype: &str, after: i64, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        self.with_reader(|c| {
+            let mut st = c.prepare_cached(sql::SCAN_CURRENT).map_err(db_err)?;
+            let rows = st
+                .query_map(params![rtype, after, limit as i64], row_to_stored)
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+    }
+
+    fn change_marker(&self) -> Result<i64, StoreError> {
+        self.with_reader(|c| c.query_row(sql::CHANGE_MARKER, [], |r| r.get(0)).map_err(db_err))
+    }
+
     fn newest(&self) -> Result<Option<i64>, StoreError> {
         self.with_reader(|c| {
             c.query_row("SELECT last_updated FROM versions ORDER BY seq DESC LIMIT 1", [], |r| {

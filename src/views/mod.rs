@@ -5,6 +5,7 @@
 //! target resource, FHIRPath syntax, constants, column names that `unionAll`
 //! branches must share); `View::rows` evaluates one resource. Pure: no I/O.
 
+pub mod library;
 mod output;
 
 pub use output::{write_csv, write_json, write_ndjson, Format};
@@ -427,10 +428,10 @@ impl<'a> Env<'a> {
             }
         };
         if foci.is_empty() {
-            return Ok(match node.iteration {
-                Iteration::ForEachOrNull(_) => vec![vec![Value::Null; node.width]],
-                _ => vec![],
-            });
+            return match node.iteration {
+                Iteration::ForEachOrNull(_) => self.null_row(node, vars),
+                _ => Ok(vec![]),
+            };
         }
         let mut rows = Vec::new();
         let saved = set_row_index(vars, 0);
@@ -440,6 +441,29 @@ impl<'a> Env<'a> {
         }
         set_row_index(vars, saved);
         Ok(rows)
+    }
+
+    /// The one row `forEachOrNull` keeps when there is nothing to iterate: its
+    /// own columns evaluated on an empty focus (so `%rowIndex` still reads 0),
+    /// nulls for everything nested.
+    fn null_row(&self, node: &Select, vars: &mut [(String, Item<'a>)]) -> Result<Vec<Row>, ViewError> {
+        static NULL: Value = Value::Null;
+        let saved = set_row_index(vars, 0);
+        let empty = Item::Node { value: &NULL, ty: None };
+        let mut row = Vec::with_capacity(node.width);
+        for c in &node.columns {
+            let values = self
+                .eval(&c.expr, &empty, vars)
+                .map_err(|m| err(&c.location, format!("column path '{}': {m}", c.path)))?;
+            row.push(match values.as_slice() {
+                [one] if !c.collection => item_value(one),
+                _ if c.collection => Value::Array(values.iter().map(item_value).collect()),
+                _ => Value::Null,
+            });
+        }
+        row.resize(node.width, Value::Null);
+        set_row_index(vars, saved);
+        Ok(vec![row])
     }
 
     fn repeat(

@@ -9,3 +9,4 @@ mod errors;
 mod helpers;
 mod multiprocess;
 mod search;
+mod views;

@@ -1,0 +1,148 @@
+//! The node's federation API: what the hub may ask. Only aggregates leave:
+//! sufficient statistics per group, and counts. Every route requires the hub's
+//! client certificate (verified by the TLS layer against the configured CA)
+//! and records an AuditEvent.
+
+use super::error::ApiError;
+use super::fhir::{blocking, check_type, json_body, parse_json, query_pairs};
+use super::AppState;
+use crate::federation::{AggregateQuery, Disclosure, NodeAggregate};
+use crate::fhir::time::format_instant;
+use crate::fhir::{Issue, IssueCode};
+use crate::node::{self, audit::AuditRecord};
+use crate::search::parse_query;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+/// Put in a connection's data when the client presented a certificate that
+/// the TLS layer verified against the configured CA with the client-auth usage.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifiedClientCert;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/federation")
+            .route("/aggregate", web::post().to(aggregate))
+            .route("/count/{type}", web::get().to(count)),
+    );
+}
+
+fn require_hub(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if state.config.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
+        return Err(ApiError::Forbidden(
+            "federation is disabled on this node: it needs TLS with a CA (--tls-dir, or --tls-cert/--tls-key/--tls-ca) to recognise the hub".into(),
+        ));
+    }
+    if req.conn_data::<VerifiedClientCert>().is_none() {
+        return Err(ApiError::Forbidden(
+            "the federation API answers only the hub, which must present its client certificate".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn last_updated(svc: &node::FhirService) -> Result<Option<String>, node::Error> {
+    Ok(svc.store.newest()?.map(format_instant))
+}
+
+async fn aggregate(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    require_hub(&req, &state)?;
+    let body = json_body(&req, payload, &state).await?;
+    let svc = state.service.clone();
+    let config = state.config.clone();
+    let answer = blocking(move || {
+        let (mut value, text) = parse_json(&body).map_err(super::fhir::api_to_node)?;
+        let text = text.to_string();
+        let asked: Disclosure = match value.as_object_mut().and_then(|o| o.remove("disclosure")) {
+            Some(d) => serde_json::from_value(d).map_err(|e| {
+                node::Error::invalid(Issue::error(IssueCode::Invalid, format!("disclosure: {e}")).at("disclosure"))
+            })?,
+            None => {
+                return Err(node::Error::invalid(
+                    Issue::error(IssueCode::Required, "the hub must state the disclosure settings it applies")
+                        .at("disclosure"),
+                ))
+            }
+        };
+        let observer = format!("node {}", config.region);
+        let floor = config.disclosure;
+        if asked.min_cell < floor.min_cell || asked.rounding < floor.rounding {
+            let why = format!(
+                "this node releases only under minCell >= {} and rounding >= {}; the hub asked for minCell {} and rounding {}",
+                floor.min_cell, floor.rounding, asked.min_cell, asked.rounding
+            );
+            svc.record_audit(&AuditRecord {
+                action: "aggregate",
+                who: "hub (mTLS)",
+                observer: &observer,
+                outcome: Err(&why),
+                query: &text,
+                details: vec![],
+            })?;
+            return Ok(Err(why));
+        }
+        let q = AggregateQuery::parse(&value).map_err(|p| {
+            node::Error::invalid(Issue::error(IssueCode::Invalid, p.message).at(&p.expression))
+        })?;
+        let groups = svc.aggregate(&q)?;
+        svc.record_audit(&AuditRecord {
+            action: "aggregate",
+            who: "hub (mTLS)",
+            observer: &observer,
+            outcome: Ok(()),
+            query: &text,
+            details: vec![(
+                "released",
+                format!(
+                    "sufficient statistics (counts, sums, moments) for {} group(s); no rows",
+                    groups.len()
+                ),
+            )],
+        })?;
+        Ok(Ok(NodeAggregate {
+            region: config.region.to_string(),
+            last_updated: last_updated(&svc)?,
+            groups,
+            disclosure: floor,
+        }))
+    })
+    .await?;
+    match answer {
+        Ok(a) => Ok(HttpResponse::Ok().json(a)),
+        Err(why) => Err(ApiError::Forbidden(why)),
+    }
+}
+
+async fn count(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    require_hub(&req, &state)?;
+    let rtype = path.into_inner();
+    check_type(&rtype)?;
+    let pairs: Vec<(String, String)> = query_pairs(&req)
+        .into_iter()
+        .filter(|(k, _)| k != "_summary" && k != "_count" && k != "_format")
+        .collect();
+    // Strict: a parameter this node cannot apply must not silently widen the count.
+    let parsed = parse_query(&state.service.registry, &rtype, &pairs, true, state.service.settings.max_count)?;
+    let svc = state.service.clone();
+    let config = state.config.clone();
+    let query = format!("{rtype}?{}", req.query_string());
+    let body: Value = blocking(move || {
+        let n = svc.store.count(&parsed)?;
+        svc.record_audit(&AuditRecord {
+            action: "count",
+            who: "hub (mTLS)",
+            observer: &format!("node {}", config.region),
+            outcome: Ok(()),
+            query: &query,
+            details: vec![("released", "one count".into())],
+        })?;
+        Ok(json!({
+            "region": config.region.as_str(),
+            "count": n,
+            "lastUpdated": last_updated(&svc)?,
+            "disclosure": config.disclosure,
+        }))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(body))
+}
