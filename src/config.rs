@@ -129,7 +129,11 @@ impl TlsOverrides {
 }
 
 /// Disclosure settings from flags or a file, over the defaults.
-pub fn disclosure(min_cell: Option<u64>, rounding: Option<u64>, min_regions: Option<usize>) -> Result<Disclosure, ConfigError> {
+pub fn disclosure(
+    min_cell: Option<u64>,
+    rounding: Option<u64>,
+    min_regions: Option<usize>,
+) -> Result<Disclosure, ConfigError> {
     let d = Disclosure::default();
     let d = Disclosure {
         min_cell: min_cell.unwrap_or(d.min_cell),
@@ -312,6 +316,168 @@ impl NodeConfig {
             service,
             tls,
             disclosure,
+        })
+    }
+}
+
+/// The `pennine hub` keys of a config file; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubFile {
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub public_url: Option<String>,
+    /// `region=url`, as the `--node` flag takes them.
+    pub node: Option<Vec<String>>,
+    pub workers: Option<usize>,
+    pub deadline_ms: Option<u64>,
+    pub min_cell: Option<u64>,
+    pub rounding: Option<u64>,
+    pub min_regions: Option<usize>,
+    pub tls_dir: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// Hub values from flags or the environment.
+#[derive(Debug, Default, Clone)]
+pub struct HubOverrides {
+    pub listen: Option<String>,
+    pub data: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub nodes: Vec<String>,
+    pub workers: Option<usize>,
+    pub deadline_ms: Option<u64>,
+    pub min_cell: Option<u64>,
+    pub rounding: Option<u64>,
+    pub min_regions: Option<usize>,
+    pub tls: TlsOverrides,
+}
+
+/// A validated hub configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub listen: String,
+    /// Where the hub keeps its own audit trail.
+    pub data: PathBuf,
+    pub public_url: Option<String>,
+    /// The regions and their node base URLs (without `/fhir`), in reply order.
+    pub nodes: Vec<(Region, String)>,
+    pub workers: usize,
+    /// How long the hub waits for each node.
+    pub deadline: std::time::Duration,
+    pub disclosure: Disclosure,
+    pub tls: Option<TlsFiles>,
+}
+
+fn check_listen(listen: &str) -> Result<(), ConfigError> {
+    if listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        return Err(ConfigError::Invalid(format!(
+            "listen address '{listen}' must be host:port"
+        )));
+    }
+    Ok(())
+}
+
+/// Parses `region=url`.
+pub fn parse_node(spec: &str) -> Result<(Region, String), ConfigError> {
+    let (region, url) = spec.split_once('=').ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "--node '{spec}' must be region=url (e.g. nenc=https://127.0.0.1:8443)"
+        ))
+    })?;
+    let region = Region::parse(region.trim())?;
+    let url = url.trim().trim_end_matches('/');
+    let url = url.strip_suffix("/fhir").unwrap_or(url);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ConfigError::Invalid(format!(
+            "node URL '{url}' for {region} must start with https:// (or http://)"
+        )));
+    }
+    Ok((region, url.to_string()))
+}
+
+impl HubConfig {
+    pub fn load(file: Option<&Path>, o: HubOverrides) -> Result<HubConfig, ConfigError> {
+        let f: HubFile = match file {
+            None => HubFile::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        let listen = o.listen.or(f.listen).unwrap_or_else(|| "127.0.0.1:8400".into());
+        check_listen(&listen)?;
+        let specs = if o.nodes.is_empty() {
+            f.node.unwrap_or_default()
+        } else {
+            o.nodes
+        };
+        let mut nodes: Vec<(Region, String)> = Vec::new();
+        for spec in &specs {
+            let (region, url) = parse_node(spec)?;
+            if nodes.iter().any(|(r, _)| *r == region) {
+                return Err(ConfigError::Invalid(format!("region {region} is given twice")));
+            }
+            nodes.push((region, url));
+        }
+        if nodes.is_empty() {
+            return Err(ConfigError::Invalid(
+                "the hub needs its nodes: --node nenc=https://... --node yh=https://... (one per region)".into(),
+            ));
+        }
+        let tls = o.tls.resolve(
+            TlsOverrides {
+                dir: f.tls_dir,
+                cert: f.tls_cert,
+                key: f.tls_key,
+                ca: f.tls_ca,
+            },
+            "hub",
+        )?;
+        if tls.is_none() && nodes.iter().any(|(_, u)| u.starts_with("https://")) {
+            return Err(ConfigError::Invalid(
+                "the nodes are https:// but the hub has no certificate to authenticate with: give --tls-dir (or --tls-cert, --tls-key, --tls-ca)".into(),
+            ));
+        }
+        let deadline_ms = o.deadline_ms.or(f.deadline_ms).unwrap_or(5000);
+        if deadline_ms == 0 {
+            return Err(ConfigError::Invalid("deadline_ms must be at least 1".into()));
+        }
+        let workers = o
+            .workers
+            .or(f.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let data = o.data.or(f.data).ok_or_else(|| {
+            ConfigError::Invalid("a data folder for the hub's audit trail is required: --data <dir>".into())
+        })?;
+        Ok(HubConfig {
+            listen,
+            data,
+            public_url: o
+                .public_url
+                .or(f.public_url)
+                .map(|u| u.trim_end_matches('/').to_string()),
+            nodes,
+            workers: workers.max(1),
+            deadline: std::time::Duration::from_millis(deadline_ms),
+            disclosure: disclosure(
+                o.min_cell.or(f.min_cell),
+                o.rounding.or(f.rounding),
+                o.min_regions.or(f.min_regions),
+            )?,
+            tls,
         })
     }
 }

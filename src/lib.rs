@@ -9,6 +9,7 @@ pub mod feeds;
 pub mod fhir;
 pub mod fhirpath;
 pub mod http;
+pub mod hub;
 pub mod node;
 pub mod search;
 pub mod store;

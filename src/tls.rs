@@ -51,7 +51,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         .collect();
     let certs = certs.map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(TlsError::Invalid(format!("{} holds no PEM certificate", path.display())));
+        return Err(TlsError::Invalid(format!(
+            "{} holds no PEM certificate",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -85,10 +88,11 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError>
         .map_err(|e| TlsError::Invalid(e.to_string()))?;
     let builder = match &files.ca {
         Some(ca) => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand.
 
 mod bench;
+mod dev_certs;
+mod hub;
 mod migrate;
 mod node;
 
@@ -22,6 +24,10 @@ struct Cli {
 enum Command {
     /// Run a regional node: FHIR R4 store and REST API.
     Node(node::NodeArgs),
+    /// Run the federation hub: pooled aggregates across the regional nodes.
+    Hub(hub::HubArgs),
+    /// Write a development CA and TLS certificates for the hub and the regions.
+    DevCerts(dev_certs::DevCertsArgs),
     /// Apply PostgreSQL schema migrations for a node and exit.
     Migrate(migrate::MigrateArgs),
     /// Load the Synthea corpus into a fresh node and measure ingest, read and search.
@@ -44,6 +50,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Node(args) => node::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Hub(args) => hub::run(args),
+        Command::DevCerts(args) => dev_certs::run(args),
         Command::Migrate(args) => migrate::run(args),
     };
     match result {

@@ -12,6 +12,7 @@
 //!    differencing with a query that has no grouping.
 //! 3. Released counts are rounded to the nearest `rounding`.
 //! 4. Pooled rows need `min_regions` answering regions.
+//!
 //! Minimum and maximum are never computed, so never released.
 
 use super::{AggregateQuery, PooledGroup};
@@ -98,7 +99,11 @@ impl Disclosure {
             .collect();
         let mut hidden: Vec<Vec<Vec<bool>>> = support
             .iter()
-            .map(|g| g.iter().map(|c| c.iter().map(|s| s.is_some_and(|s| self.primary(s))).collect()).collect())
+            .map(|g| {
+                g.iter()
+                    .map(|c| c.iter().map(|s| s.is_some_and(|s| self.primary(s))).collect())
+                    .collect()
+            })
             .collect();
         let primary_count = hidden.iter().flatten().flatten().filter(|h| **h).count();
         self.secondary(&support, &mut hidden, cols, nm);
@@ -121,7 +126,11 @@ impl Disclosure {
                 let mut obj = Map::new();
                 obj.insert(
                     "region".into(),
-                    Value::String(if c == 0 { "pooled".into() } else { regions[c - 1].clone() }),
+                    Value::String(if c == 0 {
+                        "pooled".into()
+                    } else {
+                        regions[c - 1].clone()
+                    }),
                 );
                 for (name, v) in q.group_by.iter().zip(&g.key) {
                     obj.insert(name.clone(), v.clone());
@@ -248,7 +257,12 @@ mod tests {
             .rows
             .iter()
             .filter(|row| row["n"].is_null())
-            .map(|row| (row["g"].as_str().unwrap().into(), row["region"].as_str().unwrap().into()))
+            .map(|row| {
+                (
+                    row["g"].as_str().unwrap().into(),
+                    row["region"].as_str().unwrap().into(),
+                )
+            })
             .collect();
         // a/x is small; b/x (smallest other in group x) and a/y (only other in column a) follow;
         // then column b and group y each have one withheld cell, so b/y goes too.

@@ -148,7 +148,10 @@ impl AggregateQuery {
             }
             if measures.iter().any(|x| x.name == name) || group_by.iter().any(|g| g == name) || RESERVED.contains(&name)
             {
-                return Err(problem(&at, format!("measure name '{name}' is used twice or is reserved")));
+                return Err(problem(
+                    &at,
+                    format!("measure name '{name}' is used twice or is reserved"),
+                ));
             }
             measures.push(Measure {
                 name: name.to_string(),
@@ -172,7 +175,10 @@ impl AggregateQuery {
             ViewSource::Reference(r) => m.insert("viewReference".into(), Value::String(r.clone())),
         };
         m.insert("groupBy".into(), serde_json::json!(self.group_by));
-        m.insert("measures".into(), serde_json::to_value(&self.measures).unwrap_or_default());
+        m.insert(
+            "measures".into(),
+            serde_json::to_value(&self.measures).unwrap_or_default(),
+        );
         Value::Object(m)
     }
 
@@ -181,13 +187,19 @@ impl AggregateQuery {
         let known = |c: &str| view.columns.iter().any(|v| v.name == c);
         for (i, g) in self.group_by.iter().enumerate() {
             if !known(g) {
-                return Err(problem(&format!("groupBy[{i}]"), format!("the view has no column '{g}'")));
+                return Err(problem(
+                    &format!("groupBy[{i}]"),
+                    format!("the view has no column '{g}'"),
+                ));
             }
         }
         for (i, m) in self.measures.iter().enumerate() {
             if let Some(c) = &m.column {
                 if !known(c) {
-                    return Err(problem(&format!("measures[{i}].column"), format!("the view has no column '{c}'")));
+                    return Err(problem(
+                        &format!("measures[{i}].column"),
+                        format!("the view has no column '{c}'"),
+                    ));
                 }
             }
         }
@@ -414,7 +426,13 @@ mod tests {
         let q = query();
         let v = view(&q);
         let rows: Vec<Row> = (0..200)
-            .map(|i| vec![json!(if i % 3 == 0 { "f" } else { "m" }), json!(1e6 + (i as f64) * 0.37), json!(i)])
+            .map(|i| {
+                vec![
+                    json!(if i % 3 == 0 { "f" } else { "m" }),
+                    json!(1e6 + (i as f64) * 0.37),
+                    json!(i),
+                ]
+            })
             .collect();
         let whole = compute(&v, &rows, &q).unwrap();
         let parts: Vec<Vec<GroupStats>> = rows.chunks(37).map(|c| compute(&v, c, &q).unwrap()).collect();
@@ -424,7 +442,10 @@ mod tests {
         for (p, w) in pooled.iter().zip(&whole) {
             assert_eq!(p.key, w.key);
             for (mi, m) in q.measures.iter().enumerate() {
-                let (a, b) = (p.pooled[mi].value(m.function).unwrap(), w.measures[mi].value(m.function).unwrap());
+                let (a, b) = (
+                    p.pooled[mi].value(m.function).unwrap(),
+                    w.measures[mi].value(m.function).unwrap(),
+                );
                 assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{}: {a} vs {b}", m.name);
             }
         }
@@ -432,11 +453,15 @@ mod tests {
 
     #[test]
     fn refuses_unknown_functions_and_columns() {
-        let e = AggregateQuery::parse(&json!({"viewReference": "x", "measures": [{"name": "a", "function": "max", "column": "w"}]}))
-            .unwrap_err();
+        let e = AggregateQuery::parse(
+            &json!({"viewReference": "x", "measures": [{"name": "a", "function": "max", "column": "w"}]}),
+        )
+        .unwrap_err();
         assert_eq!(e.expression, "measures[0].function");
-        let q = AggregateQuery::parse(&json!({"view": {"resource": "Patient", "select": [{"column": [{"name": "g", "path": "gender"}]}]},
-            "groupBy": ["nope"], "measures": [{"name": "n", "function": "count"}]}))
+        let q = AggregateQuery::parse(
+            &json!({"view": {"resource": "Patient", "select": [{"column": [{"name": "g", "path": "gender"}]}]},
+            "groupBy": ["nope"], "measures": [{"name": "n", "function": "count"}]}),
+        )
         .unwrap();
         assert!(q.check_columns(&view(&q)).is_err());
     }

@@ -482,7 +482,11 @@ fn boundary<'a>(item: &Item<'a>, high: bool) -> Option<Item<'a>> {
     match time {
         None => Some(Item::String(format!(
             "{full_date}T{}",
-            if high { "23:59:59.999-12:00" } else { "00:00:00.000+14:00" }
+            if high {
+                "23:59:59.999-12:00"
+            } else {
+                "00:00:00.000+14:00"
+            }
         ))),
         Some(t) => {
             let zone_at = t.find(['Z', '+', '-']).unwrap_or(t.len());
@@ -496,7 +500,10 @@ fn boundary<'a>(item: &Item<'a>, high: bool) -> Option<Item<'a>> {
             } else {
                 zone
             };
-            Some(Item::String(format!("{full_date}T{}{zone}", time_boundary(clock, high)?)))
+            Some(Item::String(format!(
+                "{full_date}T{}{zone}",
+                time_boundary(clock, high)?
+            )))
         }
     }
 }
@@ -504,13 +511,21 @@ fn boundary<'a>(item: &Item<'a>, high: bool) -> Option<Item<'a>> {
 fn time_boundary(t: &str, high: bool) -> Option<String> {
     let mut parts = t.split(':');
     let h: u32 = parts.next()?.parse().ok()?;
-    let m: u32 = parts.next().map(str::parse).transpose().ok()?.unwrap_or(if high { 59 } else { 0 });
+    let m: u32 = parts
+        .next()
+        .map(str::parse)
+        .transpose()
+        .ok()?
+        .unwrap_or(if high { 59 } else { 0 });
     let (sec, frac) = match parts.next() {
         Some(s) => match s.split_once('.') {
             Some((s, f)) => (s.parse::<u32>().ok()?, format!("{f:0<3}")),
             None => (s.parse::<u32>().ok()?, if high { "999".into() } else { "000".into() }),
         },
-        None => (if high { 59 } else { 0 }, if high { "999".into() } else { "000".into() }),
+        None => (
+            if high { 59 } else { 0 },
+            if high { "999".into() } else { "000".into() },
+        ),
     };
     Some(format!("{h:02}:{m:02}:{sec:02}.{frac}"))
 }
@@ -526,7 +541,9 @@ fn days_in_month(year: i32, month: u32) -> u32 {
 
 fn decimal_boundary<'a>(text: &str, high: bool) -> Option<Item<'a>> {
     let value: f64 = text.parse().ok()?;
-    let places = text.split_once('.').map_or(0, |(_, f)| f.trim_end_matches(|c: char| !c.is_ascii_digit()).len());
+    let places = text
+        .split_once('.')
+        .map_or(0, |(_, f)| f.trim_end_matches(|c: char| !c.is_ascii_digit()).len());
     let half = 0.5 * 10f64.powi(-(places as i32));
     let bound = if high { value + half } else { value - half };
     format!("{bound:.*}", places + 1).parse().ok().map(Item::Decimal)
@@ -702,7 +719,10 @@ fn call<'a>(
                 return Err(EvalError("substring() takes 1 or 2 arguments".into()));
             }
             let number = |e: &Expr| -> Result<Option<i64>, EvalError> {
-                Ok(eval(ctx, e, input, this)?.first().and_then(Item::as_f64).map(|f| f as i64))
+                Ok(eval(ctx, e, input, this)?
+                    .first()
+                    .and_then(Item::as_f64)
+                    .map(|f| f as i64))
             };
             let (Some(s), Some(start)) = (base.first().and_then(Item::as_str), number(&args[0])?) else {
                 return Ok(vec![]);

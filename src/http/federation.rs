@@ -27,6 +27,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// The paths a hub-certificate connection may reach on a node.
+pub fn open_to_hub(path: &str) -> bool {
+    path.starts_with("/federation/") || matches!(path, "/health" | "/ready" | "/fhir/metadata")
+}
+
 fn require_hub(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     if state.config.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
         return Err(ApiError::Forbidden(
@@ -45,7 +50,11 @@ fn last_updated(svc: &node::FhirService) -> Result<Option<String>, node::Error> 
     Ok(svc.store.newest()?.map(format_instant))
 }
 
-async fn aggregate(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn aggregate(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     require_hub(&req, &state)?;
     let body = json_body(&req, payload, &state).await?;
     let svc = state.service.clone();
@@ -113,7 +122,11 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, state: web::Data<App
     }
 }
 
-async fn count(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn count(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     require_hub(&req, &state)?;
     let rtype = path.into_inner();
     check_type(&rtype)?;
@@ -122,7 +135,13 @@ async fn count(req: HttpRequest, path: web::Path<String>, state: web::Data<AppSt
         .filter(|(k, _)| k != "_summary" && k != "_count" && k != "_format")
         .collect();
     // Strict: a parameter this node cannot apply must not silently widen the count.
-    let parsed = parse_query(&state.service.registry, &rtype, &pairs, true, state.service.settings.max_count)?;
+    let parsed = parse_query(
+        &state.service.registry,
+        &rtype,
+        &pairs,
+        true,
+        state.service.settings.max_count,
+    )?;
     let svc = state.service.clone();
     let config = state.config.clone();
     let query = format!("{rtype}?{}", req.query_string());

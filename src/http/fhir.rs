@@ -147,7 +147,11 @@ pub(super) fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Reads the body, refusing it as soon as it passes the configured limit.
-async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
+pub(super) async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -174,7 +178,11 @@ async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -
     Ok(body.freeze())
 }
 
-pub(super) async fn json_body(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<web::Bytes, ApiError> {
+pub(super) async fn json_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<web::Bytes, ApiError> {
     check_content_type(req)?;
     let body = read_body(req, payload, state.config.max_body_bytes).await?;
     if body.is_empty() {

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod federation;
 pub mod fhir;
+pub mod hub;
 mod views;
 
 use crate::config::{NodeConfig, StorageConfig};
@@ -155,8 +156,17 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
                 let method = req.method().to_string();
                 let path = req.path().to_string();
                 let started = std::time::Instant::now();
-                let fut = srv.call(req);
+                // The hub's certificate opens the federation API and nothing else.
+                let hub_elsewhere =
+                    req.conn_data::<federation::VerifiedClientCert>().is_some() && !federation::open_to_hub(&path);
+                let fut = (!hub_elsewhere).then(|| srv.call(req));
                 async move {
+                    let Some(fut) = fut else {
+                        return Err(ApiError::Forbidden(format!(
+                            "the hub's certificate may use only the federation API, not {method} {path}"
+                        ))
+                        .into());
+                    };
                     let res = fut.await;
                     if let Ok(r) = &res {
                         let status = r.status().as_u16();

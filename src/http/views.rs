@@ -35,7 +35,11 @@ fn parse_run(body: &Value) -> Result<RunRequest, node::Error> {
     if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
         return Err(invalid("the body must be a Parameters resource", "resourceType"));
     }
-    let params = body.get("parameter").and_then(Value::as_array).cloned().unwrap_or_default();
+    let params = body
+        .get("parameter")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut view = None;
     let mut resources: Option<Vec<Value>> = None;
     let mut format = None;
@@ -62,7 +66,9 @@ fn parse_run(body: &Value) -> Result<RunRequest, node::Error> {
                 view = Some(v);
             }
             "resource" => {
-                let r = p.get("resource").ok_or_else(|| invalid("'resource' needs a resource", &at))?;
+                let r = p
+                    .get("resource")
+                    .ok_or_else(|| invalid("'resource' needs a resource", &at))?;
                 resources.get_or_insert_with(Vec::new).push(r.clone());
             }
             "_format" => {
@@ -71,9 +77,10 @@ fn parse_run(body: &Value) -> Result<RunRequest, node::Error> {
                     .or_else(|| p.get("valueString"))
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                format = Some(Format::parse(f).ok_or_else(|| {
-                    invalid(format!("_format '{f}' is not supported (json, ndjson, csv)"), &at)
-                })?);
+                format = Some(
+                    Format::parse(f)
+                        .ok_or_else(|| invalid(format!("_format '{f}' is not supported (json, ndjson, csv)"), &at))?,
+                );
             }
             "_limit" => {
                 let n = p
@@ -85,7 +92,9 @@ fn parse_run(body: &Value) -> Result<RunRequest, node::Error> {
             }
             other => {
                 return Err(invalid(
-                    format!("parameter '{other}' is not supported (viewResource, viewReference, resource, _format, _limit)"),
+                    format!(
+                        "parameter '{other}' is not supported (viewResource, viewReference, resource, _format, _limit)"
+                    ),
                     &at,
                 ))
             }

@@ -17,10 +17,13 @@ const SCAN_BATCH: usize = 2000;
 /// Views whose rows are kept in memory at once.
 const CACHED_VIEWS: usize = 8;
 
+/// A view's rows as of a store change marker, keyed by the view's JSON.
+type CachedRows = (String, i64, Arc<Vec<Row>>);
+
 #[derive(Default)]
 pub struct ViewCache {
-    /// (canonical view JSON, change marker, rows), most recently used last.
-    entries: Mutex<Vec<(String, i64, Arc<Vec<Row>>)>>,
+    /// Most recently used last.
+    entries: Mutex<Vec<CachedRows>>,
 }
 
 pub fn view_error(e: ViewError) -> Error {

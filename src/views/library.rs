@@ -13,7 +13,10 @@ const SOURCES: [(&str, &str); 4] = [
         "observation_values",
         include_str!("../../profiles/views/observation_values.json"),
     ),
-    ("condition_codes", include_str!("../../profiles/views/condition_codes.json")),
+    (
+        "condition_codes",
+        include_str!("../../profiles/views/condition_codes.json"),
+    ),
     (
         "encounter_classes",
         include_str!("../../profiles/views/encounter_classes.json"),

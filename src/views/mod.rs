@@ -6,7 +6,7 @@
 //! branches must share); `View::rows` evaluates one resource. Pure: no I/O.
 
 pub mod library;
-mod output;
+pub mod output;
 
 pub use output::{write_csv, write_json, write_ndjson, Format};
 
@@ -150,17 +150,17 @@ impl View {
                     None => {
                         return Err(err(
                             "where",
-                            format!("where '{path}' must give a boolean, it gave '{}'", one.to_string_value()),
+                            format!(
+                                "where '{path}' must give a boolean, it gave '{}'",
+                                one.to_string_value()
+                            ),
                         ))
                     }
                 },
                 _ => return Err(err("where", format!("where '{path}' gave several values"))),
             }
         }
-        let env = Env {
-            root: resource,
-            model,
-        };
+        let env = Env { root: resource, model };
         let rows = env.node_rows(&self.root, &focus, &mut vars)?;
         out.extend(rows);
         Ok(())
@@ -196,12 +196,23 @@ fn expression(path: &str, loc: &str, constants: &[&str]) -> Result<Expr, ViewErr
         }
     });
     match unknown {
-        Some(name) => Err(err(loc, format!("'{path}' uses %{name}, which the view does not define"))),
+        Some(name) => Err(err(
+            loc,
+            format!("'{path}' uses %{name}, which the view does not define"),
+        )),
         None => Ok(expr),
     }
 }
 
-const BUILTIN_VARIABLES: [&str; 7] = ["resource", "rootResource", "context", "rowIndex", "ucum", "sct", "loinc"];
+const BUILTIN_VARIABLES: [&str; 7] = [
+    "resource",
+    "rootResource",
+    "context",
+    "rowIndex",
+    "ucum",
+    "sct",
+    "loinc",
+];
 
 fn visit_constants(e: &Expr, f: &mut dyn FnMut(&str)) {
     match e {
@@ -260,7 +271,10 @@ fn select_node(
         match obj.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(p)) => expression(p, &join(at, key), constants).map(Some),
-            Some(other) => Err(err(&join(at, key), format!("'{key}' must be a FHIRPath string, not {other}"))),
+            Some(other) => Err(err(
+                &join(at, key),
+                format!("'{key}' must be a FHIRPath string, not {other}"),
+            )),
         }
     };
     let mut iteration = Iteration::None;
@@ -303,7 +317,10 @@ fn select_node(
                 .and_then(Value::as_str)
                 .ok_or_else(|| err(&loc, "a column needs a 'name'"))?;
             if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
-                return Err(err(&loc, format!("column name '{name}' must be letters, digits and '_'")));
+                return Err(err(
+                    &loc,
+                    format!("column name '{name}' must be letters, digits and '_'"),
+                ));
             }
             let path = c
                 .get("path")
@@ -338,7 +355,9 @@ fn select_node(
     let mut first_branch: Option<Vec<ColumnInfo>> = None;
     for (i, s) in array(obj, "unionAll", at)?.iter().enumerate() {
         let loc = format!("{}[{i}]", join(at, "unionAll"));
-        let s = s.as_object().ok_or_else(|| err(&loc, "a unionAll branch must be an object"))?;
+        let s = s
+            .as_object()
+            .ok_or_else(|| err(&loc, "a unionAll branch must be an object"))?;
         let mut branch_columns = Vec::new();
         union_all.push(select_node(s, &loc, constants, &mut branch_columns, false)?);
         match &first_branch {
@@ -394,7 +413,9 @@ pub fn decimal_value(d: f64) -> Value {
     if d.fract() == 0.0 && d.abs() < 9.0e15 {
         Value::from(d as i64)
     } else {
-        serde_json::Number::from_f64(d).map(Value::Number).unwrap_or(Value::Null)
+        serde_json::Number::from_f64(d)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)
     }
 }
 
@@ -418,9 +439,9 @@ impl<'a> Env<'a> {
         let loc = "select";
         let foci: Vec<Item<'a>> = match &node.iteration {
             Iteration::None => return self.focus_rows(node, parent, vars),
-            Iteration::ForEach(e) | Iteration::ForEachOrNull(e) => {
-                self.eval(e, parent, vars).map_err(|m| err(loc, format!("forEach: {m}")))?
-            }
+            Iteration::ForEach(e) | Iteration::ForEachOrNull(e) => self
+                .eval(e, parent, vars)
+                .map_err(|m| err(loc, format!("forEach: {m}")))?,
             Iteration::Repeat(paths) => {
                 let mut out = Vec::new();
                 self.repeat(paths, parent, vars, &mut out, 0)?;
@@ -605,8 +626,10 @@ mod tests {
         let e = View::compile(&json!({"resource":"Patient","select":[{"column":[{"name":"x","path":"%nope"}]}]}))
             .unwrap_err();
         assert!(e.message.contains("%nope"), "{e:?}");
-        let e = View::compile(&json!({"resource":"Patient","select":[{"column":[{"name":"x","path":"id"},{"name":"x","path":"id"}]}]}))
-            .unwrap_err();
+        let e = View::compile(
+            &json!({"resource":"Patient","select":[{"column":[{"name":"x","path":"id"},{"name":"x","path":"id"}]}]}),
+        )
+        .unwrap_err();
         assert!(e.message.contains("twice"), "{e:?}");
     }
 }

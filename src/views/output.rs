@@ -113,7 +113,11 @@ mod tests {
             },
         ];
         let mut out = Vec::new();
-        write_csv(&cols, &[vec![json!("x,\"y\""), json!(["p", "q"])], vec![Value::Null, json!(1)]], &mut out);
+        write_csv(
+            &cols,
+            &[vec![json!("x,\"y\""), json!(["p", "q"])], vec![Value::Null, json!(1)]],
+            &mut out,
+        );
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "a,b\r\n\"x,\"\"y\"\"\",\"[\"\"p\"\",\"\"q\"\"]\"\r\n,1\r\n"

@@ -6,6 +6,7 @@ mod crud;
 mod docker;
 mod durability;
 mod errors;
+mod federation;
 mod helpers;
 mod multiprocess;
 mod search;

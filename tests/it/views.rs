@@ -26,7 +26,9 @@ fn rows_key(rows: &[Value]) -> Vec<String> {
 
 #[tokio::test]
 async fn official_sql_on_fhir_suite_passes_through_run() {
-    let Some(dir) = corpus("sql-on-fhir-v2/tests") else { return };
+    let Some(dir) = corpus("sql-on-fhir-v2/tests") else {
+        return;
+    };
     let node = spawn_node().await;
     let mut failures = Vec::new();
     let (mut total, mut passed, mut shareable, mut shareable_passed) = (0, 0, 0, 0);
@@ -35,7 +37,9 @@ async fn official_sql_on_fhir_suite_passes_through_run() {
         let resources = suite["resources"].as_array().cloned().unwrap_or_default();
         for test in suite["tests"].as_array().unwrap() {
             total += 1;
-            let is_shareable = test["tags"].as_array().is_some_and(|t| t.iter().any(|x| x == "shareable"));
+            let is_shareable = test["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|x| x == "shareable"));
             shareable += usize::from(is_shareable);
             let mut params = vec![json!({"name": "viewResource", "resource": test["view"]})];
             params.extend(resources.iter().map(|r| json!({"name": "resource", "resource": r})));
@@ -49,8 +53,8 @@ async fn official_sql_on_fhir_suite_passes_through_run() {
             let text = res.text().await.unwrap();
             let name = format!("{} / {}", file.file_name().unwrap().to_string_lossy(), test["title"]);
             let ok = if test.get("expectError").is_some() {
-                let is_outcome = serde_json::from_str::<Value>(&text)
-                    .is_ok_and(|v| v["resourceType"] == "OperationOutcome");
+                let is_outcome =
+                    serde_json::from_str::<Value>(&text).is_ok_and(|v| v["resourceType"] == "OperationOutcome");
                 (400..500).contains(&status) && is_outcome
             } else if wants_columns {
                 let header = text.lines().next().unwrap_or_default().to_string();
@@ -71,7 +75,10 @@ async fn official_sql_on_fhir_suite_passes_through_run() {
                 passed += 1;
                 shareable_passed += usize::from(is_shareable);
             } else {
-                failures.push(format!("{name}: status {status}: {}", text.chars().take(300).collect::<String>()));
+                failures.push(format!(
+                    "{name}: status {status}: {}",
+                    text.chars().take(300).collect::<String>()
+                ));
             }
         }
     }
@@ -79,14 +86,21 @@ async fn official_sql_on_fhir_suite_passes_through_run() {
     for f in &failures {
         println!("  FAILED {f}");
     }
-    assert_eq!(shareable_passed, shareable, "every shareable test must pass: {failures:#?}");
+    assert_eq!(
+        shareable_passed, shareable,
+        "every shareable test must pass: {failures:#?}"
+    );
     node.stop().await;
 }
 
 #[tokio::test]
 async fn run_over_stored_data_in_every_format() {
     let node = spawn_node().await;
-    for (id, gender, bd) in [("a", "female", "1980-02-03"), ("b", "male", "1991-07-08"), ("c", "female", "1985-01-01")] {
+    for (id, gender, bd) in [
+        ("a", "female", "1980-02-03"),
+        ("b", "male", "1991-07-08"),
+        ("c", "female", "1985-01-01"),
+    ] {
         let r = node
             .put(
                 &format!("Patient/{id}"),

@@ -1,0 +1,239 @@
+//! The hub's HTTP API: `$aggregate`, federated `_summary=count`, its own audit
+//! trail, health and metadata. Nothing here returns a resource or a row of
+//! patient data: the hub holds none.
+
+use super::error::{ApiError, FHIR_JSON};
+use super::fhir::{check_accept, query_pairs, read_body};
+use super::StartError;
+use crate::config::HubConfig;
+use crate::federation::AggregateQuery;
+use crate::fhir::{Issue, IssueCode};
+use crate::hub::{reply_csv, Hub, HubError};
+use crate::node::FhirService;
+use crate::search::{parse_query, Registry};
+use crate::store::{sqlite::SqliteStore, Store};
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub struct RunningHub {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub hub: Hub,
+    handle: ServerHandle,
+    store: Arc<dyn Store>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningHub {
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+
+    pub async fn wait(self) -> std::io::Result<()> {
+        let r = self.task.await.unwrap_or(Ok(()));
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        r
+    }
+}
+
+impl From<HubError> for ApiError {
+    fn from(e: HubError) -> Self {
+        match e {
+            HubError::BadRequest { message, expression } => ApiError::Invalid(Issue {
+                expression,
+                ..Issue::error(IssueCode::Invalid, message)
+            }),
+            HubError::Audit(e) => ApiError::Fhir(e),
+            HubError::Client(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+/// Who is asking, until access control names clients: the peer address.
+fn who(req: &HttpRequest) -> String {
+    match req.peer_addr() {
+        Some(a) => format!("anonymous client at {}", a.ip()),
+        None => "anonymous client".into(),
+    }
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(r#"{"status":"ok"}"#)
+}
+
+async fn ready(hub: web::Data<Hub>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "status": "ready",
+        "role": "hub",
+        "regions": hub.config.nodes.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>(),
+    }))
+}
+
+async fn metadata(hub: web::Data<Hub>) -> HttpResponse {
+    let statement = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": crate::fhir::time::format_instant(0).get(..10).unwrap_or("1970-01-01"),
+        "kind": "instance",
+        "software": {"name": "Pennine hub", "version": env!("CARGO_PKG_VERSION")},
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [{
+            "mode": "server",
+            "documentation": format!(
+                "Federates aggregate questions across {}; patient-level data never leaves a region. \
+                 Searches answer only with _summary=count, pooled under disclosure control.",
+                hub.config.nodes.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            "resource": [{"type": "AuditEvent", "interaction": [{"code": "search-type"}]}],
+            "interaction": [{"code": "search-system"}],
+            "operation": [{"name": "aggregate", "definition": "https://pennine.nhs.example/fhir/OperationDefinition/aggregate"}]
+        }]
+    });
+    HttpResponse::Ok().content_type(FHIR_JSON).body(statement.to_string())
+}
+
+async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>) -> Result<HttpResponse, ApiError> {
+    let csv = match query_pairs(&req).into_iter().find(|(k, _)| k == "_format") {
+        None => false,
+        Some((_, f)) if f == "json" || f == "application/json" => false,
+        Some((_, f)) if f == "csv" || f == "text/csv" => true,
+        Some((_, f)) => {
+            return Err(ApiError::Invalid(Issue::error(
+                IssueCode::Invalid,
+                format!("_format '{f}' is not supported here (json, csv)"),
+            )))
+        }
+    };
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !(ct.is_empty() || ct.starts_with("application/json") || ct.starts_with("application/fhir+json")) {
+        return Err(ApiError::MediaType(format!(
+            "Content-Type '{ct}' is not supported; send application/json"
+        )));
+    }
+    let body = read_body(&req, payload, 1024 * 1024).await?;
+    let text = std::str::from_utf8(body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&body)).map_err(|e| {
+        ApiError::Invalid(Issue::error(
+            IssueCode::Structure,
+            format!("the body is not UTF-8: {e}"),
+        ))
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(ApiError::Json)?;
+    let q = AggregateQuery::parse(&value).map_err(|p| {
+        ApiError::Invalid(Issue {
+            expression: (!p.expression.is_empty()).then_some(p.expression),
+            ..Issue::error(IssueCode::Invalid, p.message)
+        })
+    })?;
+    let reply = hub.aggregate(q, text, &who(&req)).await?;
+    Ok(if csv {
+        HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .body(reply_csv(&reply))
+    } else {
+        HttpResponse::Ok().json(reply)
+    })
+}
+
+async fn search(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) -> Result<HttpResponse, ApiError> {
+    let rtype = path.into_inner();
+    super::fhir::check_type(&rtype)?;
+    check_accept(&req)?;
+    let pairs = query_pairs(&req);
+    let summary_count = pairs.iter().any(|(k, v)| k == "_summary" && v == "count");
+    if summary_count {
+        let bundle = hub.count(&rtype, req.query_string(), &who(&req)).await?;
+        return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bundle.to_string()));
+    }
+    if rtype == "AuditEvent" {
+        // The hub's own audit trail (administrators; access control guards it).
+        let svc = hub.audit.clone();
+        let parsed = parse_query(&svc.registry, &rtype, &pairs, false, svc.settings.max_count)?;
+        let ci = req.connection_info().clone();
+        let ctx = crate::node::SearchContext {
+            base: format!("{}://{}/fhir", ci.scheme(), ci.host()),
+            self_query: format!("AuditEvent?{}", req.query_string()),
+        };
+        let bytes = super::fhir::blocking(move || svc.search_bytes(parsed, &ctx)).await?;
+        return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes));
+    }
+    Err(ApiError::Forbidden(format!(
+        "the hub answers searches only with _summary=count ({rtype}?...&_summary=count): patient-level data never leaves a region"
+    )))
+}
+
+async fn no_route(req: HttpRequest) -> HttpResponse {
+    use actix_web::ResponseError;
+    ApiError::NoRoute(format!(
+        "no route for {} {} on the hub (POST /fhir/$aggregate, GET /fhir/<type>?_summary=count)",
+        req.method(),
+        req.path()
+    ))
+    .error_response()
+}
+
+/// Opens the hub's audit store, binds `config.listen` and starts serving.
+pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
+    let data = config.data.clone();
+    let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || SqliteStore::open(&data))
+        .await
+        .map_err(|e| crate::store::StoreError::Open {
+            path: String::new(),
+            message: e.to_string(),
+        })?
+        .map(Arc::new)?;
+    let audit = FhirService::new(store.clone(), Arc::new(Registry::r4()), Default::default());
+    let config = Arc::new(config);
+    let hub = Hub::new(config.clone(), audit).map_err(|e| StartError::Bind {
+        addr: config.listen.clone(),
+        message: e.to_string(),
+    })?;
+    let data = web::Data::new(hub.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/health", web::get().to(health))
+            .route("/ready", web::get().to(ready))
+            .route("/fhir/metadata", web::get().to(metadata))
+            .route("/fhir/$aggregate", web::post().to(aggregate))
+            .route("/fhir/{type}", web::get().to(search))
+            .default_service(web::to(no_route))
+    })
+    .workers(config.workers)
+    .disable_signals()
+    .shutdown_timeout(10);
+    let server = super::bind_server!(server, &config.listen, config.tls.as_ref());
+    let addr = *server.addrs().first().ok_or_else(|| StartError::Bind {
+        addr: config.listen.clone(),
+        message: "no address bound".into(),
+    })?;
+    let server = server.run();
+    let handle = server.handle();
+    let task = tokio::spawn(server);
+    tracing::info!(%addr, regions = config.nodes.len(), "hub listening");
+    Ok(RunningHub {
+        addr,
+        tls: config.tls.is_some(),
+        hub,
+        handle,
+        store,
+        task,
+    })
+}

@@ -1,0 +1,519 @@
+//! The federation hub: asks every node the same aggregate question over mutual
+//! TLS, waits for each at most the deadline, pools the answers exactly and
+//! releases them through the disclosure gate. It never asks for rows.
+//!
+//! A slow, failing or unreachable node is reported in `regions` and makes the
+//! reply `partial`; it never makes the whole query hang or fail.
+
+use crate::config::HubConfig;
+use crate::federation::{
+    self, AggregateQuery, Disclosure, Function, Measure, MeasureStats, NodeAggregate, PooledGroup,
+};
+use crate::node::audit::AuditRecord;
+use crate::node::FhirService;
+use crate::views::output::{csv_text, write_csv_line};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How one region's part of a query went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegionStatus {
+    Ok,
+    Timeout,
+    Error,
+    Unreachable,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegionReport {
+    pub region: String,
+    pub status: RegionStatus,
+    pub latency_ms: u64,
+    pub detail: Option<String>,
+    pub last_updated: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{message}")]
+    BadRequest {
+        message: String,
+        expression: Option<String>,
+    },
+    #[error("cannot build the HTTPS client: {0}")]
+    Client(String),
+    #[error("audit trail: {0}")]
+    Audit(#[from] crate::node::Error),
+}
+
+fn bad(message: impl Into<String>, expression: Option<&str>) -> HubError {
+    HubError::BadRequest {
+        message: message.into(),
+        expression: expression.map(str::to_string),
+    }
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    pub config: Arc<HubConfig>,
+    client: reqwest::Client,
+    /// The hub's own store, for its audit trail.
+    pub audit: FhirService,
+}
+
+/// Retries a failed connection attempt after this long, while the deadline allows.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+impl Hub {
+    pub fn new(config: Arc<HubConfig>, audit: FhirService) -> Result<Hub, HubError> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.deadline)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("pennine-hub/", env!("CARGO_PKG_VERSION")));
+        if let Some(files) = &config.tls {
+            let tls = crate::tls::client_config(files).map_err(|e| HubError::Client(e.to_string()))?;
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let client = builder.build().map_err(|e| HubError::Client(e.to_string()))?;
+        Ok(Hub { config, client, audit })
+    }
+
+    fn regions_for(&self, asked: Option<&[String]>) -> Result<Vec<(String, String)>, HubError> {
+        let all: Vec<(String, String)> = self
+            .config
+            .nodes
+            .iter()
+            .map(|(r, u)| (r.to_string(), u.clone()))
+            .collect();
+        let Some(asked) = asked else { return Ok(all) };
+        if asked.is_empty() {
+            return Err(bad("'regions' must name at least one region", Some("regions")));
+        }
+        let mut out = Vec::new();
+        for (i, r) in asked.iter().enumerate() {
+            let node = all.iter().find(|(name, _)| name == r).ok_or_else(|| {
+                bad(
+                    format!(
+                        "unknown region '{r}' (this hub federates {})",
+                        all.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                    Some(&format!("regions[{i}]")),
+                )
+            })?;
+            if !out.contains(node) {
+                out.push(node.clone());
+            }
+        }
+        // Replies follow the configured order, whatever order the client used.
+        out.sort_by_key(|(name, _)| all.iter().position(|(n, _)| n == name));
+        Ok(out)
+    }
+
+    /// Calls every region at once; each call has the deadline and may retry a
+    /// failed connection within it (the calls are read-only, so idempotent).
+    async fn fan_out<T: DeserializeOwned + Send + 'static>(
+        &self,
+        regions: &[(String, String)],
+        request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Vec<(RegionReport, Option<T>)> {
+        let deadline = self.config.deadline;
+        let calls = regions.iter().map(|(region, url)| {
+            let attempt = || request(&self.client, url);
+            async move {
+                let started = Instant::now();
+                let result = tokio::time::timeout(deadline, async {
+                    loop {
+                        match attempt().send().await {
+                            Err(e)
+                                if e.is_connect() && !e.is_timeout() && started.elapsed() + RETRY_AFTER < deadline =>
+                            {
+                                if is_tls_failure(&e) {
+                                    return Err(e);
+                                }
+                                tokio::time::sleep(RETRY_AFTER).await;
+                            }
+                            other => return other,
+                        }
+                    }
+                })
+                .await;
+                let latency_ms = started.elapsed().as_millis() as u64;
+                let report = |status, detail: Option<String>| RegionReport {
+                    region: region.clone(),
+                    status,
+                    latency_ms,
+                    detail,
+                    last_updated: None,
+                };
+                match result {
+                    Err(_) => (
+                        report(
+                            RegionStatus::Timeout,
+                            Some(format!("no answer within {} ms", deadline.as_millis())),
+                        ),
+                        None,
+                    ),
+                    Ok(Err(e)) if e.is_timeout() => (
+                        report(
+                            RegionStatus::Timeout,
+                            Some(format!(
+                                "no answer within {} ms: {}",
+                                deadline.as_millis(),
+                                error_chain(&e)
+                            )),
+                        ),
+                        None,
+                    ),
+                    Ok(Err(e)) => {
+                        let status = if is_tls_failure(&e) || !e.is_connect() {
+                            RegionStatus::Error
+                        } else {
+                            RegionStatus::Unreachable
+                        };
+                        (report(status, Some(error_chain(&e))), None)
+                    }
+                    Ok(Ok(res)) => {
+                        let code = res.status();
+                        let remaining = deadline.saturating_sub(started.elapsed());
+                        let body = tokio::time::timeout(remaining, res.bytes()).await;
+                        match body {
+                            Err(_) => (
+                                report(RegionStatus::Timeout, Some("the answer came too slowly".into())),
+                                None,
+                            ),
+                            Ok(Err(e)) => (report(RegionStatus::Error, Some(error_chain(&e))), None),
+                            Ok(Ok(bytes)) if !code.is_success() => (
+                                report(RegionStatus::Error, Some(outcome_text(code.as_u16(), &bytes))),
+                                None,
+                            ),
+                            Ok(Ok(bytes)) => match serde_json::from_slice::<T>(&bytes) {
+                                Ok(v) => (report(RegionStatus::Ok, None), Some(v)),
+                                Err(e) => (
+                                    report(
+                                        RegionStatus::Error,
+                                        Some(format!("the node's answer is not understood: {e}")),
+                                    ),
+                                    None,
+                                ),
+                            },
+                        }
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(calls).await
+    }
+
+    /// `POST /fhir/$aggregate`: the reply body.
+    pub async fn aggregate(&self, q: AggregateQuery, raw: &str, who: &str) -> Result<Value, HubError> {
+        let regions = self.regions_for(q.regions.as_deref())?;
+        if let federation::ViewSource::Inline(v) = &q.view {
+            let view =
+                crate::views::View::compile(v).map_err(|e| bad(e.message, Some(&format!("view.{}", e.location))))?;
+            q.check_columns(&view)
+                .map_err(|p| bad(p.message, Some(&p.expression)))?;
+        } else if let federation::ViewSource::Reference(name) = &q.view {
+            let view = crate::views::library::compile(name)
+                .ok_or_else(|| bad(format!("no view named '{name}'"), Some("viewReference")))?
+                .map_err(|e| bad(e.message, Some("viewReference")))?;
+            q.check_columns(&view)
+                .map_err(|p| bad(p.message, Some(&p.expression)))?;
+        }
+        let mut body = q.to_node_json();
+        body["disclosure"] = serde_json::to_value(self.config.disclosure).unwrap_or_default();
+        let answers: Vec<(RegionReport, Option<NodeAggregate>)> = self
+            .fan_out(&regions, |client, url| {
+                client.post(format!("{url}/federation/aggregate")).json(&body)
+            })
+            .await;
+        let mut reports = Vec::new();
+        let mut answered_names = Vec::new();
+        let mut answered = Vec::new();
+        let mut gate = self.config.disclosure;
+        for (mut report, answer) in answers {
+            if let Some(a) = answer {
+                if a.region != report.region {
+                    report.status = RegionStatus::Error;
+                    report.detail = Some(format!("the node at this URL says it serves '{}'", a.region));
+                } else {
+                    report.last_updated = a.last_updated.clone();
+                    gate = gate.stricter(Disclosure {
+                        min_regions: gate.min_regions,
+                        ..a.disclosure
+                    });
+                    answered_names.push(a.region.clone());
+                    answered.push(a);
+                }
+            }
+            reports.push(report);
+        }
+        let slices: Vec<&[federation::GroupStats]> = answered.iter().map(|a| a.groups.as_slice()).collect();
+        let pooled = federation::pool(&q, &slices).map_err(|e| bad(e, None))?;
+        let released = gate.release(&q, &answered_names, &pooled);
+        let complete = reports.iter().all(|r| r.status == RegionStatus::Ok);
+        let reply = json!({
+            "status": if complete { "complete" } else { "partial" },
+            "regions": reports,
+            "rows": released.rows,
+            "disclosure": {"minCell": gate.min_cell, "rounding": gate.rounding, "notes": released.notes},
+        });
+        self.record(
+            "aggregate",
+            who,
+            raw,
+            &reports,
+            format!(
+                "{} row(s) released; {} cell(s) withheld",
+                reply["rows"].as_array().map_or(0, Vec::len),
+                withheld_cells(&reply["rows"])
+            ),
+        )
+        .await?;
+        Ok(reply)
+    }
+
+    /// `GET /fhir/<type>?...&_summary=count`: a searchset Bundle with the pooled total.
+    pub async fn count(&self, rtype: &str, query: &str, who: &str) -> Result<Value, HubError> {
+        let regions = self.regions_for(None)?;
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct NodeCount {
+            region: String,
+            count: u64,
+            last_updated: Option<String>,
+            disclosure: Disclosure,
+        }
+        let answers: Vec<(RegionReport, Option<NodeCount>)> = self
+            .fan_out(&regions, |client, url| {
+                client.get(format!("{url}/federation/count/{rtype}?{query}"))
+            })
+            .await;
+        let q = AggregateQuery {
+            view: federation::ViewSource::Reference(String::new()),
+            group_by: vec![],
+            measures: vec![Measure {
+                name: "count".into(),
+                function: Function::Count,
+                column: None,
+            }],
+            regions: None,
+        };
+        let mut reports = Vec::new();
+        let mut names = Vec::new();
+        let mut stats = Vec::new();
+        let mut gate = self.config.disclosure;
+        for (mut report, answer) in answers {
+            if let Some(a) = answer {
+                if a.region == report.region {
+                    report.last_updated = a.last_updated;
+                    gate = gate.stricter(Disclosure {
+                        min_regions: gate.min_regions,
+                        ..a.disclosure
+                    });
+                    names.push(a.region);
+                    stats.push(vec![federation::GroupStats {
+                        key: vec![],
+                        measures: vec![MeasureStats::Count(a.count)],
+                    }]);
+                } else {
+                    report.status = RegionStatus::Error;
+                    report.detail = Some(format!("the node at this URL says it serves '{}'", a.region));
+                }
+            }
+            reports.push(report);
+        }
+        let slices: Vec<&[federation::GroupStats]> = stats.iter().map(Vec::as_slice).collect();
+        let mut pooled = federation::pool(&q, &slices).map_err(|e| bad(e, None))?;
+        if pooled.is_empty() {
+            // No region answered, or every count was zero and nothing was reported.
+            pooled.push(PooledGroup {
+                key: vec![],
+                regions: vec![None; names.len()],
+                pooled: vec![MeasureStats::Count(0)],
+            });
+        }
+        let released = gate.release(&q, &names, &pooled);
+        let complete = reports.iter().all(|r| r.status == RegionStatus::Ok);
+        let mut total = None;
+        let mut per_region = Vec::new();
+        for row in &released.rows {
+            let region = row["region"].as_str().unwrap_or_default();
+            if region == "pooled" {
+                total = row["count"].as_u64();
+                continue;
+            }
+            let mut ext = vec![json!({"url": "region", "valueString": region})];
+            match row["count"].as_u64() {
+                Some(n) => ext.push(json!({"url": "count", "valueUnsignedInt": n})),
+                None => ext.push(json!({"url": "suppressed", "valueBoolean": true})),
+            }
+            per_region.push((region.to_string(), ext));
+        }
+        let mut extensions = Vec::new();
+        for r in &reports {
+            let mut ext = per_region
+                .iter()
+                .find(|(name, _)| *name == r.region)
+                .map(|(_, e)| e.clone())
+                .unwrap_or_else(|| vec![json!({"url": "region", "valueString": r.region})]);
+            ext.push(json!({"url": "status", "valueCode": r.status}));
+            if let Some(t) = &r.last_updated {
+                ext.push(json!({"url": "lastUpdated", "valueInstant": t}));
+            }
+            if let Some(d) = &r.detail {
+                ext.push(json!({"url": "detail", "valueString": d}));
+            }
+            extensions.push(json!({"url": REGION_COUNT_EXTENSION, "extension": ext}));
+        }
+        extensions.push(json!({"url": FEDERATION_STATUS_EXTENSION,
+            "valueCode": if complete { "complete" } else { "partial" }}));
+        for note in &released.notes {
+            extensions.push(json!({"url": DISCLOSURE_NOTE_EXTENSION, "valueString": note}));
+        }
+        let mut bundle = json!({
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "extension": extensions,
+        });
+        if let Some(t) = total {
+            bundle["total"] = json!(t);
+        }
+        self.record(
+            "count",
+            who,
+            &format!("{rtype}?{query}"),
+            &reports,
+            match total {
+                Some(t) => format!("pooled count {t} released"),
+                None => "pooled count withheld".into(),
+            },
+        )
+        .await?;
+        Ok(bundle)
+    }
+
+    async fn record(
+        &self,
+        action: &str,
+        who: &str,
+        query: &str,
+        reports: &[RegionReport],
+        released: String,
+    ) -> Result<(), HubError> {
+        let regions = reports
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}={}",
+                    r.region,
+                    serde_json::to_value(r.status)
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let audit = self.audit.clone();
+        let (action, who, query) = (action.to_string(), who.to_string(), query.to_string());
+        // The audit write is durable before the answer goes out.
+        tokio::task::spawn_blocking(move || {
+            audit.record_audit(&AuditRecord {
+                action: &action,
+                who: &who,
+                observer: "hub",
+                outcome: Ok(()),
+                query: &query,
+                details: vec![("regions", regions), ("released", released)],
+            })
+        })
+        .await
+        .map_err(|e| HubError::Client(format!("audit task failed: {e}")))??;
+        Ok(())
+    }
+}
+
+pub const REGION_COUNT_EXTENSION: &str = "https://pennine.nhs.example/fhir/StructureDefinition/federated-region-count";
+pub const FEDERATION_STATUS_EXTENSION: &str = "https://pennine.nhs.example/fhir/StructureDefinition/federation-status";
+pub const DISCLOSURE_NOTE_EXTENSION: &str = "https://pennine.nhs.example/fhir/StructureDefinition/disclosure-note";
+
+fn withheld_cells(rows: &Value) -> usize {
+    rows.as_array()
+        .map(|rows| {
+            rows.iter()
+                .map(|r| r["suppressed"].as_array().map_or(0, Vec::len))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn is_tls_failure(e: &reqwest::Error) -> bool {
+    let text = format!("{e:?}").to_ascii_lowercase();
+    text.contains("certificate") || text.contains("tls") || text.contains("handshake")
+}
+
+fn outcome_text(status: u16, body: &[u8]) -> String {
+    let diagnostics = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        v["issue"].as_array().map(|issues| {
+            issues
+                .iter()
+                .filter_map(|i| i["diagnostics"].as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    });
+    match diagnostics {
+        Some(d) if !d.is_empty() => format!("HTTP {status}: {d}"),
+        _ => format!("HTTP {status}"),
+    }
+}
+
+/// The reply of `$aggregate` as CSV: one line per row, `suppressed` joined by `;`.
+pub fn reply_csv(reply: &Value) -> Vec<u8> {
+    let rows = reply["rows"].as_array().cloned().unwrap_or_default();
+    let mut columns: Vec<String> = Vec::new();
+    for row in &rows {
+        if let Some(o) = row.as_object() {
+            for k in o.keys() {
+                if !columns.contains(k) {
+                    columns.push(k.clone());
+                }
+            }
+        }
+    }
+    if columns.is_empty() {
+        columns = vec!["region".into(), "suppressed".into()];
+    }
+    let mut out = Vec::new();
+    write_csv_line(columns.iter().map(String::as_str), &mut out);
+    for row in &rows {
+        let fields: Vec<String> = columns
+            .iter()
+            .map(|c| match &row[c] {
+                Value::Array(a) => a.iter().map(csv_text).collect::<Vec<_>>().join(";"),
+                v => csv_text(v),
+            })
+            .collect();
+        write_csv_line(fields.iter().map(String::as_str), &mut out);
+    }
+    out
+}

@@ -1,0 +1,603 @@
+//! Four real nodes and a hub on loopback with mutual TLS.
+
+use crate::helpers::{corpus, json_files};
+use pennine::config::{parse_node, HubConfig, NodeConfig, StorageConfig};
+use pennine::federation::Disclosure;
+use pennine::http::hub::{start_hub, RunningHub};
+use pennine::http::{start_node, RunningNode};
+use pennine::tls::{dev_certs, TlsFiles};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const REGIONS: [&str; 4] = ["nenc", "yh", "gm", "nwc"];
+
+struct Node {
+    node: RunningNode,
+    schema: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+async fn node(region: &str, certs: &Path, floor: Disclosure) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::local(region, dir.path());
+    config.tls = Some(TlsFiles::in_dir(certs, region));
+    config.disclosure = floor;
+    let mut schema = None;
+    if let Some(url) = crate::helpers::test_database() {
+        let s = crate::helpers::fresh_schema();
+        schema = Some((url.clone(), s.clone()));
+        config.storage = StorageConfig::Postgres {
+            url,
+            schema: s,
+            pool: 4,
+        };
+    }
+    Node {
+        node: start_node(config).await.expect("node starts"),
+        schema,
+        _dir: dir,
+    }
+}
+
+impl Node {
+    async fn stop(self) {
+        self.node.stop().await;
+        if let Some((url, schema)) = self.schema {
+            crate::helpers::drop_schema(url, schema).await;
+        }
+    }
+}
+
+async fn hub(
+    nodes: &[(&str, String)],
+    certs: &Path,
+    gate: Disclosure,
+    deadline: Duration,
+) -> (RunningHub, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HubConfig {
+        listen: "127.0.0.1:0".into(),
+        data: dir.path().to_path_buf(),
+        public_url: None,
+        nodes: nodes
+            .iter()
+            .map(|(r, url)| parse_node(&format!("{r}={url}")).unwrap())
+            .collect(),
+        workers: 2,
+        deadline,
+        disclosure: gate,
+        tls: Some(TlsFiles::in_dir(certs, "hub")),
+    };
+    (start_hub(config).await.expect("hub starts"), dir)
+}
+
+/// A client that trusts the development CA and presents no certificate (a partner site).
+fn partner(certs: &Path) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap()
+}
+
+/// A client holding the hub's certificate, as the hub calls nodes.
+fn as_hub(certs: &Path) -> reqwest::Client {
+    let config = pennine::tls::client_config(&TlsFiles::in_dir(certs, "hub")).unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .build()
+        .unwrap()
+}
+
+const OPEN: Disclosure = Disclosure {
+    min_cell: 1,
+    rounding: 1,
+    min_regions: 1,
+};
+
+async fn aggregate(client: &reqwest::Client, hub: &RunningHub, q: &Value) -> Value {
+    let res = client
+        .post(format!("{}/fhir/$aggregate", hub.base_url()))
+        .json(q)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn queries() -> Vec<Value> {
+    vec![
+        json!({"viewReference": "observation_values", "groupBy": ["code", "unit"],
+            "measures": [{"name": "n", "function": "count"},
+                         {"name": "patients", "function": "count_distinct", "column": "patient"},
+                         {"name": "mean_value", "function": "mean", "column": "value"},
+                         {"name": "sd_value", "function": "stddev", "column": "value"},
+                         {"name": "total", "function": "sum", "column": "value"}]}),
+        json!({"viewReference": "patient_demographics", "groupBy": ["gender", "birth_decade"],
+            "measures": [{"name": "n", "function": "count"},
+                         {"name": "patients", "function": "count_distinct", "column": "patient"},
+                         {"name": "deceased", "function": "sum", "column": "deceased"},
+                         {"name": "deceased_share", "function": "mean", "column": "deceased"}]}),
+        json!({"view": {"resourceType": "ViewDefinition", "resource": "Encounter", "select": [{"column": [
+                {"name": "class", "path": "class.code"}, {"name": "patient", "path": "subject.getReferenceKey(Patient)"}]}]},
+            "groupBy": ["class"],
+            "measures": [{"name": "encounters", "function": "count"},
+                         {"name": "patients", "function": "count_distinct", "column": "patient"}]}),
+    ]
+}
+
+fn pooled_rows(reply: &Value) -> Vec<&Value> {
+    reply["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["region"] == "pooled")
+        .collect()
+}
+
+fn key(row: &Value, group_by: &[&str]) -> String {
+    group_by
+        .iter()
+        .map(|g| row[*g].to_string())
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+fn close(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => a == b,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds() {
+    let Some(dir) = corpus("synthea-r4/bundles") else {
+        return;
+    };
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path(), &["nenc", "yh", "gm", "nwc", "all"], &[]).unwrap();
+    let mut nodes = Vec::new();
+    for r in REGIONS {
+        nodes.push(node(r, certs.path(), OPEN).await);
+    }
+    let whole = node("all", certs.path(), OPEN).await;
+    let loader = as_hub(certs.path());
+    let files = json_files(&dir);
+    for (i, f) in files.iter().enumerate() {
+        let bundle: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+        for target in [&nodes[i % 4].node, &whole.node] {
+            let res = loader
+                .post(format!("{}/fhir", target.base_url()))
+                .header("content-type", "application/fhir+json")
+                .json(&bundle)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 403, "the hub's certificate may not write");
+        }
+    }
+    // Load as a vendor would (no client certificate).
+    let vendor = partner(certs.path());
+    for (i, f) in files.iter().enumerate() {
+        let bundle: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+        for target in [&nodes[i % 4].node, &whole.node] {
+            let res = vendor
+                .post(format!("{}/fhir", target.base_url()))
+                .header("content-type", "application/fhir+json")
+                .json(&bundle)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "{}", f.display());
+        }
+    }
+    let urls: Vec<(&str, String)> = REGIONS
+        .iter()
+        .zip(&nodes)
+        .map(|(r, n)| (*r, n.node.base_url()))
+        .collect();
+    let (exact_hub, _d1) = hub(&urls, certs.path(), OPEN, Duration::from_secs(30)).await;
+    let (one_hub, _d2) = hub(
+        &[("all", whole.node.base_url())],
+        certs.path(),
+        OPEN,
+        Duration::from_secs(30),
+    )
+    .await;
+    let (gated_hub, _d3) = hub(&urls, certs.path(), Disclosure::default(), Duration::from_secs(30)).await;
+    let client = partner(certs.path());
+
+    for q in queries() {
+        let group_by: Vec<&str> = q["groupBy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let measures: Vec<(String, String)> = q["measures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_string(),
+                    m["function"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let split = aggregate(&client, &exact_hub, &q).await;
+        let one = aggregate(&client, &one_hub, &q).await;
+        assert_eq!(split["status"], "complete", "{}", split["regions"]);
+        let a = pooled_rows(&split);
+        let b = pooled_rows(&one);
+        assert!(!a.is_empty());
+        assert_eq!(a.len(), b.len(), "same groups");
+        for row in &a {
+            let k = key(row, &group_by);
+            let other = b
+                .iter()
+                .find(|r| key(r, &group_by) == k)
+                .unwrap_or_else(|| panic!("group {k} missing"));
+            for (m, _) in &measures {
+                assert!(close(&row[m], &other[m]), "{k} {m}: {} vs {}", row[m], other[m]);
+            }
+        }
+        // Each region's rows add up to the pooled counts.
+        for row in &a {
+            let k = key(row, &group_by);
+            let sum: f64 = split["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| r["region"] != "pooled" && key(r, &group_by) == k)
+                .map(|r| r["n"].as_f64().or(r["encounters"].as_f64()).unwrap_or(0.0))
+                .sum();
+            let pooled = row["n"].as_f64().or(row["encounters"].as_f64()).unwrap();
+            assert_eq!(sum, pooled, "{k}");
+        }
+
+        // The same question through the default gate: the rules hold on every row.
+        let gated = aggregate(&client, &gated_hub, &q).await;
+        assert_eq!(gated["disclosure"]["minCell"], 10);
+        assert_eq!(gated["disclosure"]["rounding"], 5);
+        let exact_rows = split["rows"].as_array().unwrap();
+        let rows = gated["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), exact_rows.len());
+        for row in rows {
+            let k = key(row, &group_by);
+            let exact = exact_rows
+                .iter()
+                .find(|r| r["region"] == row["region"] && key(r, &group_by) == k)
+                .unwrap();
+            let suppressed: Vec<&str> = row["suppressed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            for (m, f) in &measures {
+                if row[m].is_null() && !suppressed.contains(&m.as_str()) {
+                    continue; // undefined (e.g. a standard deviation of one value), not withheld
+                }
+                if suppressed.contains(&m.as_str()) {
+                    assert!(row[m].is_null(), "{k} {m} is named suppressed but has a value");
+                    continue;
+                }
+                if f == "count" || f == "count_distinct" {
+                    let n = row[m].as_u64().unwrap();
+                    assert_eq!(n % 5, 0, "{k} {m}={n} is not rounded");
+                    let true_n = exact[m].as_u64().unwrap();
+                    assert!(true_n == 0 || true_n >= 10, "{k} {m}: a count of {true_n} was released");
+                    assert!(n.abs_diff(true_n) <= 2, "{k} {m}: {n} is not {true_n} rounded");
+                } else {
+                    assert!(close(&row[m], &exact[m]), "{k} {m}: released values are exact");
+                }
+            }
+        }
+        // Secondary suppression: no group has exactly one withheld region cell next to a released pooled cell.
+        for (m, _) in &measures {
+            let mut groups: std::collections::BTreeMap<String, (bool, usize)> = Default::default();
+            for row in rows {
+                let withheld = row["suppressed"].as_array().unwrap().iter().any(|s| s == m.as_str());
+                let e = groups.entry(key(row, &group_by)).or_default();
+                if row["region"] == "pooled" {
+                    e.0 = !withheld;
+                } else if withheld {
+                    e.1 += 1;
+                }
+            }
+            for (k, (pooled_released, withheld_regions)) in groups {
+                assert!(
+                    !(pooled_released && withheld_regions == 1),
+                    "{k} {m}: one withheld cell is recoverable"
+                );
+            }
+        }
+    }
+
+    // Federated counting: pooled total with per-region counts in extensions.
+    let res = client
+        .get(format!("{}/fhir/Patient?_summary=count", exact_hub.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let bundle: Value = res.json().await.unwrap();
+    assert_eq!(bundle["total"].as_u64().unwrap() as usize, files.len());
+    let regional: u64 = bundle["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["url"].as_str().unwrap().ends_with("federated-region-count"))
+        .filter_map(|e| e["extension"].as_array().unwrap().iter().find(|x| x["url"] == "count"))
+        .map(|x| x["valueUnsignedInt"].as_u64().unwrap())
+        .sum();
+    assert_eq!(regional as usize, files.len());
+    let res = client
+        .get(format!(
+            "{}/fhir/Patient?gender=female&_summary=count",
+            gated_hub.base_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let gated: Value = res.json().await.unwrap();
+    if let Some(t) = gated["total"].as_u64() {
+        assert_eq!(t % 5, 0);
+    }
+    // The hub never returns resources.
+    let res = client
+        .get(format!("{}/fhir/Patient", exact_hub.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+
+    // Audited at the hub and at each node.
+    let res = client
+        .get(format!("{}/fhir/AuditEvent?_count=100", exact_hub.base_url()))
+        .send()
+        .await
+        .unwrap();
+    let audit: Value = res.json().await.unwrap();
+    assert!(audit["total"].as_u64().unwrap() >= 4, "{audit:.300}");
+    let res = vendor
+        .get(format!("{}/fhir/AuditEvent?_summary=count", nodes[0].node.base_url()))
+        .send()
+        .await
+        .unwrap();
+    let node_audit: Value = res.json().await.unwrap();
+    // Three aggregates and one count through each of two hubs.
+    assert!(node_audit["total"].as_u64().unwrap() >= 8, "{node_audit}");
+
+    // A node refuses a hub that asks for laxer disclosure than its own floor.
+    let strict = node("nenc", certs.path(), Disclosure::default()).await;
+    let (lax_hub, _d4) = hub(
+        &[("nenc", strict.node.base_url())],
+        certs.path(),
+        OPEN,
+        Duration::from_secs(5),
+    )
+    .await;
+    let reply = aggregate(&client, &lax_hub, &queries()[1]).await;
+    assert_eq!(reply["regions"][0]["status"], "error");
+    assert!(
+        reply["regions"][0]["detail"].as_str().unwrap().contains("minCell"),
+        "{reply}"
+    );
+    lax_hub.stop().await;
+    strict.stop().await;
+
+    for h in [exact_hub, one_hub, gated_hub] {
+        h.stop().await;
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+    whole.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_routes_answer_only_the_hub_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path(), &["nenc"], &[]).unwrap();
+    let n = node("nenc", certs.path(), OPEN).await;
+    let q = json!({"viewReference": "patient_demographics", "measures": [{"name": "n", "function": "count"}],
+        "disclosure": {"minCell": 1, "rounding": 1, "minRegions": 1}});
+    let url = format!("{}/federation/aggregate", n.node.base_url());
+    let res = partner(certs.path()).post(&url).json(&q).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    let oo: Value = res.json().await.unwrap();
+    assert_eq!(oo["issue"][0]["code"], "forbidden");
+    let res = as_hub(certs.path()).post(&url).json(&q).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["region"], "nenc");
+    // The hub's certificate reaches nothing but the federation API: no resources, no rows.
+    for path in ["/fhir/Patient", "/fhir/_history", "/fhir/AuditEvent"] {
+        let res = as_hub(certs.path())
+            .get(format!("{}{path}", n.node.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{path}");
+    }
+    let run = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patient_demographics"}}]});
+    let res = as_hub(certs.path())
+        .post(format!("{}/fhir/ViewDefinition/$run", n.node.base_url()))
+        .json(&run)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // A certificate from another CA cannot even connect.
+    let other = tempfile::tempdir().unwrap();
+    dev_certs(other.path(), &["nenc"], &[]).unwrap();
+    assert!(as_hub(other.path()).post(&url).json(&q).send().await.is_err());
+    n.stop().await;
+}
+
+/// Accepts TCP connections and never answers: a node that has hung.
+async fn silent_listener() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (format!("https://{addr}"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_slow_and_untrusted_nodes_give_partial_answers_within_the_deadline() {
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path(), &REGIONS, &[]).unwrap();
+    let rogue = tempfile::tempdir().unwrap();
+    dev_certs(rogue.path(), &["nwc"], &[]).unwrap();
+
+    let healthy = [
+        node("nenc", certs.path(), OPEN).await,
+        node("gm", certs.path(), OPEN).await,
+    ];
+    let stopped = node("yh", certs.path(), OPEN).await;
+    let stopped_url = stopped.node.base_url();
+    stopped.stop().await;
+    let (slow_url, slow_task) = silent_listener().await;
+    let untrusted = node("nwc", rogue.path(), OPEN).await;
+    let vendor = partner(certs.path());
+    for n in &healthy {
+        for i in 0..12 {
+            let p = json!({"resourceType": "Patient", "gender": if i % 2 == 0 { "female" } else { "male" }, "birthDate": "1970-01-01"});
+            let res = vendor
+                .post(format!("{}/fhir/Patient", n.node.base_url()))
+                .json(&p)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+        }
+    }
+    let deadline = Duration::from_millis(1500);
+    let q = json!({"viewReference": "patient_demographics", "groupBy": ["gender"],
+        "measures": [{"name": "n", "function": "count"}]});
+
+    // Two of four answer: partial, and no pooled rows (minRegions 3).
+    let urls = vec![
+        ("nenc", healthy[0].node.base_url()),
+        ("yh", stopped_url.clone()),
+        ("gm", slow_url.clone()),
+        ("nwc", untrusted.node.base_url()),
+    ];
+    let (h, _d) = hub(
+        &urls,
+        certs.path(),
+        Disclosure {
+            min_cell: 1,
+            rounding: 1,
+            min_regions: 3,
+        },
+        deadline,
+    )
+    .await;
+    let started = Instant::now();
+    let reply = aggregate(&vendor, &h, &q).await;
+    let took = started.elapsed();
+    assert!(took < deadline + Duration::from_millis(1500), "took {took:?}");
+    assert_eq!(reply["status"], "partial");
+    let status = |r: &str| {
+        reply["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["region"] == r)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status("nenc"), "ok");
+    assert_eq!(status("yh"), "unreachable");
+    assert_eq!(status("gm"), "timeout");
+    assert_eq!(status("nwc"), "error");
+    assert!(
+        reply["regions"][3]["detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate"),
+        "{reply}"
+    );
+    assert!(pooled_rows(&reply).is_empty());
+    assert!(reply["disclosure"]["notes"].to_string().contains("at least 3"));
+    assert!(reply["rows"].as_array().unwrap().iter().any(|r| r["region"] == "nenc"));
+    h.stop().await;
+
+    // Three of four answer (one slow): pooled rows are released.
+    let third = node("nwc", certs.path(), OPEN).await;
+    for i in 0..12 {
+        let p = json!({"resourceType": "Patient", "gender": if i % 2 == 0 { "female" } else { "male" }});
+        vendor
+            .post(format!("{}/fhir/Patient", third.node.base_url()))
+            .json(&p)
+            .send()
+            .await
+            .unwrap();
+    }
+    let urls = vec![
+        ("nenc", healthy[0].node.base_url()),
+        ("yh", slow_url.clone()),
+        ("gm", healthy[1].node.base_url()),
+        ("nwc", third.node.base_url()),
+    ];
+    let (h, _d) = hub(
+        &urls,
+        certs.path(),
+        Disclosure {
+            min_cell: 1,
+            rounding: 1,
+            min_regions: 3,
+        },
+        deadline,
+    )
+    .await;
+    let started = Instant::now();
+    let reply = aggregate(&vendor, &h, &q).await;
+    assert!(started.elapsed() < deadline + Duration::from_millis(1500));
+    assert_eq!(reply["status"], "partial");
+    let pooled = pooled_rows(&reply);
+    assert_eq!(pooled.len(), 2);
+    assert_eq!(pooled.iter().map(|r| r["n"].as_u64().unwrap()).sum::<u64>(), 36);
+    // A region list narrower than minRegions never gets pooled rows.
+    let mut narrow = q.clone();
+    narrow["regions"] = json!(["nenc", "gm"]);
+    let reply = aggregate(&vendor, &h, &narrow).await;
+    assert_eq!(reply["status"], "complete");
+    assert!(pooled_rows(&reply).is_empty());
+    // Unknown regions are a clear 400.
+    let mut bad = q.clone();
+    bad["regions"] = json!(["mars"]);
+    let res = vendor
+        .post(format!("{}/fhir/$aggregate", h.base_url()))
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    h.stop().await;
+
+    slow_task.abort();
+    third.stop().await;
+    untrusted.stop().await;
+    for n in healthy {
+        n.stop().await;
+    }
+}
