@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod federation;
 pub mod feeds;
 pub mod fhir;

@@ -1,6 +1,8 @@
 //! The command line: one file per subcommand.
 
 mod bench;
+mod bench_federation;
+mod demo;
 mod dev_certs;
 mod hub;
 mod migrate;
@@ -24,6 +26,10 @@ struct Cli {
 enum Command {
     /// Run a regional node: FHIR R4 store and REST API.
     Node(node::NodeArgs),
+    /// Measure federated aggregate latency: four nodes and a hub, N synthetic patients per node.
+    BenchFederation(bench_federation::BenchFederationArgs),
+    /// Run the whole gateway on loopback: four nodes, a hub, synthetic data and learning queries.
+    Demo(demo::DemoArgs),
     /// Run the federation hub: pooled aggregates across the regional nodes.
     Hub(hub::HubArgs),
     /// Write a development CA and TLS certificates for the hub and the regions.
@@ -51,6 +57,8 @@ pub fn main() -> ExitCode {
         Command::Node(args) => node::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Hub(args) => hub::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::BenchFederation(args) => bench_federation::run(args),
         Command::DevCerts(args) => dev_certs::run(args),
         Command::Migrate(args) => migrate::run(args),
     };

@@ -15,7 +15,7 @@
 //!
 //! Minimum and maximum are never computed, so never released.
 
-use super::{AggregateQuery, PooledGroup};
+use super::{AggregateQuery, Function, MeasureStats, PooledGroup};
 use crate::views::decimal_value;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -74,8 +74,30 @@ impl Disclosure {
     }
 
     /// Releases the pooled groups of `q`. `regions` names the columns of each
-    /// group's `regions` (the answering regions, in order).
-    pub fn release(&self, q: &AggregateQuery, regions: &[String], groups: &[PooledGroup]) -> Released {
+    /// group's `regions` (the answering regions, in order). `boolean[m]` says
+    /// that measure `m` summarises a true/false column: its sum is then a count
+    /// (rounded), and its sum and mean are protected by the smaller of the
+    /// true and false counts, since a share of a rare event discloses it.
+    pub fn release(
+        &self,
+        q: &AggregateQuery,
+        regions: &[String],
+        groups: &[PooledGroup],
+        boolean: &[bool],
+    ) -> Released {
+        let support = |mi: usize, s: &MeasureStats| -> u64 {
+            match s {
+                MeasureStats::Moments(m) if boolean.get(mi).copied().unwrap_or(false) => {
+                    let trues = m.sum().round().max(0.0) as u64;
+                    if trues == 0 || trues >= m.n {
+                        m.n
+                    } else {
+                        trues.min(m.n - trues)
+                    }
+                }
+                other => other.support(),
+            }
+        };
         let pooled_allowed = regions.len() >= self.min_regions;
         let cols = regions.len() + 1; // column 0 is pooled
         let nm = q.measures.len();
@@ -84,13 +106,17 @@ impl Disclosure {
             .iter()
             .map(|g| {
                 let mut row = vec![if pooled_allowed {
-                    g.pooled.iter().map(|s| Some(s.support())).collect()
+                    g.pooled
+                        .iter()
+                        .enumerate()
+                        .map(|(mi, s)| Some(support(mi, s)))
+                        .collect()
                 } else {
                     vec![None; nm]
                 }];
                 for r in &g.regions {
                     row.push(match r {
-                        Some(stats) => stats.iter().map(|s| Some(s.support())).collect(),
+                        Some(stats) => stats.iter().enumerate().map(|(mi, s)| Some(support(mi, s))).collect(),
                         None => vec![None; nm],
                     });
                 }
@@ -142,6 +168,9 @@ impl Disclosure {
                         Value::Null
                     } else if m.function.is_count() {
                         Value::from(self.round(stats[mi].support()))
+                    } else if m.function == Function::Sum && boolean.get(mi).copied().unwrap_or(false) {
+                        let trues = stats[mi].value(Function::Sum).unwrap_or(0.0).round().max(0.0) as u64;
+                        Value::from(self.round(trues))
                     } else {
                         stats[mi].value(m.function).map(decimal_value).unwrap_or(Value::Null)
                     };
@@ -157,7 +186,7 @@ impl Disclosure {
         )];
         if self.rounding > 1 {
             notes.push(format!(
-                "released counts are rounded to the nearest {}; sums, means and standard deviations are not rounded",
+                "released counts (and sums of true/false columns) are rounded to the nearest {}; other sums, means and standard deviations are not",
                 self.rounding
             ));
         }
@@ -252,7 +281,7 @@ mod tests {
     fn a_single_small_cell_takes_another_with_it() {
         let d = Disclosure::default();
         let groups = [group("x", &[3, 40, 50, 60]), group("y", &[30, 40, 50, 60])];
-        let r = d.release(&q(), &names(), &groups);
+        let r = d.release(&q(), &names(), &groups, &[false]);
         let withheld: Vec<(String, String)> = r
             .rows
             .iter()
@@ -278,7 +307,7 @@ mod tests {
     #[test]
     fn pooled_rows_need_enough_regions() {
         let d = Disclosure::default();
-        let r = d.release(&q(), &names()[..2], &[group("x", &[30, 40])]);
+        let r = d.release(&q(), &names()[..2], &[group("x", &[30, 40])], &[false]);
         assert!(!r.pooled);
         assert!(r.rows.iter().all(|row| row["region"] != "pooled"));
         assert!(r.notes.iter().any(|n| n.contains("at least 3")));

@@ -212,18 +212,28 @@ impl Hub {
     /// `POST /fhir/$aggregate`: the reply body.
     pub async fn aggregate(&self, q: AggregateQuery, raw: &str, who: &str) -> Result<Value, HubError> {
         let regions = self.regions_for(q.regions.as_deref())?;
-        if let federation::ViewSource::Inline(v) = &q.view {
-            let view =
-                crate::views::View::compile(v).map_err(|e| bad(e.message, Some(&format!("view.{}", e.location))))?;
-            q.check_columns(&view)
-                .map_err(|p| bad(p.message, Some(&p.expression)))?;
-        } else if let federation::ViewSource::Reference(name) = &q.view {
-            let view = crate::views::library::compile(name)
+        // Checked here too, so that a bad query is one clear 400 rather than four node errors.
+        let view = match &q.view {
+            federation::ViewSource::Inline(v) => {
+                crate::views::View::compile(v).map_err(|e| bad(e.message, Some(&format!("view.{}", e.location))))?
+            }
+            federation::ViewSource::Reference(name) => crate::views::library::compile(name)
                 .ok_or_else(|| bad(format!("no view named '{name}'"), Some("viewReference")))?
-                .map_err(|e| bad(e.message, Some("viewReference")))?;
-            q.check_columns(&view)
-                .map_err(|p| bad(p.message, Some(&p.expression)))?;
-        }
+                .map_err(|e| bad(e.message, Some("viewReference")))?,
+        };
+        q.check_columns(&view)
+            .map_err(|p| bad(p.message, Some(&p.expression)))?;
+        let boolean: Vec<bool> = q
+            .measures
+            .iter()
+            .map(|m| {
+                let column = m
+                    .column
+                    .as_deref()
+                    .and_then(|c| view.columns.iter().find(|v| v.name == c));
+                column.is_some_and(|c| c.ty.as_deref() == Some("boolean"))
+            })
+            .collect();
         let mut body = q.to_node_json();
         body["disclosure"] = serde_json::to_value(self.config.disclosure).unwrap_or_default();
         let answers: Vec<(RegionReport, Option<NodeAggregate>)> = self
@@ -254,7 +264,7 @@ impl Hub {
         }
         let slices: Vec<&[federation::GroupStats]> = answered.iter().map(|a| a.groups.as_slice()).collect();
         let pooled = federation::pool(&q, &slices).map_err(|e| bad(e, None))?;
-        let released = gate.release(&q, &answered_names, &pooled);
+        let released = gate.release(&q, &answered_names, &pooled, &boolean);
         let complete = reports.iter().all(|r| r.status == RegionStatus::Ok);
         let reply = json!({
             "status": if complete { "complete" } else { "partial" },
@@ -337,7 +347,7 @@ impl Hub {
                 pooled: vec![MeasureStats::Count(0)],
             });
         }
-        let released = gate.release(&q, &names, &pooled);
+        let released = gate.release(&q, &names, &pooled, &[false]);
         let complete = reports.iter().all(|r| r.status == RegionStatus::Ok);
         let mut total = None;
         let mut per_region = Vec::new();

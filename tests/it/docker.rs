@@ -34,9 +34,42 @@ fn dockerfile_copies_real_paths_and_runs_real_flags() {
             compose.contains(&format!("PENNINE_REGION: {region}")),
             "compose lacks {region}"
         );
+        assert!(
+            compose.contains(&format!("\"{region}=https://{region}:8443\"")),
+            "the hub lacks {region}"
+        );
     }
+    // Every `command:` runs a real subcommand with flags it accepts.
+    let help_of = |sub: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pennine"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pennine {sub} is not a subcommand");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut all_help = String::new();
+    let mut commands = 0;
+    let mut text = compose.as_str();
+    while let Some(at) = text.find("command: [") {
+        let rest = &text[at + "command: ".len()..];
+        let end = rest.find(']').unwrap();
+        let args: Vec<String> = serde_json::from_str(&rest[..=end].replace('\n', " ")).unwrap();
+        let help = help_of(&args[0]);
+        for flag in args.iter().filter(|a| a.starts_with("--")) {
+            assert!(
+                help.contains(flag.as_str()),
+                "pennine {} does not accept {flag}",
+                args[0]
+            );
+        }
+        all_help.push_str(&help);
+        commands += 1;
+        text = &rest[end..];
+    }
+    assert!(commands >= 3, "node, hub and certs commands");
     for var in compose.split_whitespace().filter(|w| w.starts_with("PENNINE_")) {
         let name = var.trim_end_matches(':').trim_matches(|c| c == '{' || c == ',');
-        assert!(help.contains(name), "pennine node does not read {name}");
+        assert!(all_help.contains(name), "no subcommand reads {name}");
     }
 }

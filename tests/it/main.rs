@@ -3,6 +3,7 @@
 mod bundles;
 mod corpus;
 mod crud;
+mod demo;
 mod docker;
 mod durability;
 mod errors;

@@ -1,0 +1,203 @@
+//! `pennine bench-federation`: four nodes and a hub in one process with mutual
+//! TLS, N synthetic patients per node, and the latency of a grouped aggregate:
+//! end to end at the client, and the slowest node as the hub measured it, so
+//! that the hub's own overhead is their difference, measured in the same run.
+
+use crate::config::{parse_node, HubConfig, NodeConfig};
+use crate::federation::Disclosure;
+use crate::http::hub::start_hub;
+use crate::http::start_node;
+use crate::tls::TlsFiles;
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct BenchFederationArgs {
+    /// Synthetic patients per node (comma-separated list for several runs, e.g. 25000,250000).
+    #[arg(long, default_value = "25000")]
+    patients: String,
+    /// Timed aggregate queries per measurement.
+    #[arg(long, default_value_t = 40)]
+    queries: usize,
+    /// Patients per transaction bundle while loading.
+    #[arg(long, default_value_t = 500)]
+    per_bundle: usize,
+}
+
+const REGIONS: [&str; 4] = ["nenc", "yh", "gm", "nwc"];
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn run(args: BenchFederationArgs) -> anyhow::Result<()> {
+    let sizes: Vec<usize> = args
+        .patients
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .context("--patients must be numbers, e.g. 25000,250000")?;
+    let rt = super::runtime()?;
+    for n in sizes {
+        rt.block_on(one_size(n, &args))?;
+    }
+    Ok(())
+}
+
+async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let certs = root.path().join("certs");
+    crate::tls::dev_certs(&certs, &REGIONS, &[])?;
+    let mut nodes = Vec::new();
+    for r in REGIONS {
+        let mut c = NodeConfig::local(r, &root.path().join(r));
+        std::fs::create_dir_all(&c.data)?;
+        c.tls = Some(TlsFiles::in_dir(&certs, r));
+        c.workers = 2;
+        nodes.push(start_node(c).await?);
+    }
+    let hub = start_hub(HubConfig {
+        listen: "127.0.0.1:0".into(),
+        data: root.path().join("hub"),
+        public_url: None,
+        nodes: nodes
+            .iter()
+            .zip(REGIONS)
+            .map(|(n, r)| parse_node(&format!("{r}={}", n.base_url())))
+            .collect::<Result<_, _>>()?,
+        workers: 2,
+        deadline: Duration::from_secs(60),
+        disclosure: Disclosure::default(),
+        tls: Some(TlsFiles::in_dir(&certs, "hub")),
+    })
+    .await?;
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem"))?)?;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .tls_built_in_root_certs(false)
+        .build()?;
+
+    let started = Instant::now();
+    for (node, r) in nodes.iter().zip(REGIONS) {
+        let bundles = crate::demo::bundles(r, 7, patients, args.per_bundle, false);
+        let url = format!("{}/fhir", node.base_url());
+        let mut in_flight = futures_util::stream::FuturesUnordered::new();
+        for b in bundles {
+            let body = serde_json::to_vec(&b)?;
+            let req = client
+                .post(&url)
+                .header("content-type", "application/fhir+json")
+                .body(body)
+                .send();
+            in_flight.push(req);
+            if in_flight.len() >= 4 {
+                use futures_util::StreamExt;
+                if let Some(res) = in_flight.next().await {
+                    let res = res?;
+                    if !res.status().is_success() {
+                        bail!("load failed: {}", res.status());
+                    }
+                }
+            }
+        }
+        use futures_util::StreamExt;
+        while let Some(res) = in_flight.next().await {
+            if !res?.status().is_success() {
+                bail!("load failed");
+            }
+        }
+    }
+    println!(
+        "{patients} patients per node x 4 loaded in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let query = |group: &[&str]| {
+        json!({"viewReference": "patient_demographics", "groupBy": group,
+            "measures": [{"name": "n", "function": "count"},
+                         {"name": "patients", "function": "count_distinct", "column": "patient"},
+                         {"name": "deceased", "function": "mean", "column": "deceased"}]})
+    };
+    let ask = |q: Value| {
+        let client = client.clone();
+        let url = format!("{}/fhir/$aggregate", hub.base_url());
+        async move {
+            let t = Instant::now();
+            let res = client.post(url).json(&q).send().await?;
+            let body: Value = res.json().await?;
+            let total = t.elapsed().as_secs_f64() * 1000.0;
+            if body["status"] != "complete" {
+                bail!("partial answer: {body}");
+            }
+            let slowest = body["regions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["latencyMs"].as_f64())
+                .fold(0.0, f64::max);
+            anyhow::Ok((total, slowest))
+        }
+    };
+    // Cold: the first question after loading reads and flattens every patient.
+    let (cold, cold_slowest) = ask(query(&["gender"])).await?;
+    println!("cold (view rows built from storage): {cold:.0} ms end to end, slowest node {cold_slowest:.0} ms");
+
+    let groupings: [&[&str]; 3] = [&["gender", "birth_decade"], &["birth_decade"], &["gender"]];
+    let mut totals = Vec::new();
+    let mut overheads = Vec::new();
+    let mut slowests = Vec::new();
+    for i in 0..args.queries {
+        let (t, s) = ask(query(groupings[i % groupings.len()])).await?;
+        totals.push(t);
+        slowests.push(s);
+        overheads.push((t - s).max(0.0));
+    }
+    for v in [&mut totals, &mut overheads, &mut slowests] {
+        v.sort_by(f64::total_cmp);
+    }
+    println!(
+        "warm ({} queries, rows cached on the nodes): end to end p50 {:.1} ms p95 {:.1} ms; slowest node p50 {:.1} p95 {:.1} ms; hub overhead p50 {:.1} ms p95 {:.1} ms",
+        args.queries,
+        percentile(&totals, 0.5),
+        percentile(&totals, 0.95),
+        percentile(&slowests, 0.5),
+        percentile(&slowests, 0.95),
+        percentile(&overheads, 0.5),
+        percentile(&overheads, 0.95)
+    );
+
+    // Changing data: one new patient per node before each question, so every node re-reads.
+    let mut totals = Vec::new();
+    let mut overheads = Vec::new();
+    let rounds = (args.queries / 4).max(3);
+    for i in 0..rounds {
+        for node in &nodes {
+            client
+                .post(format!("{}/fhir/Patient", node.base_url()))
+                .json(&json!({"resourceType": "Patient", "gender": "unknown"}))
+                .send()
+                .await?;
+        }
+        let (t, s) = ask(query(groupings[i % groupings.len()])).await?;
+        totals.push(t);
+        overheads.push((t - s).max(0.0));
+    }
+    totals.sort_by(f64::total_cmp);
+    overheads.sort_by(f64::total_cmp);
+    println!(
+        "after a write ({rounds} queries, every node rebuilds its rows): end to end p50 {:.0} ms p95 {:.0} ms; hub overhead p95 {:.1} ms",
+        percentile(&totals, 0.5),
+        percentile(&totals, 0.95),
+        percentile(&overheads, 0.95)
+    );
+    hub.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok(())
+}

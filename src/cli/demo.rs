@@ -1,0 +1,318 @@
+//! `pennine demo`: the whole gateway in one process. Four regional nodes and a
+//! hub on loopback, HTTPS with development certificates (mutual TLS between
+//! hub and nodes), embedded storage in a temporary folder, synthetic data in
+//! every region, and a few learning questions answered across the regions.
+
+use crate::config::{parse_node, HubConfig, NodeConfig};
+use crate::federation::Disclosure;
+use crate::http::hub::{start_hub, RunningHub};
+use crate::http::{start_node, RunningNode};
+use crate::tls::TlsFiles;
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Print the results and exit instead of serving until Ctrl-C.
+    #[arg(long)]
+    once: bool,
+    /// Synthetic patients per region.
+    #[arg(long, default_value_t = 600)]
+    patients: usize,
+    /// Keep the data and certificates in this folder instead of a temporary one.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Seed of the synthetic data (the same seed gives the same data).
+    #[arg(long, default_value_t = 2026)]
+    seed: u64,
+}
+
+const REGIONS: [(&str, &str); 4] = [
+    ("nenc", "North East and North Cumbria"),
+    ("yh", "Yorkshire and Humber"),
+    ("gm", "Greater Manchester"),
+    ("nwc", "North West Coast"),
+];
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let temp;
+    let root = match &args.data {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("pennine-demo-").tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let rt = super::runtime()?;
+    rt.block_on(demo(args, &root))
+}
+
+async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
+    let certs = root.join("certs");
+    let names: Vec<&str> = REGIONS.iter().map(|(r, _)| *r).collect();
+    crate::tls::dev_certs(&certs, &names, &[])?;
+    println!("Pennine demo: four regional nodes and a federation hub on loopback");
+    println!("  data and development certificates in {}", root.display());
+
+    let mut nodes: Vec<RunningNode> = Vec::new();
+    for (region, _) in REGIONS {
+        let mut config = NodeConfig::local(region, &root.join(region));
+        std::fs::create_dir_all(&config.data)?;
+        config.tls = Some(TlsFiles::in_dir(&certs, region));
+        config.workers = 1;
+        nodes.push(
+            start_node(config)
+                .await
+                .with_context(|| format!("cannot start the {region} node"))?,
+        );
+    }
+    let hub_config = HubConfig {
+        listen: "127.0.0.1:0".into(),
+        data: root.join("hub"),
+        public_url: None,
+        nodes: nodes
+            .iter()
+            .zip(REGIONS)
+            .map(|(n, (r, _))| parse_node(&format!("{r}={}", n.base_url())))
+            .collect::<Result<_, _>>()?,
+        workers: 2,
+        deadline: Duration::from_secs(5),
+        disclosure: Disclosure::default(),
+        tls: Some(TlsFiles::in_dir(&certs, "hub")),
+    };
+    std::fs::create_dir_all(&hub_config.data)?;
+    let hub = start_hub(hub_config).await.context("cannot start the hub")?;
+
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem"))?)?;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .tls_built_in_root_certs(false)
+        .build()?;
+
+    println!("\nLoading synthetic data as each region's EHR vendor would (FHIR transaction bundles over HTTPS):");
+    for (node, (region, name)) in nodes.iter().zip(REGIONS) {
+        let started = Instant::now();
+        let mut resources = 0;
+        for bundle in crate::demo::bundles(region, args.seed, args.patients, 100, true) {
+            resources += bundle["entry"].as_array().map_or(0, Vec::len);
+            let res = client
+                .post(format!("{}/fhir", node.base_url()))
+                .header("content-type", "application/fhir+json")
+                .json(&bundle)
+                .send()
+                .await?;
+            if !res.status().is_success() {
+                bail!(
+                    "loading {region} failed: {} {}",
+                    res.status(),
+                    res.text().await.unwrap_or_default()
+                );
+            }
+        }
+        println!(
+            "  {region:<5} {name:<30} {:>6} patients, {resources:>6} resources in {:.1} s",
+            args.patients,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    println!("\nLearning questions, asked once at the hub and answered by every region (disclosure control: counts under 10 withheld, counts rounded to 5):");
+    run_queries(&client, &hub).await?;
+
+    let hub_url = hub.base_url();
+    println!("\nServing:");
+    println!("  hub   {hub_url}/fhir   (POST /fhir/$aggregate, GET /fhir/<type>?_summary=count)");
+    for (n, (region, _)) in nodes.iter().zip(REGIONS) {
+        println!("  {region:<5} {}/fhir", n.base_url());
+    }
+    println!("\nTry:");
+    println!(
+        "  curl --cacert {} -H 'content-type: application/json' {hub_url}/fhir/\\$aggregate \\\n    -d '{{\"viewReference\":\"observation_values\",\"groupBy\":[\"display\"],\"measures\":[{{\"name\":\"n\",\"function\":\"count\"}},{{\"name\":\"mean\",\"function\":\"mean\",\"column\":\"value\"}}]}}'",
+        certs.join("ca.pem").display()
+    );
+    println!(
+        "  curl --cacert {} '{hub_url}/fhir/Condition?code=44054006&_summary=count'",
+        certs.join("ca.pem").display()
+    );
+    let _ = std::io::stdout().flush();
+    if !args.once {
+        println!("\nPress Ctrl-C to stop.");
+        let _ = std::io::stdout().flush();
+        super::node::shutdown_signal().await;
+    }
+    hub.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+    Ok(())
+}
+
+async fn aggregate(client: &reqwest::Client, hub: &RunningHub, q: Value) -> anyhow::Result<Value> {
+    let res = client
+        .post(format!("{}/fhir/$aggregate", hub.base_url()))
+        .json(&q)
+        .send()
+        .await?;
+    let status = res.status();
+    let body: Value = res.json().await?;
+    if !status.is_success() {
+        bail!("the hub refused a demo query: {status} {body}");
+    }
+    Ok(body)
+}
+
+async fn run_queries(client: &reqwest::Client, hub: &RunningHub) -> anyhow::Result<()> {
+    let questions = [
+        (
+            "1. Patients per region (patient_demographics)",
+            json!({"viewReference": "patient_demographics", "groupBy": [],
+                "measures": [{"name": "patients", "function": "count_distinct", "column": "patient"},
+                             {"name": "deceased", "function": "sum", "column": "deceased"}]}),
+            false,
+        ),
+        (
+            "2. Vital signs and HbA1c by region (observation_values)",
+            json!({"viewReference": "observation_values", "groupBy": ["display", "unit"],
+                "measures": [{"name": "n", "function": "count"},
+                             {"name": "patients", "function": "count_distinct", "column": "patient"},
+                             {"name": "mean", "function": "mean", "column": "value"},
+                             {"name": "sd", "function": "stddev", "column": "value"}]}),
+            false,
+        ),
+        (
+            "3. Long-term conditions: patients affected (condition_codes)",
+            json!({"viewReference": "condition_codes", "groupBy": ["display"],
+                "measures": [{"name": "patients", "function": "count_distinct", "column": "patient"}]}),
+            false,
+        ),
+        (
+            "4. Patients by birth decade, pooled across regions (patient_demographics)",
+            json!({"viewReference": "patient_demographics", "groupBy": ["birth_decade"],
+                "measures": [{"name": "patients", "function": "count", "column": "patient"}]}),
+            true,
+        ),
+    ];
+    for (title, q, pooled_only) in questions {
+        let reply = aggregate(client, hub, q.clone()).await?;
+        println!("\n{title}");
+        print_reply(&q, &reply, pooled_only);
+    }
+    let res = client
+        .get(format!("{}/fhir/Patient?gender=female&_summary=count", hub.base_url()))
+        .send()
+        .await?;
+    let bundle: Value = res.json().await?;
+    println!(
+        "\n5. Federated count: GET /fhir/Patient?gender=female&_summary=count -> total {}",
+        bundle["total"]
+            .as_u64()
+            .map_or("withheld".to_string(), |t| t.to_string())
+    );
+    Ok(())
+}
+
+fn cell(v: &Value, withheld: bool) -> String {
+    if withheld {
+        return "withheld".into();
+    }
+    match v {
+        Value::Null => "-".into(),
+        Value::Number(n) if n.is_u64() || n.is_i64() => n.to_string(),
+        Value::Number(n) => format!("{:.2}", n.as_f64().unwrap_or_default()),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_reply(q: &Value, reply: &Value, pooled_only: bool) {
+    let group_by: Vec<String> = q["groupBy"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        .unwrap_or_default();
+    let measures: Vec<String> = q["measures"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["name"].as_str())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut columns = vec!["region".to_string()];
+    columns.extend(group_by.iter().cloned());
+    columns.extend(measures.iter().cloned());
+    let mut rows = Vec::new();
+    for row in reply["rows"].as_array().into_iter().flatten() {
+        if pooled_only && row["region"] != "pooled" {
+            continue;
+        }
+        let suppressed: Vec<&str> = row["suppressed"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let mut line = vec![cell(&row["region"], false)];
+        line.extend(group_by.iter().map(|g| cell(&row[g], false)));
+        line.extend(measures.iter().map(|m| cell(&row[m], suppressed.contains(&m.as_str()))));
+        rows.push(line);
+    }
+    print_table(&columns, &rows);
+    let regions: Vec<String> = reply["regions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            format!(
+                "{} {} ({} ms)",
+                cell(&r["region"], false),
+                cell(&r["status"], false),
+                r["latencyMs"]
+            )
+        })
+        .collect();
+    println!("   status {}: {}", cell(&reply["status"], false), regions.join(", "));
+}
+
+/// A plain text table: numbers right-aligned, text left-aligned.
+pub fn print_table(columns: &[String], rows: &[Vec<String>]) {
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain(std::iter::once(columns[i].len()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let numeric = |s: &str| s.parse::<f64>().is_ok() || s == "withheld" || s == "-";
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| {
+                if numeric(c) {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        format!("   {}", parts.join("  "))
+    };
+    println!("{}", line(columns));
+    println!(
+        "   {}",
+        widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  ")
+    );
+    for r in rows {
+        println!("{}", line(r));
+    }
+}

@@ -1,0 +1,29 @@
+//! `pennine demo --once`: the README's "run it" command, through the real binary.
+
+use std::process::Command;
+
+#[test]
+fn demo_runs_the_whole_gateway_and_prints_pooled_answers() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pennine"))
+        .args(["demo", "--once", "--patients", "120"])
+        .env("PENNINE_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stdout}\n{stderr}", out.status);
+    for region in ["nenc", "yh", "gm", "nwc"] {
+        assert!(stdout.contains(&format!("{region} ok")), "{region} answered: {stdout}");
+        assert!(stdout.contains(&format!("  {region}  ")), "{region} listed: {stdout}");
+    }
+    assert_eq!(stdout.matches("status complete").count(), 4, "{stdout}");
+    // Four regions x 120 patients, released rounded to 5.
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("pooled") && l.contains("480"))
+        .unwrap_or_else(|| panic!("a pooled row of 480 patients: {stdout}"));
+    assert!(line.contains("480"));
+    assert!(stdout.contains("https://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("Body weight"), "{stdout}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}
