@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 /// A node process that is killed (SIGKILL) when dropped, so a failing test
 /// never leaves a server running.
-pub struct NodeProcess(Child);
+pub struct NodeProcess(pub Child);
 
 impl NodeProcess {
     /// `kill -9` and wait for the process to be gone.

@@ -604,3 +604,91 @@ async fn stopped_slow_and_untrusted_nodes_give_partial_answers_within_the_deadli
         n.stop().await;
     }
 }
+
+/// Starts `pennine <args>` and reads the URL from its first line of output.
+fn spawn_binary(args: &[&str]) -> (crate::durability::NodeProcess, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pennine"))
+        .args(args)
+        .env("PENNINE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the pennine binary");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .unwrap_or_else(|| panic!("no https URL in {line:?}"))
+        .to_string();
+    (crate::durability::NodeProcess(child), url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_runs_nodes_and_a_hub_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pennine"))
+        .args(["dev-certs", certs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for f in ["ca.pem", "hub.pem", "hub-key.pem", "nenc.pem", "nenc-key.pem", "nwc.pem", "nwc-key.pem"] {
+        assert!(certs.join(f).exists(), "dev-certs wrote {f}");
+    }
+    let mut procs = Vec::new();
+    let mut specs = Vec::new();
+    for r in ["nenc", "yh", "gm"] {
+        let data = dir.path().join(r);
+        let (p, url) = spawn_binary(&[
+            "node", "--region", r, "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(),
+            "--tls-dir", certs.to_str().unwrap(),
+        ]);
+        procs.push(p);
+        specs.push(format!("{r}={url}"));
+    }
+    let hub_data = dir.path().join("hub");
+    let mut args = vec!["hub", "--listen", "127.0.0.1:0", "--data", hub_data.to_str().unwrap(), "--tls-dir", certs.to_str().unwrap()];
+    for s in &specs {
+        args.extend(["--node", s.as_str()]);
+    }
+    let (hub_proc, hub_url) = spawn_binary(&args);
+    procs.push(hub_proc);
+    let client = partner(&certs);
+    for s in &specs {
+        let url = s.split_once('=').unwrap().1;
+        for i in 0..12 {
+            let res = client
+                .post(format!("{url}/Patient"))
+                .json(&json!({"resourceType": "Patient", "gender": if i < 6 { "female" } else { "male" }}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 201);
+        }
+    }
+    let res = client
+        .post(format!("{hub_url}/$aggregate?_format=csv"))
+        .json(&json!({"viewReference": "patient_demographics", "groupBy": ["gender"],
+            "measures": [{"name": "n", "function": "count"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let csv = res.text().await.unwrap();
+    assert_eq!(csv.lines().next(), Some("region,gender,n,suppressed"), "{csv}");
+    assert!(csv.lines().any(|l| l == "pooled,female,20,"), "{csv}");
+    // Rounded per region (6 is withheld under minCell 10).
+    assert!(csv.lines().any(|l| l == "nenc,female,,n"), "{csv}");
+
+    // The hub refuses to start without nodes, and says how to give them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pennine"))
+        .args(["hub", "--listen", "127.0.0.1:0", "--data", hub_data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--node"));
+    drop(procs);
+}
