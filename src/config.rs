@@ -73,6 +73,7 @@ pub struct NodeFile {
     pub tls_ca: Option<PathBuf>,
     pub min_cell: Option<u64>,
     pub rounding: Option<u64>,
+    pub clients: Option<PathBuf>,
 }
 
 /// Values from flags or the environment (clap merges those two).
@@ -89,6 +90,7 @@ pub struct NodeOverrides {
     pub tls: TlsOverrides,
     pub min_cell: Option<u64>,
     pub rounding: Option<u64>,
+    pub clients: Option<PathBuf>,
 }
 
 /// TLS flags, shared by `pennine node` and `pennine hub`.
@@ -173,6 +175,8 @@ pub struct NodeConfig {
     pub tls: Option<TlsFiles>,
     /// The node's own disclosure floor: it refuses federation queries asking for less.
     pub disclosure: Disclosure,
+    /// The registered clients; without them every protected route is closed.
+    pub clients: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -189,6 +193,7 @@ impl NodeConfig {
             service: ServiceSettings::default(),
             tls: None,
             disclosure: Disclosure::default(),
+            clients: None,
         }
     }
 
@@ -316,6 +321,7 @@ impl NodeConfig {
             service,
             tls,
             disclosure,
+            clients: overrides.clients.or(from_file.clients),
         })
     }
 }
@@ -338,6 +344,9 @@ pub struct HubFile {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
+    pub clients: Option<PathBuf>,
+    pub aggregate_rate: Option<u32>,
+    pub answer_cache_seconds: Option<u64>,
 }
 
 /// Hub values from flags or the environment.
@@ -353,6 +362,8 @@ pub struct HubOverrides {
     pub rounding: Option<u64>,
     pub min_regions: Option<usize>,
     pub tls: TlsOverrides,
+    pub clients: Option<PathBuf>,
+    pub aggregate_rate: Option<u32>,
 }
 
 /// A validated hub configuration.
@@ -369,6 +380,31 @@ pub struct HubConfig {
     pub deadline: std::time::Duration,
     pub disclosure: Disclosure,
     pub tls: Option<TlsFiles>,
+    /// The registered clients; without them every protected route is closed.
+    pub clients: Option<PathBuf>,
+    /// Aggregate questions (and federated counts) per client per minute.
+    pub aggregate_rate: u32,
+    /// How long an identical question gets the same released answer.
+    pub answer_cache: std::time::Duration,
+}
+
+impl HubConfig {
+    /// A configuration for tests and the demo.
+    pub fn local(data: &Path, nodes: Vec<(Region, String)>, tls: Option<TlsFiles>) -> HubConfig {
+        HubConfig {
+            listen: "127.0.0.1:0".into(),
+            data: data.to_path_buf(),
+            public_url: None,
+            nodes,
+            workers: 2,
+            deadline: std::time::Duration::from_secs(5),
+            disclosure: Disclosure::default(),
+            tls,
+            clients: None,
+            aggregate_rate: 30,
+            answer_cache: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 fn check_listen(listen: &str) -> Result<(), ConfigError> {
@@ -478,6 +514,16 @@ impl HubConfig {
                 o.min_regions.or(f.min_regions),
             )?,
             tls,
+            clients: o.clients.or(f.clients),
+            aggregate_rate: match o.aggregate_rate.or(f.aggregate_rate).unwrap_or(30) {
+                0 => {
+                    return Err(ConfigError::Invalid(
+                        "aggregate_rate must be at least 1 per minute".into(),
+                    ))
+                }
+                n => n,
+            },
+            answer_cache: std::time::Duration::from_secs(f.answer_cache_seconds.unwrap_or(60)),
         })
     }
 }

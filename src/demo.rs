@@ -231,6 +231,75 @@ pub fn bundles(region: &str, seed: u64, patients: usize, per_bundle: usize, clin
     out
 }
 
+/// A demo client: its id, roles, region and secret (printed by the demo; development only).
+#[derive(Debug, Clone)]
+pub struct DemoClient {
+    pub id: String,
+    pub roles: &'static str,
+    pub region: Option<String>,
+    pub secret: String,
+}
+
+/// Writes a clients file for the demo's own clients: a vendor and an analyst per
+/// region, a partner and an administrator, each with a fresh random secret.
+pub fn demo_clients(path: &std::path::Path, regions: &[&str]) -> std::io::Result<Vec<DemoClient>> {
+    let mut clients = Vec::new();
+    let secret = || {
+        let mut b = [0u8; 24];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    };
+    for r in regions {
+        for role in ["vendor", "analyst"] {
+            clients.push(DemoClient {
+                id: format!("{r}-{role}"),
+                roles: role,
+                region: Some(r.to_string()),
+                secret: secret(),
+            });
+        }
+    }
+    for role in ["partner", "admin"] {
+        clients.push(DemoClient {
+            id: format!("demo-{role}"),
+            roles: role,
+            region: None,
+            secret: secret(),
+        });
+    }
+    let mut toml = String::from("# Demo clients (development only): secrets are stored as SHA-256.\n");
+    for c in &clients {
+        toml.push_str(&format!(
+            "\n[[client]]\nid = \"{}\"\nroles = [\"{}\"]\n{}secret_sha256 = \"{}\"\n",
+            c.id,
+            c.roles,
+            c.region
+                .as_ref()
+                .map(|r| format!("region = \"{r}\"\n"))
+                .unwrap_or_default(),
+            crate::auth::clients::sha256_hex(&c.secret)
+        ));
+    }
+    std::fs::write(path, toml)?;
+    Ok(clients)
+}
+
+/// Gets an access token with `client_secret_basic`.
+pub async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> anyhow::Result<String> {
+    let res = http
+        .post(format!("{base}/auth/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await?;
+    let status = res.status();
+    let body: Value = res.json().await?;
+    match body["access_token"].as_str() {
+        Some(t) if status.is_success() => Ok(t.to_string()),
+        _ => anyhow::bail!("token request for {id} failed: {status} {body}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,37 +53,52 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
     let root = tempfile::tempdir()?;
     let certs = root.path().join("certs");
     crate::tls::dev_certs(&certs, &REGIONS, &[])?;
+    let clients_file = root.path().join("clients.toml");
+    let clients = crate::demo::demo_clients(&clients_file, &REGIONS)?;
     let mut nodes = Vec::new();
     for r in REGIONS {
         let mut c = NodeConfig::local(r, &root.path().join(r));
         std::fs::create_dir_all(&c.data)?;
         c.tls = Some(TlsFiles::in_dir(&certs, r));
         c.workers = 2;
+        c.clients = Some(clients_file.clone());
         nodes.push(start_node(c).await?);
     }
-    let hub = start_hub(HubConfig {
-        listen: "127.0.0.1:0".into(),
-        data: root.path().join("hub"),
-        public_url: None,
-        nodes: nodes
+    let mut config = HubConfig::local(
+        &root.path().join("hub"),
+        nodes
             .iter()
             .zip(REGIONS)
             .map(|(n, r)| parse_node(&format!("{r}={}", n.base_url())))
             .collect::<Result<_, _>>()?,
-        workers: 2,
-        deadline: Duration::from_secs(60),
-        disclosure: Disclosure::default(),
-        tls: Some(TlsFiles::in_dir(&certs, "hub")),
-    })
-    .await?;
+        Some(TlsFiles::in_dir(&certs, "hub")),
+    );
+    config.deadline = Duration::from_secs(60);
+    config.disclosure = Disclosure::default();
+    config.clients = Some(clients_file.clone());
+    config.aggregate_rate = 1_000_000;
+    // Measure the federation, not the answer cache.
+    config.answer_cache = Duration::ZERO;
+    let hub = start_hub(config).await?;
     let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem"))?)?;
     let client = reqwest::Client::builder()
         .add_root_certificate(ca)
         .tls_built_in_root_certs(false)
         .build()?;
 
+    let secret_of = |id: &str| {
+        clients
+            .iter()
+            .find(|c| c.id == id)
+            .map(|c| c.secret.clone())
+            .unwrap_or_default()
+    };
     let started = Instant::now();
+    let mut vendor_tokens = Vec::new();
     for (node, r) in nodes.iter().zip(REGIONS) {
+        let id = format!("{r}-vendor");
+        let token = crate::demo::token(&client, &node.base_url(), &id, &secret_of(&id)).await?;
+        vendor_tokens.push(token.clone());
         let bundles = crate::demo::bundles(r, 7, patients, args.per_bundle, false);
         let url = format!("{}/fhir", node.base_url());
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
@@ -91,6 +106,7 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
             let body = serde_json::to_vec(&b)?;
             let req = client
                 .post(&url)
+                .bearer_auth(&token)
                 .header("content-type", "application/fhir+json")
                 .body(body)
                 .send();
@@ -123,12 +139,14 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
                          {"name": "patients", "function": "count_distinct", "column": "patient"},
                          {"name": "deceased", "function": "mean", "column": "deceased"}]})
     };
+    let partner = crate::demo::token(&client, &hub.base_url(), "demo-partner", &secret_of("demo-partner")).await?;
     let ask = |q: Value| {
         let client = client.clone();
+        let partner = partner.clone();
         let url = format!("{}/fhir/$aggregate", hub.base_url());
         async move {
             let t = Instant::now();
-            let res = client.post(url).json(&q).send().await?;
+            let res = client.post(url).bearer_auth(&partner).json(&q).send().await?;
             let body: Value = res.json().await?;
             let total = t.elapsed().as_secs_f64() * 1000.0;
             if body["status"] != "complete" {
@@ -176,9 +194,10 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
     let mut overheads = Vec::new();
     let rounds = (args.queries / 4).max(3);
     for i in 0..rounds {
-        for node in &nodes {
+        for (node, token) in nodes.iter().zip(&vendor_tokens) {
             client
                 .post(format!("{}/fhir/Patient", node.base_url()))
+                .bearer_auth(token)
                 .json(&json!({"resourceType": "Patient", "gender": "unknown"}))
                 .send()
                 .await?;

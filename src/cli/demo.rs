@@ -61,32 +61,33 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
     println!("Pennine demo: four regional nodes and a federation hub on loopback");
     println!("  data and development certificates in {}", root.display());
 
+    let clients_file = root.join("clients.toml");
+    let clients = crate::demo::demo_clients(&clients_file, &names)?;
     let mut nodes: Vec<RunningNode> = Vec::new();
     for (region, _) in REGIONS {
         let mut config = NodeConfig::local(region, &root.join(region));
         std::fs::create_dir_all(&config.data)?;
         config.tls = Some(TlsFiles::in_dir(&certs, region));
         config.workers = 1;
+        config.clients = Some(clients_file.clone());
         nodes.push(
             start_node(config)
                 .await
                 .with_context(|| format!("cannot start the {region} node"))?,
         );
     }
-    let hub_config = HubConfig {
-        listen: "127.0.0.1:0".into(),
-        data: root.join("hub"),
-        public_url: None,
-        nodes: nodes
+    let mut hub_config = HubConfig::local(
+        &root.join("hub"),
+        nodes
             .iter()
             .zip(REGIONS)
             .map(|(n, (r, _))| parse_node(&format!("{r}={}", n.base_url())))
             .collect::<Result<_, _>>()?,
-        workers: 2,
-        deadline: Duration::from_secs(5),
-        disclosure: Disclosure::default(),
-        tls: Some(TlsFiles::in_dir(&certs, "hub")),
-    };
+        Some(TlsFiles::in_dir(&certs, "hub")),
+    );
+    hub_config.deadline = Duration::from_secs(5);
+    hub_config.disclosure = Disclosure::default();
+    hub_config.clients = Some(clients_file.clone());
     std::fs::create_dir_all(&hub_config.data)?;
     let hub = start_hub(hub_config).await.context("cannot start the hub")?;
 
@@ -100,10 +101,16 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
     for (node, (region, name)) in nodes.iter().zip(REGIONS) {
         let started = Instant::now();
         let mut resources = 0;
+        let vendor = clients
+            .iter()
+            .find(|c| c.id == format!("{region}-vendor"))
+            .context("demo vendor")?;
+        let token = crate::demo::token(&client, &node.base_url(), &vendor.id, &vendor.secret).await?;
         for bundle in crate::demo::bundles(region, args.seed, args.patients, 100, true) {
             resources += bundle["entry"].as_array().map_or(0, Vec::len);
             let res = client
                 .post(format!("{}/fhir", node.base_url()))
+                .bearer_auth(&token)
                 .header("content-type", "application/fhir+json")
                 .json(&bundle)
                 .send()
@@ -124,9 +131,40 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
     }
 
     println!("\nLearning questions, asked once at the hub and answered by every region (disclosure control: counts under 10 withheld, counts rounded to 5):");
-    run_queries(&client, &hub).await?;
+    let partner = clients
+        .iter()
+        .find(|c| c.id == "demo-partner")
+        .context("demo partner")?;
+    let partner_token = crate::demo::token(&client, &hub.base_url(), &partner.id, &partner.secret).await?;
+    run_queries(&client, &hub, &partner_token).await?;
 
     let hub_url = hub.base_url();
+    println!("\nDemo clients (development only; tokens last 5 minutes, get fresh ones with curl -u <id>:<secret> --data grant_type=client_credentials <server>/auth/token):");
+    let node_of = |region: &str| {
+        nodes
+            .iter()
+            .zip(REGIONS)
+            .find(|(_, (r, _))| *r == region)
+            .map(|(n, _)| n.base_url())
+    };
+    for c in &clients {
+        let server = match &c.region {
+            Some(r) => node_of(r).unwrap_or_default(),
+            None => hub_url.clone(),
+        };
+        let show = c.region.as_deref().is_none_or(|r| r == "nenc");
+        if show {
+            let token = crate::demo::token(&client, &server, &c.id, &c.secret).await?;
+            println!(
+                "  {:<14} {:<8} secret {}  at {server}\n    token {token}",
+                c.id, c.roles, c.secret
+            );
+        }
+    }
+    println!(
+        "  (and yh-, gm-, nwc-vendor/analyst: secrets in {})",
+        clients_file.display()
+    );
     println!("\nServing:");
     println!("  hub   {hub_url}/fhir   (POST /fhir/$aggregate, GET /fhir/<type>?_summary=count)");
     for (n, (region, _)) in nodes.iter().zip(REGIONS) {
@@ -134,11 +172,16 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
     }
     println!("\nTry:");
     println!(
-        "  curl --cacert {} -H 'content-type: application/json' {hub_url}/fhir/\\$aggregate \\\n    -d '{{\"viewReference\":\"observation_values\",\"groupBy\":[\"display\"],\"measures\":[{{\"name\":\"n\",\"function\":\"count\"}},{{\"name\":\"mean\",\"function\":\"mean\",\"column\":\"value\"}}]}}'",
+        "  TOKEN=$(curl -s --cacert {ca} -u demo-partner:{secret} --data grant_type=client_credentials {hub_url}/auth/token | sed 's/.*\"access_token\":\"\\([^\"]*\\)\".*/\\1/')",
+        ca = certs.join("ca.pem").display(),
+        secret = partner.secret
+    );
+    println!(
+        "  curl --cacert {} -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' {hub_url}/fhir/\\$aggregate \\\n    -d '{{\"viewReference\":\"observation_values\",\"groupBy\":[\"display\"],\"measures\":[{{\"name\":\"n\",\"function\":\"count\"}},{{\"name\":\"mean\",\"function\":\"mean\",\"column\":\"value\"}}]}}'",
         certs.join("ca.pem").display()
     );
     println!(
-        "  curl --cacert {} '{hub_url}/fhir/Condition?code=44054006&_summary=count'",
+        "  curl --cacert {} -H \"Authorization: Bearer $TOKEN\" '{hub_url}/fhir/Condition?code=44054006&_summary=count'",
         certs.join("ca.pem").display()
     );
     let _ = std::io::stdout().flush();
@@ -154,9 +197,10 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn aggregate(client: &reqwest::Client, hub: &RunningHub, q: Value) -> anyhow::Result<Value> {
+async fn aggregate(client: &reqwest::Client, hub: &RunningHub, token: &str, q: Value) -> anyhow::Result<Value> {
     let res = client
         .post(format!("{}/fhir/$aggregate", hub.base_url()))
+        .bearer_auth(token)
         .json(&q)
         .send()
         .await?;
@@ -168,7 +212,7 @@ async fn aggregate(client: &reqwest::Client, hub: &RunningHub, q: Value) -> anyh
     Ok(body)
 }
 
-async fn run_queries(client: &reqwest::Client, hub: &RunningHub) -> anyhow::Result<()> {
+async fn run_queries(client: &reqwest::Client, hub: &RunningHub, token: &str) -> anyhow::Result<()> {
     let questions = [
         (
             "1. Patients per region (patient_demographics)",
@@ -200,12 +244,13 @@ async fn run_queries(client: &reqwest::Client, hub: &RunningHub) -> anyhow::Resu
         ),
     ];
     for (title, q, pooled_only) in questions {
-        let reply = aggregate(client, hub, q.clone()).await?;
+        let reply = aggregate(client, hub, token, q.clone()).await?;
         println!("\n{title}");
         print_reply(&q, &reply, pooled_only);
     }
     let res = client
         .get(format!("{}/fhir/Patient?gender=female&_summary=count", hub.base_url()))
+        .bearer_auth(token)
         .send()
         .await?;
     let bundle: Value = res.json().await?;

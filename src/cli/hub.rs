@@ -41,6 +41,12 @@ pub struct HubArgs {
     min_regions: Option<usize>,
     #[command(flatten)]
     tls: TlsArgs,
+    /// Registered clients (TOML); without it every protected route is closed.
+    #[arg(long, env = "PENNINE_CLIENTS")]
+    clients: Option<PathBuf>,
+    /// Aggregate questions per client per minute (default 30).
+    #[arg(long, env = "PENNINE_AGGREGATE_RATE")]
+    aggregate_rate: Option<u32>,
 }
 
 pub fn run(args: HubArgs) -> anyhow::Result<()> {
@@ -57,6 +63,8 @@ pub fn run(args: HubArgs) -> anyhow::Result<()> {
             rounding: args.rounding,
             min_regions: args.min_regions,
             tls: args.tls.overrides(),
+            clients: args.clients,
+            aggregate_rate: args.aggregate_rate,
         },
     )?;
     let rt = super::runtime()?;

@@ -43,6 +43,9 @@ pub struct NodeArgs {
     /// Rounding base for released counts that this node requires at least.
     #[arg(long, env = "PENNINE_ROUNDING")]
     rounding: Option<u64>,
+    /// Registered clients (TOML); without it every protected route is closed.
+    #[arg(long, env = "PENNINE_CLIENTS")]
+    clients: Option<PathBuf>,
 }
 
 /// TLS flags, shared by `node` and `hub`.
@@ -88,6 +91,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             tls: args.tls.overrides(),
             min_cell: args.min_cell,
             rounding: args.rounding,
+            clients: args.clients,
         },
     )?;
     let rt = super::runtime()?;

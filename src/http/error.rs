@@ -22,8 +22,15 @@ pub enum ApiError {
     NoRoute(String),
     Invalid(Issue),
     Unavailable(String),
+    /// No valid access token: 401 with `WWW-Authenticate`.
+    Unauthorized(String),
     /// Authenticated (or not) but not allowed: 403.
     Forbidden(String),
+    /// Too many requests: 429 with `Retry-After` (seconds).
+    RateLimited {
+        retry_after: u64,
+        message: String,
+    },
     /// A worker failed (e.g. a panic on the blocking pool): opaque to the client.
     Internal(String),
 }
@@ -53,6 +60,8 @@ impl fmt::Display for ApiError {
             ApiError::Invalid(i) => f.write_str(&i.diagnostics),
             ApiError::Unavailable(m) => write!(f, "unavailable: {m}"),
             ApiError::Forbidden(m) => write!(f, "forbidden: {m}"),
+            ApiError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
+            ApiError::RateLimited { message, .. } => write!(f, "rate limited: {message}"),
             ApiError::Internal(m) => write!(f, "internal error: {m}"),
         }
     }
@@ -77,6 +86,8 @@ impl ApiError {
             ApiError::Invalid(i) => vec![i.clone()],
             ApiError::Unavailable(m) => vec![Issue::error(IssueCode::Transient, m.clone())],
             ApiError::Forbidden(m) => vec![Issue::error(IssueCode::Forbidden, m.clone())],
+            ApiError::Unauthorized(m) => vec![Issue::error(IssueCode::Login, m.clone())],
+            ApiError::RateLimited { message, .. } => vec![Issue::error(IssueCode::Throttled, message.clone())],
             ApiError::Internal(_) => vec![Issue::error(
                 IssueCode::Exception,
                 "an internal error occurred; it has been logged",
@@ -98,6 +109,8 @@ impl ResponseError for ApiError {
             ApiError::Invalid(_) => 400,
             ApiError::Unavailable(_) => 503,
             ApiError::Forbidden(_) => 403,
+            ApiError::Unauthorized(_) => 401,
+            ApiError::RateLimited { .. } => 429,
             ApiError::Internal(_) => 500,
         };
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -112,8 +125,21 @@ impl ResponseError for ApiError {
                 other => tracing::error!(error = %other, "request failed"),
             }
         }
-        HttpResponse::build(status)
-            .content_type(FHIR_JSON)
+        let mut res = HttpResponse::build(status);
+        match self {
+            ApiError::Unauthorized(m) => {
+                let description = m.replace(['"', '\\'], "'");
+                res.insert_header((
+                    "www-authenticate",
+                    format!("Bearer realm=\"pennine\", error=\"invalid_token\", error_description=\"{description}\""),
+                ));
+            }
+            ApiError::RateLimited { retry_after, .. } => {
+                res.insert_header(("retry-after", retry_after.to_string()));
+            }
+            _ => {}
+        }
+        res.content_type(FHIR_JSON)
             .body(operation_outcome(&self.issues()).to_string())
     }
 }

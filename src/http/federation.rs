@@ -20,11 +20,10 @@ use serde_json::{json, Value};
 pub struct VerifiedClientCert;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/federation")
-            .route("/aggregate", web::post().to(aggregate))
-            .route("/count/{type}", web::get().to(count)),
-    );
+    use super::access::route;
+    use crate::auth::NODE_ROUTES as T;
+    route(cfg, T, "POST", "/federation/aggregate", web::post().to(aggregate));
+    route(cfg, T, "GET", "/federation/count/{type}", web::get().to(count));
 }
 
 /// The paths a hub-certificate connection may reach on a node.
@@ -58,6 +57,7 @@ async fn aggregate(
     require_hub(&req, &state)?;
     let body = json_body(&req, payload, &state).await?;
     let svc = state.service.clone();
+    let audit = state.audit.clone();
     let config = state.config.clone();
     let answer = blocking(move || {
         let (mut value, text) = parse_json(&body).map_err(super::fhir::api_to_node)?;
@@ -80,7 +80,7 @@ async fn aggregate(
                 "this node releases only under minCell >= {} and rounding >= {}; the hub asked for minCell {} and rounding {}",
                 floor.min_cell, floor.rounding, asked.min_cell, asked.rounding
             );
-            svc.record_audit(&AuditRecord {
+            audit.record_now(&AuditRecord {
                 action: "aggregate",
                 who: "hub (mTLS)",
                 observer: &observer,
@@ -94,7 +94,7 @@ async fn aggregate(
             node::Error::invalid(Issue::error(IssueCode::Invalid, p.message).at(&p.expression))
         })?;
         let groups = svc.aggregate(&q)?;
-        svc.record_audit(&AuditRecord {
+        audit.record_now(&AuditRecord {
             action: "aggregate",
             who: "hub (mTLS)",
             observer: &observer,
@@ -143,11 +143,12 @@ async fn count(
         state.service.settings.max_count,
     )?;
     let svc = state.service.clone();
+    let audit = state.audit.clone();
     let config = state.config.clone();
     let query = format!("{rtype}?{}", req.query_string());
     let body: Value = blocking(move || {
         let n = svc.store.count(&parsed)?;
-        svc.record_audit(&AuditRecord {
+        audit.record_now(&AuditRecord {
             action: "count",
             who: "hub (mTLS)",
             observer: &format!("node {}", config.region),

@@ -12,27 +12,38 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::scope("/fhir")
-            .route("", web::post().to(bundle))
-            .route("", web::get().to(system_get))
-            .route("/", web::post().to(bundle))
-            .route("/", web::get().to(system_get))
-            .route("/metadata", web::get().to(metadata))
-            .route("/_history", web::get().to(system_history))
-            .route("/{type}", web::get().to(search_get))
-            .route("/{type}", web::post().to(create))
-            .route("/{type}", web::put().to(conditional_update))
-            .route("/{type}", web::delete().to(conditional_delete))
-            .route("/{type}/_search", web::post().to(search_post))
-            .route("/{type}/_history", web::get().to(type_history))
-            .route("/{type}/{id}", web::get().to(read))
-            .route("/{type}/{id}", web::put().to(update))
-            .route("/{type}/{id}", web::delete().to(delete))
-            .route("/{type}/{id}", web::patch().to(patch_not_supported))
-            .route("/{type}/{id}/_history", web::get().to(instance_history))
-            .route("/{type}/{id}/_history/{vid}", web::get().to(vread)),
+    use super::access::route;
+    use crate::auth::NODE_ROUTES as T;
+    route(cfg, T, "POST", "/fhir", web::post().to(bundle));
+    route(cfg, T, "GET", "/fhir", web::get().to(system_get));
+    route(cfg, T, "POST", "/fhir/", web::post().to(bundle));
+    route(cfg, T, "GET", "/fhir/", web::get().to(system_get));
+    route(cfg, T, "GET", "/fhir/metadata", web::get().to(metadata));
+    route(cfg, T, "GET", "/fhir/_history", web::get().to(system_history));
+    route(cfg, T, "GET", "/fhir/{type}", web::get().to(search_get));
+    route(cfg, T, "POST", "/fhir/{type}", web::post().to(create));
+    route(cfg, T, "PUT", "/fhir/{type}", web::put().to(conditional_update));
+    route(cfg, T, "DELETE", "/fhir/{type}", web::delete().to(conditional_delete));
+    route(cfg, T, "POST", "/fhir/{type}/_search", web::post().to(search_post));
+    route(cfg, T, "GET", "/fhir/{type}/_history", web::get().to(type_history));
+    route(cfg, T, "GET", "/fhir/{type}/{id}", web::get().to(read));
+    route(cfg, T, "PUT", "/fhir/{type}/{id}", web::put().to(update));
+    route(cfg, T, "DELETE", "/fhir/{type}/{id}", web::delete().to(delete));
+    route(
+        cfg,
+        T,
+        "PATCH",
+        "/fhir/{type}/{id}",
+        web::patch().to(patch_not_supported),
     );
+    route(
+        cfg,
+        T,
+        "GET",
+        "/fhir/{type}/{id}/_history",
+        web::get().to(instance_history),
+    );
+    route(cfg, T, "GET", "/fhir/{type}/{id}/_history/{vid}", web::get().to(vread));
 }
 
 /// What `Prefer` asks for.
@@ -319,7 +330,7 @@ async fn read(
     check_type(&rtype)?;
     check_id(&id)?;
     check_accept(&req)?;
-    let svc = state.service.clone();
+    let svc = service_for(&state, &rtype);
     let s = blocking(move || svc.read(&rtype, &id)).await?;
     if let Some(inm) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
         if inm
@@ -349,7 +360,7 @@ async fn vread(
             format!("'{vid}' is not a version number"),
         ))
     })?;
-    let svc = state.service.clone();
+    let svc = service_for(&state, &rtype);
     let s = blocking(move || svc.vread(&rtype, &id, version)).await?;
     Ok(resource_response(&s))
 }
@@ -537,7 +548,7 @@ async fn run_search(
         base: base_url(req, state),
         self_query: self_query(&rtype, &pairs, &parsed),
     };
-    let svc = state.service.clone();
+    let svc = service_for(state, &rtype);
     let bytes = blocking(move || svc.search_bytes(parsed, &ctx)).await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
 }
@@ -594,12 +605,61 @@ async fn system_get(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
 }
 
+/// The FHIR service that holds `rtype`: AuditEvents live in the audit trail's own store.
+fn service_for(state: &AppState, rtype: &str) -> node::FhirService {
+    if rtype == "AuditEvent" {
+        state.audit.service.clone()
+    } else {
+        state.service.clone()
+    }
+}
+
+/// Every entry of a batch or transaction must be allowed to the client on its own:
+/// a bundle is not a way around the access table.
+fn check_bundle_entries(p: &crate::auth::Principal, text: &str) -> Result<(), node::Error> {
+    #[derive(serde::Deserialize)]
+    struct B {
+        #[serde(default)]
+        entry: Vec<E>,
+    }
+    #[derive(serde::Deserialize)]
+    struct E {
+        request: Option<R>,
+    }
+    #[derive(serde::Deserialize)]
+    struct R {
+        method: Option<String>,
+        url: Option<String>,
+    }
+    // Shape errors are the bundle processor's to report.
+    let Ok(b) = serde_json::from_str::<B>(text) else {
+        return Ok(());
+    };
+    for (i, e) in b.entry.iter().enumerate() {
+        let Some(r) = &e.request else { continue };
+        let (Some(m), Some(u)) = (&r.method, &r.url) else {
+            continue;
+        };
+        crate::auth::policy::decide_entry(p, m, u).map_err(|why| {
+            node::Error::Forbidden(Issue {
+                expression: Some(format!("Bundle.entry[{i}].request")),
+                ..Issue::error(IssueCode::Forbidden, why)
+            })
+        })?;
+    }
+    Ok(())
+}
+
 async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let body = json_body(&req, payload, &state).await?;
     let representation = prefer(&req).ret == Return::Representation && req.headers().contains_key("prefer");
     let svc = state.service.clone();
+    let principal = super::access::principal_of(&req);
     let outcome = blocking(move || {
         let text = body_text(&body).map_err(node::Error::invalid)?;
+        if let Some(p) = &principal {
+            check_bundle_entries(p, text)?;
+        }
         svc.process_bundle(text)
     })
     .await?;
@@ -660,7 +720,10 @@ async fn history(
     } else {
         format!("{path}?{}", req.query_string())
     };
-    let svc = state.service.clone();
+    let svc = match &q.scope {
+        HistoryScope::Type(t) | HistoryScope::Instance(t, _) => service_for(state, t),
+        HistoryScope::System => state.service.clone(),
+    };
     let bytes = blocking(move || svc.history(q, &ctx, &self_q)).await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
 }

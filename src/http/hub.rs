@@ -5,13 +5,13 @@
 use super::error::{ApiError, FHIR_JSON};
 use super::fhir::{check_accept, query_pairs, read_body};
 use super::StartError;
+use crate::auth::{Server, HUB_ROUTES};
 use crate::config::HubConfig;
 use crate::federation::AggregateQuery;
 use crate::fhir::{Issue, IssueCode};
 use crate::hub::{reply_csv, Hub, HubError};
-use crate::node::FhirService;
-use crate::search::{parse_query, Registry};
-use crate::store::{sqlite::SqliteStore, Store};
+use crate::node::audit::AuditLog;
+use crate::search::parse_query;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
@@ -23,7 +23,7 @@ pub struct RunningHub {
     pub tls: bool,
     pub hub: Hub,
     handle: ServerHandle,
-    store: Arc<dyn Store>,
+    audit: Arc<AuditLog>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -35,16 +35,22 @@ impl RunningHub {
     pub async fn stop(self) {
         self.handle.stop(true).await;
         let _ = self.task.await;
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        close_audit(self.audit).await;
     }
 
     pub async fn wait(self) -> std::io::Result<()> {
         let r = self.task.await.unwrap_or(Ok(()));
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        close_audit(self.audit).await;
         r
     }
+}
+
+async fn close_audit(audit: Arc<AuditLog>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        audit.close();
+        audit.service.store.close();
+    })
+    .await;
 }
 
 impl From<HubError> for ApiError {
@@ -60,12 +66,20 @@ impl From<HubError> for ApiError {
     }
 }
 
-/// Who is asking, until access control names clients: the peer address.
 fn who(req: &HttpRequest) -> String {
-    match req.peer_addr() {
-        Some(a) => format!("anonymous client at {}", a.ip()),
-        None => "anonymous client".into(),
-    }
+    super::access::who(super::access::principal_of(req).as_ref(), req)
+}
+
+/// The rate limit, per client, on aggregate questions and federated counts.
+fn admit(hub: &Hub, req: &HttpRequest) -> Result<(), ApiError> {
+    let client = super::access::principal_of(req).map_or_else(|| who(req), |p| p.client_id);
+    hub.admit(&client).map_err(|retry_after| ApiError::RateLimited {
+        retry_after,
+        message: format!(
+            "client '{client}' asked more than {} aggregate questions in a minute; retry in {retry_after} s",
+            hub.config.aggregate_rate
+        ),
+    })
 }
 
 async fn health() -> HttpResponse {
@@ -142,7 +156,17 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>)
             ..Issue::error(IssueCode::Invalid, p.message)
         })
     })?;
-    let reply = hub.aggregate(q, text, &who(&req)).await?;
+    // An identical question within the cache window gets the released answer again.
+    let key = format!("aggregate {}", q.to_node_json()) + &format!("{:?}", q.regions);
+    let reply = match hub.cached(&key) {
+        Some(r) => r,
+        None => {
+            admit(&hub, &req)?;
+            let r = hub.aggregate(q, text, &who(&req)).await?;
+            hub.remember(key, &r);
+            r
+        }
+    };
     Ok(if csv {
         HttpResponse::Ok()
             .content_type("text/csv; charset=utf-8")
@@ -159,12 +183,18 @@ async fn search(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) 
     let pairs = query_pairs(&req);
     let summary_count = pairs.iter().any(|(k, v)| k == "_summary" && v == "count");
     if summary_count {
+        let key = format!("count {rtype}?{}", req.query_string());
+        if let Some(b) = hub.cached(&key) {
+            return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(b.to_string()));
+        }
+        admit(&hub, &req)?;
         let bundle = hub.count(&rtype, req.query_string(), &who(&req)).await?;
+        hub.remember(key, &bundle);
         return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bundle.to_string()));
     }
     if rtype == "AuditEvent" {
         // The hub's own audit trail (administrators; access control guards it).
-        let svc = hub.audit.clone();
+        let svc = hub.audit.service.clone();
         let parsed = parse_query(&svc.registry, &rtype, &pairs, false, svc.settings.max_count)?;
         let ci = req.connection_info().clone();
         let ctx = crate::node::SearchContext {
@@ -191,29 +221,50 @@ async fn no_route(req: HttpRequest) -> HttpResponse {
 
 /// Opens the hub's audit store, binds `config.listen` and starts serving.
 pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
-    let data = config.data.clone();
-    let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || SqliteStore::open(&data))
-        .await
-        .map_err(|e| crate::store::StoreError::Open {
-            path: String::new(),
-            message: e.to_string(),
-        })?
-        .map(Arc::new)?;
-    let audit = FhirService::new(store.clone(), Arc::new(Registry::r4()), Default::default());
+    let audit = super::open_audit(&crate::config::StorageConfig::Embedded, &config.data).await?;
+    let authority = super::open_authority(config.clients.as_deref(), "pennine:hub".into(), &config.data)?;
     let config = Arc::new(config);
-    let hub = Hub::new(config.clone(), audit).map_err(|e| StartError::Bind {
+    let hub = Hub::new(config.clone(), audit.clone()).map_err(|e| StartError::Bind {
         addr: config.listen.clone(),
         message: e.to_string(),
     })?;
+    let access = web::Data::new(super::access::Access::new(
+        authority,
+        Server::Hub,
+        HUB_ROUTES,
+        audit.clone(),
+        "hub".into(),
+        config.public_url.clone(),
+    ));
     let data = web::Data::new(hub.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .route("/health", web::get().to(health))
-            .route("/ready", web::get().to(ready))
-            .route("/fhir/metadata", web::get().to(metadata))
-            .route("/fhir/$aggregate", web::post().to(aggregate))
-            .route("/fhir/{type}", web::get().to(search))
+            .app_data(access.clone())
+            .wrap_fn({
+                let access = access.clone();
+                move |req, srv| {
+                    let checked = super::access::check(&access, &req);
+                    super::guard(access.clone(), req, srv, checked)
+                }
+            })
+            .configure(|cfg| {
+                use super::access::{route, smart_configuration, token};
+                let t = HUB_ROUTES;
+                route(cfg, t, "GET", "/health", web::get().to(health));
+                route(cfg, t, "GET", "/ready", web::get().to(ready));
+                route(
+                    cfg,
+                    t,
+                    "GET",
+                    "/.well-known/smart-configuration",
+                    web::get().to(smart_configuration),
+                );
+                route(cfg, t, "POST", "/auth/token", web::post().to(token));
+                route(cfg, t, "GET", "/fhir/metadata", web::get().to(metadata));
+                route(cfg, t, "POST", "/fhir/$aggregate", web::post().to(aggregate));
+                route(cfg, t, "GET", "/fhir/{type}", web::get().to(search));
+            })
             .default_service(web::to(no_route))
     })
     .workers(config.workers)
@@ -233,7 +284,7 @@ pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
         tls: config.tls.is_some(),
         hub,
         handle,
-        store,
+        audit,
         task,
     })
 }

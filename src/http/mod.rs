@@ -1,13 +1,16 @@
 //! The HTTP layer: the only code that knows actix-web. One file per API area,
 //! each with `configure`; `start_node` builds the app that `main` and the tests share.
 
+pub mod access;
 pub mod error;
 pub mod federation;
 pub mod fhir;
 pub mod hub;
 mod views;
 
+use crate::auth::{Authority, Clients, Server, NODE_ROUTES};
 use crate::config::{NodeConfig, StorageConfig};
+use crate::node::audit::AuditLog;
 use crate::node::FhirService;
 use crate::search::Registry;
 use crate::store::{postgres::PostgresStore, sqlite::SqliteStore, Store};
@@ -21,6 +24,8 @@ use std::sync::Arc;
 pub struct AppState {
     pub service: FhirService,
     pub config: Arc<NodeConfig>,
+    /// The audit trail (a store of its own).
+    pub audit: Arc<AuditLog>,
     /// The last CapabilityStatement served, with the base URL it was built for.
     pub metadata: std::sync::Mutex<Option<(String, web::Bytes)>>,
 }
@@ -33,6 +38,8 @@ pub enum StartError {
     Bind { addr: String, message: String },
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("access control: {0}")]
+    Access(String),
 }
 
 /// A node serving HTTP. Dropping it does not stop it; call `stop`.
@@ -40,6 +47,7 @@ pub struct RunningNode {
     pub addr: SocketAddr,
     pub tls: bool,
     pub service: FhirService,
+    pub audit: Arc<AuditLog>,
     handle: ServerHandle,
     store: Arc<dyn Store>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -50,19 +58,17 @@ impl RunningNode {
         format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
-    /// Graceful stop: finish in-flight requests, then close the store.
+    /// Graceful stop: finish in-flight requests, then write the audit queue and close the stores.
     pub async fn stop(self) {
         self.handle.stop(true).await;
         let _ = self.task.await;
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        close_stores(self.audit, self.store).await;
     }
 
     /// Waits until the server stops by itself (e.g. on a signal).
     pub async fn wait(self) -> std::io::Result<()> {
         let r = self.task.await.unwrap_or(Ok(()));
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        close_stores(self.audit, self.store).await;
         r
     }
 }
@@ -120,26 +126,155 @@ macro_rules! bind_server {
 }
 pub(crate) use bind_server;
 
+async fn close_stores(audit: Arc<AuditLog>, store: Arc<dyn Store>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        audit.close();
+        audit.service.store.close();
+        store.close();
+    })
+    .await;
+}
+
+/// Opens a store on the blocking pool.
+async fn open_store(storage: StorageConfig, data: std::path::PathBuf) -> Result<Arc<dyn Store>, StartError> {
+    Ok(
+        tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, crate::store::StoreError> {
+            std::fs::create_dir_all(&data).map_err(|e| crate::store::StoreError::Open {
+                path: data.display().to_string(),
+                message: e.to_string(),
+            })?;
+            Ok(match storage {
+                StorageConfig::Embedded => Arc::new(SqliteStore::open(&data)?),
+                StorageConfig::Postgres { url, schema, pool } => Arc::new(PostgresStore::open(&url, &schema, pool)?),
+            })
+        })
+        .await
+        .map_err(|e| crate::store::StoreError::Open {
+            path: String::new(),
+            message: e.to_string(),
+        })??,
+    )
+}
+
+/// The audit trail's store: `audit/` in the data folder, or `<schema>_audit` on PostgreSQL.
+pub(crate) async fn open_audit(storage: &StorageConfig, data: &std::path::Path) -> Result<Arc<AuditLog>, StartError> {
+    let storage = match storage {
+        StorageConfig::Embedded => StorageConfig::Embedded,
+        StorageConfig::Postgres { url, schema, .. } => StorageConfig::Postgres {
+            url: url.clone(),
+            schema: format!("{schema}_audit"),
+            pool: 2,
+        },
+    };
+    let store = open_store(storage, data.join("audit")).await?;
+    let service = FhirService::new(store, Arc::new(Registry::r4()), Default::default());
+    Ok(AuditLog::start(service))
+}
+
+/// The access authority: the clients file (if any) and the token key in `data`.
+pub(crate) fn open_authority(
+    clients: Option<&std::path::Path>,
+    audience: String,
+    data: &std::path::Path,
+) -> Result<Arc<Authority>, StartError> {
+    let clients = match clients {
+        Some(p) => Some(Clients::load(p).map_err(StartError::Access)?),
+        None => {
+            tracing::warn!(
+                "no --clients file: every protected route answers 401. Register clients in a TOML file \
+                 ([[client]] id, roles, region, secret_sha256 or jwks) and pass --clients <file>"
+            );
+            None
+        }
+    };
+    std::fs::create_dir_all(data).map_err(|e| StartError::Access(format!("{}: {e}", data.display())))?;
+    Ok(Arc::new(
+        Authority::open(clients, audience, &data.join("token-key")).map_err(StartError::Access)?,
+    ))
+}
+
+/// Runs a request through the access check, then the app, logging it and
+/// auditing every protected access (allowed or refused).
+pub(crate) fn guard<S, B>(
+    access: web::Data<access::Access>,
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+    checked: Result<access::Checked, ApiError>,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
+where
+    S: Service<actix_web::dev::ServiceRequest, Response = actix_web::dev::ServiceResponse<B>, Error = actix_web::Error>,
+{
+    let method = req.method().to_string();
+    let path = req.path().to_string();
+    let target = match req.query_string() {
+        "" => path.clone(),
+        q => format!("{path}?{q}"),
+    };
+    let peer = req.peer_addr().map(|a| a.ip().to_string());
+    let started = std::time::Instant::now();
+    let (rule, principal, denied) = match checked {
+        Ok(c) => (c.rule, c.principal, None),
+        Err(e) => (None, None, Some(e)),
+    };
+    let fut = denied.is_none().then(|| srv.call(req));
+    async move {
+        let who = match (&principal, &peer) {
+            (Some(p), _) => format!("{} ({})", p.client_id, p.roles_text()),
+            (None, Some(ip)) => format!("unauthenticated client at {ip}"),
+            (None, None) => "unauthenticated client".into(),
+        };
+        let Some(fut) = fut else {
+            let e = denied.unwrap_or_else(|| ApiError::Internal("no decision".into()));
+            let status = actix_web::ResponseError::status_code(&e).as_u16();
+            access::audit_access(&access, &who, "denied", &method, &target, status);
+            tracing::info!(%method, %path, status, %who, "refused");
+            return Err(e.into());
+        };
+        let res = fut.await;
+        if let Ok(r) = &res {
+            let status = r.status().as_u16();
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if status >= 500 {
+                tracing::error!(%method, %path, status, ms, "request");
+            } else {
+                tracing::debug!(%method, %path, status, ms, "request");
+            }
+            if let Some(rule) =
+                rule.filter(|r| !matches!(r, crate::auth::Rule::Public | crate::auth::Rule::HubCertificate))
+            {
+                access::audit_access(&access, &who, access::action(rule), &method, &target, status);
+            }
+        }
+        res
+    }
+}
+
 /// Opens the store, binds `config.listen` and starts serving on the current Tokio runtime.
 pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
-    let (data, storage) = (config.data.clone(), config.storage.clone());
-    let store = tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, crate::store::StoreError> {
-        Ok(match storage {
-            StorageConfig::Embedded => Arc::new(SqliteStore::open(&data)?),
-            StorageConfig::Postgres { url, schema, pool } => Arc::new(PostgresStore::open(&url, &schema, pool)?),
-        })
-    })
-    .await
-    .map_err(|e| crate::store::StoreError::Open {
-        path: String::new(),
-        message: e.to_string(),
-    })??;
+    let store = open_store(config.storage.clone(), config.data.clone()).await?;
+    let audit = open_audit(&config.storage, &config.data).await?;
+    let authority = open_authority(
+        config.clients.as_deref(),
+        format!("pennine:node:{}", config.region),
+        &config.data,
+    )?;
     let registry = Arc::new(Registry::r4());
     let service = FhirService::new(store.clone(), registry, config.service.clone());
     let config = Arc::new(config);
+    let access = web::Data::new(access::Access::new(
+        authority,
+        Server::Node {
+            region: config.region.to_string(),
+        },
+        NODE_ROUTES,
+        audit.clone(),
+        format!("node {}", config.region),
+        config.public_url.clone(),
+    ));
     let state = web::Data::new(AppState {
         service: service.clone(),
         config: config.clone(),
+        audit: audit.clone(),
         metadata: std::sync::Mutex::new(None),
     });
     let server = HttpServer::new(move || {
@@ -152,36 +287,38 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
                 ))
                 .into()
             }))
-            .wrap_fn(|req, srv| {
-                let method = req.method().to_string();
-                let path = req.path().to_string();
-                let started = std::time::Instant::now();
-                // The hub's certificate opens the federation API and nothing else.
-                let hub_elsewhere =
-                    req.conn_data::<federation::VerifiedClientCert>().is_some() && !federation::open_to_hub(&path);
-                let fut = (!hub_elsewhere).then(|| srv.call(req));
-                async move {
-                    let Some(fut) = fut else {
-                        return Err(ApiError::Forbidden(format!(
-                            "the hub's certificate may use only the federation API, not {method} {path}"
-                        ))
-                        .into());
+            .app_data(access.clone())
+            .wrap_fn({
+                let access = access.clone();
+                move |req, srv| {
+                    let path = req.path().to_string();
+                    // The hub's certificate opens the federation API and nothing else.
+                    let hub_elsewhere =
+                        req.conn_data::<federation::VerifiedClientCert>().is_some() && !federation::open_to_hub(&path);
+                    let checked = if hub_elsewhere {
+                        Err(ApiError::Forbidden(format!(
+                            "the hub's certificate may use only the federation API, not {} {path}",
+                            req.method()
+                        )))
+                    } else {
+                        access::check(&access, &req)
                     };
-                    let res = fut.await;
-                    if let Ok(r) = &res {
-                        let status = r.status().as_u16();
-                        let ms = started.elapsed().as_secs_f64() * 1000.0;
-                        if status >= 500 {
-                            tracing::error!(%method, %path, status, ms, "request");
-                        } else {
-                            tracing::debug!(%method, %path, status, ms, "request");
-                        }
-                    }
-                    res
+                    guard(access.clone(), req, srv, checked)
                 }
             })
-            .route("/health", web::get().to(health))
-            .route("/ready", web::get().to(ready))
+            .configure(|cfg| {
+                use access::route;
+                route(cfg, NODE_ROUTES, "GET", "/health", web::get().to(health));
+                route(cfg, NODE_ROUTES, "GET", "/ready", web::get().to(ready));
+                route(
+                    cfg,
+                    NODE_ROUTES,
+                    "GET",
+                    "/.well-known/smart-configuration",
+                    web::get().to(access::smart_configuration),
+                );
+                route(cfg, NODE_ROUTES, "POST", "/auth/token", web::post().to(access::token));
+            })
             .configure(views::configure)
             .configure(federation::configure)
             .configure(fhir::configure)
@@ -208,6 +345,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         addr,
         tls: config.tls.is_some(),
         service,
+        audit,
         handle,
         store,
         task,

@@ -13,7 +13,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/fhir/ViewDefinition/$run", web::post().to(run));
+    super::access::route(
+        cfg,
+        crate::auth::NODE_ROUTES,
+        "POST",
+        "/fhir/ViewDefinition/$run",
+        web::post().to(run),
+    );
 }
 
 fn invalid(message: impl Into<String>, expression: &str) -> node::Error {
@@ -121,7 +127,9 @@ async fn run(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>
         None => None,
     };
     let svc = state.service.clone();
+    let audit = state.audit.clone();
     let region = state.config.region.to_string();
+    let who = super::access::who(super::access::principal_of(&req).as_ref(), &req);
     let (format, bytes) = blocking(move || {
         let (value, text) = parse_json(&body).map_err(super::fhir::api_to_node)?;
         let r = parse_run(&value)?;
@@ -140,9 +148,9 @@ async fn run(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>
             }
             None => {
                 let rows = svc.run_view(&r.view, r.limit)?;
-                svc.record_audit(&AuditRecord {
+                audit.record_now(&AuditRecord {
                     action: "view-run",
-                    who: "region-local user",
+                    who: &who,
                     observer: &format!("node {region}"),
                     outcome: Ok(()),
                     query: text,

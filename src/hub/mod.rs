@@ -9,8 +9,7 @@ use crate::config::HubConfig;
 use crate::federation::{
     self, AggregateQuery, Disclosure, Function, Measure, MeasureStats, NodeAggregate, PooledGroup,
 };
-use crate::node::audit::AuditRecord;
-use crate::node::FhirService;
+use crate::node::audit::{AuditLog, AuditRecord};
 use crate::views::output::{csv_text, write_csv_line};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -62,15 +61,22 @@ fn bad(message: impl Into<String>, expression: Option<&str>) -> HubError {
 pub struct Hub {
     pub config: Arc<HubConfig>,
     client: reqwest::Client,
-    /// The hub's own store, for its audit trail.
-    pub audit: FhirService,
+    /// The hub's audit trail.
+    pub audit: Arc<AuditLog>,
+    /// Released answers by canonical query, for `HubConfig::answer_cache` (identical questions get the same answer).
+    answers: Arc<std::sync::Mutex<std::collections::HashMap<String, (Instant, Value)>>>,
+    /// Recent aggregate questions per client, for the rate limit.
+    asked: Arc<std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>>,
 }
+
+/// The rate limit's window.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Retries a failed connection attempt after this long, while the deadline allows.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 impl Hub {
-    pub fn new(config: Arc<HubConfig>, audit: FhirService) -> Result<Hub, HubError> {
+    pub fn new(config: Arc<HubConfig>, audit: Arc<AuditLog>) -> Result<Hub, HubError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.deadline)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -80,7 +86,41 @@ impl Hub {
             builder = builder.use_preconfigured_tls(tls);
         }
         let client = builder.build().map_err(|e| HubError::Client(e.to_string()))?;
-        Ok(Hub { config, client, audit })
+        Ok(Hub {
+            config,
+            client,
+            audit,
+            answers: Arc::default(),
+            asked: Arc::default(),
+        })
+    }
+
+    /// A released answer to the same question within the cache window, if any.
+    pub fn cached(&self, key: &str) -> Option<Value> {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let ttl = self.config.answer_cache;
+        answers.retain(|_, (at, _)| at.elapsed() < ttl);
+        answers.get(key).map(|(_, v)| v.clone())
+    }
+
+    pub fn remember(&self, key: String, answer: &Value) {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        answers.insert(key, (Instant::now(), answer.clone()));
+    }
+
+    /// Counts a question against the client's rate; `Err(seconds)` to wait when over it.
+    pub fn admit(&self, client: &str) -> Result<(), u64> {
+        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+        let times = asked.entry(client.to_string()).or_default();
+        while times.front().is_some_and(|t| t.elapsed() >= RATE_WINDOW) {
+            times.pop_front();
+        }
+        if times.len() >= self.config.aggregate_rate as usize {
+            let oldest = times.front().map_or(Duration::ZERO, |t| t.elapsed());
+            return Err(RATE_WINDOW.saturating_sub(oldest).as_secs().max(1));
+        }
+        times.push_back(Instant::now());
+        Ok(())
     }
 
     fn regions_for(&self, asked: Option<&[String]>) -> Result<Vec<(String, String)>, HubError> {
@@ -433,7 +473,7 @@ impl Hub {
         let (action, who, query) = (action.to_string(), who.to_string(), query.to_string());
         // The audit write is durable before the answer goes out.
         tokio::task::spawn_blocking(move || {
-            audit.record_audit(&AuditRecord {
+            audit.record_now(&AuditRecord {
                 action: &action,
                 who: &who,
                 observer: "hub",

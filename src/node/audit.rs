@@ -1,28 +1,47 @@
-//! AuditEvent resources for federated queries and other access, written through
-//! the node's normal write path (so they are indexed and searchable).
+//! The audit trail: AuditEvent resources in a store of their own (beside the
+//! clinical data, never mixed into its history or searches), written through
+//! the ordinary FHIR write path so they are indexed and searchable by
+//! administrators. Nothing in the API can change or delete them.
+//!
+//! Access events are queued and written in batches by one thread (one commit
+//! per batch, so auditing every read does not halve read throughput);
+//! federated queries and denials that matter are written before the answer
+//! goes out (`record_now`).
 
 use super::{Error, FhirService};
 use crate::fhir::time::format_instant;
 use base64::Engine;
 use serde_json::{json, Value};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 
 /// What happened, for one AuditEvent.
 pub struct AuditRecord<'a> {
-    /// Pennine's own code for the action (`aggregate`, `count`, `view-run`, ...).
+    /// Pennine's own code for the action (`read`, `search`, `create`, `aggregate`, `token`, ...).
     pub action: &'a str,
-    /// Who asked: a client id, `hub (mTLS)`, ...
+    /// Who asked: a client id and roles, `hub (mTLS)`, an address ...
     pub who: &'a str,
     /// Which server recorded it (`node nenc`, `hub`).
     pub observer: &'a str,
     /// Success, or the failure's description.
     pub outcome: Result<(), &'a str>,
-    /// The query as asked (stored base64-encoded in `entity.query`, as R4 requires).
+    /// The request or query as asked (stored base64-encoded in `entity.query`, as R4 requires).
     pub query: &'a str,
-    /// Free-text details: regions asked, what was released or withheld.
+    /// Free-text details: regions asked, what was released or withheld, the HTTP status.
     pub details: Vec<(&'a str, String)>,
 }
 
 pub const AUDIT_SYSTEM: &str = "https://pennine.nhs.example/fhir/CodeSystem/audit-action";
+
+fn action_code(action: &str) -> &'static str {
+    match action {
+        "create" => "C",
+        "read" | "search" | "history" | "vread" => "R",
+        "update" => "U",
+        "delete" => "D",
+        _ => "E",
+    }
+}
 
 pub fn audit_event(r: &AuditRecord) -> Value {
     let now = std::time::SystemTime::now()
@@ -33,11 +52,22 @@ pub fn audit_event(r: &AuditRecord) -> Value {
         Ok(()) => ("0", None),
         Err(why) => ("4", Some(why)),
     };
+    let event_type = match r.action {
+        "aggregate" | "count" | "view-run" => {
+            json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110112", "display": "Query"})
+        }
+        "token" => {
+            json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114", "display": "User Authentication"})
+        }
+        _ => {
+            json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"})
+        }
+    };
     let mut event = json!({
         "resourceType": "AuditEvent",
-        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110112", "display": "Query"},
+        "type": event_type,
         "subtype": [{"system": AUDIT_SYSTEM, "code": r.action}],
-        "action": "E",
+        "action": action_code(r.action),
         "recorded": format_instant(now),
         "outcome": outcome,
         "agent": [{"who": {"display": r.who}, "requestor": true}],
@@ -59,10 +89,90 @@ pub fn audit_event(r: &AuditRecord) -> Value {
     event
 }
 
-impl FhirService {
-    /// Stores an AuditEvent; the caller's answer waits for it to be durable.
-    pub fn record_audit(&self, r: &AuditRecord) -> Result<(), Error> {
-        self.create("AuditEvent", audit_event(r), None, super::Conditional::None)
+/// Events queued before writers block.
+const QUEUE: usize = 65_536;
+/// Events written per commit.
+const BATCH: usize = 500;
+
+/// A server's audit trail.
+pub struct AuditLog {
+    /// The audit store's FHIR service (reads for administrators).
+    pub service: FhirService,
+    tx: Mutex<Option<SyncSender<Value>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl AuditLog {
+    pub fn start(service: FhirService) -> Arc<AuditLog> {
+        let (tx, rx) = sync_channel::<Value>(QUEUE);
+        let svc = service.clone();
+        let writer = std::thread::Builder::new()
+            .name("pennine-audit".into())
+            .spawn(move || write_batches(&svc, rx))
+            .ok();
+        Arc::new(AuditLog {
+            service,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(writer),
+        })
+    }
+
+    /// Queues an event; it is written within moments, in a batch with others.
+    pub fn record(&self, r: &AuditRecord) {
+        let event = audit_event(r);
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let unsent = match tx {
+            Some(tx) => match tx.try_send(event) {
+                Ok(()) => None,
+                Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => Some(e),
+            },
+            None => Some(event),
+        };
+        // Never drop an event: when the queue is full or closed, write it here.
+        if let Some(event) = unsent {
+            if let Err(e) = self.write_one(event) {
+                tracing::error!(error = %e, "audit event could not be written");
+            }
+        }
+    }
+
+    /// Writes an event durably before returning.
+    pub fn record_now(&self, r: &AuditRecord) -> Result<(), Error> {
+        self.write_one(audit_event(r))
+    }
+
+    fn write_one(&self, event: Value) -> Result<(), Error> {
+        self.service
+            .create("AuditEvent", event, None, super::Conditional::None)
             .map(|_| ())
+    }
+
+    /// Writes what is queued and stops the writer.
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn write_batches(svc: &FhirService, rx: Receiver<Value>) {
+    while let Ok(first) = rx.recv() {
+        let mut events = vec![first];
+        while events.len() < BATCH {
+            match rx.try_recv() {
+                Ok(e) => events.push(e),
+                Err(_) => break,
+            }
+        }
+        let entries: Vec<Value> = events
+            .into_iter()
+            .map(|e| json!({"resource": e, "request": {"method": "POST", "url": "AuditEvent"}}))
+            .collect();
+        let n = entries.len();
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        if let Err(e) = svc.process_bundle(&bundle.to_string()) {
+            tracing::error!(error = %e, events = n, "audit batch could not be written");
+        }
     }
 }

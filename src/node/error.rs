@@ -29,6 +29,8 @@ pub enum Error {
     NotSupported(String),
     #[error("storage failure")]
     Store(#[from] StoreError),
+    #[error("forbidden")]
+    Forbidden(Issue),
 }
 
 impl Error {
@@ -54,6 +56,7 @@ impl Error {
             Error::NotSupported(_) => 501,
             Error::Store(StoreError::Conflict(_)) => 409,
             Error::Store(_) => 500,
+            Error::Forbidden(_) => 403,
         }
     }
 
@@ -62,6 +65,7 @@ impl Error {
             400 => "Bad Request",
             404 => "Not Found",
             409 => "Conflict",
+            403 => "Forbidden",
             410 => "Gone",
             412 => "Precondition Failed",
             422 => "Unprocessable Entity",
@@ -82,6 +86,7 @@ impl Error {
             Error::NotFound(t, id) => vec![Issue::error(IssueCode::NotFound, format!("{t}/{id} is not known"))],
             Error::Gone(t, id) => vec![Issue::error(IssueCode::Deleted, format!("{t}/{id} has been deleted"))],
             Error::Invalid(issues) | Error::Unprocessable(issues) => issues.clone(),
+            Error::Forbidden(issue) => vec![issue.clone()],
             Error::Query(q) => {
                 let issue = Issue::error(
                     match q {

@@ -25,8 +25,11 @@ impl Drop for NodeProcess {
 /// Starts the real binary; on a PostgreSQL run `schema` names the node's schema.
 pub fn start(data: &std::path::Path, schema: Option<&str>) -> (NodeProcess, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pennine"));
+    let clients = crate::helpers::write_clients(data, "yh");
     cmd.args(["node", "--region", "yh", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data);
+        .arg(data)
+        .arg("--clients")
+        .arg(clients);
     if let (Some(url), Some(schema)) = (crate::helpers::test_database(), schema) {
         cmd.args(["--database", &url, "--database-schema", schema]);
     }
@@ -51,7 +54,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let schema = crate::helpers::fresh_schema();
     let (mut child, base) = start(dir.path(), Some(&schema));
-    let client = reqwest::Client::new();
+    let client = crate::helpers::authed(&base).await;
     let mut tasks = Vec::new();
     for t in 0..8 {
         let (client, base) = (client.clone(), base.clone());

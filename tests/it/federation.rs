@@ -21,6 +21,7 @@ struct Node {
 async fn node(region: &str, certs: &Path, floor: Disclosure) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::local(region, dir.path());
+    config.clients = Some(crate::helpers::write_clients(dir.path(), region));
     config.tls = Some(TlsFiles::in_dir(certs, region));
     config.disclosure = floor;
     let mut schema = None;
@@ -56,30 +57,39 @@ async fn hub(
     deadline: Duration,
 ) -> (RunningHub, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let config = HubConfig {
-        listen: "127.0.0.1:0".into(),
-        data: dir.path().to_path_buf(),
-        public_url: None,
-        nodes: nodes
+    let mut config = HubConfig::local(
+        dir.path(),
+        nodes
             .iter()
             .map(|(r, url)| parse_node(&format!("{r}={url}")).unwrap())
             .collect(),
-        workers: 2,
-        deadline,
-        disclosure: gate,
-        tls: Some(TlsFiles::in_dir(certs, "hub")),
-    };
+        Some(TlsFiles::in_dir(certs, "hub")),
+    );
+    config.deadline = deadline;
+    config.disclosure = gate;
+    config.clients = Some(crate::helpers::write_clients(dir.path(), "nenc"));
+    config.aggregate_rate = 10_000;
     (start_hub(config).await.expect("hub starts"), dir)
 }
 
-/// A client that trusts the development CA and presents no certificate (a partner site).
+/// Clients that trust the development CA and present no certificate.
+fn tls(certs: &Path) -> impl Fn() -> reqwest::ClientBuilder {
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    move || {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .tls_built_in_root_certs(false)
+    }
+}
+
+/// A client without a certificate or a token.
 fn partner(certs: &Path) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.join("ca.pem")).unwrap()).unwrap();
-    reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .tls_built_in_root_certs(false)
-        .build()
-        .unwrap()
+    tls(certs)().build().unwrap()
+}
+
+/// A client holding `client`'s token at the server `root` (tokens are valid only where issued).
+async fn as_client(certs: &Path, root: &str, client: &str) -> reqwest::Client {
+    crate::helpers::authed_with(tls(certs), root, client).await
 }
 
 /// A client holding the hub's certificate, as the hub calls nodes.
@@ -97,9 +107,12 @@ const OPEN: Disclosure = Disclosure {
     min_regions: 1,
 };
 
+/// Asks `hub` as the partner client (a fresh token from that hub each time).
 async fn aggregate(client: &reqwest::Client, hub: &RunningHub, q: &Value) -> Value {
+    let token = crate::helpers::token_for(client, &hub.base_url(), "partner").await;
     let res = client
         .post(format!("{}/fhir/$aggregate", hub.base_url()))
+        .bearer_auth(token)
         .json(q)
         .send()
         .await
@@ -182,11 +195,14 @@ async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds()
             assert_eq!(res.status(), 403, "the hub's certificate may not write");
         }
     }
-    // Load as a vendor would (no client certificate).
-    let vendor = partner(certs.path());
+    // Load as each region's vendor would (a token, no client certificate).
+    let mut vendors = Vec::new();
+    for n in nodes.iter().chain([&whole]) {
+        vendors.push(as_client(certs.path(), &n.node.base_url(), "tester").await);
+    }
     for (i, f) in files.iter().enumerate() {
         let bundle: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
-        for target in [&nodes[i % 4].node, &whole.node] {
+        for (target, vendor) in [(&nodes[i % 4].node, &vendors[i % 4]), (&whole.node, &vendors[4])] {
             let res = vendor
                 .post(format!("{}/fhir", target.base_url()))
                 .header("content-type", "application/fhir+json")
@@ -325,6 +341,7 @@ async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds()
     }
 
     // Federated counting: pooled total with per-region counts in extensions.
+    let client = as_client(certs.path(), &exact_hub.base_url(), "partner").await;
     let res = client
         .get(format!("{}/fhir/Patient?_summary=count", exact_hub.base_url()))
         .send()
@@ -342,7 +359,8 @@ async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds()
         .map(|x| x["valueUnsignedInt"].as_u64().unwrap())
         .sum();
     assert_eq!(regional as usize, files.len());
-    let res = client
+    let gated_partner = as_client(certs.path(), &gated_hub.base_url(), "partner").await;
+    let res = gated_partner
         .get(format!(
             "{}/fhir/Patient?gender=female&_summary=count",
             gated_hub.base_url()
@@ -350,7 +368,9 @@ async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds()
         .send()
         .await
         .unwrap();
+    assert_eq!(res.status(), 200);
     let gated: Value = res.json().await.unwrap();
+    assert_eq!(gated["extension"].to_string().matches("\"ok\"").count(), 4, "{gated}");
     if let Some(t) = gated["total"].as_u64() {
         assert_eq!(t % 5, 0);
     }
@@ -363,21 +383,48 @@ async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds()
     assert_eq!(res.status(), 403);
 
     // Audited at the hub and at each node.
-    let res = client
+    let admin = as_client(certs.path(), &exact_hub.base_url(), "admin").await;
+    let res = admin
         .get(format!("{}/fhir/AuditEvent?_count=100", exact_hub.base_url()))
         .send()
         .await
         .unwrap();
     let audit: Value = res.json().await.unwrap();
     assert!(audit["total"].as_u64().unwrap() >= 4, "{audit:.300}");
-    let res = vendor
-        .get(format!("{}/fhir/AuditEvent?_summary=count", nodes[0].node.base_url()))
+    let res = vendors[0]
+        .get(format!(
+            "{}/fhir/AuditEvent?subtype=aggregate,count&_summary=count",
+            nodes[0].node.base_url()
+        ))
         .send()
         .await
         .unwrap();
+    assert_eq!(res.status(), 200);
     let node_audit: Value = res.json().await.unwrap();
     // Three aggregates and one count through each of two hubs.
-    assert!(node_audit["total"].as_u64().unwrap() >= 8, "{node_audit}");
+    let listing: Value = vendors[0]
+        .get(format!(
+            "{}/fhir/AuditEvent?subtype=aggregate,count&_count=50",
+            nodes[0].node.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seen: Vec<String> = listing["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["resource"]["subtype"][0]["code"], e["resource"]["outcome"], e["resource"]["entity"][0]["query"]
+            )
+        })
+        .collect();
+    assert!(node_audit["total"].as_u64().unwrap() >= 8, "{node_audit} {seen:?}");
 
     // A node refuses a hub that asks for laxer disclosure than its own floor.
     let strict = node("nenc", certs.path(), Disclosure::default()).await;
@@ -422,6 +469,28 @@ async fn federation_routes_answer_only_the_hub_certificate() {
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["region"], "nenc");
+    // Each federation call is audited at the node.
+    for q in ["gender=female&_summary=count", "_summary=count"] {
+        let res = as_hub(certs.path())
+            .get(format!("{}/federation/count/Patient?{q}", n.node.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let admin = as_client(certs.path(), &n.node.base_url(), "tester").await;
+    let audit: Value = admin
+        .get(format!(
+            "{}/fhir/AuditEvent?subtype=aggregate,count&_summary=count",
+            n.node.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["total"], 3, "one aggregate and two counts: {audit}");
     // The hub's certificate reaches nothing but the federation API: no resources, no rows.
     for path in ["/fhir/Patient", "/fhir/_history", "/fhir/AuditEvent"] {
         let res = as_hub(certs.path())
@@ -478,9 +547,10 @@ async fn stopped_slow_and_untrusted_nodes_give_partial_answers_within_the_deadli
     let untrusted = node("nwc", rogue.path(), OPEN).await;
     let vendor = partner(certs.path());
     for n in &healthy {
+        let tester = as_client(certs.path(), &n.node.base_url(), "tester").await;
         for i in 0..12 {
             let p = json!({"resourceType": "Patient", "gender": if i % 2 == 0 { "female" } else { "male" }, "birthDate": "1970-01-01"});
-            let res = vendor
+            let res = tester
                 .post(format!("{}/fhir/Patient", n.node.base_url()))
                 .json(&p)
                 .send()
@@ -546,9 +616,10 @@ async fn stopped_slow_and_untrusted_nodes_give_partial_answers_within_the_deadli
 
     // Three of four answer (one slow): pooled rows are released.
     let third = node("nwc", certs.path(), OPEN).await;
+    let tester = as_client(certs.path(), &third.node.base_url(), "tester").await;
     for i in 0..12 {
         let p = json!({"resourceType": "Patient", "gender": if i % 2 == 0 { "female" } else { "male" }});
-        vendor
+        tester
             .post(format!("{}/fhir/Patient", third.node.base_url()))
             .json(&p)
             .send()
@@ -588,13 +659,14 @@ async fn stopped_slow_and_untrusted_nodes_give_partial_answers_within_the_deadli
     // Unknown regions are a clear 400.
     let mut bad = q.clone();
     bad["regions"] = json!(["mars"]);
-    let res = vendor
+    let res = as_client(certs.path(), &h.base_url(), "partner")
+        .await
         .post(format!("{}/fhir/$aggregate", h.base_url()))
         .json(&bad)
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), 400);
+    assert_eq!(res.status(), 400, "{}", res.text().await.unwrap());
     h.stop().await;
 
     slow_task.abort();
@@ -635,30 +707,61 @@ async fn the_cli_runs_nodes_and_a_hub_over_mutual_tls() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    for f in ["ca.pem", "hub.pem", "hub-key.pem", "nenc.pem", "nenc-key.pem", "nwc.pem", "nwc-key.pem"] {
+    for f in [
+        "ca.pem",
+        "hub.pem",
+        "hub-key.pem",
+        "nenc.pem",
+        "nenc-key.pem",
+        "nwc.pem",
+        "nwc-key.pem",
+    ] {
         assert!(certs.join(f).exists(), "dev-certs wrote {f}");
     }
     let mut procs = Vec::new();
     let mut specs = Vec::new();
     for r in ["nenc", "yh", "gm"] {
         let data = dir.path().join(r);
+        std::fs::create_dir_all(&data).unwrap();
+        let clients = crate::helpers::write_clients(&data, r);
         let (p, url) = spawn_binary(&[
-            "node", "--region", r, "--listen", "127.0.0.1:0", "--data", data.to_str().unwrap(),
-            "--tls-dir", certs.to_str().unwrap(),
+            "node",
+            "--region",
+            r,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            data.to_str().unwrap(),
+            "--tls-dir",
+            certs.to_str().unwrap(),
+            "--clients",
+            clients.to_str().unwrap(),
         ]);
         procs.push(p);
         specs.push(format!("{r}={url}"));
     }
     let hub_data = dir.path().join("hub");
-    let mut args = vec!["hub", "--listen", "127.0.0.1:0", "--data", hub_data.to_str().unwrap(), "--tls-dir", certs.to_str().unwrap()];
+    std::fs::create_dir_all(&hub_data).unwrap();
+    let hub_clients = crate::helpers::write_clients(&hub_data, "nenc");
+    let mut args = vec![
+        "hub",
+        "--listen",
+        "127.0.0.1:0",
+        "--data",
+        hub_data.to_str().unwrap(),
+        "--tls-dir",
+        certs.to_str().unwrap(),
+        "--clients",
+        hub_clients.to_str().unwrap(),
+    ];
     for s in &specs {
         args.extend(["--node", s.as_str()]);
     }
     let (hub_proc, hub_url) = spawn_binary(&args);
     procs.push(hub_proc);
-    let client = partner(&certs);
     for s in &specs {
         let url = s.split_once('=').unwrap().1;
+        let client = as_client(&certs, url.trim_end_matches("/fhir"), "tester").await;
         for i in 0..12 {
             let res = client
                 .post(format!("{url}/Patient"))
@@ -669,6 +772,7 @@ async fn the_cli_runs_nodes_and_a_hub_over_mutual_tls() {
             assert_eq!(res.status(), 201);
         }
     }
+    let client = as_client(&certs, hub_url.trim_end_matches("/fhir"), "partner").await;
     let res = client
         .post(format!("{hub_url}/$aggregate?_format=csv"))
         .json(&json!({"viewReference": "patient_demographics", "groupBy": ["gender"],

@@ -30,9 +30,62 @@ pub fn fresh_schema() -> String {
     format!("t_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The secret of the test clients `write_clients` registers.
+pub const TEST_SECRET: &str = "pennine-test-secret-0123456789";
+
+/// Registers test clients in `dir/clients.toml`: `tester` (vendor, analyst and
+/// admin of `region`), `partner`, `admin`, and `outsider` (a vendor of another region).
+pub fn write_clients(dir: &Path, region: &str) -> PathBuf {
+    let hash = pennine::auth::clients::sha256_hex(TEST_SECRET);
+    let other = if region == "gm" { "nwc" } else { "gm" };
+    let text = format!(
+        "[[client]]\nid = \"tester\"\nroles = [\"vendor\", \"analyst\", \"admin\"]\nregion = \"{region}\"\nsecret_sha256 = \"{hash}\"\n\
+         [[client]]\nid = \"partner\"\nroles = [\"partner\"]\nsecret_sha256 = \"{hash}\"\n\
+         [[client]]\nid = \"admin\"\nroles = [\"admin\"]\nsecret_sha256 = \"{hash}\"\n\
+         [[client]]\nid = \"outsider\"\nroles = [\"vendor\", \"analyst\"]\nregion = \"{other}\"\nsecret_sha256 = \"{hash}\"\n"
+    );
+    let path = dir.join("clients.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An access token for `client` from the server at `root` (no `/fhir`).
+pub async fn token_for(http: &reqwest::Client, root: &str, client: &str) -> String {
+    let res = http
+        .post(format!("{root}/auth/token"))
+        .basic_auth(client, Some(TEST_SECRET))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("token request");
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 200, "token for {client}: {body}");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+/// A client that sends `client`'s token with every request; `builder` makes
+/// clients with the right TLS trust.
+pub async fn authed_with(builder: impl Fn() -> reqwest::ClientBuilder, root: &str, client: &str) -> reqwest::Client {
+    let token = token_for(&builder().build().unwrap(), root, client).await;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    builder().default_headers(headers).build().unwrap()
+}
+
+/// A plain-HTTP client holding the `tester` token of the node at `fhir` (its `/fhir` base).
+pub async fn authed(fhir: &str) -> reqwest::Client {
+    let root = fhir.trim_end_matches("/fhir");
+    authed_with(reqwest::Client::builder, root, "tester").await
+}
+
 pub async fn spawn_node_with(tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = NodeConfig::local("nenc", dir.path());
+    config.clients = Some(write_clients(dir.path(), "nenc"));
     let mut schema = None;
     if let Some(url) = test_database() {
         let s = fresh_schema();
@@ -46,10 +99,11 @@ pub async fn spawn_node_with(tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
     tweak(&mut config);
     let node = start_node(config).await.expect("node starts");
     let root = node.base_url();
+    let client = authed(&format!("{root}/fhir")).await;
     TestNode {
         fhir: format!("{root}/fhir"),
         root,
-        client: reqwest::Client::new(),
+        client,
         node: Some(node),
         schema,
         _dir: dir,

@@ -11,7 +11,7 @@ async fn two_processes_on_one_store_act_as_one_node() {
     let schema = crate::helpers::fresh_schema();
     let (mut a, base_a) = start(dir.path(), Some(&schema));
     let (mut b, base_b) = start(dir.path(), Some(&schema));
-    let client = reqwest::Client::new();
+    let client = crate::helpers::authed(&base_a).await;
 
     let mut tasks = Vec::new();
     for i in 0..64 {

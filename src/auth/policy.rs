@@ -1,0 +1,232 @@
+//! The access table: every route of a node and of the hub, with the rule that
+//! guards it. Routes are registered only through this table
+//! (`http::access::route`), so a route without an entry cannot exist, and the
+//! access-matrix test walks every entry with every kind of token.
+
+use super::clients::Role;
+use super::scopes::{Perms, Scope};
+use super::tokens::Principal;
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// No token: metadata, health, readiness, SMART configuration, the token endpoint.
+    Public,
+    /// The hub's client certificate, checked by the handler (no token).
+    HubCertificate,
+    /// A FHIR interaction on the path's `{type}` (or, without one, on every type).
+    Read,
+    Search,
+    History,
+    Create,
+    Update,
+    Delete,
+    /// Batch/transaction: writes needed here, and each entry is checked by the handler.
+    Bundle,
+    /// `ViewDefinition/$run`: region-local rows.
+    ViewRun,
+    /// The hub's `$aggregate`.
+    Aggregate,
+    /// A search at the hub: `_summary=count` for partners, `AuditEvent` for administrators.
+    HubSearch,
+}
+
+/// One route: method, actix path pattern, rule.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRule {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub rule: Rule,
+}
+
+const fn r(method: &'static str, path: &'static str, rule: Rule) -> RouteRule {
+    RouteRule { method, path, rule }
+}
+
+/// A node's routes, in registration order (which is also match order).
+pub const NODE_ROUTES: &[RouteRule] = &[
+    r("GET", "/health", Rule::Public),
+    r("GET", "/ready", Rule::Public),
+    r("GET", "/.well-known/smart-configuration", Rule::Public),
+    r("POST", "/auth/token", Rule::Public),
+    r("POST", "/federation/aggregate", Rule::HubCertificate),
+    r("GET", "/federation/count/{type}", Rule::HubCertificate),
+    r("POST", "/fhir/ViewDefinition/$run", Rule::ViewRun),
+    r("POST", "/fhir", Rule::Bundle),
+    r("GET", "/fhir", Rule::Search),
+    r("POST", "/fhir/", Rule::Bundle),
+    r("GET", "/fhir/", Rule::Search),
+    r("GET", "/fhir/metadata", Rule::Public),
+    r("GET", "/fhir/_history", Rule::History),
+    r("GET", "/fhir/{type}", Rule::Search),
+    r("POST", "/fhir/{type}", Rule::Create),
+    r("PUT", "/fhir/{type}", Rule::Update),
+    r("DELETE", "/fhir/{type}", Rule::Delete),
+    r("POST", "/fhir/{type}/_search", Rule::Search),
+    r("GET", "/fhir/{type}/_history", Rule::History),
+    r("GET", "/fhir/{type}/{id}", Rule::Read),
+    r("PUT", "/fhir/{type}/{id}", Rule::Update),
+    r("DELETE", "/fhir/{type}/{id}", Rule::Delete),
+    r("PATCH", "/fhir/{type}/{id}", Rule::Update),
+    r("GET", "/fhir/{type}/{id}/_history", Rule::History),
+    r("GET", "/fhir/{type}/{id}/_history/{vid}", Rule::Read),
+];
+
+/// The hub's routes.
+pub const HUB_ROUTES: &[RouteRule] = &[
+    r("GET", "/health", Rule::Public),
+    r("GET", "/ready", Rule::Public),
+    r("GET", "/.well-known/smart-configuration", Rule::Public),
+    r("POST", "/auth/token", Rule::Public),
+    r("GET", "/fhir/metadata", Rule::Public),
+    r("POST", "/fhir/$aggregate", Rule::Aggregate),
+    r("GET", "/fhir/{type}", Rule::HubSearch),
+];
+
+/// Which server is deciding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Server {
+    Node { region: String },
+    Hub,
+}
+
+/// What the decision needs to know about the request besides its route.
+#[derive(Debug, Clone, Default)]
+pub struct Facts<'a> {
+    /// The `{type}` of the path, if any.
+    pub rtype: Option<&'a str>,
+    /// Whether the query asks `_summary=count`.
+    pub summary_count: bool,
+}
+
+fn has_op(p: &Principal, op: &str) -> bool {
+    p.scopes.iter().any(|s| matches!(s, Scope::Operation(o) if o == op))
+}
+
+fn allows(p: &Principal, rtype: Option<&str>, perm: Perms) -> bool {
+    match rtype {
+        Some(t) => p.scopes.iter().any(|s| s.allows(t, perm)),
+        // System-wide interactions need the permission on every type.
+        None => p
+            .scopes
+            .iter()
+            .any(|s| matches!(s, Scope::Resource { rtype, perms } if rtype == "*" && perms.contains(perm))),
+    }
+}
+
+/// Allows, or says why not (a 403). `Public` and `HubCertificate` never reach here.
+pub fn decide(server: &Server, rule: Rule, p: &Principal, f: &Facts) -> Result<(), String> {
+    let node_region = match server {
+        Server::Node { region } => Some(region.as_str()),
+        Server::Hub => None,
+    };
+    // Vendors and analysts act only in their own region, and never at the hub.
+    let regional = p.roles.iter().any(|r| r.regional());
+    let region_ok = || -> Result<(), String> {
+        match (node_region, p.region.as_deref()) {
+            (Some(node), Some(mine)) if node != mine => {
+                Err(format!("client '{}' belongs to region {mine}, not {node}", p.client_id))
+            }
+            _ => Ok(()),
+        }
+    };
+    let need = |ok: bool, what: &str| -> Result<(), String> {
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("client '{}' ({}) may not {what}", p.client_id, p.roles_text()))
+        }
+    };
+    let audit = f.rtype == Some("AuditEvent");
+    match (server, rule) {
+        (_, Rule::Public | Rule::HubCertificate) => Ok(()),
+        (Server::Node { .. }, Rule::Read | Rule::Search | Rule::History) => {
+            let perm = if rule == Rule::Read { Perms::R } else { Perms::S };
+            need(
+                allows(p, f.rtype, perm),
+                &format!("read or search {}", f.rtype.unwrap_or("every type")),
+            )?;
+            // `system/*.rs` is not enough for the audit trail: it is for administrators.
+            need(!audit || p.roles.contains(&Role::Admin), "read the audit trail")?;
+            if !audit || regional {
+                region_ok()?;
+            }
+            Ok(())
+        }
+        (Server::Node { .. }, Rule::Create | Rule::Update | Rule::Delete) => {
+            let perm = match rule {
+                Rule::Create => Perms::C,
+                Rule::Update => Perms::U,
+                _ => Perms::D,
+            };
+            need(!audit, "change audit records: they are append-only")?;
+            need(
+                allows(p, f.rtype, perm),
+                &format!("write {}", f.rtype.unwrap_or("resources")),
+            )?;
+            region_ok()
+        }
+        (Server::Node { .. }, Rule::Bundle) => {
+            let writes = p.scopes.iter().any(
+                |s| matches!(s, Scope::Resource { perms, .. } if perms.contains(Perms::C) || perms.contains(Perms::U)),
+            );
+            let reads = p
+                .scopes
+                .iter()
+                .any(|s| matches!(s, Scope::Resource { perms, .. } if perms.contains(Perms::R)));
+            need(writes || reads, "send batches or transactions")?;
+            region_ok()
+        }
+        (Server::Node { .. }, Rule::ViewRun) => {
+            need(has_op(p, "run"), "run views over this region's rows")?;
+            region_ok()
+        }
+        (Server::Hub, Rule::Aggregate) => need(has_op(p, "aggregate"), "ask aggregate questions"),
+        (Server::Hub, Rule::HubSearch) if f.summary_count => need(has_op(p, "aggregate"), "ask federated counts"),
+        (Server::Hub, Rule::HubSearch) if audit => need(
+            p.roles.contains(&Role::Admin) && allows(p, Some("AuditEvent"), Perms::S),
+            "read the audit trail",
+        ),
+        _ => Err(format!(
+            "this route is not open to client '{}' ({})",
+            p.client_id,
+            p.roles_text()
+        )),
+    }
+}
+
+/// The permission a bundle entry's method needs.
+pub fn entry_permission(method: &str) -> Option<Perms> {
+    Some(match method {
+        "GET" | "HEAD" => Perms::R,
+        "POST" => Perms::C,
+        "PUT" | "PATCH" => Perms::U,
+        "DELETE" => Perms::D,
+        _ => return None,
+    })
+}
+
+/// Checks one entry of a batch or transaction (its method and request URL)
+/// against the principal's scopes.
+pub fn decide_entry(p: &Principal, method: &str, url: &str) -> Result<(), String> {
+    let path = url.split('?').next().unwrap_or(url);
+    let mut parts = path.trim_start_matches('/').split('/');
+    let rtype = parts.next().unwrap_or_default();
+    let has_id = parts.next().is_some_and(|id| !id.is_empty());
+    if rtype == "AuditEvent" && method != "GET" {
+        return Err("audit records are append-only".into());
+    }
+    if rtype == "AuditEvent" && !p.roles.contains(&Role::Admin) {
+        return Err("the audit trail is for administrators".into());
+    }
+    let perm = match (entry_permission(method), has_id) {
+        (Some(Perms::R), false) => Perms::S,
+        (Some(perm), _) => perm,
+        (None, _) => return Err(format!("unknown method {method}")),
+    };
+    if p.scopes.iter().any(|s| s.allows(rtype, perm)) {
+        Ok(())
+    } else {
+        Err(format!("client '{}' may not {method} {url}", p.client_id))
+    }
+}

@@ -1,0 +1,332 @@
+//! OAuth 2.0 client credentials (SMART Backend Services): checking a client's
+//! signed assertion or secret, issuing a short-lived access token (a JWT signed
+//! with this server's key), and checking access tokens on every request.
+
+use super::clients::{Client, Clients, Credential, Role};
+use super::scopes::{grant, Scope};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Access tokens live this long.
+pub const TOKEN_SECONDS: i64 = 300;
+/// Assertions may not claim to live longer than this (SMART says five minutes).
+const MAX_ASSERTION_SECONDS: i64 = 300;
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+const LEEWAY_SECONDS: u64 = 30;
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// An OAuth error response (`{"error": ..., "error_description": ...}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    pub status: u16,
+    pub error: &'static str,
+    pub description: String,
+}
+
+fn oauth(status: u16, error: &'static str, description: impl Into<String>) -> OAuthError {
+    OAuthError {
+        status,
+        error,
+        description: description.into(),
+    }
+}
+
+/// The claims of an access token this server issues.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+    pub scope: String,
+    pub roles: Vec<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// The client a valid access token stands for.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub client_id: String,
+    pub roles: Vec<Role>,
+    pub region: Option<String>,
+    pub scopes: Vec<Scope>,
+}
+
+impl Principal {
+    pub fn roles_text(&self) -> String {
+        self.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AssertionClaims {
+    iss: String,
+    sub: String,
+    exp: i64,
+    jti: Option<String>,
+}
+
+/// One server's authority: its clients, its signing key, its audience name and
+/// the assertion ids it has seen (replay protection).
+pub struct Authority {
+    pub clients: Option<Clients>,
+    /// `pennine:node:<region>` or `pennine:hub`: tokens are valid only here.
+    pub audience: String,
+    key: Vec<u8>,
+    seen: Mutex<HashMap<String, i64>>,
+}
+
+impl Authority {
+    /// `key_file` holds the token-signing key; it is created (0600) on first use.
+    pub fn open(clients: Option<Clients>, audience: String, key_file: &Path) -> Result<Authority, String> {
+        let key = match std::fs::read(key_file) {
+            Ok(k) if k.len() >= 32 => k,
+            _ => {
+                let mut k = vec![0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+                    .map_err(|_| "no system randomness for the token key".to_string())?;
+                std::fs::write(key_file, &k).map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(key_file, std::fs::Permissions::from_mode(0o600));
+                }
+                k
+            }
+        };
+        Ok(Authority {
+            clients,
+            audience,
+            key,
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn client(&self, id: &str) -> Result<&Client, OAuthError> {
+        let clients = self.clients.as_ref().ok_or_else(|| {
+            oauth(
+                401,
+                "invalid_client",
+                "this server has no registered clients (it was started without --clients)",
+            )
+        })?;
+        clients
+            .get(id)
+            .ok_or_else(|| oauth(401, "invalid_client", format!("unknown client '{id}'")))
+    }
+
+    /// Authenticates a token request from a signed assertion.
+    pub fn client_from_assertion(&self, assertion: &str, token_url: &str) -> Result<&Client, OAuthError> {
+        let header = jsonwebtoken::decode_header(assertion).map_err(|e| {
+            oauth(
+                401,
+                "invalid_client",
+                format!("the client assertion is not a usable JWT: {e}"),
+            )
+        })?;
+        if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
+            return Err(oauth(
+                401,
+                "invalid_client",
+                format!("assertions must be signed with RS384 or ES384, not {:?}", header.alg),
+            ));
+        }
+        // Who claims to be asking (checked against the signature below).
+        let unverified: AssertionClaims = {
+            let mut v = Validation::new(header.alg);
+            v.insecure_disable_signature_validation();
+            v.validate_exp = false;
+            v.validate_aud = false;
+            v.required_spec_claims.clear();
+            jsonwebtoken::decode::<AssertionClaims>(assertion, &DecodingKey::from_secret(&[]), &v)
+                .map_err(|e| {
+                    oauth(
+                        401,
+                        "invalid_client",
+                        format!("the client assertion's claims are unreadable: {e}"),
+                    )
+                })?
+                .claims
+        };
+        let client = self.client(&unverified.iss)?;
+        let Credential::Jwks(jwks) = &client.credential else {
+            return Err(oauth(
+                401,
+                "invalid_client",
+                "this client is registered with a secret, not public keys",
+            ));
+        };
+        let candidates: Vec<&jsonwebtoken::jwk::Jwk> = match &header.kid {
+            Some(kid) => jwks.find(kid).into_iter().collect(),
+            None => jwks.keys.iter().collect(),
+        };
+        if candidates.is_empty() {
+            return Err(oauth(
+                401,
+                "invalid_client",
+                "no registered key matches the assertion's kid",
+            ));
+        }
+        let mut v = Validation::new(header.alg);
+        v.set_audience(&[token_url]);
+        v.set_issuer(&[client.id.as_str()]);
+        v.sub = Some(client.id.clone());
+        v.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        v.leeway = LEEWAY_SECONDS;
+        v.validate_nbf = true;
+        let mut last = None;
+        for jwk in candidates {
+            let Ok(key) = DecodingKey::from_jwk(jwk) else { continue };
+            match jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &v) {
+                Ok(data) => {
+                    let c = data.claims;
+                    if c.iss != c.sub {
+                        return Err(oauth(401, "invalid_client", "iss and sub must both be the client id"));
+                    }
+                    if c.exp > now() + MAX_ASSERTION_SECONDS + LEEWAY_SECONDS as i64 {
+                        return Err(oauth(
+                            401,
+                            "invalid_client",
+                            "the assertion may live at most five minutes",
+                        ));
+                    }
+                    let jti = c
+                        .jti
+                        .filter(|j| !j.is_empty())
+                        .ok_or_else(|| oauth(401, "invalid_client", "the assertion needs a jti"))?;
+                    self.remember(&client.id, &jti, c.exp)?;
+                    return Ok(client);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(oauth(
+            401,
+            "invalid_client",
+            format!(
+                "the client assertion was refused: {}",
+                last.map(|e| e.to_string()).unwrap_or_else(|| "no usable key".into())
+            ),
+        ))
+    }
+
+    /// Refuses an assertion id seen before (until the assertion would have expired anyway).
+    fn remember(&self, client: &str, jti: &str, exp: i64) -> Result<(), OAuthError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let t = now();
+        seen.retain(|_, until| *until + LEEWAY_SECONDS as i64 >= t);
+        let key = format!("{client}\u{0}{jti}");
+        if seen.contains_key(&key) {
+            return Err(oauth(
+                401,
+                "invalid_client",
+                format!("assertion jti '{jti}' was used before (replay)"),
+            ));
+        }
+        seen.insert(key, exp);
+        Ok(())
+    }
+
+    /// Authenticates a token request with `client_secret_basic`.
+    pub fn client_from_secret(&self, id: &str, secret: &str) -> Result<&Client, OAuthError> {
+        let client = self.client(id)?;
+        let Credential::SecretSha256(want) = &client.credential else {
+            return Err(oauth(
+                401,
+                "invalid_client",
+                "this client is registered with public keys: use a signed assertion",
+            ));
+        };
+        let got = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+        // Constant time: every byte is compared whatever the earlier ones were.
+        let diff = got
+            .as_ref()
+            .iter()
+            .zip(want.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if got.as_ref().len() != want.len() || diff != 0 {
+            return Err(oauth(401, "invalid_client", "wrong client secret"));
+        }
+        Ok(client)
+    }
+
+    /// Issues an access token for `client` with the requested scopes (all it may have when none are asked).
+    pub fn issue(&self, client: &Client, requested: Option<&str>) -> Result<(String, AccessClaims), OAuthError> {
+        let granted = match requested.map(str::trim).filter(|s| !s.is_empty()) {
+            None => client.allowed.clone(),
+            Some(text) => {
+                let mut asked = Vec::new();
+                for s in text.split_whitespace() {
+                    asked.push(Scope::parse(s).ok_or_else(|| {
+                        oauth(400, "invalid_scope", format!("'{s}' is not a scope this server knows"))
+                    })?);
+                }
+                grant(&asked, &client.allowed)
+            }
+        };
+        if granted.is_empty() {
+            return Err(oauth(
+                400,
+                "invalid_scope",
+                "none of the requested scopes is allowed for this client",
+            ));
+        }
+        let t = now();
+        let claims = AccessClaims {
+            iss: self.audience.clone(),
+            sub: client.id.clone(),
+            aud: self.audience.clone(),
+            exp: t + TOKEN_SECONDS,
+            iat: t,
+            jti: uuid::Uuid::new_v4().to_string(),
+            scope: granted.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+            roles: client.roles.clone(),
+            region: client.region.as_ref().map(|r| r.to_string()),
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&self.key),
+        )
+        .map_err(|e| oauth(500, "server_error", e.to_string()))?;
+        Ok((token, claims))
+    }
+
+    /// Checks an access token: signature, expiry, audience, and that its client is still registered.
+    pub fn verify(&self, token: &str) -> Result<Principal, String> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.set_audience(&[self.audience.as_str()]);
+        v.set_issuer(&[self.audience.as_str()]);
+        v.leeway = LEEWAY_SECONDS;
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &DecodingKey::from_secret(&self.key), &v)
+            .map_err(|e| format!("the access token is not valid here: {e}"))?;
+        let c = data.claims;
+        let client = self
+            .clients
+            .as_ref()
+            .and_then(|cs| cs.get(&c.sub))
+            .ok_or_else(|| format!("client '{}' is no longer registered", c.sub))?;
+        let scopes: Vec<Scope> = c.scope.split_whitespace().filter_map(Scope::parse).collect();
+        // A token never carries more than the client may have now.
+        let scopes = grant(&scopes, &client.allowed);
+        Ok(Principal {
+            client_id: c.sub,
+            roles: client.roles.clone(),
+            region: client.region.as_ref().map(|r| r.to_string()),
+            scopes,
+        })
+    }
+}
