@@ -327,3 +327,30 @@ pub async fn token(req: HttpRequest, body: web::Bytes, access: web::Data<Access>
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rule_for_captures_the_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = crate::auth::Authority::open(None, "x".into(), &dir.path().join("k")).unwrap();
+        let svc = crate::node::FhirService::new(
+            std::sync::Arc::new(crate::store::sqlite::SqliteStore::open(dir.path()).unwrap()),
+            std::sync::Arc::new(crate::search::Registry::r4()),
+            Default::default(),
+        );
+        let access = super::Access::new(
+            std::sync::Arc::new(auth),
+            crate::auth::Server::Hub,
+            crate::auth::NODE_ROUTES,
+            crate::node::audit::AuditLog::start(svc),
+            "t".into(),
+            None,
+        );
+        let (rule, ty) = access
+            .rule_for(&actix_web::http::Method::GET, "/fhir/Observation")
+            .unwrap();
+        assert_eq!(rule, crate::auth::Rule::Search);
+        assert_eq!(ty.as_deref(), Some("Observation"));
+    }
+}

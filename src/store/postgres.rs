@@ -69,6 +69,11 @@ CREATE INDEX idx_uri_rid ON idx_uri (rid);
             id TEXT PRIMARY KEY, created BIGINT NOT NULL, payload BYTEA NOT NULL, keys BIGINT[] NOT NULL);
          CREATE INDEX result_sets_created ON result_sets (created);",
     ),
+    (
+        3,
+        // Scans of one type in key order (views, federation) walk this index instead of sorting.
+        "CREATE INDEX resources_type_rid ON resources (type, rid);",
+    ),
 ];
 
 fn db_err(e: postgres::Error) -> StoreError {

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS versions (
     UNIQUE (rid, version)
 );
 CREATE INDEX IF NOT EXISTS versions_type ON versions (type);
+-- Scans of one type in key order (views, federation): the index ends in the rowid.
+CREATE INDEX IF NOT EXISTS resources_type ON resources (type);
 CREATE TABLE IF NOT EXISTS idx_token (rid INTEGER NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT);
 CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token (param, code, system);
 CREATE TABLE IF NOT EXISTS idx_string (rid INTEGER NOT NULL, param TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL);

@@ -180,7 +180,7 @@ async fn migrate_applies_once_and_is_idempotent() {
     };
     let first = run();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations 1, 2"));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied migrations 1, 2, 3"));
     let second = run();
     assert!(second.status.success());
     assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));

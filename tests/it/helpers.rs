@@ -34,7 +34,8 @@ pub fn fresh_schema() -> String {
 pub const TEST_SECRET: &str = "pennine-test-secret-0123456789";
 
 /// Registers test clients in `dir/clients.toml`: `tester` (vendor, analyst and
-/// admin of `region`), `partner`, `admin`, and `outsider` (a vendor of another region).
+/// admin of `region`), `vendor`, `analyst`, `partner`, `admin`, and `outsider`
+/// (vendor and analyst of another region).
 pub fn write_clients(dir: &Path, region: &str) -> PathBuf {
     let hash = pennine::auth::clients::sha256_hex(TEST_SECRET);
     let other = if region == "gm" { "nwc" } else { "gm" };
@@ -42,7 +43,9 @@ pub fn write_clients(dir: &Path, region: &str) -> PathBuf {
         "[[client]]\nid = \"tester\"\nroles = [\"vendor\", \"analyst\", \"admin\"]\nregion = \"{region}\"\nsecret_sha256 = \"{hash}\"\n\
          [[client]]\nid = \"partner\"\nroles = [\"partner\"]\nsecret_sha256 = \"{hash}\"\n\
          [[client]]\nid = \"admin\"\nroles = [\"admin\"]\nsecret_sha256 = \"{hash}\"\n\
-         [[client]]\nid = \"outsider\"\nroles = [\"vendor\", \"analyst\"]\nregion = \"{other}\"\nsecret_sha256 = \"{hash}\"\n"
+         [[client]]\nid = \"outsider\"\nroles = [\"vendor\", \"analyst\"]\nregion = \"{other}\"\nsecret_sha256 = \"{hash}\"\n\
+         [[client]]\nid = \"vendor\"\nroles = [\"vendor\"]\nregion = \"{region}\"\nsecret_sha256 = \"{hash}\"\n\
+         [[client]]\nid = \"analyst\"\nroles = [\"analyst\"]\nregion = \"{region}\"\nsecret_sha256 = \"{hash}\"\n"
     );
     let path = dir.join("clients.toml");
     std::fs::write(&path, text).unwrap();
@@ -97,9 +100,19 @@ pub async fn spawn_node_with(tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
         };
     }
     tweak(&mut config);
+    let config_clients = config.clients.clone();
     let node = start_node(config).await.expect("node starts");
     let root = node.base_url();
-    let client = authed(&format!("{root}/fhir")).await;
+    // Tests that register other clients (or none) get a client without a token.
+    let has_tester = config_clients
+        .as_deref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .is_some_and(|t| t.contains("id = \"tester\""));
+    let client = if has_tester {
+        authed(&format!("{root}/fhir")).await
+    } else {
+        reqwest::Client::new()
+    };
     TestNode {
         fhir: format!("{root}/fhir"),
         root,
@@ -183,6 +196,11 @@ impl TestNode {
         let sep = if query.contains('?') { '&' } else { '?' };
         let b = self.get_json(&format!("{query}{sep}_summary=count")).await;
         b["total"].as_u64().expect("total")
+    }
+
+    /// The node's data folder (its clients file and token key live there).
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().to_path_buf()
     }
 
     pub async fn stop(mut self) {

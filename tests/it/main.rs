@@ -1,5 +1,6 @@
 //! Integration tests: one binary; every test talks to a real node over HTTP.
 
+mod access;
 mod bundles;
 mod corpus;
 mod crud;
