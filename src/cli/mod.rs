@@ -40,9 +40,9 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("PENNINE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("PENNINE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -52,7 +52,8 @@ fn init_tracing() {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo prints its own story; servers log their start-up and requests.
+    init_tracing(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
     let result = match cli.command {
         Command::Node(args) => node::run(args),
         Command::Bench(args) => bench::run(args),
