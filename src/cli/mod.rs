@@ -53,7 +53,11 @@ fn init_tracing(default: &str) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own story; servers log their start-up and requests.
-    init_tracing(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
+    init_tracing(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    });
     let result = match cli.command {
         Command::Node(args) => node::run(args),
         Command::Bench(args) => bench::run(args),

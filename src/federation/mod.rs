@@ -281,22 +281,43 @@ fn number(v: &Value) -> Option<f64> {
     }
 }
 
+/// A cell as a hashable, borrowed key (no allocation per row).
+#[derive(PartialEq, Eq, Hash)]
+enum Cell<'a> {
+    Null,
+    Bool(bool),
+    /// Numbers and other JSON by their text; strings as themselves.
+    Text(&'a str),
+    Json(String),
+}
+
+fn cell(v: &Value) -> Cell<'_> {
+    match v {
+        Value::Null => Cell::Null,
+        Value::Bool(b) => Cell::Bool(*b),
+        Value::String(s) => Cell::Text(s),
+        Value::Number(n) => Cell::Json(n.to_string()),
+        other => Cell::Json(other.to_string()),
+    }
+}
+
 /// Computes one node's statistics over the rows of `view`.
 pub fn compute(view: &View, rows: &[Row], q: &AggregateQuery) -> Result<Vec<GroupStats>, QueryProblem> {
+    use std::collections::{HashMap, HashSet};
     q.check_columns(view)?;
     let index = |c: &str| view.columns.iter().position(|v| v.name == c).unwrap_or(0);
     let group_cols: Vec<usize> = q.group_by.iter().map(|g| index(g)).collect();
     let measure_cols: Vec<Option<usize>> = q.measures.iter().map(|m| m.column.as_deref().map(index)).collect();
-    struct Acc {
-        key: Vec<Value>,
+    struct Acc<'a> {
+        first_row: usize,
         stats: Vec<MeasureStats>,
-        distinct: Vec<std::collections::HashSet<String>>,
+        distinct: Vec<HashSet<Cell<'a>>>,
     }
-    let mut groups: BTreeMap<String, Acc> = BTreeMap::new();
-    for row in rows {
-        let key: Vec<Value> = group_cols.iter().map(|&i| row[i].clone()).collect();
-        let acc = groups.entry(key_of(&key)).or_insert_with(|| Acc {
-            key,
+    let mut groups: HashMap<Vec<Cell>, Acc> = HashMap::new();
+    for (ri, row) in rows.iter().enumerate() {
+        let key: Vec<Cell> = group_cols.iter().map(|&i| cell(&row[i])).collect();
+        let acc = groups.entry(key).or_insert_with(|| Acc {
+            first_row: ri,
             stats: q
                 .measures
                 .iter()
@@ -306,18 +327,14 @@ pub fn compute(view: &View, rows: &[Row], q: &AggregateQuery) -> Result<Vec<Grou
                     _ => MeasureStats::Moments(Moments::default()),
                 })
                 .collect(),
-            distinct: q.measures.iter().map(|_| Default::default()).collect(),
+            distinct: q.measures.iter().map(|_| HashSet::new()).collect(),
         });
         for (mi, m) in q.measures.iter().enumerate() {
-            let cell = measure_cols[mi].map(|c| &row[c]);
-            match (&mut acc.stats[mi], cell) {
+            let value = measure_cols[mi].map(|c| &row[c]);
+            match (&mut acc.stats[mi], value) {
                 (MeasureStats::Count(n), _) => *n += 1,
                 (MeasureStats::Distinct(_), Some(v)) if !v.is_null() => {
-                    let text = match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    acc.distinct[mi].insert(text);
+                    acc.distinct[mi].insert(cell(v));
                 }
                 (MeasureStats::Moments(mo), Some(v)) if !v.is_null() => {
                     let x = number(v).ok_or_else(|| {
@@ -339,7 +356,8 @@ pub fn compute(view: &View, rows: &[Row], q: &AggregateQuery) -> Result<Vec<Grou
             }
         }
     }
-    Ok(groups
+    // In key order, so that answers are deterministic.
+    let mut out: Vec<(String, GroupStats)> = groups
         .into_values()
         .map(|mut acc| {
             for (mi, set) in acc.distinct.iter().enumerate() {
@@ -347,12 +365,18 @@ pub fn compute(view: &View, rows: &[Row], q: &AggregateQuery) -> Result<Vec<Grou
                     *n = set.len() as u64;
                 }
             }
-            GroupStats {
-                key: acc.key,
-                measures: acc.stats,
-            }
+            let key: Vec<Value> = group_cols.iter().map(|&i| rows[acc.first_row][i].clone()).collect();
+            (
+                key_of(&key),
+                GroupStats {
+                    key,
+                    measures: acc.stats,
+                },
+            )
         })
-        .collect())
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out.into_iter().map(|(_, g)| g).collect())
 }
 
 /// One group across regions: each answering region's statistics (absent when
