@@ -302,22 +302,26 @@ fn cell(v: &Value) -> Cell<'_> {
 }
 
 /// Computes one node's statistics over the rows of `view`.
-pub fn compute(view: &View, rows: &[Row], q: &AggregateQuery) -> Result<Vec<GroupStats>, QueryProblem> {
+pub fn compute<'r>(
+    view: &View,
+    rows: impl IntoIterator<Item = &'r Row>,
+    q: &AggregateQuery,
+) -> Result<Vec<GroupStats>, QueryProblem> {
     use std::collections::{HashMap, HashSet};
     q.check_columns(view)?;
     let index = |c: &str| view.columns.iter().position(|v| v.name == c).unwrap_or(0);
     let group_cols: Vec<usize> = q.group_by.iter().map(|g| index(g)).collect();
     let measure_cols: Vec<Option<usize>> = q.measures.iter().map(|m| m.column.as_deref().map(index)).collect();
     struct Acc<'a> {
-        first_row: usize,
+        key: Vec<Value>,
         stats: Vec<MeasureStats>,
         distinct: Vec<HashSet<Cell<'a>>>,
     }
-    let mut groups: HashMap<Vec<Cell>, Acc> = HashMap::new();
-    for (ri, row) in rows.iter().enumerate() {
+    let mut groups: HashMap<Vec<Cell<'r>>, Acc<'r>> = HashMap::new();
+    for row in rows {
         let key: Vec<Cell> = group_cols.iter().map(|&i| cell(&row[i])).collect();
         let acc = groups.entry(key).or_insert_with(|| Acc {
-            first_row: ri,
+            key: group_cols.iter().map(|&i| row[i].clone()).collect(),
             stats: q
                 .measures
                 .iter()
@@ -365,11 +369,10 @@ pub fn compute(view: &View, rows: &[Row], q: &AggregateQuery) -> Result<Vec<Grou
                     *n = set.len() as u64;
                 }
             }
-            let key: Vec<Value> = group_cols.iter().map(|&i| rows[acc.first_row][i].clone()).collect();
             (
-                key_of(&key),
+                key_of(&acc.key),
                 GroupStats {
-                    key,
+                    key: acc.key,
                     measures: acc.stats,
                 },
             )

@@ -1,15 +1,17 @@
 //! Views over a node's own data: `ViewDefinition/$run` rows for region-local
 //! users, and the aggregate statistics the federation API returns to the hub.
 //!
-//! Rows for aggregation are cached per view and invalidated by the store's
-//! change marker, so repeated federated questions over unchanged data do not
-//! re-read and re-parse every resource.
+//! Rows for aggregation are cached per view and per resource key, with the
+//! store's change marker they are current for. A question over unchanged data
+//! reads nothing; after writes, only the resources written since the marker
+//! are read and re-evaluated.
 
 use super::{Error, FhirService};
 use crate::federation::{self, AggregateQuery, GroupStats, ViewSource};
 use crate::fhir::{Issue, IssueCode};
 use crate::views::{library, Row, View, ViewError};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Resources read from the store per round trip during a scan.
@@ -17,13 +19,27 @@ const SCAN_BATCH: usize = 2000;
 /// Views whose rows are kept in memory at once.
 const CACHED_VIEWS: usize = 8;
 
-/// A view's rows as of a store change marker, keyed by the view's JSON.
-type CachedRows = (String, i64, Arc<Vec<Row>>);
+/// One view's rows, per resource key, as of a store change marker.
+#[derive(Default)]
+struct ViewRows {
+    marker: i64,
+    built: bool,
+    by_key: HashMap<i64, Vec<Row>>,
+}
 
+/// A view's cached rows, keyed by the view's JSON.
+struct CachedView {
+    key: String,
+    rows: Mutex<ViewRows>,
+}
+
+/// Rows of recently used views. After writes, only the resources written since
+/// the cached marker are re-evaluated, so a question right after new data
+/// arrives does not re-read every resource.
 #[derive(Default)]
 pub struct ViewCache {
     /// Most recently used last.
-    entries: Mutex<Vec<CachedRows>>,
+    entries: Mutex<Vec<Arc<CachedView>>>,
 }
 
 pub fn view_error(e: ViewError) -> Error {
@@ -56,6 +72,31 @@ pub fn resolve_view(source: &ViewSource) -> Result<(View, String), Error> {
     };
     let view = View::compile(&json).map_err(view_error)?;
     Ok((view, json.to_string()))
+}
+
+/// The rows one stored resource produces (a stored JSON that does not parse is logged and skipped).
+fn eval_stored(
+    view: &View,
+    model: &crate::fhirpath::ChoiceModel,
+    json: &[u8],
+    what: &str,
+    key: i64,
+) -> Result<Vec<Row>, Error> {
+    let resource: Value = match serde_json::from_slice(json) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(key, error = %e, "stored JSON does not parse");
+            return Ok(vec![]);
+        }
+    };
+    let mut rows = Vec::new();
+    view.rows(&resource, model, &mut rows).map_err(|e| {
+        view_error(ViewError {
+            message: format!("{}/{what}: {}", view.resource, e.message),
+            location: e.location,
+        })
+    })?;
+    Ok(rows)
 }
 
 impl FhirService {
@@ -93,36 +134,84 @@ impl FhirService {
         }
     }
 
-    /// The rows of `view` over all stored data, from the cache when nothing changed.
-    pub fn cached_view_rows(&self, key: &str, view: &View) -> Result<Arc<Vec<Row>>, Error> {
-        let marker = self.store.change_marker()?;
-        {
+    /// Calls `f` with the rows of `view` over all stored data, per resource key:
+    /// built once, then kept current by re-evaluating what changed since.
+    fn with_view_rows<R>(
+        &self,
+        key: &str,
+        view: &View,
+        f: impl FnOnce(&HashMap<i64, Vec<Row>>) -> R,
+    ) -> Result<R, Error> {
+        let entry = {
             let mut entries = self.views.entries.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(i) = entries.iter().position(|(k, m, _)| k == key && *m == marker) {
-                let entry = entries.remove(i);
-                let rows = entry.2.clone();
-                entries.push(entry);
-                return Ok(rows);
-            }
-        }
-        let rows = Arc::new(self.run_view(view, None)?);
-        // Only cache what is still current: a write during the scan may or may not be in it.
-        if self.store.change_marker()? == marker {
-            let mut entries = self.views.entries.lock().unwrap_or_else(|p| p.into_inner());
-            entries.retain(|(k, _, _)| k != key);
-            if entries.len() >= CACHED_VIEWS {
+            let entry = match entries.iter().position(|e| e.key == key) {
+                Some(i) => entries.remove(i),
+                None => Arc::new(CachedView {
+                    key: key.to_string(),
+                    rows: Mutex::default(),
+                }),
+            };
+            entries.push(entry.clone());
+            if entries.len() > CACHED_VIEWS {
                 entries.remove(0);
             }
-            entries.push((key.to_string(), marker, rows.clone()));
+            entry
+        };
+        let mut state = entry.rows.lock().unwrap_or_else(|p| p.into_inner());
+        // Read before looking at the data: anything written later is caught next time
+        // (re-evaluating a resource twice is harmless).
+        let marker = self.store.change_marker()?;
+        if !state.built {
+            state.by_key = self.view_rows_by_key(view)?;
+        } else if state.marker != marker {
+            let changed = self.store.changed_since(&view.resource, state.marker)?;
+            if changed.len() > state.by_key.len().max(1000) {
+                state.by_key = self.view_rows_by_key(view)?;
+            } else {
+                let model = &crate::fhir::definitions::get().choice;
+                for (k, json) in changed {
+                    state.by_key.remove(&k);
+                    if let Some(json) = json {
+                        let rows = eval_stored(view, model, &json, &view.resource, k)?;
+                        if !rows.is_empty() {
+                            state.by_key.insert(k, rows);
+                        }
+                    }
+                }
+            }
         }
-        Ok(rows)
+        state.marker = marker;
+        state.built = true;
+        Ok(f(&state.by_key))
+    }
+
+    fn view_rows_by_key(&self, view: &View) -> Result<HashMap<i64, Vec<Row>>, Error> {
+        let model = &crate::fhir::definitions::get().choice;
+        let mut out = HashMap::new();
+        let mut after = 0;
+        loop {
+            let batch = self.store.scan(&view.resource, after, SCAN_BATCH)?;
+            for s in &batch {
+                let Some(json) = &s.json else { continue };
+                let rows = eval_stored(view, model, json, &s.id, s.key)?;
+                if !rows.is_empty() {
+                    out.insert(s.key, rows);
+                }
+            }
+            match batch.last() {
+                Some(last) if batch.len() == SCAN_BATCH => after = last.key,
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// This node's statistics for a federated aggregate query.
     pub fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<GroupStats>, Error> {
         let (view, key) = resolve_view(&q.view)?;
         q.check_columns(&view).map_err(problem_error)?;
-        let rows = self.cached_view_rows(&key, &view)?;
-        federation::compute(&view, &rows, q).map_err(problem_error)
+        self.with_view_rows(&key, &view, |rows| {
+            federation::compute(&view, rows.values().flatten(), q)
+        })?
+        .map_err(problem_error)
     }
 }

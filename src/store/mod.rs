@@ -80,6 +80,9 @@ impl Stored {
     }
 }
 
+/// A resource written after a change marker: its key and current JSON (`None` when deleted).
+pub type Changed = (i64, Option<Arc<[u8]>>);
+
 /// What a history request covers.
 #[derive(Debug, Clone)]
 pub enum HistoryScope {
@@ -163,7 +166,10 @@ pub trait Store: Send + Sync + 'static {
     fn submit(&self, job: WriteJob) -> Result<(), StoreError>;
     /// Current versions of `rtype` with keys above `after`, in key order, at most `limit`.
     fn scan(&self, rtype: &str, after: i64, limit: usize) -> Result<Vec<Stored>, StoreError>;
-    /// A number that changes whenever a write commits (for caches of derived data).
+    /// Resources of `rtype` written after the change marker `since`: key and current
+    /// JSON (`None` when now deleted).
+    fn changed_since(&self, rtype: &str, since: i64) -> Result<Vec<Changed>, StoreError>;
+    /// A number that grows whenever a write commits (for caches of derived data).
     fn change_marker(&self) -> Result<i64, StoreError>;
     /// The newest `last_updated` of any resource, if any (data freshness).
     fn newest(&self) -> Result<Option<i64>, StoreError>;

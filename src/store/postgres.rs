@@ -736,6 +736,17 @@ impl Store for PostgresStore {
         })
     }
 
+    fn changed_since(&self, rtype: &str, since: i64) -> Result<Vec<super::Changed>, StoreError> {
+        self.with_client(|c| {
+            let st = c.stmt(&sql::numbered(sql::CHANGED_SINCE))?;
+            let rows = c.client.query(&st, &[&since, &rtype]).map_err(db_err)?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, Option<Vec<u8>>>(1).map(Arc::from)))
+                .collect())
+        })
+    }
+
     fn change_marker(&self) -> Result<i64, StoreError> {
         self.with_client(|c| {
             let row = c.client.query_one(sql::CHANGE_MARKER, &[]).map_err(db_err)?;

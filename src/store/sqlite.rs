@@ -676,6 +676,19 @@ impl Store for SqliteStore {
         })
     }
 
+    fn changed_since(&self, rtype: &str, since: i64) -> Result<Vec<super::Changed>, StoreError> {
+        self.with_reader(|c| {
+            let mut st = c.prepare_cached(sql::CHANGED_SINCE).map_err(db_err)?;
+            let rows = st
+                .query_map(params![since, rtype], |r| {
+                    let json: Option<Vec<u8>> = r.get(1)?;
+                    Ok((r.get::<_, i64>(0)?, json.map(Arc::from)))
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+    }
+
     fn change_marker(&self) -> Result<i64, StoreError> {
         self.with_reader(|c| c.query_row(sql::CHANGE_MARKER, [], |r| r.get(0)).map_err(db_err))
     }

@@ -491,6 +491,59 @@ async fn federation_routes_answer_only_the_hub_certificate() {
         .await
         .unwrap();
     assert_eq!(audit["total"], 3, "one aggregate and two counts: {audit}");
+
+    // The node's cached view rows follow writes: creates, updates and deletes after the first question.
+    let by_gender = json!({"viewReference": "patient_demographics", "groupBy": ["gender"],
+        "measures": [{"name": "n", "function": "count"}], "disclosure": {"minCell": 1, "rounding": 1, "minRegions": 1}});
+    let counts = |body: Value| -> std::collections::BTreeMap<String, u64> {
+        body["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (
+                    g["key"][0].as_str().unwrap_or("none").to_string(),
+                    g["measures"][0]["count"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let ask = || async {
+        let res = as_hub(certs.path()).post(&url).json(&by_gender).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        counts(res.json::<Value>().await.unwrap())
+    };
+    for (id, g) in [("a", "female"), ("b", "female"), ("c", "male")] {
+        let r = admin
+            .put(format!("{}/fhir/Patient/{id}", n.node.base_url()))
+            .json(&json!({"resourceType": "Patient", "id": id, "gender": g}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let first = ask().await;
+    assert_eq!((first["female"], first["male"]), (2, 1), "{first:?}");
+    admin
+        .put(format!("{}/fhir/Patient/a", n.node.base_url()))
+        .json(&json!({"resourceType": "Patient", "id": "a", "gender": "male"}))
+        .send()
+        .await
+        .unwrap();
+    admin
+        .delete(format!("{}/fhir/Patient/b", n.node.base_url()))
+        .send()
+        .await
+        .unwrap();
+    admin
+        .post(format!("{}/fhir/Patient", n.node.base_url()))
+        .json(&json!({"resourceType": "Patient", "gender": "other"}))
+        .send()
+        .await
+        .unwrap();
+    let second = ask().await;
+    assert_eq!(second.get("female"), None, "{second:?}");
+    assert_eq!((second["male"], second["other"]), (2, 1), "{second:?}");
     // The hub's certificate reaches nothing but the federation API: no resources, no rows.
     for path in ["/fhir/Patient", "/fhir/_history", "/fhir/AuditEvent"] {
         let res = as_hub(certs.path())
