@@ -68,6 +68,15 @@ fn dockerfile_copies_real_paths_and_runs_real_flags() {
         text = &rest[end..];
     }
     assert!(commands >= 3, "node, hub and certs commands");
+    // Files bind-mounted from the repository exist, and the clients file parses.
+    for word in compose.split('"').filter(|w| w.starts_with("./")) {
+        let source = word.split(':').next().unwrap();
+        assert!(
+            root.join("docker").join(source).exists(),
+            "compose mounts {source}, which does not exist"
+        );
+    }
+    pennine::auth::Clients::load(&root.join("docker/clients.toml")).expect("docker/clients.toml parses");
     for var in compose.split_whitespace().filter(|w| w.starts_with("PENNINE_")) {
         let name = var.trim_end_matches(':').trim_matches(|c| c == '{' || c == ',');
         assert!(all_help.contains(name), "no subcommand reads {name}");
