@@ -198,19 +198,7 @@ impl NodeConfig {
     }
 
     pub fn load(file: Option<&Path>, overrides: NodeOverrides) -> Result<NodeConfig, ConfigError> {
-        let from_file: NodeFile = match file {
-            None => NodeFile::default(),
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
-                    path: p.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: p.display().to_string(),
-                    message: e.to_string(),
-                })?
-            }
-        };
+        let from_file: NodeFile = read_file(file)?;
         let region = overrides
             .region
             .or(from_file.region)
@@ -219,15 +207,7 @@ impl NodeConfig {
             .listen
             .or(from_file.listen)
             .unwrap_or_else(|| "127.0.0.1:8080".into());
-        if listen
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .is_none()
-        {
-            return Err(ConfigError::Invalid(format!(
-                "listen address '{listen}' must be host:port"
-            )));
-        }
+        check_listen(&listen)?;
         let database = overrides.database.or(from_file.database);
         let storage = match database {
             None => StorageConfig::Embedded,
@@ -407,6 +387,19 @@ impl HubConfig {
     }
 }
 
+/// A config file's keys, or all defaults without a file.
+fn read_file<T: serde::de::DeserializeOwned + Default>(file: Option<&Path>) -> Result<T, ConfigError> {
+    let Some(p) = file else { return Ok(T::default()) };
+    let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: p.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
 fn check_listen(listen: &str) -> Result<(), ConfigError> {
     if listen
         .rsplit_once(':')
@@ -440,19 +433,7 @@ pub fn parse_node(spec: &str) -> Result<(Region, String), ConfigError> {
 
 impl HubConfig {
     pub fn load(file: Option<&Path>, o: HubOverrides) -> Result<HubConfig, ConfigError> {
-        let f: HubFile = match file {
-            None => HubFile::default(),
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
-                    path: p.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: p.display().to_string(),
-                    message: e.to_string(),
-                })?
-            }
-        };
+        let f: HubFile = read_file(file)?;
         let listen = o.listen.or(f.listen).unwrap_or_else(|| "127.0.0.1:8400".into());
         check_listen(&listen)?;
         let specs = if o.nodes.is_empty() {
