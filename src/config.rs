@@ -74,6 +74,7 @@ pub struct NodeFile {
     pub min_cell: Option<u64>,
     pub rounding: Option<u64>,
     pub clients: Option<PathBuf>,
+    pub mllp: Option<String>,
 }
 
 /// Values from flags or the environment (clap merges those two).
@@ -91,6 +92,7 @@ pub struct NodeOverrides {
     pub min_cell: Option<u64>,
     pub rounding: Option<u64>,
     pub clients: Option<PathBuf>,
+    pub mllp: Option<String>,
 }
 
 /// TLS flags, shared by `pennine node` and `pennine hub`.
@@ -177,6 +179,8 @@ pub struct NodeConfig {
     pub disclosure: Disclosure,
     /// The registered clients; without them every protected route is closed.
     pub clients: Option<PathBuf>,
+    /// Where to listen for HL7 v2 over MLLP (host:port), if at all.
+    pub mllp: Option<String>,
 }
 
 impl NodeConfig {
@@ -194,6 +198,7 @@ impl NodeConfig {
             tls: None,
             disclosure: Disclosure::default(),
             clients: None,
+            mllp: None,
         }
     }
 
@@ -302,6 +307,13 @@ impl NodeConfig {
             tls,
             disclosure,
             clients: overrides.clients.or(from_file.clients),
+            mllp: match overrides.mllp.or(from_file.mllp) {
+                Some(m) => {
+                    check_listen(&m)?;
+                    Some(m)
+                }
+                None => None,
+            },
         })
     }
 }

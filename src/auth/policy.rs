@@ -29,6 +29,10 @@ pub enum Rule {
     Aggregate,
     /// A search at the hub: `_summary=count` for partners, `AuditEvent` for administrators.
     HubSearch,
+    /// Feeds that are not FHIR (HL7 v2, CSV): the `pennine/feed` operation, in the client's region.
+    Feed,
+    /// The dead-letter store of a node's feeds: administrators (they hold raw patient data).
+    FeedAdmin,
 }
 
 /// One route: method, actix path pattern, rule.
@@ -70,6 +74,11 @@ pub const NODE_ROUTES: &[RouteRule] = &[
     r("PATCH", "/fhir/{type}/{id}", Rule::Update),
     r("GET", "/fhir/{type}/{id}/_history", Rule::History),
     r("GET", "/fhir/{type}/{id}/_history/{vid}", Rule::Read),
+    r("POST", "/feeds/hl7v2", Rule::Feed),
+    r("POST", "/feeds/csv/{mapping}", Rule::Feed),
+    r("GET", "/feeds/dead-letters", Rule::FeedAdmin),
+    r("GET", "/feeds/dead-letters/{id}", Rule::FeedAdmin),
+    r("POST", "/feeds/dead-letters/{id}/$replay", Rule::FeedAdmin),
 ];
 
 /// The hub's routes.
@@ -180,6 +189,17 @@ pub fn decide(server: &Server, rule: Rule, p: &Principal, f: &Facts) -> Result<(
         (Server::Node { .. }, Rule::ViewRun) => {
             need(has_op(p, "run"), "run views over this region's rows")?;
             region_ok()
+        }
+        (Server::Node { .. }, Rule::Feed) => {
+            need(has_op(p, "feed"), "send HL7 v2 or CSV feeds")?;
+            region_ok()
+        }
+        (Server::Node { .. }, Rule::FeedAdmin) => {
+            need(p.roles.contains(&Role::Admin), "read or replay dead letters")?;
+            if regional {
+                region_ok()?;
+            }
+            Ok(())
         }
         (Server::Hub, Rule::Aggregate) => need(has_op(p, "aggregate"), "ask aggregate questions"),
         (Server::Hub, Rule::HubSearch) if f.summary_count => need(has_op(p, "aggregate"), "ask federated counts"),

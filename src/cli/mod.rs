@@ -7,6 +7,7 @@ mod dev_certs;
 mod hub;
 mod migrate;
 mod node;
+mod translate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Load the Synthea corpus into a fresh node and measure ingest, read and search.
     Bench(bench::BenchArgs),
+    /// Print the FHIR Bundle each HL7 v2 message in a file becomes (no server needed).
+    Translate(translate::TranslateArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -66,6 +69,10 @@ pub fn main() -> ExitCode {
         Command::BenchFederation(args) => bench_federation::run(args),
         Command::DevCerts(args) => dev_certs::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Translate(args) => match translate::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

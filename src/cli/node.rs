@@ -46,6 +46,9 @@ pub struct NodeArgs {
     /// Registered clients (TOML); without it every protected route is closed.
     #[arg(long, env = "PENNINE_CLIENTS")]
     clients: Option<PathBuf>,
+    /// Also accept HL7 v2 over MLLP on this address (host:port); each message is acknowledged after it is stored.
+    #[arg(long, env = "PENNINE_MLLP")]
+    mllp: Option<String>,
 }
 
 /// TLS flags, shared by `node` and `hub`.
@@ -92,6 +95,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             min_cell: args.min_cell,
             rounding: args.rounding,
             clients: args.clients,
+            mllp: args.mllp,
         },
     )?;
     let rt = super::runtime()?;
@@ -100,6 +104,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
         let node = crate::http::start_node(config).await.context("cannot start the node")?;
         // One line on stdout that scripts (and the tests) read to find the port.
         println!("pennine node {region} listening on {}/fhir", node.base_url());
+        if let Some(m) = node.mllp_addr {
+            println!("pennine node {region} MLLP on {m}");
+        }
         let _ = std::io::stdout().flush();
         shutdown_signal().await;
         tracing::info!("shutting down");

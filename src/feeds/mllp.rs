@@ -87,6 +87,136 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
     out
 }
 
+
+/// Largest frame the listener accepts (a message with embedded documents can be large).
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// Most connections served at once; further senders wait in the accept queue.
+const MAX_CONNECTIONS: usize = 512;
+
+/// A running MLLP listener.
+pub struct MllpServer {
+    pub addr: std::net::SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MllpServer {
+    /// Stops accepting, lets every connection finish the message it is
+    /// storing (and send its ACK), then returns.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `listen` and serves MLLP: each frame is ingested through `feeds` and
+/// answered with its ACK once the data is committed.
+pub async fn start(listen: &str, feeds: super::Feeds) -> std::io::Result<MllpServer> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, feeds, stopped));
+    tracing::info!(%addr, "MLLP listening");
+    Ok(MllpServer { addr, stop, task })
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, feeds: super::Feeds, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stopped.changed() => break,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.changed() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let feeds = feeds.clone();
+                let stopped = stopped.clone();
+                connections.spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = connection(stream, peer, feeds, stopped).await {
+                        tracing::debug!(%peer, error = %e, "MLLP connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "MLLP accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn connection(
+    mut stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    feeds: super::Feeds,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.set_nodelay(true);
+    let mut decoder = Decoder::new(MAX_FRAME);
+    let mut buf = vec![0u8; 64 * 1024];
+    let source = super::Source::new("mllp", Some(format!("MLLP peer {peer}")));
+    loop {
+        let n = tokio::select! {
+            r = stream.read(&mut buf) => r?,
+            _ = stopped.changed() => return Ok(()),
+        };
+        if n == 0 {
+            if !decoder.pending().is_empty() {
+                tracing::warn!(%peer, bytes = decoder.pending().len(),
+                    "MLLP sender disconnected mid-frame; the partial message was not acknowledged and not stored");
+            }
+            return Ok(());
+        }
+        let frames = match decoder.push(&buf[..n]) {
+            Ok(f) => f,
+            Err(e) => {
+                let now = crate::fhir::time::format_instant(crate::fhir::time::now_millis());
+                let finding = super::hl7v2::Finding {
+                    issue: crate::fhir::Issue::error(crate::fhir::IssueCode::TooLong, e.to_string()),
+                    location: None,
+                };
+                let ack = super::hl7v2::ack::ack(None, super::hl7v2::AckCode::AR, &[finding], &e.to_string(), &now);
+                stream.write_all(&frame(ack.as_bytes())).await?;
+                return Ok(());
+            }
+        };
+        for f in frames {
+            match f {
+                Frame::Garbage(g) => {
+                    tracing::warn!(%peer, bytes = g.len(), "bytes outside an MLLP frame were ignored");
+                }
+                Frame::Message(bytes) => {
+                    let text = super::decode_text(&bytes);
+                    let feeds = feeds.clone();
+                    let source = source.clone();
+                    let acks = tokio::task::spawn_blocking(move || {
+                        let messages = super::hl7v2::split_messages(&text);
+                        if messages.is_empty() {
+                            // Not even an MSH: answer with a reject the sender can log.
+                            return vec![feeds.hl7v2(&text, &source).ack];
+                        }
+                        messages.iter().map(|m| feeds.hl7v2(m, &source).ack).collect::<Vec<_>>()
+                    })
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                    for ack in acks {
+                        stream.write_all(&frame(ack.as_bytes())).await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

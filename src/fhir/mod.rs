@@ -3,6 +3,7 @@
 
 pub mod definitions;
 pub mod model;
+pub mod nhs;
 pub mod outcome;
 pub mod refs;
 pub mod time;

@@ -144,6 +144,8 @@ pub fn action(rule: Rule) -> &'static str {
         Rule::ViewRun => "view-run",
         Rule::Aggregate => "aggregate",
         Rule::HubSearch => "count",
+        Rule::Feed => "feed",
+        Rule::FeedAdmin => "dead-letters",
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod error;
 pub mod federation;
+mod feeds;
 pub mod fhir;
 pub mod hub;
 mod views;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub config: Arc<NodeConfig>,
     /// The audit trail (a store of its own).
     pub audit: Arc<AuditLog>,
+    /// The HL7 v2 and CSV feeds, with their dead letters (a store of their own).
+    pub feeds: crate::feeds::Feeds,
     /// The last CapabilityStatement served, with the base URL it was built for.
     pub metadata: std::sync::Mutex<Option<(String, web::Bytes)>>,
 }
@@ -48,8 +51,12 @@ pub struct RunningNode {
     pub tls: bool,
     pub service: FhirService,
     pub audit: Arc<AuditLog>,
+    /// The MLLP listener's address, when `--mllp` is set.
+    pub mllp_addr: Option<SocketAddr>,
     handle: ServerHandle,
     store: Arc<dyn Store>,
+    dead_letters: Arc<dyn Store>,
+    mllp: Option<crate::feeds::mllp::MllpServer>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
@@ -58,17 +65,26 @@ impl RunningNode {
         format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
     }
 
-    /// Graceful stop: finish in-flight requests, then write the audit queue and close the stores.
+    /// Graceful stop: finish in-flight requests and MLLP messages, then write the
+    /// audit queue and close the stores.
     pub async fn stop(self) {
+        if let Some(m) = self.mllp {
+            m.stop().await;
+        }
         self.handle.stop(true).await;
         let _ = self.task.await;
         close_stores(self.audit, self.store).await;
+        close_store(self.dead_letters).await;
     }
 
     /// Waits until the server stops by itself (e.g. on a signal).
     pub async fn wait(self) -> std::io::Result<()> {
         let r = self.task.await.unwrap_or(Ok(()));
+        if let Some(m) = self.mllp {
+            m.stop().await;
+        }
         close_stores(self.audit, self.store).await;
+        close_store(self.dead_letters).await;
         r
     }
 }
@@ -133,6 +149,23 @@ async fn close_stores(audit: Arc<AuditLog>, store: Arc<dyn Store>) {
         store.close();
     })
     .await;
+}
+
+async fn close_store(store: Arc<dyn Store>) {
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
+}
+
+/// The dead-letter store of a node's feeds: beside the clinical store, never in it.
+async fn open_dead_letters(storage: &StorageConfig, data: &std::path::Path) -> Result<Arc<dyn Store>, StartError> {
+    let storage = match storage {
+        StorageConfig::Embedded => StorageConfig::Embedded,
+        StorageConfig::Postgres { url, schema, .. } => StorageConfig::Postgres {
+            url: url.clone(),
+            schema: format!("{schema}_deadletters"),
+            pool: 2,
+        },
+    };
+    open_store(storage, data.join("dead-letters")).await
 }
 
 /// Opens a store on the blocking pool.
@@ -260,6 +293,19 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
     )?;
     let registry = Arc::new(Registry::r4());
     let service = FhirService::new(store.clone(), registry, config.service.clone());
+    let dead_letters = open_dead_letters(&config.storage, &config.data).await?;
+    let feeds = crate::feeds::Feeds::new(service.clone(), crate::feeds::DeadLetters::new(dead_letters.clone()));
+    let mllp = match &config.mllp {
+        Some(listen) => Some(
+            crate::feeds::mllp::start(listen, feeds.clone())
+                .await
+                .map_err(|e| StartError::Bind {
+                    addr: listen.clone(),
+                    message: e.to_string(),
+                })?,
+        ),
+        None => None,
+    };
     let config = Arc::new(config);
     let access = web::Data::new(access::Access::new(
         authority,
@@ -275,6 +321,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         service: service.clone(),
         config: config.clone(),
         audit: audit.clone(),
+        feeds,
         metadata: std::sync::Mutex::new(None),
     });
     let server = HttpServer::new(move || {
@@ -320,6 +367,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
                 route(cfg, NODE_ROUTES, "POST", "/auth/token", web::post().to(access::token));
             })
             .configure(views::configure)
+            .configure(feeds::configure)
             .configure(federation::configure)
             .configure(fhir::configure)
             .default_service(web::to(no_route))
@@ -346,8 +394,11 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         tls: config.tls.is_some(),
         service,
         audit,
+        mllp_addr: mllp.as_ref().map(|m| m.addr),
         handle,
         store,
+        dead_letters,
+        mllp,
         task,
     })
 }

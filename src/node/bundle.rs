@@ -273,6 +273,15 @@ impl FhirService {
 
     /// Processes a batch or transaction Bundle given as JSON text.
     pub fn process_bundle(&self, body: &str) -> Result<BundleOutcome, Error> {
+        self.process_bundle_unless(body, None)
+    }
+
+    /// Like `process_bundle`, but a transaction is applied only if the resource
+    /// `unless` (type, id) does not exist yet; otherwise nothing is written and
+    /// the answer is `Error::AlreadyApplied`. The check runs inside the store's
+    /// unit of work, so two copies of one message cannot both apply. Feeds use
+    /// it with the Provenance of a message to apply each message once.
+    pub fn process_bundle_unless(&self, body: &str, unless: Option<(String, String)>) -> Result<BundleOutcome, Error> {
         let bundle: BundleIn = serde_json::from_str(body).map_err(|e| {
             let what = if e.is_syntax() || e.is_eof() {
                 "malformed JSON"
@@ -394,6 +403,11 @@ impl FhirService {
         let service = self.clone();
         let provisional = map.clone();
         let results = self.run(move |txn| -> Result<Vec<EntryWrite>, Error> {
+            if let Some((rtype, id)) = &unless {
+                if txn.current(rtype, id)?.is_some() {
+                    return Err(Error::AlreadyApplied(format!("{rtype}/{id}")));
+                }
+            }
             let mut final_map = provisional;
             // Conditional references.
             for (r, q) in &conditional_refs {

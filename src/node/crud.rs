@@ -345,3 +345,12 @@ impl FhirService {
         }
     }
 }
+
+impl FhirService {
+    /// Current resources of `rtype` matching query `pairs` (strict parsing), at most `limit`.
+    pub fn find(&self, rtype: &str, pairs: &[(String, String)], limit: usize) -> Result<Vec<Stored>, Error> {
+        let req = crate::search::parse_query(&self.registry, rtype, pairs, true, usize::MAX)?;
+        let keys = self.store.search(&req, limit)?;
+        Ok(self.store.fetch(&keys)?)
+    }
+}

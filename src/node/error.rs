@@ -31,6 +31,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("forbidden")]
     Forbidden(Issue),
+    /// A guarded transaction whose marker resource (named here) exists already.
+    #[error("already applied: {0} exists")]
+    AlreadyApplied(String),
 }
 
 impl Error {
@@ -57,6 +60,7 @@ impl Error {
             Error::Store(StoreError::Conflict(_)) => 409,
             Error::Store(_) => 500,
             Error::Forbidden(_) => 403,
+            Error::AlreadyApplied(_) => 200,
         }
     }
 
@@ -102,6 +106,10 @@ impl Error {
             Error::Conflict(m) => vec![Issue::error(IssueCode::Conflict, m.clone())],
             Error::PreconditionFailed(m) => vec![Issue::error(IssueCode::Conflict, m.clone())],
             Error::MultipleMatches(m) => vec![Issue::error(IssueCode::MultipleMatches, m.clone())],
+            Error::AlreadyApplied(m) => vec![Issue::information(
+                IssueCode::Duplicate,
+                format!("already applied ({m}); nothing was written again"),
+            )],
             Error::NotSupported(m) => vec![Issue::error(IssueCode::NotSupported, format!("not supported: {m}"))],
             Error::Store(_) => vec![Issue::error(
                 IssueCode::Exception,

@@ -10,6 +10,8 @@ pub struct TestNode {
     pub fhir: String,
     pub root: String,
     pub client: reqwest::Client,
+    /// The MLLP listener, when the config asked for one.
+    pub mllp: Option<std::net::SocketAddr>,
     node: Option<RunningNode>,
     schema: Option<(String, String)>,
     _dir: tempfile::TempDir,
@@ -103,6 +105,7 @@ pub async fn spawn_node_with(tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
     let config_clients = config.clients.clone();
     let node = start_node(config).await.expect("node starts");
     let root = node.base_url();
+    let mllp = node.mllp_addr;
     // Tests that register other clients (or none) get a client without a token.
     let has_tester = config_clients
         .as_deref()
@@ -117,6 +120,7 @@ pub async fn spawn_node_with(tweak: impl FnOnce(&mut NodeConfig)) -> TestNode {
         fhir: format!("{root}/fhir"),
         root,
         client,
+        mllp,
         node: Some(node),
         schema,
         _dir: dir,

@@ -9,6 +9,7 @@ mod docker;
 mod durability;
 mod errors;
 mod federation;
+mod feeds;
 mod helpers;
 mod multiprocess;
 mod search;
