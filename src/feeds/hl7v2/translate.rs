@@ -720,7 +720,15 @@ impl<'m, 'a> Ctx<'m, 'a> {
             .collect();
         p.insert("identifier".into(), Value::Array(ids));
         p.insert("active".into(), json!(true));
-        let names: Vec<Value> = self.reps(si, 5).iter().filter_map(|r| dt::xpn(m, r)).collect();
+        let mut names: Vec<Value> = self.reps(si, 5).iter().filter_map(|r| dt::xpn(m, r)).collect();
+        // PID-9: other names the patient is known by.
+        names.extend(self.reps(si, 9).iter().filter_map(|r| {
+            let mut n = dt::xpn(m, r)?;
+            if n.get("use").is_none() {
+                n["use"] = json!("usual");
+            }
+            Some(n)
+        }));
         if !names.is_empty() {
             p.insert("name".into(), Value::Array(names));
         }
@@ -833,7 +841,8 @@ impl<'m, 'a> Ctx<'m, 'a> {
         let m = self.m;
         let visit = self.reps(si, 19).first().and_then(|r| dt::cx(m, r));
         let start = self.dtm(si, 44);
-        let end = self.dtm(si, 45);
+        // A cancelled discharge (A13) or pending discharge (A25) leaves the encounter open.
+        let end = self.dtm(si, 45).filter(|_| !matches!(trigger, "A13" | "A25"));
         let class_code = self.v(si, 2);
         let key = match &visit {
             Some(v) => v.token(),
@@ -982,6 +991,19 @@ impl<'m, 'a> Ctx<'m, 'a> {
         if let Some(pv2) = self.first("PV2") {
             if let Some(reason) = self.cwe_field(pv2, 3) {
                 e.insert("reasonCode".into(), json!([reason]));
+            }
+            // Expected admit and discharge times: the R5 planned dates, as the V2-to-FHIR IG maps them.
+            let mut ext = Vec::new();
+            for (n, url) in [
+                (8, "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedStartDate"),
+                (9, "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedEndDate"),
+            ] {
+                if let Some(d) = self.dtm(pv2, n) {
+                    ext.push(json!({ "url": url, "valueDateTime": d.fhir }));
+                }
+            }
+            if !ext.is_empty() {
+                e.insert("extension".into(), Value::Array(ext));
             }
         }
         if let Some(sp) = service_provider {
@@ -1385,10 +1407,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
         let status = match self.v(si, 11).as_str() {
             "F" => "final",
             "C" => "corrected",
-            "P" | "S" => "preliminary",
+            // R: entered, not verified; FHIR preliminary covers "data may be ... unverified".
+            "P" | "S" | "R" => "preliminary",
             "X" => "cancelled",
             "D" | "W" => "entered-in-error",
-            "R" | "I" => "registered",
+            // I: specimen in lab, results pending; O: order detail only, no result.
+            "I" | "O" => "registered",
             "A" => "amended",
             "" => "unknown",
             other => {
