@@ -7,6 +7,7 @@ mod dev_certs;
 mod hub;
 mod migrate;
 mod node;
+mod send;
 mod translate;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the FHIR Bundle each HL7 v2 message in a file becomes (no server needed).
     Translate(translate::TranslateArgs),
+    /// Send HL7 v2 message files to a node over MLLP, one ACK per message.
+    Send(send::SendArgs),
+    /// Upload HL7 v2 files, CSV extracts and FHIR bundles to a node over HTTP(S).
+    Push(send::PushArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -69,6 +74,14 @@ pub fn main() -> ExitCode {
         Command::BenchFederation(args) => bench_federation::run(args),
         Command::DevCerts(args) => dev_certs::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::Send(args) => match send::send(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Push(args) => match send::push(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Translate(args) => match translate::run(args) {
             Ok(code) => return code,
             Err(e) => Err(e),

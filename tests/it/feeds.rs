@@ -744,3 +744,70 @@ async fn whole_hl7v2_corpus_through_http_stores_every_translated_message() {
     assert!(stored >= 50);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn cli_translate_send_and_push() {
+    let node = spawn_node_with(|c| c.mllp = Some("127.0.0.1:0".into())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("admit.hl7");
+    std::fs::write(&good, format!("{}\n{}", patient_message(1), patient_message(2))).unwrap();
+    let bad = dir.path().join("bad.hl7");
+    std::fs::write(&bad, patient_message(3).replace("19800101", "1980XX01")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_pennine");
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || std::process::Command::new(bin).args(args).output().unwrap())
+            .await
+            .unwrap()
+    };
+    // translate: a Bundle per message on stdout, no server needed.
+    let out = run(vec!["translate".into(), "--ndjson".into(), good.display().to_string()]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["type"], "transaction");
+    let out = run(vec!["translate".into(), bad.display().to_string()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PID-7"));
+    // send over MLLP: two accepted, one rejected, exit status 1.
+    let out = run(vec![
+        "send".into(),
+        "--mllp".into(),
+        node.mllp.unwrap().to_string(),
+        good.display().to_string(),
+        bad.display().to_string(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("accepted 2 rejected 1"), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(node.total("Patient").await, 2);
+    // push over HTTP with client credentials: a folder with an HL7 file and a CSV extract.
+    let folder = dir.path().join("upload");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("more.hl7"), patient_message(4)).unwrap();
+    std::fs::write(
+        folder.join("patients.csv"),
+        "Id,BIRTHDATE,DEATHDATE,PREFIX,FIRST,LAST,SUFFIX,MAIDEN,MARITAL,GENDER,ADDRESS,CITY,STATE,COUNTY,ZIP\n\
+         csv-1,1990-01-01,,,Ann,Csv,,,,F,,,,,\n",
+    )
+    .unwrap();
+    let out = run(vec![
+        "push".into(),
+        node.root.clone(),
+        folder.display().to_string(),
+        "--client-id".into(),
+        "vendor".into(),
+        "--client-secret".into(),
+        super::helpers::TEST_SECRET.into(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("accepted 2 rejected 0"), "{stdout}");
+    assert_eq!(node.total("Patient").await, 4);
+    node.stop().await;
+}
