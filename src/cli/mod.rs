@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_federation;
+mod bench_feeds;
 mod demo;
 mod dev_certs;
 mod hub;
@@ -42,6 +43,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the FHIR Bundle each HL7 v2 message in a file becomes (no server needed).
     Translate(translate::TranslateArgs),
+    /// Measure HL7 v2 translation (one core) and end-to-end MLLP ingest.
+    BenchFeeds(bench_feeds::BenchFeedsArgs),
     /// Send HL7 v2 message files to a node over MLLP, one ACK per message.
     Send(send::SendArgs),
     /// Upload HL7 v2 files, CSV extracts and FHIR bundles to a node over HTTP(S).
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::BenchFederation(args) => bench_federation::run(args),
         Command::DevCerts(args) => dev_certs::run(args),
         Command::Migrate(args) => migrate::run(args),
+        Command::BenchFeeds(args) => bench_feeds::run(args),
         Command::Send(args) => match send::send(args) {
             Ok(code) => return code,
             Err(e) => Err(e),

@@ -56,7 +56,7 @@ struct Tally {
 impl Tally {
     fn progress(&self, done: usize, total: usize, what: &str) {
         let width = 30;
-        let filled = if total == 0 { width } else { done * width / total };
+        let filled = (done * width).checked_div(total).unwrap_or(width);
         eprint!(
             "\r[{}{}] {done}/{total} accepted {} rejected {} {what:<40.40}",
             "#".repeat(filled),
@@ -108,12 +108,14 @@ fn ack_code(ack: &str) -> (&str, String) {
 pub fn send(args: SendArgs) -> anyhow::Result<std::process::ExitCode> {
     let mut messages = Vec::new();
     for f in &args.files {
-        let text = crate::feeds::decode_text(&std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?);
+        let text =
+            crate::feeds::decode_text(&std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?);
         for m in split_messages(&text) {
             messages.push((f.display().to_string(), m.replace('\n', "\r").replace("\r\r", "\r")));
         }
     }
-    let mut stream = std::net::TcpStream::connect(&args.mllp).with_context(|| format!("cannot connect to {}", args.mllp))?;
+    let mut stream =
+        std::net::TcpStream::connect(&args.mllp).with_context(|| format!("cannot connect to {}", args.mllp))?;
     stream.set_read_timeout(Some(Duration::from_secs(args.timeout)))?;
     let mut tally = Tally::default();
     let total = messages.len();
@@ -160,7 +162,10 @@ fn kind(p: &Path) -> Option<&'static str> {
 }
 
 pub fn push(args: PushArgs) -> anyhow::Result<std::process::ExitCode> {
-    let files: Vec<PathBuf> = collect(&args.paths)?.into_iter().filter(|p| kind(p).is_some()).collect();
+    let files: Vec<PathBuf> = collect(&args.paths)?
+        .into_iter()
+        .filter(|p| kind(p).is_some())
+        .collect();
     if files.is_empty() {
         bail!("no .hl7, .er7, .csv or .json files in the given paths");
     }
@@ -221,8 +226,12 @@ pub fn push(args: PushArgs) -> anyhow::Result<std::process::ExitCode> {
                         tally.accepted += 1;
                     } else {
                         tally.rejected += 1;
-                        let why = e["response"]["outcome"]["issue"][0]["diagnostics"].as_str().unwrap_or("");
-                        tally.failures.push(format!("{} entry {}: {s} {why}", f.display(), k + 1));
+                        let why = e["response"]["outcome"]["issue"][0]["diagnostics"]
+                            .as_str()
+                            .unwrap_or("");
+                        tally
+                            .failures
+                            .push(format!("{} entry {}: {s} {why}", f.display(), k + 1));
                     }
                 }
             } else if let Some(rows) = body["rows"].as_u64() {
@@ -231,7 +240,9 @@ pub fn push(args: PushArgs) -> anyhow::Result<std::process::ExitCode> {
                 tally.rejected += rejected;
                 for r in body["rejected"].as_array().into_iter().flatten() {
                     let why = r["outcome"]["issue"][0]["diagnostics"].as_str().unwrap_or("");
-                    tally.failures.push(format!("{} line {}: {why}", f.display(), r["line"]));
+                    tally
+                        .failures
+                        .push(format!("{} line {}: {why}", f.display(), r["line"]));
                 }
             } else {
                 tally.accepted += 1;

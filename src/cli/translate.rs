@@ -47,7 +47,11 @@ pub fn run(args: TranslateArgs) -> anyhow::Result<std::process::ExitCode> {
             }
             Err(r) => {
                 refused += 1;
-                let id = r.header.as_ref().map(|h| h.control_id.clone()).unwrap_or_else(|| format!("message {}", i + 1));
+                let id = r
+                    .header
+                    .as_ref()
+                    .map(|h| h.control_id.clone())
+                    .unwrap_or_else(|| format!("message {}", i + 1));
                 for f in &r.findings {
                     let issue = f.to_issue();
                     eprintln!("{id} refused ({}): {}", r.ack.as_str(), issue.diagnostics);

@@ -101,11 +101,18 @@ impl Mapping {
         for e in &m.elements {
             let sources = e.column.is_some() as u8 + e.value.is_some() as u8 + e.template.is_some() as u8;
             if sources != 1 {
-                return Err(format!("element {}: needs exactly one of column, value, template", e.path));
+                return Err(format!(
+                    "element {}: needs exactly one of column, value, template",
+                    e.path
+                ));
             }
             if let Some(k) = &e.kind {
                 if !TYPES.contains(&k.as_str()) {
-                    return Err(format!("element {}: unknown type '{k}' (known: {})", e.path, TYPES.join(", ")));
+                    return Err(format!(
+                        "element {}: unknown type '{k}' (known: {})",
+                        e.path,
+                        TYPES.join(", ")
+                    ));
                 }
             }
             parse_path(&e.path).map_err(|err| format!("element {}: {err}", e.path))?;
@@ -176,7 +183,9 @@ fn parse_path(path: &str) -> Result<Vec<Step>, String> {
         let mut r = rest;
         while let Some(stripped) = r.strip_prefix('[') {
             let end = stripped.find(']').ok_or("unclosed [")?;
-            let n: usize = stripped[..end].parse().map_err(|_| format!("'{part}': index must be a number"))?;
+            let n: usize = stripped[..end]
+                .parse()
+                .map_err(|_| format!("'{part}': index must be a number"))?;
             steps.push(Step::Index(n));
             r = &stripped[end + 1..];
         }
@@ -259,7 +268,9 @@ fn typed(kind: &str, raw: &str, column: &str) -> Result<Value, Issue> {
         }
         "dateTime" => {
             let ok = crate::fhir::time::parse_range(raw).is_some()
-                && (!raw.contains('T') || raw.ends_with('Z') || raw[raw.len().saturating_sub(6)..].starts_with(['+', '-']));
+                && (!raw.contains('T')
+                    || raw.ends_with('Z')
+                    || raw[raw.len().saturating_sub(6)..].starts_with(['+', '-']));
             if ok {
                 Ok(json!(raw))
             } else {
@@ -268,7 +279,9 @@ fn typed(kind: &str, raw: &str, column: &str) -> Result<Value, Issue> {
         }
         "decimal" => {
             let ok = raw.parse::<f64>().is_ok_and(f64::is_finite)
-                && raw.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+' || b == b'e' || b == b'E');
+                && raw
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+' || b == b'e' || b == b'E');
             if ok {
                 serde_json::from_str::<Value>(raw.trim_start_matches('+')).map_err(|_| bad("decimal"))
             } else {
@@ -303,7 +316,10 @@ pub fn map_row(m: &Mapping, row: &HashMap<&str, &str>) -> Result<Value, Vec<Issu
         }
     };
     if !crate::fhir::is_valid_id(&id) {
-        issues.push(Issue::error(IssueCode::Value, format!("'{id}' is not a valid resource id")));
+        issues.push(Issue::error(
+            IssueCode::Value,
+            format!("'{id}' is not a valid resource id"),
+        ));
     }
     let mut out = json!({ "resourceType": m.resource_type, "id": id });
     for e in &m.elements {
@@ -397,7 +413,10 @@ pub fn read_table(m: &Mapping, text: &str) -> Result<Table, Issue> {
     let mut rows = Vec::new();
     for (i, rec) in reader.records().enumerate() {
         let rec = rec.map_err(|e| {
-            Issue::error(IssueCode::Structure, format!("CSV record {} cannot be read: {e}", i + 1))
+            Issue::error(
+                IssueCode::Structure,
+                format!("CSV record {} cannot be read: {e}", i + 1),
+            )
         })?;
         rows.push((i + 2, rec.iter().map(str::to_string).collect()));
     }

@@ -88,7 +88,11 @@ impl DeadLetters {
                     id: &id,
                     version: current.map(|c| c.version + 1).unwrap_or(1),
                     last_updated: now,
-                    method: if current.is_some() { Method::Update } else { Method::Create },
+                    method: if current.is_some() {
+                        Method::Update
+                    } else {
+                        Method::Create
+                    },
                     json: Some(&json),
                     index: None,
                     existed: current.is_some(),

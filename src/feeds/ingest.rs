@@ -148,7 +148,13 @@ impl Feeds {
                     .unwrap_or_default();
                 MessageResult {
                     code: refused.ack,
-                    ack: ack::ack(refused.header.as_ref(), refused.ack, &refused.findings, &text_msg, &now),
+                    ack: ack::ack(
+                        refused.header.as_deref(),
+                        refused.ack,
+                        &refused.findings,
+                        &text_msg,
+                        &now,
+                    ),
                     control_id: refused.header.as_ref().map(|h| h.control_id.clone()),
                     message_type: refused.header.as_ref().map(|h| h.message_type()),
                     issues,
@@ -160,7 +166,9 @@ impl Feeds {
             }
         };
         if outcome.code != AckCode::AA {
-            let sender = hl7v2::er7::parse(text).ok().map(|m| format!("{}|{}", m.get("MSH-3"), m.get("MSH-4")));
+            let sender = hl7v2::er7::parse(text)
+                .ok()
+                .map(|m| format!("{}|{}", m.get("MSH-3"), m.get("MSH-4")));
             match letter {
                 // A replay that failed again: the letter keeps its id and gains the new reasons.
                 Some(l) => {
@@ -301,7 +309,10 @@ impl Feeds {
             tracing::error!(error = %inner, control_id = %header.control_id, "storing an HL7 v2 message failed");
         }
         findings.extend(t.findings.iter().cloned());
-        let text = findings.first().map(|f| f.issue.diagnostics.clone()).unwrap_or_default();
+        let text = findings
+            .first()
+            .map(|f| f.issue.diagnostics.clone())
+            .unwrap_or_default();
         MessageResult {
             code: AckCode::AE,
             ack: ack::ack(Some(&header), AckCode::AE, &findings, &text, now),
@@ -427,7 +438,13 @@ impl Feeds {
         let bundle = transaction(&resources, &if_match);
         let stored: Vec<String> = resources
             .iter()
-            .map(|r| format!("{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")))
+            .map(|r| {
+                format!(
+                    "{}/{}",
+                    r["resourceType"].as_str().unwrap_or(""),
+                    r["id"].as_str().unwrap_or("")
+                )
+            })
             .collect();
         let body = serde_json::to_string(&bundle).expect("a Value always serialises");
         match self
@@ -466,9 +483,7 @@ impl Feeds {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let found = self
-            .service
-            .find(rtype, &[("identifier".to_string(), value)], 20)?;
+        let found = self.service.find(rtype, &[("identifier".to_string(), value)], 20)?;
         let mut active: Vec<Stored> = Vec::new();
         let mut inactive: Vec<Stored> = Vec::new();
         for s in found {
@@ -518,7 +533,10 @@ pub fn transaction(resources: &[Value], if_match: &HashMap<String, u64>) -> Valu
 }
 
 fn escape_token(s: &str) -> String {
-    s.replace('\\', "\\\\").replace(',', "\\,").replace('|', "\\|").replace('$', "\\$")
+    s.replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace('|', "\\|")
+        .replace('$', "\\$")
 }
 
 fn position(resources: &[Value], rtype: &str, id: &str) -> Option<usize> {
@@ -528,7 +546,10 @@ fn position(resources: &[Value], rtype: &str, id: &str) -> Option<usize> {
 }
 
 fn stored_json(s: &Stored) -> Result<Value, Error> {
-    let bytes = s.json.as_ref().ok_or_else(|| Error::Gone(s.rtype.clone(), s.id.clone()))?;
+    let bytes = s
+        .json
+        .as_ref()
+        .ok_or_else(|| Error::Gone(s.rtype.clone(), s.id.clone()))?;
     serde_json::from_slice(bytes).map_err(|e| Error::Store(crate::store::StoreError::Database(e.to_string())))
 }
 
@@ -599,7 +620,10 @@ pub fn merge_resource(old: &Value, new: &Value, rtype: &str) -> Value {
             "participant" if rtype == "Encounter" => {
                 let mut list: Vec<Value> = v.as_array().cloned().unwrap_or_default();
                 for prev in o.get(k).and_then(Value::as_array).into_iter().flatten() {
-                    if !list.iter().any(|x| x["individual"] == prev["individual"] && x["type"] == prev["type"]) {
+                    if !list
+                        .iter()
+                        .any(|x| x["individual"] == prev["individual"] && x["type"] == prev["type"])
+                    {
                         list.push(prev.clone());
                     }
                 }
@@ -669,7 +693,10 @@ impl Feeds {
     fn csv_inner(&self, mapping: &str, text: &str, source: &Source, keep: bool) -> Result<CsvSummary, Error> {
         use super::csv as c;
         let m = c::shipped(mapping).ok_or_else(|| {
-            Error::NotFound("mapping".into(), format!("{mapping} (known: {})", c::shipped_names().join(", ")))
+            Error::NotFound(
+                "mapping".into(),
+                format!("{mapping} (known: {})", c::shipped_names().join(", ")),
+            )
         })?;
         let table = c::read_table(&m, text).map_err(Error::invalid)?;
         let mut summary = CsvSummary {
@@ -691,7 +718,9 @@ impl Feeds {
                             resource["resourceType"].as_str().unwrap_or(""),
                             resource["id"].as_str().unwrap_or("")
                         );
-                        entries.push(json!({"fullUrl": url, "resource": resource, "request": {"method": "PUT", "url": url}}));
+                        entries.push(
+                            json!({"fullUrl": url, "resource": resource, "request": {"method": "PUT", "url": url}}),
+                        );
                         lines.push((*line, row));
                     }
                     Err(issues) => summary.rejected.push(RowRejection {

@@ -87,7 +87,6 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
     out
 }
 
-
 /// Largest frame the listener accepts (a message with embedded documents can be large).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// Most connections served at once; further senders wait in the accept queue.
@@ -120,7 +119,11 @@ pub async fn start(listen: &str, feeds: super::Feeds) -> std::io::Result<MllpSer
     Ok(MllpServer { addr, stop, task })
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, feeds: super::Feeds, mut stopped: tokio::sync::watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    feeds: super::Feeds,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     loop {

@@ -16,7 +16,11 @@ pub fn check(value: &str) -> Result<String, String> {
     let sum: u32 = d[..9].iter().zip((2..=10).rev()).map(|(x, w)| x * w).sum();
     let check = match 11 - sum % 11 {
         11 => 0,
-        10 => return Err(format!("'{value}' is not an NHS number: no valid check digit exists for it")),
+        10 => {
+            return Err(format!(
+                "'{value}' is not an NHS number: no valid check digit exists for it"
+            ))
+        }
         c => c,
     };
     if check != d[9] {

@@ -114,9 +114,9 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
         }
     }
     let limit = match q.iter().find(|(k, _)| k == "_count") {
-        Some((_, v)) => v.parse::<usize>().map_err(|_| {
-            ApiError::Invalid(Issue::error(IssueCode::Value, format!("_count '{v}' is not a number")))
-        })?,
+        Some((_, v)) => v
+            .parse::<usize>()
+            .map_err(|_| ApiError::Invalid(Issue::error(IssueCode::Value, format!("_count '{v}' is not a number"))))?,
         None => 100,
     };
     let dead = state.feeds.dead.clone();
@@ -138,7 +138,11 @@ async fn get(path: web::Path<String>, state: web::Data<AppState>) -> Result<Http
     }
 }
 
-async fn replay(req: HttpRequest, path: web::Path<(String,)>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn replay(
+    req: HttpRequest,
+    path: web::Path<(String,)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner().0;
     let feeds = state.feeds.clone();
     let who = super::access::who(super::access::principal_of(&req).as_ref(), &req);

@@ -58,7 +58,9 @@ fn empty_elements(v: &Value, path: &str, out: &mut Vec<String>) {
             .iter()
             .enumerate()
             .for_each(|(i, x)| empty_elements(x, &format!("{path}[{i}]"), out)),
-        Value::Object(o) => o.iter().for_each(|(k, x)| empty_elements(x, &format!("{path}.{k}"), out)),
+        Value::Object(o) => o
+            .iter()
+            .for_each(|(k, x)| empty_elements(x, &format!("{path}.{k}"), out)),
         _ => {}
     }
 }
@@ -69,7 +71,10 @@ fn check_bundle_rules(name: &str, bundle: &Value) {
     let mut ids = HashSet::new();
     for r in bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]) {
         let key = format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap());
-        assert!(pennine::fhir::is_valid_id(r["id"].as_str().unwrap()), "{name}: bad id {key}");
+        assert!(
+            pennine::fhir::is_valid_id(r["id"].as_str().unwrap()),
+            "{name}: bad id {key}"
+        );
         assert!(ids.insert(key.clone()), "{name}: {key} appears twice");
         let mut empty = Vec::new();
         empty_elements(r, &key, &mut empty);
@@ -79,7 +84,10 @@ fn check_bundle_rules(name: &str, bundle: &Value) {
         let mut refs = Vec::new();
         pennine::fhir::refs::collect(r, &mut refs);
         for reference in refs {
-            assert!(ids.contains(&reference), "{name}: reference {reference} does not resolve in the Bundle");
+            assert!(
+                ids.contains(&reference),
+                "{name}: reference {reference} does not resolve in the Bundle"
+            );
         }
     }
 }
@@ -105,7 +113,9 @@ impl Tally {
 
 #[test]
 fn hl7v2_corpus_translates_or_is_refused_and_agrees_with_the_reference_converter() {
-    let Some(dir) = corpus("fhir-converter-hl7v2") else { return };
+    let Some(dir) = corpus("fhir-converter-hl7v2") else {
+        return;
+    };
     let cases = std::fs::read_to_string(dir.join("cases.csv")).unwrap();
     let mut tally = Tally::default();
     let (mut translated, mut refused) = (0, 0);
@@ -150,30 +160,50 @@ fn hl7v2_corpus_translates_or_is_refused_and_agrees_with_the_reference_converter
         tally.check("gender", input, p["gender"] == e["gender"], || {
             format!("{} vs {}", p["gender"], e["gender"])
         });
-        let (ours_ids, exp_ids) = (strings(p, &["identifier", "value"]), strings(e, &["identifier", "value"]));
-        tally.check("identifiers", input, ours_ids.is_subset(&exp_ids) && !ours_ids.is_empty(), || {
-            format!("{ours_ids:?} not within {exp_ids:?}")
-        });
+        let (ours_ids, exp_ids) = (
+            strings(p, &["identifier", "value"]),
+            strings(e, &["identifier", "value"]),
+        );
+        tally.check(
+            "identifiers",
+            input,
+            ours_ids.is_subset(&exp_ids) && !ours_ids.is_empty(),
+            || format!("{ours_ids:?} not within {exp_ids:?}"),
+        );
         let (of, ef) = (strings(p, &["name", "family"]), strings(e, &["name", "family"]));
         // The reference also copies names from other segments (GT1, IN2, PID-6): ours must be among them.
-        tally.check("family names", input, !of.is_empty() && of.is_subset(&ef), || format!("{of:?} vs {ef:?}"));
+        tally.check("family names", input, !of.is_empty() && of.is_subset(&ef), || {
+            format!("{of:?} vs {ef:?}")
+        });
         let (og, eg) = (strings(p, &["name", "given"]), strings(e, &["name", "given"]));
         tally.check("given names", input, og.is_subset(&eg), || format!("{og:?} vs {eg:?}"));
-        let (oz, ez) = (strings(p, &["address", "postalCode"]), strings(e, &["address", "postalCode"]));
+        let (oz, ez) = (
+            strings(p, &["address", "postalCode"]),
+            strings(e, &["address", "postalCode"]),
+        );
         tally.check("postcodes", input, oz.is_subset(&ez), || format!("{oz:?} vs {ez:?}"));
         let (oc, ec) = (strings(p, &["address", "city"]), strings(e, &["address", "city"]));
         tally.check("cities", input, oc.is_subset(&ec), || format!("{oc:?} vs {ec:?}"));
         // Encounter.
-        if let (Some(oe), Some(ee)) = (resources(&ours, "Encounter").first(), resources(&exp, "Encounter").first()) {
-            tally.check("encounter class", input, oe["class"]["code"] == ee["class"]["code"], || {
-                format!("{} vs {}", oe["class"]["code"], ee["class"]["code"])
-            });
+        if let (Some(oe), Some(ee)) = (
+            resources(&ours, "Encounter").first(),
+            resources(&exp, "Encounter").first(),
+        ) {
+            tally.check(
+                "encounter class",
+                input,
+                oe["class"]["code"] == ee["class"]["code"],
+                || format!("{} vs {}", oe["class"]["code"], ee["class"]["code"]),
+            );
             // The reference fills the period from PV2-8/9 (expected admit/discharge) when PV1-44/45
             // are empty, and keeps PV1-45 on cancelled discharges; we follow the V2-to-FHIR IG:
             // PV1-44/45 are the period (no end after A13/A25), PV2-8/9 the planned-date extensions.
             // The fact must be in one place or the other, with the same instant.
             let planned = |which: &str| -> Option<String> {
-                oe["extension"].as_array()?.iter().find(|x| x["url"].as_str().is_some_and(|u| u.ends_with(which)))?["valueDateTime"]
+                oe["extension"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["url"].as_str().is_some_and(|u| u.ends_with(which)))?["valueDateTime"]
                     .as_str()
                     .map(str::to_string)
             };
@@ -208,7 +238,10 @@ fn hl7v2_corpus_translates_or_is_refused_and_agrees_with_the_reference_converter
         // Observations (ORU): code, value, unit, reference range.
         if root == "ORU_R01" {
             let key = |o: &Value| -> String { o["code"]["coding"][0]["code"].as_str().unwrap_or("").to_string() };
-            let ours_obs: HashMap<String, &Value> = resources(&ours, "Observation").into_iter().map(|o| (key(o), o)).collect();
+            let ours_obs: HashMap<String, &Value> = resources(&ours, "Observation")
+                .into_iter()
+                .map(|o| (key(o), o))
+                .collect();
             let exp_obs = resources(&exp, "Observation");
             let exp_codes: HashSet<String> = exp_obs.iter().map(|o| key(o)).collect();
             let our_codes: HashSet<String> = ours_obs.keys().cloned().collect();
@@ -220,14 +253,21 @@ fn hl7v2_corpus_translates_or_is_refused_and_agrees_with_the_reference_converter
                 let Some(oo) = ours_obs.get(&key(eo)) else { continue };
                 if let Some(ev) = eo["valueQuantity"]["value"].as_f64() {
                     let ov = oo["valueQuantity"]["value"].as_f64();
-                    tally.check("observation values", input, ov == Some(ev), || format!("{ov:?} vs {ev}"));
+                    tally.check("observation values", input, ov == Some(ev), || {
+                        format!("{ov:?} vs {ev}")
+                    });
                     let (ou, eu) = (&oo["valueQuantity"]["unit"], &eo["valueQuantity"]["unit"]);
-                    tally.check("observation units", input, ou == eu || eu.is_null(), || format!("{ou} vs {eu}"));
+                    tally.check("observation units", input, ou == eu || eu.is_null(), || {
+                        format!("{ou} vs {eu}")
+                    });
                 } else if let Some(es) = eo["valueString"].as_str() {
                     let os = oo["valueString"].as_str();
-                    tally.check("observation values", input, os.map(str::trim) == Some(es.trim()), || {
-                        format!("{os:?} vs {es}")
-                    });
+                    tally.check(
+                        "observation values",
+                        input,
+                        os.map(str::trim) == Some(es.trim()),
+                        || format!("{os:?} vs {es}"),
+                    );
                 }
                 let (orr, err) = (&oo["referenceRange"][0], &eo["referenceRange"][0]);
                 if !err.is_null() {
@@ -241,10 +281,14 @@ fn hl7v2_corpus_translates_or_is_refused_and_agrees_with_the_reference_converter
                 // says unknown: OBX-11 R ("entered, not verified") is preliminary here (FHIR: "data
                 // may be incomplete or unverified"), I ("specimen in lab, results pending") is
                 // registered (FHIR: "no result yet available").
-                let obx11_r = (oo["status"] == "preliminary" || oo["status"] == "registered") && eo["status"] == "unknown";
-                tally.check("observation status", input, oo["status"] == eo["status"] || obx11_r, || {
-                    format!("{} vs {}", oo["status"], eo["status"])
-                });
+                let obx11_r =
+                    (oo["status"] == "preliminary" || oo["status"] == "registered") && eo["status"] == "unknown";
+                tally.check(
+                    "observation status",
+                    input,
+                    oo["status"] == eo["status"] || obx11_r,
+                    || format!("{} vs {}", oo["status"], eo["status"]),
+                );
             }
         }
     }
@@ -285,10 +329,9 @@ fn other_hl7v2_corpora_translate_or_are_refused_without_panics() {
                 for m in split_messages(&text) {
                     seen += 1;
                     match translate(m, NOW) {
-                        Ok(t) => check_bundle_rules(
-                            &p.display().to_string(),
-                            &transaction(&t.resources, &HashMap::new()),
-                        ),
+                        Ok(t) => {
+                            check_bundle_rules(&p.display().to_string(), &transaction(&t.resources, &HashMap::new()))
+                        }
                         Err(r) => assert!(!r.findings.is_empty(), "{}: refused without a reason", p.display()),
                     }
                 }
@@ -325,7 +368,10 @@ async fn post_hl7(node: &super::helpers::TestNode, body: &str) -> Value {
 }
 
 fn ack_of(entry: &Value) -> String {
-    entry["response"]["extension"][0]["valueString"].as_str().unwrap().to_string()
+    entry["response"]["extension"][0]["valueString"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 #[tokio::test]
@@ -351,10 +397,16 @@ async fn http_feed_stores_updates_and_refuses_with_reasons() {
     let ack = ack_of(&entries[2]);
     assert!(ack.contains("MSA|AE|CTRL-2"), "{ack}");
     assert!(ack.contains("|PID^1^7|102^Data type error^HL70357|E|"), "{ack}");
-    let diag = entries[2]["response"]["outcome"]["issue"][0]["diagnostics"].as_str().unwrap();
+    let diag = entries[2]["response"]["outcome"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap();
     assert!(diag.contains("PID-7") && diag.contains("19701317"), "{diag}");
     // Stored once: one patient with the NHS number and its MRN, one encounter, one Provenance.
-    assert_eq!(node.total("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919").await, 1);
+    assert_eq!(
+        node.total("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919")
+            .await,
+        1
+    );
     assert_eq!(node.total("Patient").await, 1);
     assert_eq!(node.total("Encounter").await, 1);
     assert_eq!(node.total("Provenance").await, 1);
@@ -362,7 +414,10 @@ async fn http_feed_stores_updates_and_refuses_with_reasons() {
     assert_eq!(patient["birthDate"], "1970-05-17", "the refused update changed nothing");
     assert_eq!(patient["meta"]["versionId"], "1", "the resend was not applied again");
     let enc = &node.get_json("Encounter").await["entry"][0]["resource"];
-    assert_eq!(enc["period"]["start"], "2024-07-15T09:15:00+01:00", "July local time is BST");
+    assert_eq!(
+        enc["period"]["start"], "2024-07-15T09:15:00+01:00",
+        "July local time is BST"
+    );
     assert_eq!(enc["class"]["code"], "IMP");
     let prov = &node.get_json("Provenance").await["entry"][0]["resource"];
     assert_eq!(prov["entity"][0]["what"]["identifier"]["value"], "CTRL-1");
@@ -405,11 +460,18 @@ async fn http_feed_stores_updates_and_refuses_with_reasons() {
         .await
         .unwrap();
     assert_eq!(letters["total"], 1, "{letters}");
-    assert!(letters["deadLetters"][0]["content"].as_str().unwrap().contains("19701317"));
+    assert!(letters["deadLetters"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("19701317"));
     assert_eq!(letters["deadLetters"][0]["reference"], "CTRL-2");
     // A vendor may not read them (raw patient data): administrators only.
     let vendor = super::helpers::authed_with(reqwest::Client::builder, &node.root, "vendor").await;
-    let res = vendor.get(format!("{}/feeds/dead-letters", node.root)).send().await.unwrap();
+    let res = vendor
+        .get(format!("{}/feeds/dead-letters", node.root))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 403);
     // A body without a message is a 400 OperationOutcome.
     let res = node
@@ -450,10 +512,22 @@ async fn nhs_numbers_are_checked_and_unknown_content_reported() {
             .collect()
     };
     assert!(text("warning").iter().any(|d| d.contains("Modulus 11")), "{issues:?}");
-    assert!(text("information").iter().any(|d| d.contains("segment ZPI is not mapped")), "{issues:?}");
-    assert!(text("information").iter().any(|d| d.contains("EVN")), "EVN is reported too: {issues:?}");
+    assert!(
+        text("information")
+            .iter()
+            .any(|d| d.contains("segment ZPI is not mapped")),
+        "{issues:?}"
+    );
+    assert!(
+        text("information").iter().any(|d| d.contains("EVN")),
+        "EVN is reported too: {issues:?}"
+    );
     assert!(ack_of(entry).contains("|W|"), "the ACK carries the warning");
-    assert_eq!(node.total("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765918").await, 0);
+    assert_eq!(
+        node.total("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765918")
+            .await,
+        0
+    );
     assert_eq!(node.total("Patient?identifier=urn:pennine:id:RTD|RTD123456").await, 1);
     node.stop().await;
 }
@@ -516,9 +590,16 @@ async fn mllp_acks_after_commit_with_concurrent_senders_and_half_frames() {
     }
     assert_eq!(node.total("Patient").await, 160);
     assert_eq!(node.total("Encounter").await, 160);
-    assert_eq!(node.total("Patient?identifier=urn:pennine:id:RTD|MRN999").await, 0, "half a frame stores nothing");
+    assert_eq!(
+        node.total("Patient?identifier=urn:pennine:id:RTD|MRN999").await,
+        0,
+        "half a frame stores nothing"
+    );
     let enc = &node.get_json("Encounter?identifier=urn:pennine:id:RTD|V5").await["entry"][0]["resource"];
-    assert_eq!(enc["period"]["start"], "2024-01-15T09:00:00+00:00", "January local time is GMT");
+    assert_eq!(
+        enc["period"]["start"], "2024-01-15T09:00:00+00:00",
+        "January local time is GMT"
+    );
 
     // Resend: acknowledged again, not applied again.
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -543,7 +624,10 @@ async fn mllp_acks_after_commit_with_concurrent_senders_and_half_frames() {
         "MSH|^~\\&|X|Y|Z|W|20240101||SIU^S12|Q1|P|2.5\rPID|1||1^^^X^MR\r",
     )
     .await;
-    assert!(ack.contains("MSA|AR|Q1") && ack.contains("200^Unsupported message type"), "{ack}");
+    assert!(
+        ack.contains("MSA|AR|Q1") && ack.contains("200^Unsupported message type"),
+        "{ack}"
+    );
     node.stop().await;
 }
 
@@ -562,13 +646,20 @@ async fn a40_merge_deactivates_the_prior_patient_and_replay_recovers_dead_letter
                  MRG|MRN2^^^RTD^MR\r";
     let ack = send_frame(&mut stream, merge).await;
     assert!(ack.contains("MSA|AA|MRG1"), "{ack}");
-    let prior = &node.get_json("Patient?identifier=urn:pennine:id:RTD|MRN2&active=false").await["entry"][0]["resource"];
+    let prior = &node
+        .get_json("Patient?identifier=urn:pennine:id:RTD|MRN2&active=false")
+        .await["entry"][0]["resource"];
     assert_eq!(prior["active"], false, "{prior}");
     assert_eq!(prior["link"][0]["type"], "replaced-by");
-    let survivor = &node.get_json("Patient?identifier=urn:pennine:id:RTD|MRN1&active=true").await["entry"][0]["resource"];
+    let survivor = &node
+        .get_json("Patient?identifier=urn:pennine:id:RTD|MRN1&active=true")
+        .await["entry"][0]["resource"];
     assert_eq!(survivor["link"][0]["type"], "replaces");
     let ids = strings(survivor, &["identifier", "value"]);
-    assert!(ids.contains("MRN2"), "the survivor keeps the merged identifier: {ids:?}");
+    assert!(
+        ids.contains("MRN2"),
+        "the survivor keeps the merged identifier: {ids:?}"
+    );
     assert_eq!(
         prior["link"][0]["other"]["reference"],
         format!("Patient/{}", survivor["id"].as_str().unwrap())
@@ -611,8 +702,15 @@ async fn a40_merge_deactivates_the_prior_patient_and_replay_recovers_dead_letter
     let r = replay(id.clone()).await;
     assert_eq!(r["deadLetter"]["status"], "open", "{r}");
     // Fix: remove one of the duplicates; the replay then stores the message.
-    let twins = node.search_ids("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765870").await;
-    let res = node.client.delete(node.url(&format!("Patient/{}", twins[1]))).send().await.unwrap();
+    let twins = node
+        .search_ids("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765870")
+        .await;
+    let res = node
+        .client
+        .delete(node.url(&format!("Patient/{}", twins[1])))
+        .send()
+        .await
+        .unwrap();
     assert!(res.status().is_success());
     let r = replay(id.clone()).await;
     assert_eq!(r["deadLetter"]["status"], "replayed", "{r}");
@@ -662,7 +760,10 @@ async fn synthea_csv_extract_loads_through_the_shipped_mappings() {
         .get_json("Observation?subject=Patient/3edac2e3-d223-6fae-d515-daf96ef6bc76&code=http://loinc.org|8302-2")
         .await;
     assert!(heights["total"].as_u64().unwrap() >= 1);
-    assert_eq!(heights["entry"][0]["resource"]["valueQuantity"]["system"], "http://unitsofmeasure.org");
+    assert_eq!(
+        heights["entry"][0]["resource"]["valueQuantity"]["system"],
+        "http://unitsofmeasure.org"
+    );
 
     // A bad row is refused with its column named and kept; the good rows are stored.
     let bad = "Id,BIRTHDATE,DEATHDATE,SSN,DRIVERS,PASSPORT,PREFIX,FIRST,LAST,SUFFIX,MAIDEN,MARITAL,RACE,ETHNICITY,GENDER,BIRTHPLACE,ADDRESS,CITY,STATE,COUNTY,ZIP,LAT,LON,HEALTHCARE_EXPENSES,HEALTHCARE_COVERAGE\n\
@@ -682,8 +783,14 @@ async fn synthea_csv_extract_loads_through_the_shipped_mappings() {
     let rejected = summary["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 2);
     assert_eq!(rejected[0]["line"], 3);
-    assert!(rejected[0]["outcome"]["issue"][0]["diagnostics"].as_str().unwrap().contains("BIRTHDATE"));
-    assert!(rejected[1]["outcome"]["issue"][0]["diagnostics"].as_str().unwrap().contains("GENDER"));
+    assert!(rejected[0]["outcome"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("BIRTHDATE"));
+    assert!(rejected[1]["outcome"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap()
+        .contains("GENDER"));
     assert!(rejected[0]["deadLetter"].is_string());
     // An unknown mapping and a CSV without the mapped columns are whole-request errors.
     let res = node
@@ -703,15 +810,24 @@ async fn synthea_csv_extract_loads_through_the_shipped_mappings() {
         .unwrap();
     assert_eq!(res.status(), 400);
     let body: Value = res.json().await.unwrap();
-    assert!(body["issue"][0]["diagnostics"].as_str().unwrap().contains("BIRTHDATE"), "{body}");
+    assert!(
+        body["issue"][0]["diagnostics"].as_str().unwrap().contains("BIRTHDATE"),
+        "{body}"
+    );
     node.stop().await;
 }
 
 #[tokio::test]
 async fn whole_hl7v2_corpus_through_http_stores_every_translated_message() {
-    let Some(dir) = corpus("fhir-converter-hl7v2") else { return };
+    let Some(dir) = corpus("fhir-converter-hl7v2") else {
+        return;
+    };
     let node = spawn_node().await;
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("input")).unwrap().flatten().map(|e| e.path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("input"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     files.sort();
     let (mut stored, mut refused) = (0, 0);
     for f in files {
@@ -782,7 +898,11 @@ async fn cli_translate_send_and_push() {
     ])
     .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("accepted 2 rejected 1"), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("accepted 2 rejected 1"),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(node.total("Patient").await, 2);
     // push over HTTP with client credentials: a folder with an HL7 file and a CSV extract.
@@ -806,7 +926,11 @@ async fn cli_translate_send_and_push() {
     ])
     .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("accepted 2 rejected 0"), "{stdout}");
     assert_eq!(node.total("Patient").await, 4);
     node.stop().await;

@@ -47,12 +47,23 @@ fn v2_now(now_instant: &str) -> String {
 pub fn ack(header: Option<&Header>, code: AckCode, findings: &[Finding], text: &str, now_instant: &str) -> String {
     let empty = Header::default();
     let h = header.unwrap_or(&empty);
-    let version = if h.version.is_empty() { "2.5" } else { h.version.as_str() };
+    let version = if h.version.is_empty() {
+        "2.5"
+    } else {
+        h.version.as_str()
+    };
     let trigger = if h.trigger.is_empty() { "" } else { h.trigger.as_str() };
-    let ack_id = format!("ACK{}", now_instant.chars().filter(|c| c.is_ascii_digit()).collect::<String>());
+    let ack_id = format!(
+        "ACK{}",
+        now_instant.chars().filter(|c| c.is_ascii_digit()).collect::<String>()
+    );
     let mut out = format!(
         "MSH|^~\\&|{}|{}|{}|{}|{}||ACK^{}^ACK|{}|P|{}\r",
-        escape(if h.receiving_application.is_empty() { "PENNINE" } else { &h.receiving_application }),
+        escape(if h.receiving_application.is_empty() {
+            "PENNINE"
+        } else {
+            &h.receiving_application
+        }),
         escape(&h.receiving_facility),
         escape(&h.sending_application),
         escape(&h.sending_facility),

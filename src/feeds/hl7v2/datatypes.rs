@@ -411,8 +411,14 @@ mod tests {
         assert_eq!(addr["line"], json!(["1 High St", "Flat 2"]));
         assert_eq!(addr["postalCode"], "LS1 1AA");
         assert_eq!(addr["use"], "home");
-        let phones: Vec<Value> = m.repetitions(pid.field(13)).filter_map(|r| xtn(&m, r, Some("home"))).collect();
-        assert_eq!(phones[0], json!({"system": "phone", "value": "0113 496 0000", "use": "home"}));
+        let phones: Vec<Value> = m
+            .repetitions(pid.field(13))
+            .filter_map(|r| xtn(&m, r, Some("home")))
+            .collect();
+        assert_eq!(
+            phones[0],
+            json!({"system": "phone", "value": "0113 496 0000", "use": "home"})
+        );
         assert_eq!(phones[1]["system"], "email");
         assert_eq!(phones[1]["value"], "ann@example.org");
         let work = xtn(&m, pid.field(14), Some("work")).unwrap();

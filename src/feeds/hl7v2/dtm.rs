@@ -110,15 +110,25 @@ pub fn parse(raw: &str) -> Result<Dtm, String> {
         return finish_date(raw, out, offset, frac);
     }
     let h = digits(&whole[8..10], "hour")?;
-    let mi = if whole.len() >= 12 { digits(&whole[10..12], "minute")? } else { 0 };
-    let s = if whole.len() >= 14 { digits(&whole[12..14], "second")? } else { 0 };
+    let mi = if whole.len() >= 12 {
+        digits(&whole[10..12], "minute")?
+    } else {
+        0
+    };
+    let s = if whole.len() >= 14 {
+        digits(&whole[12..14], "second")?
+    } else {
+        0
+    };
     if h > 23 || mi > 59 || s > 59 {
         return Err(format!("'{raw}': {h:02}:{mi:02}:{s:02} is not a time of day"));
     }
     out.push_str(&format!("T{h:02}:{mi:02}:{s:02}"));
     if let Some(f) = frac {
         if whole.len() != 14 || f.is_empty() || f.len() > 4 || !f.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("'{raw}': fractional seconds must follow seconds (1 to 4 digits)"));
+            return Err(format!(
+                "'{raw}': fractional seconds must follow seconds (1 to 4 digits)"
+            ));
         }
         out.push('.');
         out.push_str(f);

@@ -148,7 +148,7 @@ pub struct Translation {
 /// A message that cannot be translated.
 #[derive(Debug, Clone)]
 pub struct Refused {
-    pub header: Option<Header>,
+    pub header: Option<Box<Header>>,
     pub ack: AckCode,
     pub findings: Vec<Finding>,
 }
@@ -215,7 +215,7 @@ pub fn translate(text: &str, recorded: &str) -> Result<Translation, Refused> {
     let cx = Ctx::new(&msg);
     let header = cx.header();
     let refuse = |ack: AckCode, findings: Vec<Finding>| Refused {
-        header: Some(header.clone()),
+        header: Some(Box::new(header.clone())),
         ack,
         findings,
     };
@@ -225,7 +225,12 @@ pub fn translate(text: &str, recorded: &str) -> Result<Translation, Refused> {
             vec![cx.error_at(0, 10, IssueCode::Required, "MSH-10 (message control id) is empty")],
         ));
     }
-    if !(header.version.starts_with("2.")) || !matches!(&header.version[..3.min(header.version.len())], "2.3" | "2.4" | "2.5" | "2.6" | "2.7" | "2.8") {
+    if !(header.version.starts_with("2."))
+        || !matches!(
+            &header.version[..3.min(header.version.len())],
+            "2.3" | "2.4" | "2.5" | "2.6" | "2.7" | "2.8"
+        )
+    {
         return Err(refuse(
             AckCode::AR,
             vec![cx.error_at(
@@ -349,9 +354,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
             Ok(d) => Some(d),
             Err(e) => {
                 let name = self.m.segments[si].name;
-                self.errors
-                    .borrow_mut()
-                    .push(self.error_at(si, n, IssueCode::Value, format!("{name}-{n} is not a valid date/time: {e}")));
+                self.errors.borrow_mut().push(self.error_at(
+                    si,
+                    n,
+                    IssueCode::Value,
+                    format!("{name}-{n} is not a valid date/time: {e}"),
+                ));
                 None
             }
         }
@@ -459,7 +467,10 @@ impl<'m, 'a> Ctx<'m, 'a> {
             patient = self.patient(&mut out, pid);
         } else {
             self.errors.borrow_mut().push(Finding {
-                issue: Issue::error(IssueCode::Required, "the message has no PID segment: there is no patient"),
+                issue: Issue::error(
+                    IssueCode::Required,
+                    "the message has no PID segment: there is no patient",
+                ),
                 location: None,
             });
         }
@@ -478,7 +489,14 @@ impl<'m, 'a> Ctx<'m, 'a> {
         let trigger = header.trigger.as_str();
         if let Some(pv1) = self.first("PV1") {
             if !matches!(trigger, "A28" | "A31" | "A40") || header.message_code == "ORU" {
-                encounter = self.encounter(&mut out, pv1, trigger, &patient_ref, &patient_key, sender_org.as_deref());
+                encounter = self.encounter(
+                    &mut out,
+                    pv1,
+                    trigger,
+                    &patient_ref,
+                    &patient_key,
+                    sender_org.as_deref(),
+                );
             }
         }
         let encounter_ref = encounter.as_ref().map(|e: &EncounterKey| format!("Encounter/{}", e.id));
@@ -583,7 +601,11 @@ impl<'m, 'a> Ctx<'m, 'a> {
             return None;
         }
         let id = if idv.is_empty() {
-            hash_id(&["Practitioner", "name", &name.as_ref().map(|n| n.to_string()).unwrap_or_default()])
+            hash_id(&[
+                "Practitioner",
+                "name",
+                &name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
+            ])
         } else {
             hash_id(&["Practitioner", system.as_deref().unwrap_or(""), &idv])
         };
@@ -606,10 +628,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
     /// PL → Location; its reference.
     fn location_ref(&self, out: &mut Out, raw: &str) -> Option<String> {
         let m = self.m;
-        let parts: Vec<String> = [1, 2, 3, 7, 8]
-            .iter()
-            .map(|n| dt::sub(m, raw, *n, 1))
-            .collect();
+        let parts: Vec<String> = [1, 2, 3, 7, 8].iter().map(|n| dt::sub(m, raw, *n, 1)).collect();
         let facility = dt::sub(m, raw, 4, 1);
         let description = comp(m, raw, 9);
         let labels = ["ward", "room", "bed", "building", "floor"];
@@ -732,7 +751,11 @@ impl<'m, 'a> Ctx<'m, 'a> {
         if !names.is_empty() {
             p.insert("name".into(), Value::Array(names));
         }
-        let mut telecom: Vec<Value> = self.reps(si, 13).iter().filter_map(|r| dt::xtn(m, r, Some("home"))).collect();
+        let mut telecom: Vec<Value> = self
+            .reps(si, 13)
+            .iter()
+            .filter_map(|r| dt::xtn(m, r, Some("home")))
+            .collect();
         telecom.extend(self.reps(si, 14).iter().filter_map(|r| dt::xtn(m, r, Some("work"))));
         if !telecom.is_empty() {
             p.insert("telecom".into(), Value::Array(telecom));
@@ -894,7 +917,9 @@ impl<'m, 'a> Ctx<'m, 'a> {
                         si,
                         2,
                         IssueCode::Value,
-                        format!("PV1-2 '{class_code}' is not a patient class (HL7 table 0004); class stored as unknown"),
+                        format!(
+                            "PV1-2 '{class_code}' is not a patient class (HL7 table 0004); class stored as unknown"
+                        ),
                     );
                 }
                 json!({"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK", "display": "unknown"})
@@ -905,7 +930,11 @@ impl<'m, 'a> Ctx<'m, 'a> {
         if !admission_type.is_empty() {
             e.insert(
                 "type".into(),
-                json!([dt::coded("http://terminology.hl7.org/CodeSystem/v2-0007", &admission_type, None)]),
+                json!([dt::coded(
+                    "http://terminology.hl7.org/CodeSystem/v2-0007",
+                    &admission_type,
+                    None
+                )]),
             );
         }
         let service = self.v(si, 10);
@@ -995,8 +1024,14 @@ impl<'m, 'a> Ctx<'m, 'a> {
             // Expected admit and discharge times: the R5 planned dates, as the V2-to-FHIR IG maps them.
             let mut ext = Vec::new();
             for (n, url) in [
-                (8, "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedStartDate"),
-                (9, "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedEndDate"),
+                (
+                    8,
+                    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedStartDate",
+                ),
+                (
+                    9,
+                    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedEndDate",
+                ),
             ] {
                 if let Some(d) = self.dtm(pv2, n) {
                     ext.push(json!({ "url": url, "valueDateTime": d.fhir }));
@@ -1038,7 +1073,11 @@ impl<'m, 'a> Ctx<'m, 'a> {
         if !addresses.is_empty() {
             r["address"] = Value::Array(addresses);
         }
-        let mut telecom: Vec<Value> = self.reps(si, 5).iter().filter_map(|x| dt::xtn(m, x, Some("home"))).collect();
+        let mut telecom: Vec<Value> = self
+            .reps(si, 5)
+            .iter()
+            .filter_map(|x| dt::xtn(m, x, Some("home")))
+            .collect();
         telecom.extend(self.reps(si, 6).iter().filter_map(|x| dt::xtn(m, x, Some("work"))));
         if !telecom.is_empty() {
             r["telecom"] = Value::Array(telecom);
@@ -1058,7 +1097,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
 
     fn allergy(&self, out: &mut Out, si: usize, patient_ref: &str, patient_key: &str) {
         let Some(code) = self.cwe_field(si, 3) else {
-            self.warn(si, 3, IssueCode::Required, "AL1-3 (allergen) is empty; the allergy was not stored");
+            self.warn(
+                si,
+                3,
+                IssueCode::Required,
+                "AL1-3 (allergen) is empty; the allergy was not stored",
+            );
             return;
         };
         let id = hash_id(&["AllergyIntolerance", patient_key, &code.to_string()]);
@@ -1105,7 +1149,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
             (!text.is_empty()).then(|| json!({ "text": text }))
         });
         let Some(code) = code else {
-            self.warn(si, 3, IssueCode::Required, "DG1-3 and DG1-4 are empty; the diagnosis was not stored");
+            self.warn(
+                si,
+                3,
+                IssueCode::Required,
+                "DG1-3 and DG1-4 are empty; the diagnosis was not stored",
+            );
             return;
         };
         let onset = self.dtm(si, 5);
@@ -1222,7 +1271,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
         for rep in self.reps(si, 1) {
             if let Some(c) = dt::cx(self.m, rep) {
                 if c.is_nhs_number() && nhs::check(&c.value).is_err() {
-                    self.warn(si, 1, IssueCode::Value, format!("MRG-1 '{}' is not a valid NHS number", c.value));
+                    self.warn(
+                        si,
+                        1,
+                        IssueCode::Value,
+                        format!("MRG-1 '{}' is not a valid NHS number", c.value),
+                    );
                     continue;
                 }
                 out.push(c.token());
@@ -1346,7 +1400,11 @@ impl<'m, 'a> Ctx<'m, 'a> {
         }
         let section = self.v(obr, 24);
         if !section.is_empty() {
-            r["category"] = json!([dt::coded("http://terminology.hl7.org/CodeSystem/v2-0074", &section, None)]);
+            r["category"] = json!([dt::coded(
+                "http://terminology.hl7.org/CodeSystem/v2-0074",
+                &section,
+                None
+            )]);
         }
         r["code"] = code;
         r["subject"] = json!({ "reference": patient_ref });
@@ -1453,7 +1511,13 @@ impl<'m, 'a> Ctx<'m, 'a> {
             .iter()
             .map(|r| comp(m, r, 1))
             .filter(|c| !c.is_empty())
-            .map(|c| dt::coded("http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", &c, None))
+            .map(|c| {
+                dt::coded(
+                    "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+                    &c,
+                    None,
+                )
+            })
             .collect();
         if !flags.is_empty() {
             o.insert("interpretation".into(), Value::Array(flags));
@@ -1490,7 +1554,10 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 si,
                 5,
                 IssueCode::Value,
-                format!("OBX-5 repeats ({} values) for type {kind}; only the first is stored", reps.len()),
+                format!(
+                    "OBX-5 repeats ({} values) for type {kind}; only the first is stored",
+                    reps.len()
+                ),
             );
         }
         match kind.as_str() {
@@ -1558,10 +1625,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 Ok(d) => {
                     o.insert("valueDateTime".into(), json!(d.fhir));
                 }
-                Err(e) => self
-                    .errors
-                    .borrow_mut()
-                    .push(self.error_at(si, 5, IssueCode::Value, format!("OBX-5 is not a valid date/time: {e}"))),
+                Err(e) => self.errors.borrow_mut().push(self.error_at(
+                    si,
+                    5,
+                    IssueCode::Value,
+                    format!("OBX-5 is not a valid date/time: {e}"),
+                )),
             },
             "TM" => {
                 let t = comp(m, first, 1);
@@ -1572,9 +1641,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
                     let s = d.get(4..6).unwrap_or("00");
                     o.insert("valueTime".into(), json!(format!("{h}:{mi}:{s}")));
                 } else {
-                    self.errors
-                        .borrow_mut()
-                        .push(self.error_at(si, 5, IssueCode::Value, format!("OBX-5 '{t}' is not a time")));
+                    self.errors.borrow_mut().push(self.error_at(
+                        si,
+                        5,
+                        IssueCode::Value,
+                        format!("OBX-5 '{t}' is not a time"),
+                    ));
                 }
             }
             _ => {
@@ -1658,8 +1730,7 @@ fn decimal(s: &str) -> Option<Value> {
     let s = s.strip_prefix('+').unwrap_or(s);
     let body = s.strip_prefix('-').unwrap_or(s);
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    let ok = !body.is_empty()
-        && !(int.is_empty() && frac.is_empty())
+    let ok = !(int.is_empty() && frac.is_empty())
         && int.bytes().all(|b| b.is_ascii_digit())
         && frac.bytes().all(|b| b.is_ascii_digit());
     if !ok {
@@ -1707,9 +1778,45 @@ impl Unit {
 /// Units that are valid UCUM as commonly sent by laboratories.
 fn looks_ucum(code: &str) -> bool {
     const COMMON: [&str; 40] = [
-        "mmol/L", "umol/L", "nmol/L", "pmol/L", "mol/L", "g/L", "mg/L", "ug/L", "ng/L", "g/dL", "mg/dL", "ug/dL",
-        "U/L", "[IU]/L", "mU/L", "m[IU]/L", "10*9/L", "10*12/L", "10*6/L", "%", "fL", "pg", "mm[Hg]", "kg", "g",
-        "cm", "m", "mm", "kg/m2", "/min", "{beats}/min", "Cel", "[degF]", "mL", "L", "s", "min", "h", "mL/min",
+        "mmol/L",
+        "umol/L",
+        "nmol/L",
+        "pmol/L",
+        "mol/L",
+        "g/L",
+        "mg/L",
+        "ug/L",
+        "ng/L",
+        "g/dL",
+        "mg/dL",
+        "ug/dL",
+        "U/L",
+        "[IU]/L",
+        "mU/L",
+        "m[IU]/L",
+        "10*9/L",
+        "10*12/L",
+        "10*6/L",
+        "%",
+        "fL",
+        "pg",
+        "mm[Hg]",
+        "kg",
+        "g",
+        "cm",
+        "m",
+        "mm",
+        "kg/m2",
+        "/min",
+        "{beats}/min",
+        "Cel",
+        "[degF]",
+        "mL",
+        "L",
+        "s",
+        "min",
+        "h",
+        "mL/min",
         "mL/min/{1.73_m2}",
     ];
     COMMON.contains(&code)
