@@ -146,6 +146,25 @@ fn node_sample(method: &'static str, path: &str, id: &str) -> Sample {
         ("GET", "/fhir/{type}/{id}/_history/{vid}") => {
             (format!("/fhir/Patient/{id}/_history/1"), None, Some("Patient"))
         }
+        ("POST", "/feeds/hl7v2") => (
+            path.into(),
+            Some((
+                "MSH|^~\\&|PAS|RTD|P|N|20240101||ADT^A04|ACC1|P|2.5\rPID|1||M1^^^RTD^MR||Doe^Jo||19800101|F\r".into(),
+                "x-application/hl7-v2+er7",
+            )),
+            None,
+        ),
+        ("POST", "/feeds/csv/{mapping}") => (
+            "/feeds/csv/synthea-conditions".into(),
+            Some((
+                "START,STOP,PATIENT,ENCOUNTER,CODE,DESCRIPTION\n2020-01-01,,p1,,44054006,Diabetes\n".into(),
+                "text/csv",
+            )),
+            None,
+        ),
+        ("GET", "/feeds/dead-letters") => (path.into(), None, None),
+        ("GET", "/feeds/dead-letters/{id}") => ("/feeds/dead-letters/none".into(), None, None),
+        ("POST", "/feeds/dead-letters/{id}/$replay") => ("/feeds/dead-letters/none/$replay".into(), None, None),
         other => panic!("the access-matrix test has no sample request for {other:?}: add one"),
     };
     Sample {
@@ -304,6 +323,14 @@ async fn walk(
             }
             if *id == "vendor" && s.method == "GET" && !public {
                 assert!(status == 403, "{} {}: a vendor reads nothing", s.method, s.url);
+            }
+            // Dead letters hold raw patient data: administrators only.
+            if s.url.starts_with("/feeds/dead-letters") && !p.roles.contains(&pennine::auth::Role::Admin) {
+                assert_eq!(
+                    status, 403,
+                    "{} {} as {id}: dead letters are for administrators",
+                    s.method, s.url
+                );
             }
             checked += 1;
         }
