@@ -243,7 +243,7 @@ impl Feeds {
     fn apply(&self, t: Translation, now: &str) -> MessageResult {
         let header = t.header.clone();
         let mut last_error = None;
-        for _ in 0..RETRIES {
+        for attempt in 0..RETRIES {
             match self.try_apply(&t) {
                 Ok((stored, duplicate, mut notes)) => {
                     let mut findings = t.findings.clone();
@@ -282,6 +282,16 @@ impl Feeds {
                 // Another writer changed a matched resource between our read and our write.
                 Err(Error::Conflict(m)) | Err(Error::PreconditionFailed(m)) if m.contains("version") => {
                     last_error = Some(Error::Conflict(m));
+                    continue;
+                }
+                // Concurrent messages creating the same shared resource (an organisation, a
+                // location) can collide in the database (a unique key, a deadlock). Each attempt
+                // is atomic and guarded by the message's Provenance, so trying again is safe.
+                Err(e @ Error::Store(crate::store::StoreError::Database(_)))
+                | Err(e @ Error::Store(crate::store::StoreError::Conflict(_))) => {
+                    tracing::debug!(error = %e, control_id = %header.control_id, "retrying a message after a store conflict");
+                    last_error = Some(e);
+                    std::thread::sleep(std::time::Duration::from_millis(5 * (attempt as u64 + 1)));
                     continue;
                 }
                 Err(e) => {
