@@ -140,12 +140,18 @@ impl Mapping {
     }
 }
 
-/// The shipped mapping called `name`.
-pub fn shipped(name: &str) -> Option<Mapping> {
-    SHIPPED
+/// The shipped mapping called `name` (all are parsed once, on first use).
+pub fn shipped(name: &str) -> Option<&'static Mapping> {
+    static MAPPINGS: std::sync::OnceLock<Vec<Mapping>> = std::sync::OnceLock::new();
+    MAPPINGS
+        .get_or_init(|| {
+            SHIPPED
+                .iter()
+                .map(|(_, text)| Mapping::parse(text).expect("shipped mappings are checked by a test"))
+                .collect()
+        })
         .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, text)| Mapping::parse(text).expect("shipped mappings are checked by a test"))
+        .find(|m| m.name == name)
 }
 
 pub fn shipped_names() -> Vec<&'static str> {

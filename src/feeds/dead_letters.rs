@@ -10,7 +10,7 @@ use crate::fhir::Issue;
 use crate::store::{Method, NewVersion, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 const TYPE: &str = "DeadLetter";
 
@@ -77,38 +77,24 @@ impl DeadLetters {
     pub fn put(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         let json = serde_json::to_vec(letter).map_err(|e| StoreError::Database(e.to_string()))?;
         let id = letter.id.clone();
-        let failure: Arc<Mutex<Option<StoreError>>> = Arc::default();
-        let slot = failure.clone();
-        self.store.submit(Box::new(move |txn| {
-            let r = (|| {
-                let current = txn.current(TYPE, &id)?;
-                let now = txn.now();
-                txn.write(&NewVersion {
-                    rtype: TYPE,
-                    id: &id,
-                    version: current.map(|c| c.version + 1).unwrap_or(1),
-                    last_updated: now,
-                    method: if current.is_some() {
-                        Method::Update
-                    } else {
-                        Method::Create
-                    },
-                    json: Some(&json),
-                    index: None,
-                    existed: current.is_some(),
-                })
-            })();
-            let ok = r.is_ok();
-            if let Err(e) = r {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-            }
-            ok
-        }))?;
-        let failed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        crate::store::run_unit(&*self.store, move |txn| -> Result<(), StoreError> {
+            let current = txn.current(TYPE, &id)?;
+            let now = txn.now();
+            txn.write(&NewVersion {
+                rtype: TYPE,
+                id: &id,
+                version: current.map(|c| c.version + 1).unwrap_or(1),
+                last_updated: now,
+                method: if current.is_some() {
+                    Method::Update
+                } else {
+                    Method::Create
+                },
+                json: Some(&json),
+                index: None,
+                existed: current.is_some(),
+            })
+        })
     }
 
     pub fn get(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {

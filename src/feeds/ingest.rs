@@ -46,6 +46,8 @@ pub struct MessageResult {
     pub ack: String,
     pub control_id: Option<String>,
     pub message_type: Option<String>,
+    /// MSH-3|MSH-4, when the header could be read.
+    pub sender: Option<String>,
     /// Errors (when refused), warnings and information.
     pub issues: Vec<Issue>,
     /// `Type/id` of every resource written (empty for a duplicate or a refusal).
@@ -157,6 +159,7 @@ impl Feeds {
                     ),
                     control_id: refused.header.as_ref().map(|h| h.control_id.clone()),
                     message_type: refused.header.as_ref().map(|h| h.message_type()),
+                    sender: refused.header.as_ref().map(|h| h.sender()),
                     issues,
                     stored: Vec::new(),
                     provenance: None,
@@ -166,9 +169,6 @@ impl Feeds {
             }
         };
         if outcome.code != AckCode::AA {
-            let sender = hl7v2::er7::parse(text)
-                .ok()
-                .map(|m| format!("{}|{}", m.get("MSH-3"), m.get("MSH-4")));
             match letter {
                 // A replay that failed again: the letter keeps its id and gains the new reasons.
                 Some(l) => {
@@ -177,7 +177,7 @@ impl Feeds {
                 }
                 None => {
                     let mut l = DeadLetter::new(&source.transport, "hl7v2", text.to_string(), &outcome.issues);
-                    l.sender = sender;
+                    l.sender = outcome.sender.clone();
                     l.source = source.who.clone();
                     l.reference = outcome.control_id.clone();
                     match self.dead.put(&l) {
@@ -272,6 +272,7 @@ impl Feeds {
                         ack: ack::ack(Some(&header), AckCode::AA, &findings, text, now),
                         control_id: Some(header.control_id.clone()),
                         message_type: Some(header.message_type()),
+                        sender: Some(header.sender()),
                         issues,
                         stored,
                         provenance: Some(header.provenance_id()),
@@ -284,11 +285,10 @@ impl Feeds {
                     last_error = Some(Error::Conflict(m));
                     continue;
                 }
-                // Concurrent messages creating the same shared resource (an organisation, a
-                // location) can collide in the database (a unique key, a deadlock). Each attempt
-                // is atomic and guarded by the message's Provenance, so trying again is safe.
-                Err(e @ Error::Store(crate::store::StoreError::Database(_)))
-                | Err(e @ Error::Store(crate::store::StoreError::Conflict(_))) => {
+                // Concurrent messages writing the same shared resources (an organisation, a
+                // location) can collide in the store. Each attempt is atomic and guarded by the
+                // message's Provenance, so trying again is safe.
+                Err(e @ Error::Store(crate::store::StoreError::Conflict(_))) => {
                     tracing::debug!(error = %e, control_id = %header.control_id, "retrying a message after a store conflict");
                     last_error = Some(e);
                     std::thread::sleep(std::time::Duration::from_millis(5 * (attempt as u64 + 1)));
@@ -328,6 +328,7 @@ impl Feeds {
             ack: ack::ack(Some(&header), AckCode::AE, &findings, &text, now),
             control_id: Some(header.control_id.clone()),
             message_type: Some(header.message_type()),
+            sender: Some(header.sender()),
             issues: findings.iter().map(Finding::to_issue).collect(),
             stored: Vec::new(),
             provenance: None,
@@ -708,7 +709,7 @@ impl Feeds {
                 format!("{mapping} (known: {})", c::shipped_names().join(", ")),
             )
         })?;
-        let table = c::read_table(&m, text).map_err(Error::invalid)?;
+        let table = c::read_table(m, text).map_err(Error::invalid)?;
         let mut summary = CsvSummary {
             mapping: mapping.to_string(),
             rows: table.rows.len(),
@@ -721,7 +722,7 @@ impl Feeds {
             let mut lines = Vec::new();
             for (line, row) in chunk {
                 let fields: HashMap<&str, &str> = header.iter().copied().zip(row.iter().map(String::as_str)).collect();
-                match c::map_row(&m, &fields) {
+                match c::map_row(m, &fields) {
                     Ok(resource) => {
                         let url = format!(
                             "{}/{}",

@@ -4,9 +4,9 @@
 use super::{Error, FhirService, Prepared};
 use crate::fhir::{Issue, IssueCode};
 use crate::search::SearchRequest;
-use crate::store::{Method, NewVersion, StoreError, Stored, WriteTxn};
+use crate::store::{Method, NewVersion, Stored, WriteTxn};
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
@@ -192,16 +192,7 @@ impl FhirService {
         &self,
         f: impl FnOnce(&mut dyn WriteTxn) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
-        let slot: Arc<Mutex<Option<Result<T, Error>>>> = Arc::new(Mutex::new(None));
-        let out = slot.clone();
-        self.store.submit(Box::new(move |txn| {
-            let r = f(txn);
-            let keep = r.is_ok();
-            *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-            keep
-        }))?;
-        let result = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-        result.unwrap_or(Err(Error::Store(StoreError::JobPanicked)))
+        crate::store::run_unit(&*self.store, f)
     }
 
     fn expect_type(&self, rtype: &str, value: &Value, raw: Option<&str>) -> Result<(), Error> {

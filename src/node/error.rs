@@ -66,6 +66,7 @@ impl Error {
 
     pub fn reason(&self) -> &'static str {
         match self.status() {
+            200 => "OK",
             400 => "Bad Request",
             404 => "Not Found",
             409 => "Conflict",

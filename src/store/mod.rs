@@ -147,6 +147,28 @@ pub trait WriteTxn {
 /// atomically and returns from `submit` only once it is durable (or rolled back).
 pub type WriteJob = Box<dyn FnOnce(&mut dyn WriteTxn) -> bool + Send>;
 
+/// Runs `f` as one unit of work on `store` and returns what it returned: its
+/// writes are kept (and durable) when it returns `Ok`, rolled back otherwise.
+pub fn run_unit<T, E>(
+    store: &dyn Store,
+    f: impl FnOnce(&mut dyn WriteTxn) -> Result<T, E> + Send + 'static,
+) -> Result<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    let slot: Arc<std::sync::Mutex<Option<Result<T, E>>>> = Arc::new(std::sync::Mutex::new(None));
+    let out = slot.clone();
+    store.submit(Box::new(move |txn| {
+        let r = f(txn);
+        let keep = r.is_ok();
+        *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        keep
+    }))?;
+    let result = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    result.unwrap_or(Err(E::from(StoreError::JobPanicked)))
+}
+
 /// A FHIR resource store.
 pub trait Store: Send + Sync + 'static {
     fn read(&self, rtype: &str, id: &str) -> Result<Option<Stored>, StoreError>;

@@ -77,8 +77,14 @@ CREATE INDEX idx_uri_rid ON idx_uri (rid);
 ];
 
 fn db_err(e: postgres::Error) -> StoreError {
-    if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+    use postgres::error::SqlState;
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
         return StoreError::Conflict("a concurrent write created the same resource".into());
+    }
+    // Transactions that wrote the same resources in another order: one of them is
+    // chosen to fail and may simply be tried again.
+    if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) {
+        return StoreError::Conflict("a concurrent transaction wrote the same resources; try again".into());
     }
     // `Display` of a postgres error hides the server's message; include it.
     match e.as_db_error() {

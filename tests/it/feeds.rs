@@ -367,6 +367,27 @@ async fn post_hl7(node: &super::helpers::TestNode, body: &str) -> Value {
     res.json().await.unwrap()
 }
 
+async fn open_dead_letters(node: &super::helpers::TestNode) -> Value {
+    let res = node
+        .client
+        .get(format!("{}/feeds/dead-letters?status=open", node.root))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+async fn post_csv(node: &super::helpers::TestNode, mapping: &str, body: impl Into<String>) -> reqwest::Response {
+    node.client
+        .post(format!("{}/feeds/csv/{mapping}", node.root))
+        .header("content-type", "text/csv")
+        .body(body.into())
+        .send()
+        .await
+        .unwrap()
+}
+
 fn ack_of(entry: &Value) -> String {
     entry["response"]["extension"][0]["valueString"]
         .as_str()
@@ -450,15 +471,7 @@ async fn http_feed_stores_updates_and_refuses_with_reasons() {
     assert!(ids.contains("9434765919"), "the NHS number stays: {ids:?}");
 
     // Dead letters: the refused update is kept, raw, with its reasons.
-    let letters: Value = node
-        .client
-        .get(format!("{}/feeds/dead-letters?status=open", node.root))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let letters = open_dead_letters(&node).await;
     assert_eq!(letters["total"], 1, "{letters}");
     assert!(letters["deadLetters"][0]["content"]
         .as_str()
@@ -681,15 +694,7 @@ async fn a40_merge_deactivates_the_prior_patient_and_replay_recovers_dead_letter
                PID|1||9434765870^^^NHS^NH||Twin^Test||19800101|F\r";
     let ack = send_frame(&mut stream, msg).await;
     assert!(ack.contains("MSA|AE|DUP1") && ack.contains("204"), "{ack}");
-    let letters: Value = node
-        .client
-        .get(format!("{}/feeds/dead-letters?status=open", node.root))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let letters = open_dead_letters(&node).await;
     assert_eq!(letters["total"], 1, "{letters}");
     let id = letters["deadLetters"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(letters["deadLetters"][0]["transport"], "mllp");
@@ -733,14 +738,7 @@ async fn synthea_csv_extract_loads_through_the_shipped_mappings() {
     ] {
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         let rows = text.lines().count() - 1;
-        let res = node
-            .client
-            .post(format!("{}/feeds/csv/{mapping}", node.root))
-            .header("content-type", "text/csv")
-            .body(text)
-            .send()
-            .await
-            .unwrap();
+        let res = post_csv(&node, mapping, text).await;
         assert_eq!(res.status(), 200);
         let summary: Value = res.json().await.unwrap();
         assert_eq!(summary["rows"], rows, "{summary}");
@@ -770,14 +768,7 @@ async fn synthea_csv_extract_loads_through_the_shipped_mappings() {
                good-1,2001-02-03,,,,,,Ann,Good,,,,,,F,,,,,,,,,,\n\
                bad-1,2001-02-30,,,,,,Bob,Bad,,,,,,M,,,,,,,,,,\n\
                bad-2,2001-02-03,,,,,,Cy,Bad,,,,,,Q,,,,,,,,,,\n";
-    let res = node
-        .client
-        .post(format!("{}/feeds/csv/synthea-patients", node.root))
-        .header("content-type", "text/csv")
-        .body(bad)
-        .send()
-        .await
-        .unwrap();
+    let res = post_csv(&node, "synthea-patients", bad).await;
     let summary: Value = res.json().await.unwrap();
     assert_eq!(summary["stored"], 1, "{summary}");
     let rejected = summary["rejected"].as_array().unwrap();
@@ -793,21 +784,9 @@ async fn synthea_csv_extract_loads_through_the_shipped_mappings() {
         .contains("GENDER"));
     assert!(rejected[0]["deadLetter"].is_string());
     // An unknown mapping and a CSV without the mapped columns are whole-request errors.
-    let res = node
-        .client
-        .post(format!("{}/feeds/csv/nope", node.root))
-        .body("a,b\n1,2\n")
-        .send()
-        .await
-        .unwrap();
+    let res = post_csv(&node, "nope", "a,b\n1,2\n").await;
     assert_eq!(res.status(), 404);
-    let res = node
-        .client
-        .post(format!("{}/feeds/csv/synthea-patients", node.root))
-        .body("a,b\n1,2\n")
-        .send()
-        .await
-        .unwrap();
+    let res = post_csv(&node, "synthea-patients", "a,b\n1,2\n").await;
     assert_eq!(res.status(), 400);
     let body: Value = res.json().await.unwrap();
     assert!(
