@@ -462,16 +462,16 @@ mod tests {
         row.insert("VALUE", "127.9");
         row.insert("UNITS", "cm");
         row.insert("TYPE", "numeric");
-        let o = map_row(&m, &row).unwrap();
+        let o = map_row(m, &row).unwrap();
         assert_eq!(o["valueQuantity"]["value"], json!(127.9));
         assert_eq!(o["subject"]["reference"], "Patient/p1");
         assert!(o.get("valueString").is_none());
         row.insert("VALUE", "tall");
-        let e = map_row(&m, &row).unwrap_err();
+        let e = map_row(m, &row).unwrap_err();
         assert!(e[0].diagnostics.contains("column VALUE"), "{e:?}");
         row.insert("TYPE", "text");
-        assert_eq!(map_row(&m, &row).unwrap()["valueString"], "tall");
+        assert_eq!(map_row(m, &row).unwrap()["valueString"], "tall");
         row.insert("DATE", "10/10/2023");
-        assert!(map_row(&m, &row).unwrap_err()[0].diagnostics.contains("column DATE"));
+        assert!(map_row(m, &row).unwrap_err()[0].diagnostics.contains("column DATE"));
     }
 }
