@@ -445,6 +445,10 @@ impl Feeds {
                 fhir::refs::rewrite(r, &mut |s| renames.get(s).cloned());
             }
         }
+        // Reference data most messages repeat (the sending organisation, wards, clinicians)
+        // is written only when it changed: rewriting identical content would add a version
+        // per message and most of the write cost. The Provenance still names them.
+        resources.retain(|r| !self.unchanged_reference_data(r));
         let provenance_id = t.header.provenance_id();
         let bundle = transaction(&resources, &if_match);
         let stored: Vec<String> = resources
@@ -466,6 +470,22 @@ impl Feeds {
             Err(Error::AlreadyApplied(_)) => Ok((Vec::new(), true, notes)),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether `r` is an Organization, Location or Practitioner stored with exactly this content.
+    fn unchanged_reference_data(&self, r: &Value) -> bool {
+        let rtype = r["resourceType"].as_str().unwrap_or_default();
+        if !matches!(rtype, "Organization" | "Location" | "Practitioner") {
+            return false;
+        }
+        let Ok(Some(stored)) = self.service.store.read(rtype, r["id"].as_str().unwrap_or_default()) else {
+            return false;
+        };
+        let Some(Ok(mut current)) = stored.json.as_ref().map(|j| serde_json::from_slice::<Value>(j)) else {
+            return false;
+        };
+        current.as_object_mut().map(|o| o.remove("meta"));
+        &current == r
     }
 
     /// The stored patient: by NHS number first, then by each other identifier

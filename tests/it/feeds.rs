@@ -603,6 +603,13 @@ async fn mllp_acks_after_commit_with_concurrent_senders_and_half_frames() {
     }
     assert_eq!(node.total("Patient").await, 160);
     assert_eq!(node.total("Encounter").await, 160);
+    // The sending trust, named by all 160 messages, is not rewritten once stored unchanged:
+    // only the first message of each of the 8 concurrent senders may have written it.
+    let org = &node
+        .get_json("Organization?identifier=https://fhir.nhs.uk/Id/ods-organization-code|RTD&name=RTD")
+        .await["entry"][0]["resource"];
+    let versions: u32 = org["meta"]["versionId"].as_str().unwrap().parse().unwrap();
+    assert!(versions <= 8, "{org}");
     assert_eq!(
         node.total("Patient?identifier=urn:pennine:id:RTD|MRN999").await,
         0,

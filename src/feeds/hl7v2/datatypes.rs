@@ -105,11 +105,16 @@ pub fn cwe(m: &Message, raw: &str, unknown: &mut Vec<String>) -> Option<Value> {
 /// A CodeableConcept with one coding from a fixed system (for v2 tables whose
 /// codes are sent bare, like PV1-2 or OBX-8).
 pub fn coded(system: &str, code: &str, display: Option<&str>) -> Value {
-    let mut c = json!({ "system": system, "code": code });
+    // Built by hand: `json!` would run every value through the serializer.
+    let mut c = Map::new();
+    c.insert("system".into(), Value::String(system.to_string()));
+    c.insert("code".into(), Value::String(code.to_string()));
     if let Some(d) = display {
-        c["display"] = json!(d);
+        c.insert("display".into(), Value::String(d.to_string()));
     }
-    json!({ "coding": [c] })
+    let mut cc = Map::new();
+    cc.insert("coding".into(), Value::Array(vec![Value::Object(c)]));
+    Value::Object(cc)
 }
 
 /// How an assigning authority (HD) names an identifier system.
@@ -193,6 +198,9 @@ pub fn cx(m: &Message, raw: &str) -> Option<Cx> {
 /// A Period from two v2 dates; unparseable dates are left out (identifier
 /// periods are not among the fields whose dates must be valid).
 fn period(_m: &Message, start: &str, end: &str) -> Option<Value> {
+    if start.is_empty() && end.is_empty() {
+        return None;
+    }
     let mut p = Map::new();
     if let Ok(d) = super::dtm::parse(start) {
         p.insert("start".into(), json!(d.fhir));

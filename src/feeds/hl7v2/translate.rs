@@ -155,14 +155,22 @@ pub struct Refused {
 
 /// A stable id from parts: a SHA-256 prefix, formatted as a UUID.
 pub fn hash_id(parts: &[&str]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for p in parts {
         ctx.update(p.as_bytes());
         ctx.update(&[0x1f]);
     }
     let d = ctx.finish();
-    let h: String = d.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    let mut out = String::with_capacity(36);
+    for (i, b) in d.as_ref()[..16].iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0xf) as usize] as char);
+    }
+    out
 }
 
 /// Message types this translator handles.
@@ -365,6 +373,30 @@ impl<'m, 'a> Ctx<'m, 'a> {
         }
     }
 
+    /// What identifies a coded field (CWE) for the deterministic ids: code and
+    /// coding system, or the text when there is no code. The display text may
+    /// change between messages without changing what the field identifies.
+    fn code_key(&self, si: usize, n: usize) -> String {
+        let rep = self.reps(si, n).first().copied().unwrap_or("");
+        let code = comp(self.m, rep, 1);
+        if code.is_empty() {
+            comp(self.m, rep, 2)
+        } else {
+            format!("{code}|{}", comp(self.m, rep, 3))
+        }
+    }
+
+    /// What identifies an entity identifier (EI): value, namespace and universal id.
+    fn ei_key(&self, si: usize, n: usize) -> String {
+        let rep = self.reps(si, n).first().copied().unwrap_or("");
+        format!(
+            "{}|{}|{}",
+            comp(self.m, rep, 1),
+            comp(self.m, rep, 2),
+            comp(self.m, rep, 3)
+        )
+    }
+
     fn cwe(&self, raw: &str) -> Option<Value> {
         dt::cwe(self.m, raw, &mut self.unknown_systems.borrow_mut())
     }
@@ -408,18 +440,26 @@ impl<'m, 'a> Ctx<'m, 'a> {
 
     /// Fields present but never read, and segments never looked at.
     fn unmapped(&self) -> Vec<Finding> {
-        let mut fields: BTreeMap<(String, usize), usize> = BTreeMap::new();
-        let mut segments: BTreeMap<String, usize> = BTreeMap::new();
+        // Grouped by segment name, so a message with many unused fields gets one
+        // line per segment rather than one per field.
+        let mut fields: BTreeMap<&str, std::collections::BTreeSet<usize>> = BTreeMap::new();
+        let mut segments: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, s) in self.m.segments.iter().enumerate() {
             if !self.seen[i].get() {
-                *segments.entry(s.name.to_string()).or_default() += 1;
+                *segments.entry(s.name).or_default() += 1;
                 continue;
             }
             let used = self.used[i].get();
-            let first = if s.name == "MSH" { 3 } else { 1 };
+            // MSH-1/2 are the encoding characters; field 1 of these segments is a
+            // set id (a sequence number), not data.
+            let first = match s.name {
+                "MSH" => 3,
+                "PID" | "PV1" | "NK1" | "AL1" | "DG1" | "IN1" | "OBR" | "OBX" | "NTE" => 2,
+                _ => 1,
+            };
             for n in first..=s.field_count() {
-                if !s.field(n).trim().is_empty() && (n >= 64 || used & (1 << n) == 0) {
-                    *fields.entry((s.name.to_string(), n)).or_default() += 1;
+                if (n >= 64 || used & (1 << n) == 0) && !s.field(n).trim().is_empty() {
+                    fields.entry(s.name).or_default().insert(n);
                 }
             }
         }
@@ -433,11 +473,17 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 location: None,
             });
         }
-        for ((name, n), count) in fields {
+        for (name, numbers) in fields {
+            let list: Vec<String> = numbers.iter().map(|n| format!("{name}-{n}")).collect();
+            let (verb, pronoun) = if list.len() == 1 {
+                ("is", "its value was")
+            } else {
+                ("are", "their values were")
+            };
             out.push(Finding {
                 issue: Issue::information(
                     IssueCode::Informational,
-                    format!("{name}-{n} is not mapped ({count} occurrence(s)); its value was not stored"),
+                    format!("{} {verb} not mapped; {pronoun} not stored", list.join(", ")),
                 ),
                 location: None,
             });
@@ -601,11 +647,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             return None;
         }
         let id = if idv.is_empty() {
-            hash_id(&[
-                "Practitioner",
-                "name",
-                &name.as_ref().map(|n| n.to_string()).unwrap_or_default(),
-            ])
+            hash_id(&["Practitioner", "name", &m.unescape(raw)])
         } else {
             hash_id(&["Practitioner", system.as_deref().unwrap_or(""), &idv])
         };
@@ -1059,8 +1101,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
         let id = hash_id(&[
             "RelatedPerson",
             patient_key,
-            &names.first().map(|n| n.to_string()).unwrap_or(set_id),
-            &relationship.as_ref().map(|r| r.to_string()).unwrap_or_default(),
+            &self
+                .reps(si, 2)
+                .first()
+                .map(|r| m.unescape(r).into_owned())
+                .unwrap_or(set_id),
+            &self.code_key(si, 3),
         ]);
         let mut r = json!({"resourceType": "RelatedPerson", "id": id, "patient": {"reference": patient_ref}});
         if !names.is_empty() {
@@ -1105,7 +1151,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             );
             return;
         };
-        let id = hash_id(&["AllergyIntolerance", patient_key, &code.to_string()]);
+        let id = hash_id(&["AllergyIntolerance", patient_key, &self.code_key(si, 3)]);
         let mut a = json!({
             "resourceType": "AllergyIntolerance", "id": id,
             "clinicalStatus": dt::coded("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active", Some("Active")),
@@ -1160,11 +1206,11 @@ impl<'m, 'a> Ctx<'m, 'a> {
         let onset = self.dtm(si, 5);
         let ident = self.reps(si, 20).first().and_then(|r| dt::ei(self.m, r));
         let id = match &ident {
-            Some(i) => hash_id(&["Condition", patient_key, &i.to_string()]),
+            Some(_) => hash_id(&["Condition", patient_key, "id", &self.ei_key(si, 20)]),
             None => hash_id(&[
                 "Condition",
                 patient_key,
-                &code.to_string(),
+                &format!("{}|{}", self.code_key(si, 3), self.v(si, 4)),
                 onset.as_ref().map(|d| d.fhir.as_str()).unwrap_or(""),
             ]),
         };
@@ -1317,11 +1363,11 @@ impl<'m, 'a> Ctx<'m, 'a> {
         let effective = self.dtm(obr, 7);
         let issued = self.dtm(obr, 22);
         let order_key = match (&filler, &placer) {
-            (Some(f), _) => format!("filler|{f}"),
-            (None, Some(p)) => format!("placer|{p}"),
+            (Some(_), _) => format!("filler|{}", self.ei_key(obr, 3)),
+            (None, Some(_)) => format!("placer|{}", self.ei_key(obr, 2)),
             (None, None) => format!(
                 "obr|{}|{}",
-                code.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+                self.code_key(obr, 4),
                 effective.as_ref().map(|d| d.fhir.as_str()).unwrap_or("")
             ),
         };
@@ -1456,7 +1502,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             return None;
         };
         let sub_id = self.v(si, 4);
-        let mut key = format!("{}|{sub_id}", code);
+        let mut key = format!("{}|{sub_id}", self.code_key(si, 3));
         if !used_keys.insert(key.clone()) {
             key = format!("{key}|set{}", self.v(si, 1));
             used_keys.insert(key.clone());
@@ -1854,13 +1900,23 @@ struct Out {
 
 impl Out {
     fn push(&mut self, r: Value) {
-        let key = format!(
-            "{}/{}",
-            r["resourceType"].as_str().unwrap_or(""),
-            r["id"].as_str().unwrap_or("")
-        );
-        if self.ids.insert(key) {
+        // Ids are hashes that include the resource type, so the id alone is the key.
+        let id = r["id"].as_str().unwrap_or_default();
+        if !self.ids.contains(id) {
+            self.ids.insert(id.to_string());
             self.resources.push(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hash_id;
+
+    #[test]
+    fn ids_are_stable_across_releases() {
+        // Stored resources carry these ids: the function may never change its output.
+        // (Python: sha256(b"Patient\x1furn:x|1\x1f").hexdigest()[:32], dashed as a UUID.)
+        assert_eq!(hash_id(&["Patient", "urn:x|1"]), "d9243fd5-b62a-917c-8998-1b259f3a66ec");
     }
 }
