@@ -7,7 +7,6 @@ use crate::feeds::ingest::transaction;
 use crate::fhir::time::{format_instant, now_millis};
 use anyhow::Context;
 use clap::Args;
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -38,7 +37,7 @@ pub fn run(args: TranslateArgs) -> anyhow::Result<std::process::ExitCode> {
                     let i = f.to_issue();
                     eprintln!("{} {}: {}", t.header.control_id, i.severity.as_str(), i.diagnostics);
                 }
-                let bundle = transaction(&t.resources, &HashMap::new());
+                let bundle = transaction(&t.resources);
                 if args.ndjson {
                     writeln!(out, "{}", serde_json::to_string(&bundle)?)?;
                 } else {

@@ -15,7 +15,7 @@ use super::hl7v2::{self, ack, AckCode, Finding, Translation};
 use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
 use crate::fhir::time::{format_instant, now_millis};
 use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
-use crate::node::{Error, FhirService};
+use crate::node::{BundleKind, Entry, EntryRequest, Error, FhirService};
 use crate::store::Stored;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -450,22 +450,30 @@ impl Feeds {
         // per message and most of the write cost. The Provenance still names them.
         resources.retain(|r| !self.unchanged_reference_data(r));
         let provenance_id = t.header.provenance_id();
-        let bundle = transaction(&resources, &if_match);
-        let stored: Vec<String> = resources
-            .iter()
+        let stored: Vec<String> = resources.iter().map(reference_of).collect();
+        let entries = resources
+            .into_iter()
             .map(|r| {
-                format!(
-                    "{}/{}",
-                    r["resourceType"].as_str().unwrap_or(""),
-                    r["id"].as_str().unwrap_or("")
-                )
+                let url = reference_of(&r);
+                let if_match = if_match.get(&url).map(|v| format!("W/\"{v}\""));
+                Entry {
+                    full_url: Some(url.clone()),
+                    resource: Some(Ok(r)),
+                    raw: None,
+                    request: Some(EntryRequest {
+                        method: Some("PUT".into()),
+                        url: Some(url),
+                        if_match,
+                        if_none_exist: None,
+                    }),
+                }
             })
             .collect();
-        let body = serde_json::to_string(&bundle).expect("a Value always serialises");
-        match self
-            .service
-            .process_bundle_unless(&body, Some(("Provenance".into(), provenance_id)))
-        {
+        match self.service.process_entries(
+            BundleKind::Transaction,
+            entries,
+            Some(("Provenance".into(), provenance_id)),
+        ) {
             Ok(_) => Ok((stored, false, notes)),
             Err(Error::AlreadyApplied(_)) => Ok((Vec::new(), true, notes)),
             Err(e) => Err(e),
@@ -544,20 +552,23 @@ impl Feeds {
     }
 }
 
-/// The transaction that stores `resources`: a PUT per resource, with `ifMatch`
-/// where an update depends on the version that was read.
-pub fn transaction(resources: &[Value], if_match: &HashMap<String, u64>) -> Value {
+/// `Type/id` of a resource.
+fn reference_of(r: &Value) -> String {
+    format!(
+        "{}/{}",
+        r["resourceType"].as_str().unwrap_or_default(),
+        r["id"].as_str().unwrap_or_default()
+    )
+}
+
+/// The transaction Bundle that stores `resources` (a PUT per resource), as
+/// `pennine translate` prints it; the node builds the same entries directly.
+pub fn transaction(resources: &[Value]) -> Value {
     let entries: Vec<Value> = resources
         .iter()
         .map(|r| {
-            let rtype = r["resourceType"].as_str().unwrap_or_default();
-            let id = r["id"].as_str().unwrap_or_default();
-            let url = format!("{rtype}/{id}");
-            let mut request = json!({ "method": "PUT", "url": url });
-            if let Some(v) = if_match.get(&url) {
-                request["ifMatch"] = json!(format!("W/\"{v}\""));
-            }
-            json!({ "fullUrl": url, "resource": r, "request": request })
+            let url = reference_of(r);
+            json!({ "fullUrl": url, "resource": r, "request": { "method": "PUT", "url": url } })
         })
         .collect();
     json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })

@@ -41,17 +41,31 @@ struct EntryIn<'a> {
     full_url: Option<String>,
     #[serde(borrow)]
     resource: Option<&'a RawValue>,
-    request: Option<RequestIn>,
+    request: Option<EntryRequest>,
 }
 
-#[derive(Deserialize)]
-struct RequestIn {
-    method: Option<String>,
-    url: Option<String>,
+/// `Bundle.entry.request`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EntryRequest {
+    pub method: Option<String>,
+    pub url: Option<String>,
     #[serde(rename = "ifNoneExist")]
-    if_none_exist: Option<String>,
+    pub if_none_exist: Option<String>,
     #[serde(rename = "ifMatch")]
-    if_match: Option<String>,
+    pub if_match: Option<String>,
+}
+
+/// One entry of a batch or transaction, its resource already parsed. Callers
+/// that build resources themselves (the feeds) hand these over directly, so
+/// nothing is serialised to be parsed again.
+pub struct Entry<'a> {
+    pub full_url: Option<String>,
+    /// The resource, or why its text could not be read.
+    pub resource: Option<Result<Value, String>>,
+    /// The resource as the client sent it, when there is text: it spares
+    /// re-serialising the resource for the structural check.
+    pub raw: Option<&'a str>,
+    pub request: Option<EntryRequest>,
 }
 
 /// Where a write goes: a known id, or the single match of a search.
@@ -172,7 +186,7 @@ impl FhirService {
     }
 
     /// Parses one entry into a planned action (without resolving references).
-    fn plan_entry(&self, index: usize, e: &EntryIn, value: Option<Value>, new: String) -> Result<Action, Error> {
+    fn plan_entry(&self, index: usize, e: &Entry, value: Option<Value>, new: String) -> Result<Action, Error> {
         let req = e
             .request
             .as_ref()
@@ -191,7 +205,7 @@ impl FhirService {
             None => None,
         };
         let resource = |rtype: &str| -> Result<Prepared, Error> {
-            let raw = e.resource.map(RawValue::get);
+            let raw = e.raw;
             let value = value
                 .clone()
                 .ok_or_else(|| entry_error(index, format!("a {method} entry needs a resource")))?;
@@ -314,13 +328,36 @@ impl FhirService {
                 ))
             }
         };
+        let entries = bundle
+            .entry
+            .into_iter()
+            .map(|e| Entry {
+                full_url: e.full_url,
+                resource: e
+                    .resource
+                    .map(|raw| serde_json::from_str::<Value>(raw.get()).map_err(|err| err.to_string())),
+                raw: e.resource.map(RawValue::get),
+                request: e.request,
+            })
+            .collect();
+        self.process_entries(kind, entries, unless)
+    }
+
+    /// Processes parsed entries as a batch or a transaction (see `process_bundle_unless`
+    /// for `unless`).
+    pub fn process_entries(
+        &self,
+        kind: BundleKind,
+        mut entries: Vec<Entry>,
+        unless: Option<(String, String)>,
+    ) -> Result<BundleOutcome, Error> {
         let atomic = kind == BundleKind::Transaction;
 
         // 1. Provisional targets from the requests alone: fullUrl -> Type/id.
         let mut map: HashMap<String, String> = HashMap::new();
         let mut conditional_urls: HashSet<String> = HashSet::new();
-        let mut new_ids: Vec<String> = Vec::with_capacity(bundle.entry.len());
-        for e in &bundle.entry {
+        let mut new_ids: Vec<String> = Vec::with_capacity(entries.len());
+        for e in &entries {
             let id = new_id();
             if let (Some(full), Some(req)) = (&e.full_url, &e.request) {
                 let url = req.url.as_deref().and_then(parse_entry_url);
@@ -346,13 +383,13 @@ impl FhirService {
         }
 
         // 2. Parse each resource, rewrite its references, then plan (check and index) it.
-        let mut plans: Vec<Planned> = Vec::with_capacity(bundle.entry.len());
+        let mut plans: Vec<Planned> = Vec::with_capacity(entries.len());
         let mut failures: Vec<(usize, Error)> = Vec::new();
         let mut conditional_refs: HashMap<String, Option<SearchRequest>> = HashMap::new();
-        for (index, e) in bundle.entry.iter().enumerate() {
+        for (index, e) in entries.iter_mut().enumerate() {
             let mut late = None;
-            let value = match e.resource {
-                Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
+            let value = match e.resource.take() {
+                Some(parsed) => match parsed {
                     Ok(mut v) => {
                         let mut is_late = false;
                         fhir::refs::rewrite(&mut v, &mut |r| {
@@ -560,29 +597,29 @@ impl FhirService {
         })?;
 
         // 4. Reads run after the writes; then answer in request order.
-        let mut entries: Vec<Option<EntryResult>> = (0..bundle.entry.len()).map(|_| None).collect();
+        let mut answers: Vec<Option<EntryResult>> = (0..entries.len()).map(|_| None).collect();
         for (i, r) in results {
-            entries[i] = Some(match r {
+            answers[i] = Some(match r {
                 Ok(w) => EntryResult::Written(w),
                 Err(e) => EntryResult::Failed(e),
             });
         }
         for (i, e) in failures {
-            entries[i] = Some(EntryResult::Failed(e));
+            answers[i] = Some(EntryResult::Failed(e));
         }
-        for (i, e) in bundle.entry.iter().enumerate() {
-            if entries[i].is_some() {
+        for (i, e) in entries.iter().enumerate() {
+            if answers[i].is_some() {
                 continue;
             }
             let url = e.request.as_ref().and_then(|r| r.url.clone()).unwrap_or_default();
-            entries[i] = Some(match self.read_url(&url) {
+            answers[i] = Some(match self.read_url(&url) {
                 Ok(v) => EntryResult::Read(v),
                 Err(err) => EntryResult::Failed(err),
             });
         }
         Ok(BundleOutcome {
             kind,
-            entries: entries.into_iter().map(|e| e.expect("every entry answered")).collect(),
+            entries: answers.into_iter().map(|e| e.expect("every entry answered")).collect(),
         })
     }
 

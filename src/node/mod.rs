@@ -11,7 +11,7 @@ mod error;
 mod prepare;
 mod searchset;
 
-pub use bundle::{response_bundle, BundleKind, BundleOutcome, EntryResult};
+pub use bundle::{response_bundle, BundleKind, BundleOutcome, Entry, EntryRequest, EntryResult};
 pub use capability::capability_statement;
 pub use crud::{Conditional, WriteOutcome, WriteResult};
 pub use error::Error;

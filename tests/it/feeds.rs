@@ -129,7 +129,7 @@ fn hl7v2_corpus_translates_or_is_refused_and_agrees_with_the_reference_converter
         let ours = match result {
             Ok(t) => {
                 translated += 1;
-                let b = transaction(&t.resources, &HashMap::new());
+                let b = transaction(&t.resources);
                 check_bundle_rules(input, &b);
                 b
             }
@@ -329,9 +329,7 @@ fn other_hl7v2_corpora_translate_or_are_refused_without_panics() {
                 for m in split_messages(&text) {
                     seen += 1;
                     match translate(m, NOW) {
-                        Ok(t) => {
-                            check_bundle_rules(&p.display().to_string(), &transaction(&t.resources, &HashMap::new()))
-                        }
+                        Ok(t) => check_bundle_rules(&p.display().to_string(), &transaction(&t.resources)),
                         Err(r) => assert!(!r.findings.is_empty(), "{}: refused without a reason", p.display()),
                     }
                 }
