@@ -454,19 +454,8 @@ impl Feeds {
         let entries = resources
             .into_iter()
             .map(|r| {
-                let url = reference_of(&r);
-                let if_match = if_match.get(&url).map(|v| format!("W/\"{v}\""));
-                Entry {
-                    full_url: Some(url.clone()),
-                    resource: Some(Ok(r)),
-                    raw: None,
-                    request: Some(EntryRequest {
-                        method: Some("PUT".into()),
-                        url: Some(url),
-                        if_match,
-                        if_none_exist: None,
-                    }),
-                }
+                let version = if_match.get(&reference_of(&r)).copied();
+                put_entry(r, version)
             })
             .collect();
         match self.service.process_entries(
@@ -559,6 +548,22 @@ fn reference_of(r: &Value) -> String {
         r["resourceType"].as_str().unwrap_or_default(),
         r["id"].as_str().unwrap_or_default()
     )
+}
+
+/// A PUT of `r` to its own id, with `ifMatch` when the write depends on the version read.
+fn put_entry(r: Value, if_match: Option<u64>) -> Entry<'static> {
+    let url = reference_of(&r);
+    Entry {
+        full_url: Some(url.clone()),
+        resource: Some(Ok(r)),
+        raw: None,
+        request: Some(EntryRequest {
+            method: Some("PUT".into()),
+            url: Some(url),
+            if_match: if_match.map(|v| format!("W/\"{v}\"")),
+            if_none_exist: None,
+        }),
+    }
 }
 
 /// The transaction Bundle that stores `resources` (a PUT per resource), as
@@ -755,14 +760,7 @@ impl Feeds {
                 let fields: HashMap<&str, &str> = header.iter().copied().zip(row.iter().map(String::as_str)).collect();
                 match c::map_row(m, &fields) {
                     Ok(resource) => {
-                        let url = format!(
-                            "{}/{}",
-                            resource["resourceType"].as_str().unwrap_or(""),
-                            resource["id"].as_str().unwrap_or("")
-                        );
-                        entries.push(
-                            json!({"fullUrl": url, "resource": resource, "request": {"method": "PUT", "url": url}}),
-                        );
+                        entries.push(put_entry(resource, None));
                         lines.push((*line, row));
                     }
                     Err(issues) => summary.rejected.push(RowRejection {
@@ -775,9 +773,7 @@ impl Feeds {
             if entries.is_empty() {
                 continue;
             }
-            let body = serde_json::to_string(&json!({"resourceType": "Bundle", "type": "batch", "entry": entries}))
-                .expect("a Value always serialises");
-            let outcome = self.service.process_bundle(&body)?;
+            let outcome = self.service.process_entries(BundleKind::Batch, entries, None)?;
             for (result, (line, _)) in outcome.entries.iter().zip(&lines) {
                 match result {
                     crate::node::EntryResult::Failed(e) => summary.rejected.push(RowRejection {
