@@ -16,4 +16,5 @@ pub mod node;
 pub mod search;
 pub mod store;
 pub mod tls;
+pub mod validation;
 pub mod views;

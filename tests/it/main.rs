@@ -13,4 +13,5 @@ mod feeds;
 mod helpers;
 mod multiprocess;
 mod search;
+mod validation;
 mod views;

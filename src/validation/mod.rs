@@ -1,0 +1,794 @@
+//! Structural validation against the FHIR R4 base definitions
+//! (`profiles/r4-elements.json`, extracted by `scripts/extract-elements.py`).
+//!
+//! Checks every element of a resource, recursively through data types,
+//! backbone elements, contained and nested resources: known elements only,
+//! JSON shape per cardinality (arrays exactly where `max` is not 1), minimum
+//! cardinality, data types, choice types (`value[x]` as `valueQuantity`, ...),
+//! primitive formats by the regular expressions of the specification,
+//! primitive extensions (`_birthDate`), and the NHS number's Modulus 11 check
+//! digit. Returns every issue at once, each with the FHIRPath of the element.
+//!
+//! Not checked here (yet): profiles (fixed and pattern values, bindings,
+//! slicing), invariants (FHIRPath constraints) and references' targets.
+//! Pure: no I/O; the definitions are compiled into the binary.
+
+use crate::fhir::{Issue, IssueCode};
+use regex::bytes::{Regex, RegexBuilder};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+const ELEMENTS: &str = include_str!("../../profiles/r4-elements.json");
+
+#[derive(Deserialize)]
+struct RawModel {
+    types: HashMap<String, RawType>,
+}
+
+#[derive(Deserialize)]
+struct RawType {
+    kind: String,
+    #[serde(rename = "abstract")]
+    is_abstract: bool,
+    #[serde(default)]
+    regex: Option<String>,
+    elements: HashMap<String, RawElement>,
+}
+
+#[derive(Deserialize)]
+struct RawElement {
+    min: u32,
+    max: String,
+    #[serde(default)]
+    types: Vec<String>,
+    #[serde(default)]
+    choice: bool,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Primitive,
+    Complex,
+    Resource,
+}
+
+#[derive(Debug)]
+struct Element {
+    /// The element's own name (the last part of its path, without `[x]`).
+    name: String,
+    min: u32,
+    /// `None` for `*`.
+    max: Option<u32>,
+    types: Vec<String>,
+    choice: bool,
+    /// For a `contentReference`: the path (within the same type) whose children it has.
+    reference: Option<String>,
+}
+
+#[derive(Debug)]
+struct TypeDef {
+    kind: Kind,
+    is_abstract: bool,
+    regex: Option<Regex>,
+    /// Children of each path within the type ("" is the type itself).
+    children: HashMap<String, Vec<Element>>,
+}
+
+/// The R4 element model, loaded once.
+pub struct Validator {
+    types: HashMap<String, TypeDef>,
+}
+
+/// The validator over the compiled-in R4 definitions.
+pub fn validator() -> &'static Validator {
+    static V: OnceLock<Validator> = OnceLock::new();
+    V.get_or_init(|| Validator::load(ELEMENTS).expect("profiles/r4-elements.json is valid (checked by a test)"))
+}
+
+fn primitive_json_ok(fhir_type: &str, v: &Value) -> bool {
+    match fhir_type {
+        "boolean" => v.is_boolean(),
+        "integer" => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        "positiveInt" => v.as_i64().is_some_and(|n| n >= 1 && n <= i32::MAX as i64),
+        "unsignedInt" => v.as_i64().is_some_and(|n| n >= 0 && n <= i32::MAX as i64),
+        "decimal" => v.is_number(),
+        _ => v.is_string(),
+    }
+}
+
+impl Validator {
+    fn load(text: &str) -> Result<Validator, String> {
+        let raw: RawModel = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut types = HashMap::new();
+        for (name, t) in raw.types {
+            let kind = match t.kind.as_str() {
+                "primitive-type" => Kind::Primitive,
+                "resource" => Kind::Resource,
+                _ => Kind::Complex,
+            };
+            let regex = match &t.regex {
+                // ASCII classes, as the specification's (Java) regular expressions mean
+                // them: `\S` is any byte but ASCII white space, so a no-break space is text.
+                Some(r) if kind == Kind::Primitive => Some(
+                    RegexBuilder::new(&format!("^(?:{r})$"))
+                        .unicode(false)
+                        .build()
+                        .map_err(|e| format!("{name}: {e}"))?,
+                ),
+                _ => None,
+            };
+            let mut children: HashMap<String, Vec<Element>> = HashMap::new();
+            for (path, e) in t.elements {
+                let (parent, own) = match path.rsplit_once('.') {
+                    Some((p, n)) => (p.to_string(), n.to_string()),
+                    None => (String::new(), path.clone()),
+                };
+                children.entry(parent).or_default().push(Element {
+                    name: own,
+                    min: e.min,
+                    max: if e.max == "*" { None } else { e.max.parse().ok() },
+                    types: e.types,
+                    choice: e.choice,
+                    reference: e.reference,
+                });
+            }
+            types.insert(
+                name,
+                TypeDef {
+                    kind,
+                    is_abstract: t.is_abstract,
+                    regex,
+                    children,
+                },
+            );
+        }
+        Ok(Validator { types })
+    }
+
+    /// Whether `name` is a concrete resource type.
+    pub fn is_resource_type(&self, name: &str) -> bool {
+        self.types
+            .get(name)
+            .is_some_and(|t| t.kind == Kind::Resource && !t.is_abstract)
+    }
+
+    /// Every structural issue of a resource.
+    pub fn validate(&self, resource: &Value) -> Vec<Issue> {
+        let mut issues = Vec::new();
+        self.resource(resource, None, &mut issues);
+        issues
+    }
+
+    fn resource(&self, v: &Value, at: Option<&str>, out: &mut Vec<Issue>) {
+        let Some(obj) = v.as_object() else {
+            out.push(err(
+                IssueCode::Structure,
+                "a resource must be a JSON object",
+                at.unwrap_or(""),
+            ));
+            return;
+        };
+        let Some(rtype) = obj.get("resourceType").and_then(Value::as_str) else {
+            out.push(err(IssueCode::Required, "resourceType is missing", at.unwrap_or("")));
+            return;
+        };
+        if !self.is_resource_type(rtype) {
+            out.push(err(
+                IssueCode::NotSupported,
+                format!("'{rtype}' is not an R4 resource type"),
+                at.unwrap_or(rtype),
+            ));
+            return;
+        }
+        let expr = at.map(str::to_string).unwrap_or_else(|| rtype.to_string());
+        if let Some(id) = obj.get("id") {
+            if !id.as_str().is_some_and(crate::fhir::is_valid_id) {
+                out.push(err(
+                    IssueCode::Value,
+                    format!(
+                        "{} is not a valid resource id ([A-Za-z0-9-.], 1 to 64 characters)",
+                        short(id)
+                    ),
+                    &format!("{expr}.id"),
+                ));
+            }
+        }
+        self.object(obj, rtype, "", &expr, true, out);
+        contained_are_referenced(obj, &expr, out);
+        if rtype == "Bundle" {
+            bundle_rules(obj, &expr, out);
+        }
+    }
+
+    /// Checks an object against the children of `path` in type `tname`.
+    fn object(&self, obj: &Map<String, Value>, tname: &str, path: &str, expr: &str, root: bool, out: &mut Vec<Issue>) {
+        let Some(def) = self.types.get(tname) else { return };
+        let empty = Vec::new();
+        let children = def.children.get(path).unwrap_or(&empty);
+        // Snapshots list inherited elements too (id, extension, meta, text, contained...).
+        let find = |key: &str| -> Option<(&Element, Option<String>)> {
+            for e in children.iter() {
+                if e.choice {
+                    if let Some(suffix) = key.strip_prefix(e.name.as_str()) {
+                        if let Some(t) = e.types.iter().find(|t| upper_first(t) == suffix) {
+                            return Some((e, Some(t.clone())));
+                        }
+                    }
+                } else if e.name == key {
+                    return Some((e, None));
+                }
+            }
+            None
+        };
+        let mut present: Vec<&str> = Vec::new();
+        for (key, value) in obj {
+            if root && key == "resourceType" {
+                continue;
+            }
+            if let Some(base) = key.strip_prefix('_') {
+                match find(base) {
+                    Some((e, chosen))
+                        if self.is_primitive(chosen.as_deref().or(e.types.first().map(String::as_str))) =>
+                    {
+                        present.push(e.name.as_str());
+                        self.primitive_extension(value, &format!("{expr}.{base}"), out);
+                    }
+                    _ => out.push(err(
+                        IssueCode::Structure,
+                        format!("'{key}' is not a primitive extension of a known element"),
+                        &format!("{expr}.{key}"),
+                    )),
+                }
+                continue;
+            }
+            if matches!(value, Value::Array(a) if a.is_empty()) || matches!(value, Value::Object(o) if o.is_empty()) {
+                out.push(err(
+                    IssueCode::Structure,
+                    format!("'{key}' is empty: an element without a value must be left out"),
+                    &format!("{expr}.{key}"),
+                ));
+                continue;
+            }
+            let Some((e, chosen)) = find(key) else {
+                out.push(err(
+                    IssueCode::Structure,
+                    format!(
+                        "'{key}' is not an element of {}",
+                        if path.is_empty() {
+                            tname.to_string()
+                        } else {
+                            format!("{tname}.{path}")
+                        }
+                    ),
+                    &format!("{expr}.{key}"),
+                ));
+                continue;
+            };
+            present.push(e.name.as_str());
+            let here = format!("{expr}.{key}");
+            let items: Vec<(String, &Value)> = match (value, e.max) {
+                (Value::Array(a), Some(1)) => {
+                    out.push(err(
+                        IssueCode::Structure,
+                        format!("'{key}' may occur once, so it must not be an array"),
+                        &here,
+                    ));
+                    a.iter().enumerate().map(|(i, x)| (format!("{here}[{i}]"), x)).collect()
+                }
+                (Value::Array(a), max) => {
+                    if let Some(m) = max {
+                        if a.len() > m as usize {
+                            out.push(err(
+                                IssueCode::Structure,
+                                format!("'{key}' occurs {} times; at most {m} are allowed", a.len()),
+                                &here,
+                            ));
+                        }
+                    }
+                    a.iter().enumerate().map(|(i, x)| (format!("{here}[{i}]"), x)).collect()
+                }
+                (other, Some(1)) => vec![(here.clone(), other)],
+                (other, _) => {
+                    out.push(err(
+                        IssueCode::Structure,
+                        format!("'{key}' may repeat, so it must be an array"),
+                        &here,
+                    ));
+                    vec![(here.clone(), other)]
+                }
+            };
+            for (at, item) in items {
+                if item.is_null() {
+                    // Nulls only pad arrays that have a primitive extension companion.
+                    if !(value.is_array() && obj.contains_key(&format!("_{key}"))) {
+                        out.push(err(IssueCode::Structure, "null is not a value", &at));
+                    }
+                    continue;
+                }
+                self.item(item, e, chosen.as_deref(), tname, path, &at, out);
+            }
+        }
+        for e in children.iter() {
+            if e.min > 0 && !present.contains(&e.name.as_str()) {
+                let name = if e.choice {
+                    format!("{}[x]", e.name)
+                } else {
+                    e.name.clone()
+                };
+                out.push(err(
+                    IssueCode::Required,
+                    format!("'{name}' is required (minimum cardinality {}) but missing", e.min),
+                    &format!("{expr}.{name}"),
+                ));
+            }
+        }
+        if tname == "Identifier" && path.is_empty() {
+            nhs_number(obj, expr, out);
+        }
+        if tname == "Attachment" && path.is_empty() {
+            attachment_size(obj, expr, out);
+        }
+    }
+
+    fn is_primitive(&self, t: Option<&str>) -> bool {
+        match t {
+            Some(t) if t.starts_with("http://hl7.org/fhirpath/System.") => true,
+            Some(t) => self.types.get(t).is_some_and(|d| d.kind == Kind::Primitive),
+            None => false,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn item(
+        &self,
+        item: &Value,
+        e: &Element,
+        chosen: Option<&str>,
+        tname: &str,
+        path: &str,
+        at: &str,
+        out: &mut Vec<Issue>,
+    ) {
+        let child_path = if path.is_empty() {
+            e.name.clone()
+        } else {
+            format!("{path}.{}", e.name)
+        };
+        if let Some(r) = &e.reference {
+            match item.as_object() {
+                Some(o) => self.object(o, tname, r, at, false, out),
+                None => out.push(err(IssueCode::Structure, "must be an object", at)),
+            }
+            return;
+        }
+        let t = chosen.unwrap_or_else(|| e.types.first().map(String::as_str).unwrap_or(""));
+        match t {
+            "BackboneElement" | "Element"
+                if !e.types.is_empty()
+                    && self
+                        .types
+                        .get(tname)
+                        .is_some_and(|d| d.children.contains_key(&child_path)) =>
+            {
+                match item.as_object() {
+                    Some(o) => self.object(o, tname, &child_path, at, false, out),
+                    None => out.push(err(IssueCode::Structure, "must be an object", at)),
+                }
+            }
+            "Resource" => self.resource(item, Some(at), out),
+            "xhtml" => xhtml(item, at, out),
+            _ if t.starts_with("http://hl7.org/fhirpath/System.") => {
+                if !item.is_string() && !item.is_boolean() && !item.is_number() {
+                    out.push(err(IssueCode::Structure, "must be a primitive value", at));
+                }
+            }
+            _ => match self.types.get(t) {
+                Some(d) if d.kind == Kind::Primitive => self.primitive(t, d, item, at, out),
+                // An element whose type is a resource (Bundle.entry.response.outcome).
+                Some(d) if d.kind == Kind::Resource => {
+                    let found = item.get("resourceType").and_then(Value::as_str);
+                    if found.is_some_and(|f| f != t && !d.is_abstract) {
+                        out.push(err(
+                            IssueCode::Structure,
+                            format!("must be a {t}, not a {}", found.unwrap_or_default()),
+                            at,
+                        ));
+                    } else {
+                        self.resource(item, Some(at), out);
+                    }
+                }
+                Some(_) => match item.as_object() {
+                    Some(o) => self.object(o, t, "", at, false, out),
+                    None => out.push(err(IssueCode::Structure, format!("must be a {t} object"), at)),
+                },
+                None => {}
+            },
+        }
+    }
+
+    fn primitive(&self, t: &str, d: &TypeDef, v: &Value, at: &str, out: &mut Vec<Issue>) {
+        if !primitive_json_ok(t, v) {
+            out.push(err(
+                IssueCode::Structure,
+                format!("{} is not a valid JSON value for a FHIR {t}", short(v)),
+                at,
+            ));
+            return;
+        }
+        if let (Some(re), Some(s)) = (&d.regex, v.as_str()) {
+            if !re.is_match(s.as_bytes()) {
+                out.push(err(
+                    IssueCode::Value,
+                    format!("'{}' is not a valid {t}", truncate(s)),
+                    at,
+                ));
+            }
+        }
+        if let Some(s) = v.as_str() {
+            if t == "markdown" && has_html_tag(s) {
+                out.push(
+                    Issue::warning(
+                        IssueCode::Value,
+                        "markdown embeds what looks like an HTML tag; it will be shown escaped",
+                    )
+                    .at(at),
+                );
+            }
+            if s.len() > 1024 * 1024 {
+                out.push(err(IssueCode::TooLong, format!("a {t} may hold at most 1 MB"), at));
+            }
+            if s.trim().is_empty() || (s != s.trim() && !matches!(t, "string" | "markdown")) {
+                out.push(err(
+                    IssueCode::Value,
+                    format!("a {t} must not be empty or padded with spaces"),
+                    at,
+                ));
+            }
+        }
+    }
+
+    fn primitive_extension(&self, v: &Value, at: &str, out: &mut Vec<Issue>) {
+        let check = |x: &Value, at: &str, out: &mut Vec<Issue>| match x {
+            Value::Null => {}
+            Value::Object(o) => self.object(o, "Element", "", at, false, out),
+            _ => out.push(err(IssueCode::Structure, "a primitive extension must be an object", at)),
+        };
+        match v {
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .for_each(|(i, x)| check(x, &format!("{at}[{i}]"), out)),
+            other => check(other, at, out),
+        }
+    }
+}
+
+/// Narrative: an XHTML `<div>`, and none of what the specification forbids in it
+/// (scripts, forms, event handlers, `javascript:` links; txt-1, txt-2).
+fn xhtml(item: &Value, at: &str, out: &mut Vec<Issue>) {
+    let Some(s) = item.as_str() else {
+        out.push(err(
+            IssueCode::Structure,
+            "narrative must be an XHTML <div> as a string",
+            at,
+        ));
+        return;
+    };
+    if !s.trim_start().starts_with("<div") {
+        out.push(err(IssueCode::Value, "narrative must be an XHTML <div>", at));
+    }
+    let lower = s.to_ascii_lowercase();
+    for bad in [
+        "<script",
+        "<form",
+        "<iframe",
+        "<object",
+        "<embed",
+        "<input",
+        "javascript:",
+    ] {
+        if lower.contains(bad) {
+            out.push(err(
+                IssueCode::Value,
+                format!("narrative may not contain '{bad}' (txt-1: basic HTML formatting only)"),
+                at,
+            ));
+        }
+    }
+    // Event-handler attributes (` onclick=`) inside a tag.
+    let mut from = 0;
+    while let Some(pos) = lower[from..].find(" on") {
+        let i = from + pos;
+        let rest = &lower[i + 3..];
+        let name: String = rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+        let in_tag = lower[..i]
+            .rfind('<')
+            .map(|lt| lower[..i].rfind('>').is_none_or(|gt| gt < lt))
+            == Some(true);
+        if in_tag && !name.is_empty() && rest[name.len()..].trim_start().starts_with('=') {
+            out.push(err(
+                IssueCode::Value,
+                format!("narrative may not carry event handlers ('on{name}', txt-2)"),
+                at,
+            ));
+        }
+        from = i + 3;
+    }
+}
+
+/// A stated attachment size must be the size of the inline data.
+fn attachment_size(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
+    use base64::Engine;
+    let (Some(size), Some(data)) = (
+        obj.get("size").and_then(Value::as_u64),
+        obj.get("data").and_then(Value::as_str),
+    ) else {
+        return;
+    };
+    let cleaned: String = data.chars().filter(|c| !c.is_whitespace()).collect();
+    match base64::engine::general_purpose::STANDARD.decode(cleaned.as_bytes()) {
+        Ok(bytes) if bytes.len() as u64 != size => out.push(err(
+            IssueCode::Value,
+            format!(
+                "the stated size {size} is not the size of the data ({} bytes)",
+                bytes.len()
+            ),
+            &format!("{expr}.size"),
+        )),
+        Ok(_) => {}
+        Err(e) => out.push(err(
+            IssueCode::Value,
+            format!("data is not base64: {e}"),
+            &format!("{expr}.data"),
+        )),
+    }
+}
+
+/// dom-3: every contained resource is referenced from the rest of the resource
+/// (or from another contained resource).
+fn contained_are_referenced(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
+    let Some(contained) = obj.get("contained").and_then(Value::as_array) else {
+        return;
+    };
+    let mut refs = Vec::new();
+    for (k, v) in obj {
+        if k != "contained" {
+            crate::fhir::refs::collect(v, &mut refs);
+            collect_strings(v, &mut refs);
+        }
+    }
+    for c in contained {
+        crate::fhir::refs::collect(c, &mut refs);
+    }
+    for (i, c) in contained.iter().enumerate() {
+        let Some(id) = c.get("id").and_then(Value::as_str) else {
+            out.push(err(
+                IssueCode::Required,
+                "a contained resource needs an id",
+                &format!("{expr}.contained[{i}]"),
+            ));
+            continue;
+        };
+        let local = format!("#{id}");
+        if !refs.contains(&local) {
+            out.push(err(
+                IssueCode::Invariant,
+                format!("contained resource '{id}' is not referenced from the resource (dom-3)"),
+                &format!("{expr}.contained[{i}]"),
+            ));
+        }
+    }
+}
+
+/// Strings that may name a contained resource outside `reference` elements (canonical `#id`).
+fn collect_strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) if s.starts_with('#') => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
+        _ => {}
+    }
+}
+
+/// Bundle rules: absolute `fullUrl`s, and each link relation at most once.
+fn bundle_rules(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
+    for (i, e) in obj
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(full) = e.get("fullUrl").and_then(Value::as_str) {
+            if !full.contains(':') {
+                out.push(err(
+                    IssueCode::Value,
+                    format!("fullUrl must be an absolute URL, not '{full}'"),
+                    &format!("{expr}.entry[{i}].fullUrl"),
+                ));
+            }
+        }
+    }
+    if obj.get("type").and_then(Value::as_str) == Some("searchset") {
+        for (i, e) in obj
+            .get("entry")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let Some(r) = e.get("resource") else { continue };
+            let outcome = e.pointer("/search/mode").and_then(Value::as_str) == Some("outcome");
+            let rtype = r.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+            if outcome && rtype != "OperationOutcome" {
+                out.push(err(
+                    IssueCode::Value,
+                    format!("an entry with search mode 'outcome' must be an OperationOutcome, not a {rtype}"),
+                    &format!("{expr}.entry[{i}].resource"),
+                ));
+            } else if !outcome && rtype != "OperationOutcome" && r.get("id").is_none() {
+                out.push(err(
+                    IssueCode::Required,
+                    "search results must have ids",
+                    &format!("{expr}.entry[{i}].resource"),
+                ));
+            }
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, l) in obj
+        .get("link")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some(rel) = l.get("relation").and_then(Value::as_str) {
+            if !seen.insert(rel) {
+                out.push(err(
+                    IssueCode::Value,
+                    format!("the link relation '{rel}' may occur only once"),
+                    &format!("{expr}.link[{i}]"),
+                ));
+            }
+        }
+    }
+}
+
+/// `<` followed by a letter or `/`: the start of an HTML tag.
+fn has_html_tag(s: &str) -> bool {
+    s.as_bytes()
+        .windows(2)
+        .any(|w| w[0] == b'<' && (w[1].is_ascii_alphabetic() || w[1] == b'/'))
+}
+
+fn nhs_number(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
+    if obj.get("system").and_then(Value::as_str) != Some(crate::fhir::nhs::NHS_NUMBER_SYSTEM) {
+        return;
+    }
+    if let Some(v) = obj.get("value").and_then(Value::as_str) {
+        if let Err(e) = crate::fhir::nhs::check(v) {
+            out.push(err(IssueCode::Value, e, &format!("{expr}.value")));
+        }
+    }
+}
+
+fn err(code: IssueCode, text: impl Into<String>, at: &str) -> Issue {
+    Issue::error(code, text).at(at)
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() > 60 {
+        format!("{}...", s.chars().take(60).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+fn short(v: &Value) -> String {
+    truncate(&v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validator;
+    use serde_json::json;
+
+    fn errors(v: serde_json::Value) -> Vec<String> {
+        validator()
+            .validate(&v)
+            .into_iter()
+            .map(|i| format!("{} @ {}", i.diagnostics, i.expression.unwrap_or_default()))
+            .collect()
+    }
+
+    #[test]
+    fn a_valid_resource_passes() {
+        let p = json!({"resourceType": "Patient", "id": "p1",
+            "meta": {"versionId": "1", "lastUpdated": "2024-01-01T00:00:00Z"},
+            "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">x</div>"},
+            "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765919"}],
+            "name": [{"family": "Smith", "given": ["Ann", "May"]}], "gender": "female",
+            "birthDate": "1970-05-17", "_birthDate": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueDateTime": "1970-05-17T10:00:00+01:00"}]},
+            "deceasedBoolean": false,
+            "contact": [{"name": {"family": "Smith"}}],
+            "contained": [{"resourceType": "Organization", "id": "o1", "name": "GP"}],
+            "managingOrganization": {"reference": "#o1"}});
+        assert_eq!(errors(p), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_rule_fails_on_its_own_defect() {
+        let cases = [
+            (json!({"resourceType": "Patient", "nickname": "x"}), "Patient.nickname"),
+            (
+                json!({"resourceType": "Patient", "gender": ["female"]}),
+                "Patient.gender",
+            ),
+            (
+                json!({"resourceType": "Patient", "name": {"family": "x"}}),
+                "Patient.name",
+            ),
+            (
+                json!({"resourceType": "Patient", "birthDate": "1970-13-01"}),
+                "Patient.birthDate",
+            ),
+            (json!({"resourceType": "Patient", "active": "true"}), "Patient.active"),
+            (
+                json!({"resourceType": "Patient", "deceasedString": "yes"}),
+                "Patient.deceasedString",
+            ),
+            (
+                json!({"resourceType": "Observation", "code": {"text": "x"}}),
+                "Observation.status",
+            ),
+            (
+                json!({"resourceType": "Observation", "status": "final"}),
+                "Observation.code",
+            ),
+            (
+                json!({"resourceType": "Patient", "contained": [{"resourceType": "Nope"}]}),
+                "Patient.contained[0]",
+            ),
+            (
+                json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "foo": 1}]}),
+                "Patient.contained[0].foo",
+            ),
+            (
+                json!({"resourceType": "Patient", "_birthDate": {"bad": 1}}),
+                "Patient.birthDate.bad",
+            ),
+            (
+                json!({"resourceType": "Patient", "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765918"}]}),
+                "Patient.identifier[0].value",
+            ),
+            (
+                json!({"resourceType": "Patient", "multipleBirthInteger": 1.5}),
+                "Patient.multipleBirthInteger",
+            ),
+            (
+                json!({"resourceType": "Questionnaire", "status": "draft", "item": [{"linkId": "1", "type": "group", "item": [{"type": "string"}]}]}),
+                "Questionnaire.item[0].item[0].linkId",
+            ),
+        ];
+        for (resource, at) in cases {
+            let found = errors(resource.clone());
+            assert!(
+                found.iter().any(|e| e.ends_with(&format!("@ {at}"))),
+                "{resource}: expected an issue at {at}, got {found:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Structural validation against the R4 base definitions: the corpora that must
+//! pass, the official validator test cases, and `$validate` over HTTP.
+
+use super::helpers::{corpus, json_files, spawn_node};
+use pennine::validation::validator;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+fn errors_of(v: &Value) -> Vec<String> {
+    validator()
+        .validate(v)
+        .into_iter()
+        .filter(|i| {
+            matches!(
+                i.severity,
+                pennine::fhir::Severity::Error | pennine::fhir::Severity::Fatal
+            )
+        })
+        .map(|i| format!("{} @ {}", i.diagnostics, i.expression.unwrap_or_default()))
+        .collect()
+}
+
+/// Official examples that break the base specification itself, with the reason
+/// (checked by hand against the R4 definitions).
+const INVALID_UPSTREAM: [(&str, &str); 1] = [(
+    "bundle-questionnaire.json",
+    "nested Questionnaire.item elements lack linkId, which is 1..1 in R4",
+)];
+
+#[test]
+fn every_r4_example_and_synthea_resource_is_structurally_valid() {
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for sub in [
+        "fhir-r4-examples/fhir_models-r4-examples",
+        "fhir-r4-examples/fhir-test-cases-r4-examples",
+        "synthea-r4/bundles",
+    ] {
+        let Some(dir) = corpus(sub) else { continue };
+        for f in json_files(&dir) {
+            let v: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
+            checked += 1;
+            let errs = errors_of(&v);
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            if let Some((_, why)) = INVALID_UPSTREAM.iter().find(|(n, _)| *n == name) {
+                assert!(!errs.is_empty(), "{name} should be reported: {why}");
+                println!("  known invalid upstream, reported: {name} ({why})");
+                continue;
+            }
+            if !errs.is_empty() {
+                failures.push(format!("{}: {}", f.display(), errs[..errs.len().min(3)].join("; ")));
+            }
+        }
+    }
+    println!("structural validation: {checked} files, {} with errors", failures.len());
+    for f in &failures {
+        println!("  {f}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} valid files were reported invalid (listed above)",
+        failures.len()
+    );
+}
+
+/// The Java validator's verdict for a case: does it report at least one error?
+fn java_expects_error(dir: &std::path::Path, java: &Value) -> Option<bool> {
+    match java {
+        Value::String(path) => {
+            let text = std::fs::read_to_string(dir.join("outcomes").join(path)).ok()?;
+            let oo: Value = serde_json::from_str(&text).ok()?;
+            Some(
+                oo["issue"]
+                    .as_array()?
+                    .iter()
+                    .any(|i| i["severity"] == "error" || i["severity"] == "fatal"),
+            )
+        }
+        Value::Object(o) => o.get("errorCount").and_then(Value::as_u64).map(|n| n > 0),
+        _ => None,
+    }
+}
+
+/// The official validator test cases that need only the base specification
+/// (no supporting profiles): how often our error/no-error verdict agrees with
+/// the Java reference validator's, per module.
+#[test]
+fn agreement_with_the_official_validator_test_cases() {
+    let Some(dir) = corpus("fhir-validator-tests") else {
+        return;
+    };
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest-r4-subset.json")).unwrap()).unwrap();
+    let mut per_module: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut disagreements = Vec::new();
+    let mut skipped_profiles = 0;
+    for case in manifest["test-cases"].as_array().unwrap() {
+        if case.get("supporting").is_some() || case.get("profiles").is_some() {
+            skipped_profiles += 1;
+            continue;
+        }
+        let Some(expected) = java_expects_error(&dir, &case["java"]) else {
+            continue;
+        };
+        let file = case["file"].as_str().unwrap();
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let ours = match serde_json::from_slice::<Value>(&bytes) {
+            Err(_) => true,
+            Ok(v) => !errors_of(&v).is_empty(),
+        };
+        let module = case["module"].as_str().unwrap_or("(none)").to_string();
+        let e = per_module.entry(module.clone()).or_default();
+        e.0 += 1;
+        if ours == expected {
+            e.1 += 1;
+        } else {
+            let why = serde_json::from_slice::<Value>(&bytes)
+                .map(|v| errors_of(&v).into_iter().take(2).collect::<Vec<_>>().join("; "))
+                .unwrap_or_default();
+            disagreements.push(format!("{module}/{file}: Java {expected}, ours {ours} {why}"));
+        }
+    }
+    let (n, ok) = per_module.values().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    println!("validator test cases without supporting profiles: {ok}/{n} verdicts agree ({:.1}%); {skipped_profiles} cases need profiles (not run)", 100.0 * ok as f64 / n as f64);
+    for (m, (n, ok)) in &per_module {
+        println!("  {m}: {ok}/{n}");
+    }
+    for d in &disagreements {
+        println!("  DISAGREES {d}");
+    }
+    assert!(n >= 80, "only {n} cases were run");
+    // Where the reference validator finds nothing wrong, neither may we.
+    let false_alarms: Vec<&String> = disagreements
+        .iter()
+        .filter(|d| d.contains(": Java false, ours true"))
+        .collect();
+    assert!(
+        false_alarms.is_empty(),
+        "errors on cases the reference accepts: {false_alarms:?}"
+    );
+}
