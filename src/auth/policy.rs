@@ -33,6 +33,8 @@ pub enum Rule {
     Feed,
     /// The dead-letter store of a node's feeds: administrators (they hold raw patient data).
     FeedAdmin,
+    /// `$validate`: anyone who may write or read the type, in the client's region.
+    Validate,
 }
 
 /// One route: method, actix path pattern, rule.
@@ -67,6 +69,8 @@ pub const NODE_ROUTES: &[RouteRule] = &[
     r("PUT", "/fhir/{type}", Rule::Update),
     r("DELETE", "/fhir/{type}", Rule::Delete),
     r("POST", "/fhir/{type}/_search", Rule::Search),
+    r("POST", "/fhir/{type}/$validate", Rule::Validate),
+    r("POST", "/fhir/{type}/{id}/$validate", Rule::Validate),
     r("GET", "/fhir/{type}/_history", Rule::History),
     r("GET", "/fhir/{type}/{id}", Rule::Read),
     r("PUT", "/fhir/{type}/{id}", Rule::Update),
@@ -192,6 +196,15 @@ pub fn decide(server: &Server, rule: Rule, p: &Principal, f: &Facts) -> Result<(
         }
         (Server::Node { .. }, Rule::Feed) => {
             need(has_op(p, "feed"), "send HL7 v2 or CSV feeds")?;
+            region_ok()
+        }
+        (Server::Node { .. }, Rule::Validate) => {
+            need(
+                [Perms::C, Perms::U, Perms::R]
+                    .into_iter()
+                    .any(|perm| allows(p, f.rtype, perm)),
+                &format!("validate {}", f.rtype.unwrap_or("resources")),
+            )?;
             region_ok()
         }
         (Server::Node { .. }, Rule::FeedAdmin) => {

@@ -146,6 +146,7 @@ pub fn action(rule: Rule) -> &'static str {
         Rule::HubSearch => "count",
         Rule::Feed => "feed",
         Rule::FeedAdmin => "dead-letters",
+        Rule::Validate => "validate",
     }
 }
 

@@ -7,6 +7,7 @@ pub mod federation;
 mod feeds;
 pub mod fhir;
 pub mod hub;
+mod validate;
 mod views;
 
 use crate::auth::{Authority, Clients, Server, NODE_ROUTES};
@@ -368,6 +369,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
             })
             .configure(views::configure)
             .configure(feeds::configure)
+            .configure(validate::configure)
             .configure(federation::configure)
             .configure(fhir::configure)
             .default_service(web::to(no_route))

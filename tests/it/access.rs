@@ -162,6 +162,16 @@ fn node_sample(method: &'static str, path: &str, id: &str) -> Sample {
             )),
             None,
         ),
+        ("POST", "/fhir/{type}/$validate") => (
+            "/fhir/Patient/$validate".into(),
+            Some((patient.clone(), fhir_json)),
+            Some("Patient"),
+        ),
+        ("POST", "/fhir/{type}/{id}/$validate") => (
+            format!("/fhir/Patient/{id}/$validate"),
+            Some((patient.clone(), fhir_json)),
+            Some("Patient"),
+        ),
         ("GET", "/feeds/dead-letters") => (path.into(), None, None),
         ("GET", "/feeds/dead-letters/{id}") => ("/feeds/dead-letters/none".into(), None, None),
         ("POST", "/feeds/dead-letters/{id}/$replay") => ("/feeds/dead-letters/none/$replay".into(), None, None),

@@ -138,3 +138,78 @@ fn agreement_with_the_official_validator_test_cases() {
         "errors on cases the reference accepts: {false_alarms:?}"
     );
 }
+
+#[tokio::test]
+async fn validate_operation_reports_every_issue_with_its_expression() {
+    let node = spawn_node().await;
+    let post = |url: String, body: Value| {
+        let c = node.client.clone();
+        async move {
+            let res = c
+                .post(url)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let errors = |oo: &Value| -> Vec<String> {
+        oo["issue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["severity"] == "error")
+            .map(|i| {
+                format!(
+                    "{} @ {}",
+                    i["diagnostics"].as_str().unwrap(),
+                    i["expression"][0].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    // A valid resource: 200 and no errors.
+    let good = json!({"resourceType": "Patient", "id": "v1", "birthDate": "1970-05-17", "gender": "female"});
+    let (status, oo) = post(node.url("Patient/$validate"), good.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(oo["resourceType"], "OperationOutcome");
+    assert!(errors(&oo).is_empty(), "{oo}");
+    // Every defect at once, each with its FHIRPath.
+    let bad = json!({"resourceType": "Patient", "birthDate": "1970-13-01", "nickname": "x",
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765918"}], "gender": ["female"]});
+    let (status, oo) = post(node.url("Patient/$validate"), bad).await;
+    assert_eq!(status, 200);
+    let found = errors(&oo);
+    for at in [
+        "Patient.birthDate",
+        "Patient.nickname",
+        "Patient.identifier[0].value",
+        "Patient.gender",
+    ] {
+        assert!(
+            found.iter().any(|e| e.ends_with(&format!("@ {at}"))),
+            "{at} missing in {found:?}"
+        );
+    }
+    // Parameters form at instance level: mode update checks the id; an unknown profile is reported.
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": good},
+        {"name": "mode", "valueCode": "update"},
+        {"name": "profile", "valueUri": "https://fhir.nhs.uk/StructureDefinition/Unknown"}]});
+    let (status, oo) = post(node.url("Patient/other/$validate"), params).await;
+    assert_eq!(status, 200);
+    let found = errors(&oo);
+    assert!(
+        found.iter().any(|e| e.contains("does not match the URL id")),
+        "{found:?}"
+    );
+    assert!(found.iter().any(|e| e.contains("is not loaded")), "{found:?}");
+    // The type in the URL must be the resource's.
+    let (_, oo) = post(node.url("Observation/$validate"), json!({"resourceType": "Patient"})).await;
+    assert!(errors(&oo).iter().any(|e| e.contains("URL is for Observation")));
+    // Validating writes nothing.
+    assert_eq!(node.total("Patient").await, 0);
+    node.stop().await;
+}
