@@ -193,6 +193,8 @@ fn stages(bodies: &[Arc<Vec<u8>>], resources: usize) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let registry = crate::search::Registry::r4();
     let (mut split, mut parse, mut structure, mut index, mut serialize) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut validate = 0.0;
+    let validator = crate::validation::validator();
     // Bundle by bundle, as the node does, so memory is reused as it is there.
     for t in &texts {
         let started = Instant::now();
@@ -209,6 +211,11 @@ fn stages(bodies: &[Arc<Vec<u8>>], resources: usize) -> anyhow::Result<()> {
         structure += started.elapsed().as_secs_f64();
         let started = Instant::now();
         for v in &values {
+            std::hint::black_box(validator.validate(v));
+        }
+        validate += started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        for v in &values {
             let rtype = v["resourceType"].as_str().unwrap_or_default();
             std::hint::black_box(crate::search::extract(&registry, rtype, v));
         }
@@ -220,11 +227,12 @@ fn stages(bodies: &[Arc<Vec<u8>>], resources: usize) -> anyhow::Result<()> {
         serialize += started.elapsed().as_secs_f64();
     }
     println!("ingest stages on one core, {resources} resources (resources/s; lower share is better):");
-    let total = split + parse + structure + index + serialize;
+    let total = split + parse + structure + validate + index + serialize;
     for (name, secs) in [
         ("split the Bundle (RawValue)", split),
         ("parse each resource to a JSON value", parse),
         ("structural check (fhirbolt strict parse)", structure),
+        ("R4 validation (src/validation)", validate),
         ("search index extraction (FHIRPath)", index),
         ("serialise for storage", serialize),
     ] {

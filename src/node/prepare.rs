@@ -149,6 +149,17 @@ impl FhirService {
                 Some(r) => fhir::model::check_structure(r),
                 None => fhir::model::check_structure(&value.to_string()),
             };
+            // The R4 base definitions: every issue at once, with its FHIRPath.
+            for issue in crate::validation::validator().validate(value) {
+                match issue.severity {
+                    fhir::Severity::Error | fhir::Severity::Fatal => {
+                        if !issues.contains(&issue) {
+                            issues.push(issue)
+                        }
+                    }
+                    _ => tracing::debug!(%rtype, warning = %issue.diagnostics, "accepted with a warning"),
+                }
+            }
             match checked {
                 Ok(None) => {}
                 Ok(Some(warning)) => {

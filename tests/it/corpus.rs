@@ -25,6 +25,7 @@ async fn r4_examples_round_trip_without_loss() {
     files.extend(json_files(&root.join("fhir-test-cases-r4-examples")));
     let mut checked = 0;
     let mut audit_refused = 0;
+    let mut invalid_refused = 0;
     let mut failures = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
@@ -57,6 +58,17 @@ async fn r4_examples_round_trip_without_loss() {
             .unwrap();
         let status = r.status();
         let created: Value = r.json().await.unwrap();
+        // The one official example that breaks the R4 base definitions (nested
+        // Questionnaire items without the required linkId) is refused, naming the element.
+        if f.file_name().is_some_and(|n| n == "bundle-questionnaire.json") {
+            assert_eq!(status, 422, "{}", f.display());
+            assert!(
+                created.to_string().contains("Questionnaire.item[0].item[0].linkId"),
+                "{created}"
+            );
+            invalid_refused += 1;
+            continue;
+        }
         if status != 201 {
             failures.push(format!(
                 "{}: {status} {}",
@@ -76,7 +88,7 @@ async fn r4_examples_round_trip_without_loss() {
         checked += 1;
     }
     println!(
-        "R4 examples: {checked} of {} round-tripped; {audit_refused} AuditEvent examples refused (audit records are the server's own)",
+        "R4 examples: {checked} of {} round-tripped; {audit_refused} AuditEvent examples refused (audit records are the server's own); {invalid_refused} invalid example refused",
         files.len()
     );
     assert!(

@@ -213,3 +213,24 @@ async fn validate_operation_reports_every_issue_with_its_expression() {
     assert_eq!(node.total("Patient").await, 0);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn writes_that_break_the_r4_definitions_are_refused_with_every_issue() {
+    let node = spawn_node().await;
+    let bad = json!({"resourceType": "Patient", "birthDate": "1970-13-01", "nickname": "x",
+        "identifier": [{"system": "https://fhir.nhs.uk/Id/nhs-number", "value": "9434765918"}]});
+    let res = node.post("Patient", &bad).await;
+    assert_eq!(res.status(), 422);
+    let oo: Value = res.json().await.unwrap();
+    let at: Vec<&str> = oo["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["expression"][0].as_str())
+        .collect();
+    for want in ["Patient.birthDate", "Patient.nickname", "Patient.identifier[0].value"] {
+        assert!(at.contains(&want), "{want} missing: {oo}");
+    }
+    assert_eq!(node.total("Patient").await, 0);
+    node.stop().await;
+}
