@@ -101,9 +101,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for (name, storage) in backends {
         let dir = tempfile::tempdir()?;
         let mut config = NodeConfig::local("bench", dir.path());
+        // Clients as a region's vendor (writes) and analyst (reads) would have them.
+        let clients_file = dir.path().join("clients.toml");
+        let clients = crate::demo::demo_clients(&clients_file, &["bench"])?;
+        config.clients = Some(clients_file);
         config.service.structural_check = !args.no_structural_check;
         config.storage = storage.clone();
-        let m = rt.block_on(measure(config, &bodies, &args, resources))?;
+        let m = rt.block_on(measure(config, &clients, &bodies, &args, resources))?;
         if let StorageConfig::Postgres { url, schema, .. } = storage {
             drop_schema(url, schema);
         }
@@ -266,6 +270,7 @@ struct Measured {
 
 async fn measure(
     config: NodeConfig,
+    clients: &[crate::demo::DemoClient],
     bodies: &[Arc<Vec<u8>>],
     args: &BenchArgs,
     resources: usize,
@@ -273,7 +278,19 @@ async fn measure(
     {
         let node = crate::http::start_node(config).await?;
         let base = format!("{}/fhir", node.base_url());
-        let client = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+        let with_token = |token: String| -> anyhow::Result<reqwest::Client> {
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
+            Ok(reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .default_headers(headers)
+                .build()?)
+        };
+        let plain = reqwest::Client::new();
+        let secret = |id: &str| clients.iter().find(|c| c.id == id).map(|c| c.secret.clone()).unwrap_or_default();
+        let root = node.base_url();
+        let client = with_token(crate::demo::token(&plain, &root, "bench-vendor", &secret("bench-vendor")).await?)?;
+        let reader = with_token(crate::demo::token(&plain, &root, "bench-analyst", &secret("bench-analyst")).await?)?;
 
         // Ingest: every bundle as a transaction, `concurrency` at a time.
         let started = Instant::now();
@@ -328,7 +345,7 @@ async fn measure(
         let per_task = args.reads / args.read_concurrency;
         let mut tasks = Vec::new();
         for t in 0..args.read_concurrency {
-            let (client, base, sample) = (client.clone(), base.clone(), sample.clone());
+            let (client, base, sample) = (reader.clone(), base.clone(), sample.clone());
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(per_task);
                 for i in 0..per_task {
@@ -368,7 +385,7 @@ async fn measure(
             let mut total = Value::Null;
             for _ in 0..5 {
                 let s = Instant::now();
-                let r = client.get(format!("{base}/{q}")).send().await?;
+                let r = reader.get(format!("{base}/{q}")).send().await?;
                 anyhow::ensure!(r.status().is_success(), "search {q}: {}", r.status());
                 let v: Value = r.json().await?;
                 times.push(s.elapsed());
