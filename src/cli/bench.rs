@@ -287,7 +287,13 @@ async fn measure(
                 .build()?)
         };
         let plain = reqwest::Client::new();
-        let secret = |id: &str| clients.iter().find(|c| c.id == id).map(|c| c.secret.clone()).unwrap_or_default();
+        let secret = |id: &str| {
+            clients
+                .iter()
+                .find(|c| c.id == id)
+                .map(|c| c.secret.clone())
+                .unwrap_or_default()
+        };
         let root = node.base_url();
         let client = with_token(crate::demo::token(&plain, &root, "bench-vendor", &secret("bench-vendor")).await?)?;
         let reader = with_token(crate::demo::token(&plain, &root, "bench-analyst", &secret("bench-analyst")).await?)?;
