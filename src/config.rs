@@ -75,6 +75,13 @@ pub struct NodeFile {
     pub rounding: Option<u64>,
     pub clients: Option<PathBuf>,
     pub mllp: Option<String>,
+    /// Folder of regional profiles (default: the set built into the binary).
+    pub profiles: Option<PathBuf>,
+    /// What profile errors do: "flag" (accept and report, the default) or "reject".
+    pub profile_policy: Option<String>,
+    /// Per-profile policy: profile url, name or resource type → "flag" | "reject".
+    #[serde(default)]
+    pub profile_rules: std::collections::HashMap<String, String>,
 }
 
 /// Values from flags or the environment (clap merges those two).
@@ -93,6 +100,10 @@ pub struct NodeOverrides {
     pub rounding: Option<u64>,
     pub clients: Option<PathBuf>,
     pub mllp: Option<String>,
+    pub profiles: Option<PathBuf>,
+    pub profile_policy: Option<String>,
+    /// Profiles (url, name or resource type) whose errors reject writes.
+    pub reject_profiles: Vec<String>,
 }
 
 /// TLS flags, shared by `pennine node` and `pennine hub`.
@@ -251,6 +262,20 @@ impl NodeConfig {
             max_count: from_file.max_count.unwrap_or(defaults.max_count),
             max_results: from_file.max_results.unwrap_or(defaults.max_results),
             structural_check: from_file.structural_check.unwrap_or(defaults.structural_check),
+            profile_policy: {
+                let mut p = crate::node::ProfilePolicy::default();
+                if let Some(d) = overrides.profile_policy.as_deref().or(from_file.profile_policy.as_deref()) {
+                    p.default = crate::node::PolicyMode::parse(d).map_err(ConfigError::Invalid)?;
+                }
+                for (k, v) in &from_file.profile_rules {
+                    p.rules.insert(k.clone(), crate::node::PolicyMode::parse(v).map_err(ConfigError::Invalid)?);
+                }
+                for k in &overrides.reject_profiles {
+                    p.rules.insert(k.clone(), crate::node::PolicyMode::Reject);
+                }
+                p
+            },
+            profiles_dir: overrides.profiles.clone().or(from_file.profiles.clone()),
         };
         if service.default_count == 0 || service.default_count > service.max_count {
             return Err(ConfigError::Invalid(format!(

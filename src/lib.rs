@@ -13,6 +13,7 @@ pub mod fhirpath;
 pub mod http;
 pub mod hub;
 pub mod node;
+pub mod profiles;
 pub mod search;
 pub mod store;
 pub mod tls;

@@ -35,6 +35,11 @@ pub enum Rule {
     FeedAdmin,
     /// `$validate`: anyone who may write or read the type, in the client's region.
     Validate,
+    /// A node's data-quality figures: the region's administrators and analysts, and
+    /// vendors (so a sender can see how its feeds fare); aggregates only.
+    Quality,
+    /// The hub's data-quality figures of every region: administrators, analysts and partners.
+    HubQuality,
 }
 
 /// One route: method, actix path pattern, rule.
@@ -56,6 +61,7 @@ pub const NODE_ROUTES: &[RouteRule] = &[
     r("GET", "/.well-known/smart-configuration", Rule::Public),
     r("POST", "/auth/token", Rule::Public),
     r("POST", "/federation/aggregate", Rule::HubCertificate),
+    r("GET", "/federation/quality", Rule::HubCertificate),
     r("GET", "/federation/count/{type}", Rule::HubCertificate),
     r("POST", "/fhir/ViewDefinition/$run", Rule::ViewRun),
     r("POST", "/fhir", Rule::Bundle),
@@ -83,6 +89,7 @@ pub const NODE_ROUTES: &[RouteRule] = &[
     r("GET", "/feeds/dead-letters", Rule::FeedAdmin),
     r("GET", "/feeds/dead-letters/{id}", Rule::FeedAdmin),
     r("POST", "/feeds/dead-letters/{id}/$replay", Rule::FeedAdmin),
+    r("GET", "/quality", Rule::Quality),
 ];
 
 /// The hub's routes.
@@ -93,6 +100,7 @@ pub const HUB_ROUTES: &[RouteRule] = &[
     r("POST", "/auth/token", Rule::Public),
     r("GET", "/fhir/metadata", Rule::Public),
     r("POST", "/fhir/$aggregate", Rule::Aggregate),
+    r("GET", "/quality", Rule::HubQuality),
     r("GET", "/fhir/{type}", Rule::HubSearch),
 ];
 
@@ -214,6 +222,21 @@ pub fn decide(server: &Server, rule: Rule, p: &Principal, f: &Facts) -> Result<(
             }
             Ok(())
         }
+        (Server::Node { .. }, Rule::Quality) => {
+            need(
+                p.roles
+                    .iter()
+                    .any(|r| matches!(r, Role::Admin | Role::Analyst | Role::Vendor)),
+                "read this region's data-quality figures",
+            )?;
+            region_ok()
+        }
+        (Server::Hub, Rule::HubQuality) => need(
+            p.roles
+                .iter()
+                .any(|r| matches!(r, Role::Admin | Role::Analyst | Role::Partner)),
+            "read the regions' data-quality figures",
+        ),
         (Server::Hub, Rule::Aggregate) => need(has_op(p, "aggregate"), "ask aggregate questions"),
         (Server::Hub, Rule::HubSearch) if f.summary_count => need(has_op(p, "aggregate"), "ask federated counts"),
         (Server::Hub, Rule::HubSearch) if audit => need(

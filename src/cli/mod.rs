@@ -8,6 +8,7 @@ mod dev_certs;
 mod hub;
 mod migrate;
 mod node;
+mod profiles;
 mod send;
 mod translate;
 
@@ -49,6 +50,8 @@ enum Command {
     Send(send::SendArgs),
     /// Upload HL7 v2 files, CSV extracts and FHIR bundles to a node over HTTP(S).
     Push(send::PushArgs),
+    /// Build the regional profile set from UK Core, or check a folder of profiles.
+    Profiles(profiles::ProfilesArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
         Command::DevCerts(args) => dev_certs::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::BenchFeeds(args) => bench_feeds::run(args),
+        Command::Profiles(args) => profiles::run(args),
         Command::Send(args) => match send::send(args) {
             Ok(code) => return code,
             Err(e) => Err(e),

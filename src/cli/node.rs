@@ -49,6 +49,16 @@ pub struct NodeArgs {
     /// Also accept HL7 v2 over MLLP on this address (host:port); each message is acknowledged after it is stored.
     #[arg(long, env = "PENNINE_MLLP")]
     mllp: Option<String>,
+    /// Folder of regional profiles (StructureDefinitions, ValueSets, CodeSystems, a CapabilityStatement);
+    /// default: the set built into the binary. A broken profile stops the node at start-up.
+    #[arg(long, env = "PENNINE_PROFILES")]
+    profiles: Option<PathBuf>,
+    /// What errors against the regional profiles do: flag (accept and report; the default) or reject.
+    #[arg(long, env = "PENNINE_PROFILE_POLICY")]
+    profile_policy: Option<String>,
+    /// Reject writes with errors against this profile (url, name or resource type); repeatable.
+    #[arg(long = "reject-profile")]
+    reject_profile: Vec<String>,
 }
 
 /// TLS flags, shared by `node` and `hub`.
@@ -96,6 +106,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             rounding: args.rounding,
             clients: args.clients,
             mllp: args.mllp,
+            profiles: args.profiles,
+            profile_policy: args.profile_policy,
+            reject_profiles: args.reject_profile,
         },
     )?;
     let rt = super::runtime()?;

@@ -264,6 +264,10 @@ pub struct NodeAggregate {
     pub region: String,
     #[serde(default)]
     pub last_updated: Option<String>,
+    /// Share of the regional profile's must-support elements present in the
+    /// resources of the view's type that this node has received.
+    #[serde(default)]
+    pub completeness: Option<f64>,
     pub groups: Vec<GroupStats>,
     /// The node's own disclosure settings (the hub applies the stricter).
     pub disclosure: Disclosure,

@@ -458,11 +458,18 @@ impl Feeds {
                 put_entry(r, version)
             })
             .collect();
-        match self.service.process_entries(
-            BundleKind::Transaction,
-            entries,
-            Some(("Provenance".into(), provenance_id)),
-        ) {
+        let source = format!(
+            "hl7v2:{}|{}",
+            t.header.sending_application, t.header.sending_facility
+        );
+        let applied = crate::node::quality::with_source(&source, || {
+            self.service.process_entries(
+                BundleKind::Transaction,
+                entries,
+                Some(("Provenance".into(), provenance_id)),
+            )
+        });
+        match applied {
             Ok(_) => Ok((stored, false, notes)),
             Err(Error::AlreadyApplied(_)) => Ok((Vec::new(), true, notes)),
             Err(e) => Err(e),
@@ -773,7 +780,10 @@ impl Feeds {
             if entries.is_empty() {
                 continue;
             }
-            let outcome = self.service.process_entries(BundleKind::Batch, entries, None)?;
+            let origin = format!("csv:{mapping}");
+            let outcome = crate::node::quality::with_source(&origin, || {
+                self.service.process_entries(BundleKind::Batch, entries, None)
+            })?;
             for (result, (line, _)) in outcome.entries.iter().zip(&lines) {
                 match result {
                     crate::node::EntryResult::Failed(e) => summary.rejected.push(RowRejection {

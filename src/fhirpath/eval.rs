@@ -223,6 +223,49 @@ fn children<'a>(ctx: &Ctx<'a, '_>, item: &Item<'a>, name: &str, out: &mut Vec<It
     }
 }
 
+fn looks_temporal(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 4 && b[..4].iter().all(u8::is_ascii_digit) && (b.len() == 4 || b[4] == b'-')
+}
+
+/// Dates and times compared as the instants they stand for; when their
+/// precisions overlap (2020 against 2020-05-01) the answer is unknown (empty).
+fn compare_temporal(x: &str, y: &str) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering;
+    let (alo, ahi) = crate::fhir::time::parse_range(x)?;
+    let (blo, bhi) = crate::fhir::time::parse_range(y)?;
+    if (alo, ahi) == (blo, bhi) {
+        Some(Ordering::Equal)
+    } else if ahi < blo {
+        Some(Ordering::Less)
+    } else if alo > bhi {
+        Some(Ordering::Greater)
+    } else {
+        None
+    }
+}
+
+/// Every child node of `item` (FHIRPath `children()`), primitive extensions included.
+fn all_children<'a>(item: &Item<'a>, out: &mut Vec<Item<'a>>) {
+    let Item::Node {
+        value: Value::Object(obj),
+        ..
+    } = item
+    else {
+        return;
+    };
+    for (k, v) in obj {
+        if k == "resourceType" {
+            continue;
+        }
+        match v {
+            Value::Array(a) => out.extend(a.iter().filter(|x| !x.is_null()).map(|x| Item::Node { value: x, ty: None })),
+            Value::Null => {}
+            other => out.push(Item::Node { value: other, ty: None }),
+        }
+    }
+}
+
 fn eval<'a>(
     ctx: &Ctx<'a, '_>,
     expr: &Expr,
@@ -388,6 +431,7 @@ fn binary<'a>(
             let ord = match (a.as_f64(), b.as_f64()) {
                 (Some(x), Some(y)) => x.partial_cmp(&y),
                 _ => match (a.as_str(), b.as_str()) {
+                    (Some(x), Some(y)) if looks_temporal(x) && looks_temporal(y) => compare_temporal(x, y),
                     (Some(x), Some(y)) => Some(x.cmp(y)),
                     _ => None,
                 },
@@ -574,6 +618,15 @@ fn reference_type(item: &Item) -> Option<String> {
     reference_key(item).map(|(ty, _)| ty)
 }
 
+/// The functions `call` evaluates (keep in step with its `match`).
+pub const FUNCTIONS: &[&str] = &[
+    "where", "select", "exists", "all", "empty", "hasValue", "count", "trace", "htmlChecks", "children",
+    "descendants", "isDistinct", "allTrue", "anyTrue", "allFalse", "anyFalse", "combine", "intersect", "exclude",
+    "toInteger", "replaceMatches", "first", "last", "tail", "single", "distinct", "not", "ofType", "as", "is",
+    "resolve", "getResourceKey", "getReferenceKey", "substring", "lowBoundary", "highBoundary", "length",
+    "extension", "join", "toString", "lower", "upper", "startsWith", "endsWith", "contains", "matches", "iif",
+];
+
 fn call<'a>(
     ctx: &Ctx<'a, '_>,
     name: &str,
@@ -654,6 +707,95 @@ fn call<'a>(
             }] | [Item::String(_) | Item::Integer(_) | Item::Decimal(_) | Item::Boolean(_)]
         ))],
         "count" => vec![Item::Integer(base.len() as i64)],
+        // Diagnostics only: the input passes through.
+        "trace" => base,
+        // Narrative rules are checked by the structural validator (txt-1, txt-2).
+        "htmlChecks" => vec![Item::Boolean(true)],
+        "children" => {
+            let mut out = Vec::new();
+            for item in &base {
+                all_children(item, &mut out);
+            }
+            out
+        }
+        "descendants" => {
+            let mut out = Vec::new();
+            let mut frontier = base;
+            while !frontier.is_empty() {
+                let mut next = Vec::new();
+                for item in &frontier {
+                    all_children(item, &mut next);
+                }
+                out.extend(next.iter().cloned());
+                frontier = next;
+            }
+            out
+        }
+        "isDistinct" => {
+            let mut seen: Vec<&Item> = Vec::new();
+            let mut distinct = true;
+            for item in &base {
+                if seen.iter().any(|o| equal(o, item)) {
+                    distinct = false;
+                    break;
+                }
+                seen.push(item);
+            }
+            vec![Item::Boolean(distinct)]
+        }
+        "allTrue" | "anyTrue" | "allFalse" | "anyFalse" => {
+            let want = name.ends_with("True");
+            let hits = base.iter().filter(|i| i.as_bool() == Some(want)).count();
+            vec![Item::Boolean(if name.starts_with("all") {
+                hits == base.len()
+            } else {
+                hits > 0
+            })]
+        }
+        "combine" | "intersect" | "exclude" => {
+            arity(1)?;
+            let other = eval(ctx, &args[0], input, this)?;
+            match name {
+                "combine" => base.into_iter().chain(other).collect(),
+                "intersect" => {
+                    let mut out: Vec<Item> = Vec::new();
+                    for item in base {
+                        if other.iter().any(|o| equal(o, &item)) && !out.iter().any(|o| equal(o, &item)) {
+                            out.push(item);
+                        }
+                    }
+                    out
+                }
+                _ => base.into_iter().filter(|i| !other.iter().any(|o| equal(o, i))).collect(),
+            }
+        }
+        "toInteger" => match base.as_slice() {
+            [] => vec![],
+            [one] => match one {
+                Item::Integer(n) => vec![Item::Integer(*n)],
+                Item::Boolean(b) => vec![Item::Integer(*b as i64)],
+                other => other
+                    .to_string_value()
+                    .trim()
+                    .parse::<i64>()
+                    .map(Item::Integer)
+                    .into_iter()
+                    .collect(),
+            },
+            _ => return Err(EvalError("toInteger() needs a single item".into())),
+        },
+        "replaceMatches" => {
+            arity(2)?;
+            let pattern = eval(ctx, &args[0], input, this)?;
+            let with = eval(ctx, &args[1], input, this)?;
+            let (Some(p), Some(w)) = (pattern.first(), with.first()) else {
+                return Ok(vec![]);
+            };
+            let re = regex::Regex::new(&p.to_string_value()).map_err(|e| EvalError(format!("replaceMatches: {e}")))?;
+            base.iter()
+                .map(|i| Item::String(re.replace_all(&i.to_string_value(), w.to_string_value().as_str()).into_owned()))
+                .collect()
+        }
         "first" => base.into_iter().take(1).collect(),
         "last" => base.into_iter().last().into_iter().collect(),
         "tail" => base.into_iter().skip(1).collect(),

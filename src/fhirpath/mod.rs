@@ -8,7 +8,7 @@
 mod eval;
 mod parse;
 
-pub use eval::{evaluate, evaluate_in, EvalError, Item};
+pub use eval::{evaluate, evaluate_in, EvalError, Item, FUNCTIONS};
 pub use parse::{parse, BinOp, Expr, Literal, ParseError};
 
 /// The names of FHIR choice elements (`value[x]` and friends) and the data type
@@ -44,6 +44,32 @@ impl ChoiceModel {
         let suffix = key.strip_prefix(name)?;
         self.type_suffixes.get(suffix).map(String::as_str)
     }
+}
+
+/// The functions `expr` calls that this evaluator does not implement.
+pub fn unsupported_functions(expr: &Expr) -> Vec<String> {
+    fn walk(e: &Expr, out: &mut Vec<String>) {
+        match e {
+            Expr::Call { target, name, args } => {
+                if !FUNCTIONS.contains(&name.as_str()) && !out.contains(name) {
+                    out.push(name.clone());
+                }
+                if let Some(t) = target {
+                    walk(t, out);
+                }
+                args.iter().for_each(|a| walk(a, out));
+            }
+            Expr::Member(t, _) | Expr::Negate(t) | Expr::Is(t, _) | Expr::As(t, _) => walk(t, out),
+            Expr::Index(a, b) | Expr::Binary(_, a, b) => {
+                walk(a, out);
+                walk(b, out);
+            }
+            Expr::This | Expr::Literal(_) | Expr::Constant(_) | Expr::Ident(_) => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(expr, &mut out);
+    out
 }
 
 pub(crate) fn upper_first(s: &str) -> String {

@@ -147,6 +147,7 @@ pub fn action(rule: Rule) -> &'static str {
         Rule::Feed => "feed",
         Rule::FeedAdmin => "dead-letters",
         Rule::Validate => "validate",
+        Rule::Quality | Rule::HubQuality => "quality",
     }
 }
 

@@ -24,6 +24,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::auth::NODE_ROUTES as T;
     route(cfg, T, "POST", "/federation/aggregate", web::post().to(aggregate));
     route(cfg, T, "GET", "/federation/count/{type}", web::get().to(count));
+    route(cfg, T, "GET", "/federation/quality", web::get().to(quality));
+    route(cfg, T, "GET", "/quality", web::get().to(own_quality));
+}
+
+/// `GET /quality`: this node's data-quality figures.
+async fn own_quality(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.service.quality.report(state.config.region.as_str()))
+}
+
+/// `GET /federation/quality`: the figures per resource type for the hub (no per-source detail).
+async fn quality(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    require_hub(&req, &state)?;
+    let mut report = state.service.quality.report(state.config.region.as_str());
+    if let Some(o) = report.as_object_mut() {
+        o.remove("bySource");
+    }
+    report["lastUpdated"] = json!(last_updated(&state.service).map_err(ApiError::Fhir)?);
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// The paths a hub-certificate connection may reach on a node.
@@ -94,6 +112,12 @@ async fn aggregate(
             node::Error::invalid(Issue::error(IssueCode::Invalid, p.message).at(&p.expression))
         })?;
         let groups = svc.aggregate(&q)?;
+        let view_type = match &q.view {
+            crate::federation::ViewSource::Inline(v) => v.get("resource").and_then(Value::as_str).map(str::to_string),
+            crate::federation::ViewSource::Reference(name) => {
+                crate::views::library::compile(name).and_then(Result::ok).map(|v| v.resource.clone())
+            }
+        };
         audit.record_now(&AuditRecord {
             action: "aggregate",
             who: "hub (mTLS)",
@@ -111,6 +135,7 @@ async fn aggregate(
         Ok(Ok(NodeAggregate {
             region: config.region.to_string(),
             last_updated: last_updated(&svc)?,
+            completeness: view_type.and_then(|t: String| svc.quality.completeness(&t)),
             groups,
             disclosure: floor,
         }))
@@ -146,6 +171,7 @@ async fn count(
     let audit = state.audit.clone();
     let config = state.config.clone();
     let query = format!("{rtype}?{}", req.query_string());
+    let rtype_for_quality = rtype.clone();
     let body: Value = blocking(move || {
         let n = svc.store.count(&parsed)?;
         audit.record_now(&AuditRecord {
@@ -160,6 +186,7 @@ async fn count(
             "region": config.region.as_str(),
             "count": n,
             "lastUpdated": last_updated(&svc)?,
+            "completeness": svc.quality.completeness(&rtype_for_quality),
             "disclosure": config.disclosure,
         }))
     })

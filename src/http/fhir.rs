@@ -263,6 +263,23 @@ fn write_response(r: WriteResult, prefer: Return, base: &str) -> HttpResponse {
         }
     };
     let mut b = HttpResponse::build(status);
+    if !r.issues.is_empty() {
+        // The body stays what the client asked for; the issues are one header away, or in
+        // full with `Prefer: return=OperationOutcome`.
+        let (errors, others) = r.issues.iter().fold((0, 0), |(e, o), i| {
+            if i.diagnostics.contains("(flagged: ") {
+                (e + 1, o)
+            } else {
+                (e, o + 1)
+            }
+        });
+        let text = format!(
+            "{errors} flagged profile error(s), {others} warning(s) or note(s); send Prefer: return=OperationOutcome to see them"
+        );
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            b.insert_header(("X-Pennine-Validation", v));
+        }
+    }
     if r.version > 0 && !r.id.is_empty() {
         b.insert_header((header::ETAG, etag(r.version)));
         b.insert_header((header::LAST_MODIFIED, http_date(r.last_updated)));
@@ -286,8 +303,9 @@ fn write_response(r: WriteResult, prefer: Return, base: &str) -> HttpResponse {
                 WriteOutcome::Deleted => format!("deleted {}/{}", r.rtype, r.id),
                 WriteOutcome::NothingToDelete => "nothing to delete".to_string(),
             };
-            b.content_type(FHIR_JSON)
-                .body(operation_outcome(&[Issue::information(IssueCode::Informational, msg)]).to_string())
+            let mut issues = vec![Issue::information(IssueCode::Informational, msg)];
+            issues.extend(r.issues.iter().cloned());
+            b.content_type(FHIR_JSON).body(operation_outcome(&issues).to_string())
         }
         (_, WriteOutcome::Deleted | WriteOutcome::NothingToDelete) | (Return::Minimal, _) => b.finish(),
         (Return::Representation, _) => match r.json {
@@ -416,12 +434,21 @@ async fn create(
     let body = json_body(&req, payload, &state).await?;
     let cond = if_none_exist(&req, &state, &rtype)?;
     let svc = state.service.clone();
+    let source = source_of(&req);
     let result = blocking(move || {
         let (value, text) = parse_json(&body).map_err(api_to_node)?;
-        svc.create(&rtype, value, Some(text), cond)
+        node::quality::with_source(&source, || svc.create(&rtype, value, Some(text), cond))
     })
     .await?;
     Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+}
+
+/// The source that quality figures attribute a REST write to: the client.
+pub(super) fn source_of(req: &HttpRequest) -> String {
+    match super::access::principal_of(req) {
+        Some(p) => format!("client:{}", p.client_id),
+        None => "client:anonymous".into(),
+    }
 }
 
 /// Parse failures inside the blocking pool travel as a node error.
@@ -448,9 +475,10 @@ async fn update(
     let body = json_body(&req, payload, &state).await?;
     let version = if_match(&req)?;
     let svc = state.service.clone();
+    let source = source_of(&req);
     let result = blocking(move || {
         let (value, text) = parse_json(&body).map_err(api_to_node)?;
-        svc.update(&rtype, &id, value, Some(text), version)
+        node::quality::with_source(&source, || svc.update(&rtype, &id, value, Some(text), version))
     })
     .await?;
     Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
@@ -655,12 +683,13 @@ async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     let representation = prefer(&req).ret == Return::Representation && req.headers().contains_key("prefer");
     let svc = state.service.clone();
     let principal = super::access::principal_of(&req);
+    let source = source_of(&req);
     let outcome = blocking(move || {
         let text = body_text(&body).map_err(node::Error::invalid)?;
         if let Some(p) = &principal {
             check_bundle_entries(p, text)?;
         }
-        svc.process_bundle(text)
+        node::quality::with_source(&source, || svc.process_bundle(text))
     })
     .await?;
     let reply = node::response_bundle(&outcome, representation);

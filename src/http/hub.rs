@@ -120,6 +120,11 @@ async fn metadata(hub: web::Data<Hub>) -> HttpResponse {
     HttpResponse::Ok().content_type(FHIR_JSON).body(statement.to_string())
 }
 
+/// `GET /quality`: every region's data-quality figures per resource type, with each region's status.
+async fn quality(hub: web::Data<Hub>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(hub.quality().await?))
+}
+
 async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>) -> Result<HttpResponse, ApiError> {
     let csv = match query_pairs(&req).into_iter().find(|(k, _)| k == "_format") {
         None => false,
@@ -263,6 +268,7 @@ pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
                 route(cfg, t, "POST", "/auth/token", web::post().to(token));
                 route(cfg, t, "GET", "/fhir/metadata", web::get().to(metadata));
                 route(cfg, t, "POST", "/fhir/$aggregate", web::post().to(aggregate));
+                route(cfg, t, "GET", "/quality", web::get().to(quality));
                 route(cfg, t, "GET", "/fhir/{type}", web::get().to(search));
             })
             .default_service(web::to(no_route))

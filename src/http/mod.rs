@@ -44,6 +44,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("access control: {0}")]
     Access(String),
+    #[error(transparent)]
+    Profiles(#[from] crate::profiles::ProfileError),
 }
 
 /// A node serving HTTP. Dropping it does not stop it; call `stop`.
@@ -285,6 +287,18 @@ where
 
 /// Opens the store, binds `config.listen` and starts serving on the current Tokio runtime.
 pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
+    // Profiles first: a broken one stops the node before it touches its data.
+    let profiles = match &config.service.profiles_dir {
+        Some(dir) => Arc::new(crate::profiles::ProfileSet::load_dir(dir)?),
+        None => crate::node::built_in_profiles(),
+    };
+    tracing::info!(
+        origin = %profiles.origin,
+        definitions = profiles.len(),
+        enforced = profiles.enforced_all().count(),
+        policy = config.service.profile_policy.default.as_str(),
+        "regional profiles loaded"
+    );
     let store = open_store(config.storage.clone(), config.data.clone()).await?;
     let audit = open_audit(&config.storage, &config.data).await?;
     let authority = open_authority(
@@ -293,7 +307,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         &config.data,
     )?;
     let registry = Arc::new(Registry::r4());
-    let service = FhirService::new(store.clone(), registry, config.service.clone());
+    let service = FhirService::new(store.clone(), registry, config.service.clone()).with_profiles(profiles);
     let dead_letters = open_dead_letters(&config.storage, &config.data).await?;
     let feeds = crate::feeds::Feeds::new(service.clone(), crate::feeds::DeadLetters::new(dead_letters.clone()));
     let mllp = match &config.mllp {

@@ -108,15 +108,22 @@ async fn run(
                 format!("mode '{mode}' is not one of create, update, delete"),
             )));
         }
-        if let Some(profile) = &request.profile {
-            let base = format!("http://hl7.org/fhir/StructureDefinition/{rtype}");
-            if profile.split('|').next() != Some(base.as_str()) {
-                issues.push(Issue::error(
-                    IssueCode::NotSupported,
-                    format!("profile '{profile}' is not loaded on this node; only the R4 base definitions are, so far"),
-                ));
-            }
-        }
+        // The profile to check against: the one asked for, else the regional profile of the type.
+        let base = format!("http://hl7.org/fhir/StructureDefinition/{rtype}");
+        let profile = match &request.profile {
+            Some(p) if p.split('|').next() == Some(base.as_str()) => None,
+            Some(p) => match service.profiles.get(p) {
+                Some(found) => Some(found),
+                None => {
+                    issues.push(Issue::error(
+                        IssueCode::NotSupported,
+                        format!("profile '{p}' is not loaded on this node"),
+                    ));
+                    None
+                }
+            },
+            None => service.profiles.enforced(&rtype),
+        };
         if mode == "delete" {
             // Nothing in this node's rules forbids a deletion; say whether there is anything to delete.
             match &id {
@@ -165,6 +172,9 @@ async fn run(
             }
         }
         issues.extend(crate::validation::validator().validate(&resource));
+        if let Some(p) = profile {
+            issues.extend(service.profiles.check(p, &resource));
+        }
         Ok(issues)
     })
     .await?;

@@ -35,6 +35,8 @@ pub struct RegionReport {
     pub latency_ms: u64,
     pub detail: Option<String>,
     pub last_updated: Option<String>,
+    /// The node's completeness of must-support elements for the type asked about.
+    pub completeness: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +191,7 @@ impl Hub {
                     latency_ms,
                     detail,
                     last_updated: None,
+                    completeness: None,
                 };
                 match result {
                     Err(_) => (
@@ -292,6 +295,7 @@ impl Hub {
                     report.detail = Some(format!("the node at this URL says it serves '{}'", a.region));
                 } else {
                     report.last_updated = a.last_updated.clone();
+                    report.completeness = a.completeness;
                     gate = gate.stricter(Disclosure {
                         min_regions: gate.min_regions,
                         ..a.disclosure
@@ -327,6 +331,37 @@ impl Hub {
         Ok(reply)
     }
 
+    /// `GET /quality`: the regions' quality figures (per resource type, aggregates only).
+    pub async fn quality(&self) -> Result<Value, HubError> {
+        let regions = self.regions_for(None)?;
+        let answers: Vec<(RegionReport, Option<Value>)> = self
+            .fan_out(&regions, |client, url| client.get(format!("{url}/federation/quality")))
+            .await;
+        let mut out = serde_json::Map::new();
+        let mut statuses = Vec::new();
+        for (mut report, answer) in answers {
+            if let Some(mut a) = answer {
+                if a.get("region").and_then(Value::as_str) == Some(report.region.as_str()) {
+                    report.last_updated = a.get("lastUpdated").and_then(Value::as_str).map(str::to_string);
+                    if let Some(o) = a.as_object_mut() {
+                        o.remove("region");
+                    }
+                    out.insert(report.region.clone(), a);
+                } else {
+                    report.status = RegionStatus::Error;
+                    report.detail = Some("the node at this URL serves another region".into());
+                }
+            }
+            statuses.push(report);
+        }
+        let complete = statuses.iter().all(|r| r.status == RegionStatus::Ok);
+        Ok(json!({
+            "status": if complete { "complete" } else { "partial" },
+            "regions": statuses,
+            "quality": out,
+        }))
+    }
+
     /// `GET /fhir/<type>?...&_summary=count`: a searchset Bundle with the pooled total.
     pub async fn count(&self, rtype: &str, query: &str, who: &str) -> Result<Value, HubError> {
         let regions = self.regions_for(None)?;
@@ -336,6 +371,8 @@ impl Hub {
             region: String,
             count: u64,
             last_updated: Option<String>,
+            #[serde(default)]
+            completeness: Option<f64>,
             disclosure: Disclosure,
         }
         let answers: Vec<(RegionReport, Option<NodeCount>)> = self
@@ -361,6 +398,7 @@ impl Hub {
             if let Some(a) = answer {
                 if a.region == report.region {
                     report.last_updated = a.last_updated;
+                    report.completeness = a.completeness;
                     gate = gate.stricter(Disclosure {
                         min_regions: gate.min_regions,
                         ..a.disclosure
@@ -414,6 +452,9 @@ impl Hub {
             ext.push(json!({"url": "status", "valueCode": r.status}));
             if let Some(t) = &r.last_updated {
                 ext.push(json!({"url": "lastUpdated", "valueInstant": t}));
+            }
+            if let Some(c) = r.completeness {
+                ext.push(json!({"url": "completeness", "valueDecimal": c}));
             }
             if let Some(d) = &r.detail {
                 ext.push(json!({"url": "detail", "valueString": d}));

@@ -216,10 +216,10 @@ impl FhirService {
                     Error::Invalid(issues) => Error::Invalid(prefix_issues(issues, index)),
                     other => other,
                 })?;
-            if found != rtype {
+            if found.rtype != rtype {
                 return Err(entry_error(
                     index,
-                    format!("the resource is a {found} but the URL is for {rtype}"),
+                    format!("the resource is a {} but the URL is for {rtype}", found.rtype),
                 ));
             }
             Ok(self.prepare(found, value))
@@ -501,7 +501,11 @@ impl FhirService {
                 fhir::refs::rewrite(&mut value, &mut |r| final_map.get(r).cloned());
                 if let Action::Create { prepared, .. } | Action::Update { prepared, .. } = &mut p.action {
                     let body_id = prepared.body_id.clone();
-                    *prepared = service.prepare(prepared.rtype.clone(), value);
+                    let checked = super::Checked {
+                        rtype: prepared.rtype.clone(),
+                        issues: std::mem::take(&mut prepared.issues),
+                    };
+                    *prepared = service.prepare(checked, value);
                     prepared.body_id = body_id;
                 }
             }
@@ -712,6 +716,9 @@ pub fn response_bundle(outcome: &BundleOutcome, representation: bool) -> Value {
                     ) {
                         response["location"] = json!(format!("{}/{}/_history/{}", w.rtype, w.id, w.version));
                     }
+                }
+                if !w.issues.is_empty() {
+                    response["outcome"] = operation_outcome(&w.issues);
                 }
                 let mut entry = json!({});
                 if !w.id.is_empty() && w.outcome != WriteOutcome::NothingToDelete {

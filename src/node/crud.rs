@@ -28,6 +28,8 @@ pub struct WriteResult {
     pub last_updated: i64,
     pub outcome: WriteOutcome,
     pub json: Option<Arc<[u8]>>,
+    /// What validation found and the node accepted (warnings, flagged profile errors).
+    pub issues: Vec<Issue>,
 }
 
 /// How a conditional interaction picks its target.
@@ -47,6 +49,7 @@ pub(super) fn existing(txn: &mut dyn WriteTxn, rtype: &str, id: String) -> Resul
         last_updated: c.map_or(0, |c| c.last_updated),
         outcome: WriteOutcome::Existing,
         json: None,
+        issues: Vec::new(),
     })
 }
 
@@ -60,6 +63,7 @@ impl WriteResult {
             last_updated: 0,
             outcome: WriteOutcome::NothingToDelete,
             json: None,
+            issues: Vec::new(),
         }
     }
 }
@@ -147,6 +151,7 @@ fn write_version(
             WriteOutcome::Updated
         },
         json: Some(Arc::from(json)),
+        issues: prepared.issues.clone(),
     })
 }
 
@@ -173,6 +178,7 @@ pub(super) fn delete_version(txn: &mut dyn WriteTxn, rtype: &str, id: &str) -> R
                 last_updated: now,
                 outcome: WriteOutcome::Deleted,
                 json: None,
+                issues: Vec::new(),
             })
         }
         other => Ok(WriteResult {
@@ -182,6 +188,7 @@ pub(super) fn delete_version(txn: &mut dyn WriteTxn, rtype: &str, id: &str) -> R
             last_updated: other.map_or(0, |c| c.last_updated),
             outcome: WriteOutcome::NothingToDelete,
             json: None,
+            issues: Vec::new(),
         }),
     }
 }
@@ -195,18 +202,18 @@ impl FhirService {
         crate::store::run_unit(&*self.store, f)
     }
 
-    fn expect_type(&self, rtype: &str, value: &Value, raw: Option<&str>) -> Result<(), Error> {
+    fn expect_type(&self, rtype: &str, value: &Value, raw: Option<&str>) -> Result<super::Checked, Error> {
         let found = self.check_resource(value, raw)?;
-        if found != rtype {
+        if found.rtype != rtype {
             return Err(Error::invalid(
                 Issue::error(
                     IssueCode::Invalid,
-                    format!("the body is a {found} but the URL is for {rtype}"),
+                    format!("the body is a {} but the URL is for {rtype}", found.rtype),
                 )
                 .at("resourceType"),
             ));
         }
-        Ok(())
+        Ok(found)
     }
 
     /// `POST [type]`, optionally conditional (`If-None-Exist`).
@@ -217,8 +224,8 @@ impl FhirService {
         raw: Option<&str>,
         if_none_exist: Conditional,
     ) -> Result<WriteResult, Error> {
-        self.expect_type(rtype, &value, raw)?;
-        let prepared = self.prepare(rtype.to_string(), value);
+        let checked = self.expect_type(rtype, &value, raw)?;
+        let prepared = self.prepare(checked, value);
         let id = new_id();
         let result = self.run(move |txn| {
             if let Conditional::Search(q) = &if_none_exist {
@@ -249,7 +256,7 @@ impl FhirService {
         raw: Option<&str>,
         if_match: Option<u64>,
     ) -> Result<WriteResult, Error> {
-        self.expect_type(rtype, &value, raw)?;
+        let checked = self.expect_type(rtype, &value, raw)?;
         // Check the id before indexing: a rejected request should cost no more than it must.
         match value.get("id").and_then(Value::as_str) {
             Some(b) if b == id => {}
@@ -269,7 +276,7 @@ impl FhirService {
                 ))
             }
         }
-        let prepared = self.prepare(rtype.to_string(), value);
+        let prepared = self.prepare(checked, value);
         let id = id.to_string();
         self.run(move |txn| put_version(txn, &prepared, &id, if_match))
     }
@@ -283,8 +290,8 @@ impl FhirService {
         raw: Option<&str>,
         if_match: Option<u64>,
     ) -> Result<WriteResult, Error> {
-        self.expect_type(rtype, &value, raw)?;
-        let prepared = self.prepare(rtype.to_string(), value);
+        let checked = self.expect_type(rtype, &value, raw)?;
+        let prepared = self.prepare(checked, value);
         self.run(move |txn| {
             let id = match (single_match(txn, &query)?, &prepared.body_id) {
                 (Some(found), Some(body)) if &found != body => {

@@ -9,13 +9,14 @@ mod capability;
 mod crud;
 mod error;
 mod prepare;
+pub mod quality;
 mod searchset;
 
 pub use bundle::{response_bundle, BundleKind, BundleOutcome, Entry, EntryRequest, EntryResult};
 pub use capability::capability_statement;
 pub use crud::{Conditional, WriteOutcome, WriteResult};
 pub use error::Error;
-pub use prepare::Prepared;
+pub use prepare::{Checked, Prepared};
 pub use searchset::SearchContext;
 
 use crate::search::Registry;
@@ -33,6 +34,59 @@ pub struct ServiceSettings {
     pub max_results: usize,
     /// Check every written resource against the R4 structure model.
     pub structural_check: bool,
+    /// What errors against the regional profiles do.
+    pub profile_policy: ProfilePolicy,
+    /// Where the regional profiles come from (None: the set built into the binary).
+    pub profiles_dir: Option<std::path::PathBuf>,
+}
+
+/// Whether a profile's errors reject a write or are accepted and reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyMode {
+    Flag,
+    Reject,
+}
+
+impl PolicyMode {
+    pub fn parse(s: &str) -> Result<PolicyMode, String> {
+        match s {
+            "flag" => Ok(PolicyMode::Flag),
+            "reject" => Ok(PolicyMode::Reject),
+            other => Err(format!("profile policy '{other}' must be 'flag' or 'reject'")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Flag => "flag",
+            PolicyMode::Reject => "reject",
+        }
+    }
+}
+
+/// The node's policy per profile: rules by profile url, name or resource type, else the default.
+#[derive(Debug, Clone)]
+pub struct ProfilePolicy {
+    pub default: PolicyMode,
+    pub rules: std::collections::HashMap<String, PolicyMode>,
+}
+
+impl Default for ProfilePolicy {
+    fn default() -> Self {
+        ProfilePolicy {
+            default: PolicyMode::Flag,
+            rules: Default::default(),
+        }
+    }
+}
+
+impl ProfilePolicy {
+    pub fn mode(&self, p: &crate::profiles::Profile) -> PolicyMode {
+        [p.url.as_str(), p.name.as_str(), p.type_name.as_str()]
+            .iter()
+            .find_map(|k| self.rules.get(*k).copied())
+            .unwrap_or(self.default)
+    }
 }
 
 impl Default for ServiceSettings {
@@ -42,6 +96,8 @@ impl Default for ServiceSettings {
             max_count: 1000,
             max_results: 100_000,
             structural_check: true,
+            profile_policy: ProfilePolicy::default(),
+            profiles_dir: None,
         }
     }
 }
@@ -53,6 +109,10 @@ pub struct FhirService {
     pub registry: Arc<Registry>,
     pub settings: Arc<ServiceSettings>,
     pub views: Arc<analytics::ViewCache>,
+    /// The regional profiles this node enforces.
+    pub profiles: Arc<crate::profiles::ProfileSet>,
+    /// Data-quality figures, updated as data arrives.
+    pub quality: Arc<quality::Book>,
 }
 
 impl FhirService {
@@ -62,6 +122,23 @@ impl FhirService {
             registry,
             settings: Arc::new(settings),
             views: Arc::default(),
+            profiles: built_in_profiles(),
+            quality: Arc::default(),
         }
     }
+
+    /// The same service enforcing `profiles` instead of the built-in set.
+    pub fn with_profiles(mut self, profiles: Arc<crate::profiles::ProfileSet>) -> FhirService {
+        self.profiles = profiles;
+        self
+    }
+}
+
+/// The profile set compiled into the binary, loaded once per process.
+pub fn built_in_profiles() -> Arc<crate::profiles::ProfileSet> {
+    static SET: std::sync::OnceLock<Arc<crate::profiles::ProfileSet>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        Arc::new(crate::profiles::ProfileSet::built_in().expect("the built-in profiles load (checked by a test)"))
+    })
+    .clone()
 }

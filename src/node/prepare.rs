@@ -7,9 +7,19 @@ use crate::search::{self, IndexRows};
 use serde_json::{Map, Value};
 
 /// A checked, indexed resource waiting for its id and version.
+/// A resource the node accepts, with what it found to report.
+#[derive(Debug)]
+pub struct Checked {
+    pub rtype: String,
+    /// Warnings, information and profile errors accepted under the node's policy.
+    pub issues: Vec<Issue>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub rtype: String,
+    /// Issues reported with the accepted write.
+    pub issues: Vec<Issue>,
     /// The id in the body, if any.
     pub body_id: Option<String>,
     pub index: IndexRows,
@@ -113,7 +123,7 @@ impl FhirService {
     /// known `resourceType`, a valid `id` if present, no empty elements, and (if
     /// enabled) the R4 structure. `raw` is the same resource as text, when the
     /// caller has it, to spare re-serialising it for the structural check.
-    pub fn check_resource(&self, value: &Value, raw: Option<&str>) -> Result<String, Error> {
+    pub fn check_resource(&self, value: &Value, raw: Option<&str>) -> Result<Checked, Error> {
         let Some(obj) = value.as_object() else {
             return Err(Error::invalid(Issue::error(
                 IssueCode::Structure,
@@ -135,6 +145,7 @@ impl FhirService {
             ));
         }
         let mut issues = Vec::new();
+        let mut flagged = 0usize;
         match obj.get("id") {
             None => {}
             Some(Value::String(id)) if fhir::is_valid_id(id) => {}
@@ -171,15 +182,77 @@ impl FhirService {
                 }
             }
         }
+        let mut accepted = Vec::new();
+        let mut must_support: &[String] = &[];
+        if self.settings.structural_check {
+            // Warnings of the base definitions are reported, never rejected.
+            accepted.extend(
+                crate::validation::validator()
+                    .validate(value)
+                    .into_iter()
+                    .filter(|i| i.severity == fhir::Severity::Warning),
+            );
+            // The regional profile of the type, and any loaded profile the resource claims.
+            let mut profiles: Vec<&crate::profiles::Profile> = self.profiles.enforced(&rtype).into_iter().collect();
+            for claimed in value
+                .pointer("/meta/profile")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                match self.profiles.get(claimed) {
+                    Some(p) if !profiles.iter().any(|q| q.url == p.url) => profiles.push(p),
+                    Some(_) => {}
+                    None => accepted.push(
+                        Issue::information(
+                            IssueCode::NotSupported,
+                            format!("profile {claimed} is not loaded on this node; the resource was checked against the base and the regional profile only"),
+                        )
+                        .at(format!("{rtype}.meta.profile")),
+                    ),
+                }
+            }
+            if let Some(p) = self.profiles.enforced(&rtype) {
+                must_support = &p.must_support;
+            }
+            for p in profiles {
+                let mode = self.settings.profile_policy.mode(p);
+                for mut issue in self.profiles.check(p, value) {
+                    let is_error = matches!(issue.severity, fhir::Severity::Error | fhir::Severity::Fatal);
+                    if is_error && mode == super::PolicyMode::Reject {
+                        issues.push(issue);
+                    } else if is_error {
+                        // Accepted and flagged: still an error of the profile, reported as a warning of the write.
+                        issue.severity = fhir::Severity::Warning;
+                        issue.diagnostics = format!("{} (flagged: {} is not enforced by this node)", issue.diagnostics, p.name);
+                        flagged += 1;
+                        accepted.push(issue);
+                    } else {
+                        accepted.push(issue);
+                    }
+                }
+            }
+        }
+        let now = fhir::time::now_millis();
+        let mut all = issues.clone();
+        all.extend(accepted.iter().cloned());
+        let mut facts = super::quality::Facts::of(&rtype, value, &all, must_support, now);
+        facts.errors += flagged;
+        facts.warnings = facts.warnings.saturating_sub(flagged);
         if issues.is_empty() {
-            Ok(rtype)
+            // Counted when checked: a transaction that fails later was still received in this shape.
+            self.quality.accepted(&facts);
+            Ok(Checked { rtype, issues: accepted })
         } else {
+            self.quality.rejected(&facts);
             Err(Error::Unprocessable(issues))
         }
     }
 
     /// Splits a checked resource for storage and computes its index rows.
-    pub fn prepare(&self, rtype: String, mut value: Value) -> Prepared {
+    pub fn prepare(&self, checked: Checked, mut value: Value) -> Prepared {
+        let Checked { rtype, issues } = checked;
         let index = search::extract(&self.registry, &rtype, &value);
         let obj = value.as_object_mut().expect("check_resource accepted only objects");
         obj.shift_remove("resourceType");
@@ -197,6 +270,7 @@ impl FhirService {
         };
         Prepared {
             rtype,
+            issues,
             body_id,
             index,
             meta_rest,

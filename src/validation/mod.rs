@@ -20,7 +20,12 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+pub mod invariants;
+
+use invariants::{Invariant, RawInvariant, Skipped};
+
 const ELEMENTS: &str = include_str!("../../profiles/r4-elements.json");
+const VALUE_SETS: &str = include_str!("../../profiles/r4-valuesets.json");
 
 #[derive(Deserialize)]
 struct RawModel {
@@ -35,6 +40,8 @@ struct RawType {
     #[serde(default)]
     regex: Option<String>,
     elements: HashMap<String, RawElement>,
+    #[serde(default)]
+    constraints: Vec<RawInvariant>,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +54,17 @@ struct RawElement {
     choice: bool,
     #[serde(rename = "ref")]
     reference: Option<String>,
+    #[serde(default)]
+    constraints: Vec<RawInvariant>,
+    #[serde(default)]
+    binding: Option<RawBinding>,
+}
+
+#[derive(Deserialize)]
+struct RawBinding {
+    strength: String,
+    #[serde(rename = "valueSet")]
+    value_set: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +85,12 @@ struct Element {
     choice: bool,
     /// For a `contentReference`: the path (within the same type) whose children it has.
     reference: Option<String>,
+    invariants: Vec<Invariant>,
+    raw_invariants: Vec<RawInvariant>,
+    /// The value set of a required binding.
+    binding: Option<String>,
+    /// Any binding, as (strength, value set), for snapshots.
+    any_binding: Option<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -76,17 +100,42 @@ struct TypeDef {
     regex: Option<Regex>,
     /// Children of each path within the type ("" is the type itself).
     children: HashMap<String, Vec<Element>>,
+    /// Invariants on the type itself (resources: inherited dom-* too).
+    invariants: Vec<Invariant>,
+    raw_invariants: Vec<RawInvariant>,
+}
+
+/// Per-traversal state: the issues found so far, and the resource that
+/// invariants see as `%resource`.
+struct Cx<'v> {
+    out: Vec<Issue>,
+    root: &'v Value,
+}
+
+/// Code systems and codes of the value sets the R4 definitions bind as required.
+#[derive(Deserialize)]
+struct RawValueSets {
+    expanded: HashMap<String, HashMap<String, Vec<String>>>,
+    #[serde(rename = "notExpanded")]
+    not_expanded: Vec<String>,
 }
 
 /// The R4 element model, loaded once.
 pub struct Validator {
     types: HashMap<String, TypeDef>,
+    /// Required value sets: url → system → codes.
+    value_sets: HashMap<String, HashMap<String, std::collections::HashSet<String>>>,
+    value_sets_not_expanded: Vec<String>,
+    skipped: Vec<Skipped>,
 }
 
 /// The validator over the compiled-in R4 definitions.
 pub fn validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
-    V.get_or_init(|| Validator::load(ELEMENTS).expect("profiles/r4-elements.json is valid (checked by a test)"))
+    V.get_or_init(|| {
+        Validator::load(ELEMENTS, VALUE_SETS)
+            .expect("profiles/r4-elements.json and r4-valuesets.json are valid (checked by a test)")
+    })
 }
 
 fn primitive_json_ok(fhir_type: &str, v: &Value) -> bool {
@@ -101,10 +150,18 @@ fn primitive_json_ok(fhir_type: &str, v: &Value) -> bool {
 }
 
 impl Validator {
-    fn load(text: &str) -> Result<Validator, String> {
+    fn load(text: &str, value_sets: &str) -> Result<Validator, String> {
         let raw: RawModel = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let vs: RawValueSets = serde_json::from_str(value_sets).map_err(|e| e.to_string())?;
+        let mut skipped = Vec::new();
+        let mut compile_all = |list: &[RawInvariant], on: &str| -> Vec<Invariant> {
+            list.iter()
+                .filter_map(|r| invariants::compile(r, on).map_err(|s| skipped.push(s)).ok())
+                .collect()
+        };
         let mut types = HashMap::new();
         for (name, t) in raw.types {
+            let type_invariants = compile_all(&t.constraints, &name);
             let kind = match t.kind.as_str() {
                 "primitive-type" => Kind::Primitive,
                 "resource" => Kind::Resource,
@@ -134,6 +191,14 @@ impl Validator {
                     types: e.types,
                     choice: e.choice,
                     reference: e.reference,
+                    invariants: compile_all(&e.constraints, &format!("{name}.{path}")),
+                    raw_invariants: e.constraints,
+                    binding: e
+                        .binding
+                        .as_ref()
+                        .filter(|b| b.strength == "required")
+                        .map(|b| b.value_set.clone()),
+                    any_binding: e.binding.map(|b| (b.strength, b.value_set)),
                 });
             }
             types.insert(
@@ -143,10 +208,110 @@ impl Validator {
                     is_abstract: t.is_abstract,
                     regex,
                     children,
+                    invariants: type_invariants,
+                    raw_invariants: t.constraints,
                 },
             );
         }
-        Ok(Validator { types })
+        let value_sets = vs
+            .expanded
+            .into_iter()
+            .map(|(url, systems)| {
+                let systems = systems.into_iter().map(|(s, codes)| (s, codes.into_iter().collect())).collect();
+                (url, systems)
+            })
+            .collect();
+        Ok(Validator {
+            types,
+            value_sets,
+            value_sets_not_expanded: vs.not_expanded,
+            skipped,
+        })
+    }
+
+    /// The snapshot elements of an R4 type as ElementDefinitions (root first, each
+    /// parent before its children), for snapshot generation. Constraints carry
+    /// their `source` so a profile's own can be told from the base's, which this
+    /// validator already checks.
+    pub fn base_elements(&self, type_name: &str) -> Option<Vec<Value>> {
+        let def = self.types.get(type_name)?;
+        let source = format!("http://hl7.org/fhir/StructureDefinition/{type_name}");
+        let constraints = |raw: &[RawInvariant]| -> Vec<Value> {
+            raw.iter()
+                .map(|c| {
+                    serde_json::json!({"key": c.key, "severity": c.severity, "human": c.human,
+                        "expression": c.expression, "source": source})
+                })
+                .collect()
+        };
+        let mut root = serde_json::json!({"id": type_name, "path": type_name, "min": 0, "max": "*",
+            "definition": format!("As FHIR R4 defines {type_name}: https://hl7.org/fhir/R4/{}.html",
+                type_name.to_lowercase()),
+            "base": {"path": type_name, "min": 0, "max": "*"}});
+        if !def.raw_invariants.is_empty() {
+            root["constraint"] = Value::Array(constraints(&def.raw_invariants));
+        }
+        let mut rows: Vec<(Vec<String>, Value)> = Vec::new();
+        for (parent, children) in &def.children {
+            for e in children {
+                let rel = if parent.is_empty() {
+                    e.name.clone()
+                } else {
+                    format!("{parent}.{}", e.name)
+                };
+                let suffix = if e.choice { "[x]" } else { "" };
+                let path = format!("{type_name}.{rel}{suffix}");
+                let max = e.max.map(|m| m.to_string()).unwrap_or_else(|| "*".into());
+                let mut el = serde_json::json!({"id": path, "path": path,
+                    "definition": format!("As FHIR R4 defines {path}: https://hl7.org/fhir/R4/{}-definitions.html#{path}",
+                        type_name.to_lowercase()),
+                    "min": e.min, "max": max,
+                    "base": {"path": path, "min": e.min, "max": max}});
+                match &e.reference {
+                    Some(r) => el["contentReference"] = Value::String(format!("#{type_name}.{r}")),
+                    None => {
+                        el["type"] = e.types.iter().map(|t| serde_json::json!({"code": t})).collect();
+                    }
+                }
+                if let Some((strength, vs)) = &e.any_binding {
+                    el["binding"] = serde_json::json!({"strength": strength, "valueSet": vs});
+                }
+                if !e.raw_invariants.is_empty() {
+                    el["constraint"] = Value::Array(constraints(&e.raw_invariants));
+                }
+                rows.push((path.split('.').map(str::to_string).collect(), el));
+            }
+        }
+        // Parents before children, siblings in a stable order.
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = vec![root];
+        out.extend(rows.into_iter().map(|(_, v)| v));
+        Some(out)
+    }
+
+    /// Whether `name` is an R4 primitive data type.
+    pub fn is_primitive_type(&self, name: &str) -> bool {
+        self.types.get(name).is_some_and(|d| d.kind == Kind::Primitive)
+    }
+
+    /// The base invariants that are not evaluated, with the reason.
+    pub fn skipped_invariants(&self) -> &[Skipped] {
+        &self.skipped
+    }
+
+    /// Required value sets that need an external terminology, so their bindings are not checked.
+    pub fn value_sets_not_expanded(&self) -> &[String] {
+        &self.value_sets_not_expanded
+    }
+
+    /// Whether `code` (in `system`, if given) is in the required value set `url`;
+    /// `None` when the value set is not known here.
+    pub fn in_value_set(&self, url: &str, system: Option<&str>, code: &str) -> Option<bool> {
+        let vs = self.value_sets.get(url)?;
+        Some(match system {
+            Some(s) => vs.get(s).is_some_and(|codes| codes.contains(code)),
+            None => vs.values().any(|codes| codes.contains(code)),
+        })
     }
 
     /// Whether `name` is a concrete resource type.
@@ -158,14 +323,17 @@ impl Validator {
 
     /// Every structural issue of a resource.
     pub fn validate(&self, resource: &Value) -> Vec<Issue> {
-        let mut issues = Vec::new();
-        self.resource(resource, None, &mut issues);
-        issues
+        let mut cx = Cx {
+            out: Vec::new(),
+            root: resource,
+        };
+        self.resource(resource, None, &mut cx);
+        cx.out
     }
 
-    fn resource(&self, v: &Value, at: Option<&str>, out: &mut Vec<Issue>) {
+    fn resource<'v>(&self, v: &'v Value, at: Option<&str>, cx: &mut Cx<'v>) {
         let Some(obj) = v.as_object() else {
-            out.push(err(
+            cx.out.push(err(
                 IssueCode::Structure,
                 "a resource must be a JSON object",
                 at.unwrap_or(""),
@@ -173,11 +341,11 @@ impl Validator {
             return;
         };
         let Some(rtype) = obj.get("resourceType").and_then(Value::as_str) else {
-            out.push(err(IssueCode::Required, "resourceType is missing", at.unwrap_or("")));
+            cx.out.push(err(IssueCode::Required, "resourceType is missing", at.unwrap_or("")));
             return;
         };
         if !self.is_resource_type(rtype) {
-            out.push(err(
+            cx.out.push(err(
                 IssueCode::NotSupported,
                 format!("'{rtype}' is not an R4 resource type"),
                 at.unwrap_or(rtype),
@@ -187,7 +355,7 @@ impl Validator {
         let expr = at.map(str::to_string).unwrap_or_else(|| rtype.to_string());
         if let Some(id) = obj.get("id") {
             if !id.as_str().is_some_and(crate::fhir::is_valid_id) {
-                out.push(err(
+                cx.out.push(err(
                     IssueCode::Value,
                     format!(
                         "{} is not a valid resource id ([A-Za-z0-9-.], 1 to 64 characters)",
@@ -197,15 +365,33 @@ impl Validator {
                 ));
             }
         }
-        self.object(obj, rtype, "", &expr, true, out);
-        contained_are_referenced(obj, &expr, out);
+        let outer = std::mem::replace(&mut cx.root, v);
+        self.object(obj, rtype, "", &expr, true, cx);
+        if let Some(def) = self.types.get(rtype) {
+            for inv in &def.invariants {
+                if inv.key == "dom-3" {
+                    continue; // checked below, with the contained resource's position
+                }
+                cx.out.extend(inv.check(v, None, v, &expr));
+            }
+        }
+        cx.root = outer;
+        contained_are_referenced(obj, &expr, &mut cx.out);
         if rtype == "Bundle" {
-            bundle_rules(obj, &expr, out);
+            bundle_rules(obj, &expr, &mut cx.out);
         }
     }
 
     /// Checks an object against the children of `path` in type `tname`.
-    fn object(&self, obj: &Map<String, Value>, tname: &str, path: &str, expr: &str, root: bool, out: &mut Vec<Issue>) {
+    fn object<'v>(
+        &self,
+        obj: &'v Map<String, Value>,
+        tname: &str,
+        path: &str,
+        expr: &str,
+        root: bool,
+        cx: &mut Cx<'v>,
+    ) {
         let Some(def) = self.types.get(tname) else { return };
         let empty = Vec::new();
         let children = def.children.get(path).unwrap_or(&empty);
@@ -235,9 +421,9 @@ impl Validator {
                         if self.is_primitive(chosen.as_deref().or(e.types.first().map(String::as_str))) =>
                     {
                         present.push(e.name.as_str());
-                        self.primitive_extension(value, &format!("{expr}.{base}"), out);
+                        self.primitive_extension(value, &format!("{expr}.{base}"), cx);
                     }
-                    _ => out.push(err(
+                    _ => cx.out.push(err(
                         IssueCode::Structure,
                         format!("'{key}' is not a primitive extension of a known element"),
                         &format!("{expr}.{key}"),
@@ -246,7 +432,7 @@ impl Validator {
                 continue;
             }
             if matches!(value, Value::Array(a) if a.is_empty()) || matches!(value, Value::Object(o) if o.is_empty()) {
-                out.push(err(
+                cx.out.push(err(
                     IssueCode::Structure,
                     format!("'{key}' is empty: an element without a value must be left out"),
                     &format!("{expr}.{key}"),
@@ -254,7 +440,7 @@ impl Validator {
                 continue;
             }
             let Some((e, chosen)) = find(key) else {
-                out.push(err(
+                cx.out.push(err(
                     IssueCode::Structure,
                     format!(
                         "'{key}' is not an element of {}",
@@ -272,7 +458,7 @@ impl Validator {
             let here = format!("{expr}.{key}");
             let items: Vec<(String, &Value)> = match (value, e.max) {
                 (Value::Array(a), Some(1)) => {
-                    out.push(err(
+                    cx.out.push(err(
                         IssueCode::Structure,
                         format!("'{key}' may occur once, so it must not be an array"),
                         &here,
@@ -282,7 +468,7 @@ impl Validator {
                 (Value::Array(a), max) => {
                     if let Some(m) = max {
                         if a.len() > m as usize {
-                            out.push(err(
+                            cx.out.push(err(
                                 IssueCode::Structure,
                                 format!("'{key}' occurs {} times; at most {m} are allowed", a.len()),
                                 &here,
@@ -293,7 +479,7 @@ impl Validator {
                 }
                 (other, Some(1)) => vec![(here.clone(), other)],
                 (other, _) => {
-                    out.push(err(
+                    cx.out.push(err(
                         IssueCode::Structure,
                         format!("'{key}' may repeat, so it must be an array"),
                         &here,
@@ -305,11 +491,11 @@ impl Validator {
                 if item.is_null() {
                     // Nulls only pad arrays that have a primitive extension companion.
                     if !(value.is_array() && obj.contains_key(&format!("_{key}"))) {
-                        out.push(err(IssueCode::Structure, "null is not a value", &at));
+                        cx.out.push(err(IssueCode::Structure, "null is not a value", &at));
                     }
                     continue;
                 }
-                self.item(item, e, chosen.as_deref(), tname, path, &at, out);
+                self.item(item, e, chosen.as_deref(), tname, path, &at, cx);
             }
         }
         for e in children.iter() {
@@ -319,7 +505,7 @@ impl Validator {
                 } else {
                     e.name.clone()
                 };
-                out.push(err(
+                cx.out.push(err(
                     IssueCode::Required,
                     format!("'{name}' is required (minimum cardinality {}) but missing", e.min),
                     &format!("{expr}.{name}"),
@@ -327,10 +513,10 @@ impl Validator {
             }
         }
         if tname == "Identifier" && path.is_empty() {
-            nhs_number(obj, expr, out);
+            nhs_number(obj, expr, &mut cx.out);
         }
         if tname == "Attachment" && path.is_empty() {
-            attachment_size(obj, expr, out);
+            attachment_size(obj, expr, &mut cx.out);
         }
     }
 
@@ -343,15 +529,15 @@ impl Validator {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn item(
+    fn item<'v>(
         &self,
-        item: &Value,
+        item: &'v Value,
         e: &Element,
         chosen: Option<&str>,
         tname: &str,
         path: &str,
         at: &str,
-        out: &mut Vec<Issue>,
+        cx: &mut Cx<'v>,
     ) {
         let child_path = if path.is_empty() {
             e.name.clone()
@@ -360,8 +546,8 @@ impl Validator {
         };
         if let Some(r) = &e.reference {
             match item.as_object() {
-                Some(o) => self.object(o, tname, r, at, false, out),
-                None => out.push(err(IssueCode::Structure, "must be an object", at)),
+                Some(o) => self.object(o, tname, r, at, false, cx),
+                None => cx.out.push(err(IssueCode::Structure, "must be an object", at)),
             }
             return;
         }
@@ -375,44 +561,91 @@ impl Validator {
                         .is_some_and(|d| d.children.contains_key(&child_path)) =>
             {
                 match item.as_object() {
-                    Some(o) => self.object(o, tname, &child_path, at, false, out),
-                    None => out.push(err(IssueCode::Structure, "must be an object", at)),
+                    Some(o) => self.object(o, tname, &child_path, at, false, cx),
+                    None => cx.out.push(err(IssueCode::Structure, "must be an object", at)),
                 }
             }
-            "Resource" => self.resource(item, Some(at), out),
-            "xhtml" => xhtml(item, at, out),
+            "Resource" => self.resource(item, Some(at), cx),
+            "xhtml" => xhtml(item, at, &mut cx.out),
             _ if t.starts_with("http://hl7.org/fhirpath/System.") => {
                 if !item.is_string() && !item.is_boolean() && !item.is_number() {
-                    out.push(err(IssueCode::Structure, "must be a primitive value", at));
+                    cx.out.push(err(IssueCode::Structure, "must be a primitive value", at));
                 }
             }
             _ => match self.types.get(t) {
-                Some(d) if d.kind == Kind::Primitive => self.primitive(t, d, item, at, out),
+                Some(d) if d.kind == Kind::Primitive => self.primitive(t, d, item, at, cx),
                 // An element whose type is a resource (Bundle.entry.response.outcome).
                 Some(d) if d.kind == Kind::Resource => {
                     let found = item.get("resourceType").and_then(Value::as_str);
                     if found.is_some_and(|f| f != t && !d.is_abstract) {
-                        out.push(err(
+                        cx.out.push(err(
                             IssueCode::Structure,
                             format!("must be a {t}, not a {}", found.unwrap_or_default()),
                             at,
                         ));
                     } else {
-                        self.resource(item, Some(at), out);
+                        self.resource(item, Some(at), cx);
                     }
                 }
-                Some(_) => match item.as_object() {
-                    Some(o) => self.object(o, t, "", at, false, out),
-                    None => out.push(err(IssueCode::Structure, format!("must be a {t} object"), at)),
+                Some(d) => match item.as_object() {
+                    Some(o) => {
+                        self.object(o, t, "", at, false, cx);
+                        for inv in &d.invariants {
+                            cx.out.extend(inv.check(item, None, cx.root, at));
+                        }
+                    }
+                    None => cx.out.push(err(IssueCode::Structure, format!("must be a {t} object"), at)),
                 },
                 None => {}
             },
         }
+        for inv in &e.invariants {
+            cx.out.extend(inv.check(item, None, cx.root, at));
+        }
+        if let Some(url) = &e.binding {
+            self.required_binding(url, t, item, at, cx);
+        }
     }
 
-    fn primitive(&self, t: &str, d: &TypeDef, v: &Value, at: &str, out: &mut Vec<Issue>) {
+    /// A required binding: the code (of a `code`, `Coding` or `CodeableConcept`) must be in
+    /// the value set. A CodeableConcept with only text, or a value set that needs an external
+    /// terminology, is not judged.
+    fn required_binding(&self, url: &str, t: &str, item: &Value, at: &str, cx: &mut Cx<'_>) {
+        let coding_ok = |c: &Value| -> Option<bool> {
+            let code = c.get("code").and_then(Value::as_str)?;
+            self.in_value_set(url, c.get("system").and_then(Value::as_str), code)
+        };
+        let verdict = match t {
+            "code" => item.as_str().and_then(|code| self.in_value_set(url, None, code)),
+            "Coding" => coding_ok(item),
+            "CodeableConcept" => {
+                let verdicts: Vec<bool> = item
+                    .get("coding")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(coding_ok)
+                    .collect();
+                (!verdicts.is_empty()).then(|| verdicts.iter().any(|ok| *ok))
+            }
+            _ => None,
+        };
+        if verdict == Some(false) {
+            let shown = match t {
+                "code" => item.as_str().unwrap_or_default().to_string(),
+                _ => "the code".to_string(),
+            };
+            cx.out.push(err(
+                IssueCode::CodeInvalid,
+                format!("'{shown}' is not in the required value set {url}"),
+                at,
+            ));
+        }
+    }
+
+    fn primitive<'v>(&self, t: &str, d: &TypeDef, v: &'v Value, at: &str, cx: &mut Cx<'v>) {
         if !primitive_json_ok(t, v) {
-            out.push(err(
+            cx.out.push(err(
                 IssueCode::Structure,
                 format!("{} is not a valid JSON value for a FHIR {t}", short(v)),
                 at,
@@ -421,7 +654,7 @@ impl Validator {
         }
         if let (Some(re), Some(s)) = (&d.regex, v.as_str()) {
             if !re.is_match(s.as_bytes()) {
-                out.push(err(
+                cx.out.push(err(
                     IssueCode::Value,
                     format!("'{}' is not a valid {t}", truncate(s)),
                     at,
@@ -430,7 +663,7 @@ impl Validator {
         }
         if let Some(s) = v.as_str() {
             if t == "markdown" && has_html_tag(s) {
-                out.push(
+                cx.out.push(
                     Issue::warning(
                         IssueCode::Value,
                         "markdown embeds what looks like an HTML tag; it will be shown escaped",
@@ -439,10 +672,10 @@ impl Validator {
                 );
             }
             if s.len() > 1024 * 1024 {
-                out.push(err(IssueCode::TooLong, format!("a {t} may hold at most 1 MB"), at));
+                cx.out.push(err(IssueCode::TooLong, format!("a {t} may hold at most 1 MB"), at));
             }
             if s.trim().is_empty() || (s != s.trim() && !matches!(t, "string" | "markdown")) {
-                out.push(err(
+                cx.out.push(err(
                     IssueCode::Value,
                     format!("a {t} must not be empty or padded with spaces"),
                     at,
@@ -451,18 +684,18 @@ impl Validator {
         }
     }
 
-    fn primitive_extension(&self, v: &Value, at: &str, out: &mut Vec<Issue>) {
-        let check = |x: &Value, at: &str, out: &mut Vec<Issue>| match x {
+    fn primitive_extension<'v>(&self, v: &'v Value, at: &str, cx: &mut Cx<'v>) {
+        let check = |x: &'v Value, at: &str, cx: &mut Cx<'v>| match x {
             Value::Null => {}
-            Value::Object(o) => self.object(o, "Element", "", at, false, out),
-            _ => out.push(err(IssueCode::Structure, "a primitive extension must be an object", at)),
+            Value::Object(o) => self.object(o, "Element", "", at, false, cx),
+            _ => cx.out.push(err(IssueCode::Structure, "a primitive extension must be an object", at)),
         };
         match v {
             Value::Array(a) => a
                 .iter()
                 .enumerate()
-                .for_each(|(i, x)| check(x, &format!("{at}[{i}]"), out)),
-            other => check(other, at, out),
+                .for_each(|(i, x)| check(x, &format!("{at}[{i}]"), cx)),
+            other => check(other, at, cx),
         }
     }
 }
