@@ -111,7 +111,13 @@ impl<'a> Item<'a> {
         match self {
             Item::Node { value, ty } => {
                 if let Some(t) = ty {
+                    // `is Boolean` (the System type) holds for a FHIR boolean too.
+                    let system_twin = name.starts_with(|c: char| c.is_ascii_uppercase())
+                        && t.len() == name.len()
+                        && t[1..] == name[1..]
+                        && t.as_bytes()[0] == name.as_bytes()[0].to_ascii_lowercase();
                     return *t == name
+                        || system_twin
                         || (name == "Resource" || name == "DomainResource") && value.get("resourceType").is_some();
                 }
                 match value {

@@ -80,7 +80,7 @@ fn instance<'v>(cx: &mut Cx<'_, 'v>, p: &Profile, at: usize, v: &'v Value, expr:
         binding(cx, p, el, b, v, expr);
     }
     for inv in &el.invariants {
-        if let Some(mut issue) = inv.check(v, None, cx.root, expr) {
+        if let Some(mut issue) = inv.check(v, None, cx.root, cx.root, expr) {
             issue.diagnostics = format!("{} [{}]", issue.diagnostics, p.name);
             cx.out.push(issue);
         }

@@ -67,10 +67,26 @@ pub fn compile(raw: &RawInvariant, on: &str) -> Result<Invariant, Skipped> {
 impl Invariant {
     /// Evaluates the invariant on `focus` inside `root`; an issue if it does not hold.
     /// Empty results hold (the constraint has nothing to say), as do evaluation errors.
-    pub fn check<'v>(&self, focus: &'v Value, ty: Option<&'v str>, root: &'v Value, at: &str) -> Option<Issue> {
+    /// `root` is `%resource` (the contained resource, inside one) and `container` is
+    /// `%rootResource` (the resource that contains it, or the same).
+    pub fn check<'v>(
+        &self,
+        focus: &'v Value,
+        ty: Option<&'v str>,
+        root: &'v Value,
+        container: &'v Value,
+        at: &str,
+    ) -> Option<Issue> {
         let model = &crate::fhir::definitions::get().choice;
         let item = Item::Node { value: focus, ty };
-        match evaluate_in(&self.expr, &item, root, model, &[]) {
+        let vars = [(
+            "rootResource".to_string(),
+            Item::Node {
+                value: container,
+                ty: None,
+            },
+        )];
+        match evaluate_in(&self.expr, &item, root, model, &vars) {
             Ok(r) => {
                 let fails = matches!(r.as_slice(), [Item::Boolean(false)]);
                 fails.then(|| {

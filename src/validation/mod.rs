@@ -105,11 +105,34 @@ struct TypeDef {
     raw_invariants: Vec<RawInvariant>,
 }
 
+/// Choices a validation run can make, as the reference validator's settings do.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Whether example URLs (example.org, example.com) may appear in url, uri and canonical
+    /// elements. Real feeds should not carry them; the node allows them by default so the
+    /// specification's own examples load.
+    pub example_urls: bool,
+    /// Whether HTML tags in markdown are an error (else a warning: they will be shown escaped).
+    pub html_in_markdown_is_error: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            example_urls: true,
+            html_in_markdown_is_error: false,
+        }
+    }
+}
+
 /// Per-traversal state: the issues found so far, and the resource that
 /// invariants see as `%resource`.
 struct Cx<'v> {
     out: Vec<Issue>,
     root: &'v Value,
+    /// The outermost resource (`%rootResource`).
+    container: &'v Value,
+    options: Options,
 }
 
 /// Code systems and codes of the value sets the R4 definitions bind as required.
@@ -289,6 +312,29 @@ impl Validator {
         Some(out)
     }
 
+    /// A profile's differential must apply to its base: the snapshot generator says where it does not.
+    fn differential_fits(&self, sd: &Value, expr: &str, out: &mut Vec<Issue>) {
+        if sd.get("derivation").and_then(Value::as_str) != Some("constraint") || sd.get("differential").is_none() {
+            return;
+        }
+        let Some(base) = sd
+            .get("baseDefinition")
+            .and_then(Value::as_str)
+            .and_then(|b| b.strip_prefix("http://hl7.org/fhir/StructureDefinition/"))
+            .and_then(|t| self.base_elements(t))
+        else {
+            return; // a base this node does not have: nothing to say
+        };
+        let types = |t: &str| self.base_elements(t);
+        if let Err(e) = crate::profiles::snapshot::generate(sd, base, &types) {
+            out.push(err(
+                IssueCode::Structure,
+                format!("the differential does not fit its base: {e}"),
+                &format!("{expr}.differential"),
+            ));
+        }
+    }
+
     /// Whether `name` is an R4 primitive data type.
     pub fn is_primitive_type(&self, name: &str) -> bool {
         self.types.get(name).is_some_and(|d| d.kind == Kind::Primitive)
@@ -323,9 +369,16 @@ impl Validator {
 
     /// Every structural issue of a resource.
     pub fn validate(&self, resource: &Value) -> Vec<Issue> {
+        self.validate_with(resource, Options::default())
+    }
+
+    /// Every structural issue of a resource, under `options`.
+    pub fn validate_with(&self, resource: &Value, options: Options) -> Vec<Issue> {
         let mut cx = Cx {
             out: Vec::new(),
             root: resource,
+            container: resource,
+            options,
         };
         self.resource(resource, None, &mut cx);
         cx.out
@@ -372,13 +425,16 @@ impl Validator {
                 if inv.key == "dom-3" {
                     continue; // checked below, with the contained resource's position
                 }
-                cx.out.extend(inv.check(v, None, v, &expr));
+                cx.out.extend(inv.check(v, None, v, cx.container, &expr));
             }
         }
         cx.root = outer;
         contained_are_referenced(obj, &expr, &mut cx.out);
         if rtype == "Bundle" {
             bundle_rules(obj, &expr, &mut cx.out);
+        }
+        if rtype == "StructureDefinition" {
+            self.differential_fits(v, &expr, &mut cx.out);
         }
     }
 
@@ -515,6 +571,9 @@ impl Validator {
         if tname == "Identifier" && path.is_empty() {
             nhs_number(obj, expr, &mut cx.out);
         }
+        if tname == "Coding" && path.is_empty() {
+            coding_system(obj, expr, &mut cx.out);
+        }
         if tname == "Attachment" && path.is_empty() {
             attachment_size(obj, expr, &mut cx.out);
         }
@@ -565,7 +624,13 @@ impl Validator {
                     None => cx.out.push(err(IssueCode::Structure, "must be an object", at)),
                 }
             }
-            "Resource" => self.resource(item, Some(at), cx),
+            // A contained resource's %rootResource is its container; a Bundle entry's is itself.
+            "Resource" if e.name == "contained" => self.resource(item, Some(at), cx),
+            "Resource" => {
+                let outer = std::mem::replace(&mut cx.container, item);
+                self.resource(item, Some(at), cx);
+                cx.container = outer;
+            }
             "xhtml" => xhtml(item, at, &mut cx.out),
             _ if t.starts_with("http://hl7.org/fhirpath/System.") => {
                 if !item.is_string() && !item.is_boolean() && !item.is_number() {
@@ -584,14 +649,16 @@ impl Validator {
                             at,
                         ));
                     } else {
+                        let outer = std::mem::replace(&mut cx.container, item);
                         self.resource(item, Some(at), cx);
+                        cx.container = outer;
                     }
                 }
                 Some(d) => match item.as_object() {
                     Some(o) => {
                         self.object(o, t, "", at, false, cx);
                         for inv in &d.invariants {
-                            cx.out.extend(inv.check(item, None, cx.root, at));
+                            cx.out.extend(inv.check(item, None, cx.root, cx.container, at));
                         }
                     }
                     None => cx.out.push(err(IssueCode::Structure, format!("must be a {t} object"), at)),
@@ -600,7 +667,7 @@ impl Validator {
             },
         }
         for inv in &e.invariants {
-            cx.out.extend(inv.check(item, None, cx.root, at));
+            cx.out.extend(inv.check(item, None, cx.root, cx.container, at));
         }
         if let Some(url) = &e.binding {
             self.required_binding(url, t, item, at, cx);
@@ -663,13 +730,19 @@ impl Validator {
         }
         if let Some(s) = v.as_str() {
             if t == "markdown" && has_html_tag(s) {
-                cx.out.push(
-                    Issue::warning(
-                        IssueCode::Value,
-                        "markdown embeds what looks like an HTML tag; it will be shown escaped",
-                    )
-                    .at(at),
-                );
+                let text = "markdown embeds what looks like an HTML tag; it will be shown escaped";
+                cx.out.push(if cx.options.html_in_markdown_is_error {
+                    err(IssueCode::Value, text, at)
+                } else {
+                    Issue::warning(IssueCode::Value, text).at(at)
+                });
+            }
+            if matches!(t, "url" | "uri" | "canonical") && !cx.options.example_urls && is_example_url(s) {
+                cx.out.push(err(
+                    IssueCode::Value,
+                    format!("example URLs are not allowed here ({})", truncate(s)),
+                    at,
+                ));
             }
             if s.len() > 1024 * 1024 {
                 cx.out.push(err(IssueCode::TooLong, format!("a {t} may hold at most 1 MB"), at));
@@ -897,6 +970,37 @@ fn has_html_tag(s: &str) -> bool {
     s.as_bytes()
         .windows(2)
         .any(|w| w[0] == b'<' && (w[1].is_ascii_alphabetic() || w[1] == b'/'))
+}
+
+/// example.org, example.com and example.net (RFC 2606), as a host.
+fn is_example_url(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")) else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#', ':']).next().unwrap_or("");
+    ["example.org", "example.com", "example.net"]
+        .iter()
+        .any(|e| host == *e || host.ends_with(&format!(".{e}")))
+}
+
+/// A Coding's system names a code system by an absolute URI, and not a value set.
+fn coding_system(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
+    let Some(system) = obj.get("system").and_then(Value::as_str) else {
+        return;
+    };
+    if !system.contains(':') {
+        out.push(err(
+            IssueCode::Value,
+            format!("Coding.system must be an absolute URI, not a local reference ('{}')", truncate(system)),
+            &format!("{expr}.system"),
+        ));
+    } else if system.starts_with("http://hl7.org/fhir/ValueSet/") {
+        out.push(err(
+            IssueCode::Value,
+            format!("Coding.system names a value set, not a code system ('{}')", truncate(system)),
+            &format!("{expr}.system"),
+        ));
+    }
 }
 
 fn nhs_number(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
