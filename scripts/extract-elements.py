@@ -159,3 +159,25 @@ with open(TERMINOLOGY, "w", encoding="utf-8") as f:
               f, separators=(",", ":"), sort_keys=True)
     f.write("\n")
 print(f"wrote {TERMINOLOGY}: {len(expanded)} value sets expanded, {len(skipped)} need an external terminology")
+
+# The R4 core extension definitions: where each may be used and what value it carries,
+# for the check of extensions in the core namespace.
+EXTENSIONS = os.path.join("profiles", "r4-extensions.json")
+catalogue = {}
+for e in load("extension-definitions.json")["entry"]:
+    sd = e["resource"]
+    if sd.get("resourceType") != "StructureDefinition" or sd.get("type") != "Extension":
+        continue
+    value_types, complex_ = [], False
+    for el in sd.get("snapshot", {}).get("element", []):
+        if el["path"] == "Extension.value[x]":
+            if el.get("max") == "0":
+                complex_ = True
+            else:
+                value_types = [t["code"] for t in el.get("type", [])]
+    contexts = [{"type": c["type"], "expression": c["expression"]} for c in sd.get("context", [])]
+    catalogue[sd["url"]] = {"valueTypes": value_types, "complex": complex_, "contexts": contexts}
+with open(EXTENSIONS, "w", encoding="utf-8") as f:
+    json.dump({"source": "FHIR R4 extension-definitions.json", "extensions": catalogue}, f, separators=(",", ":"), sort_keys=True)
+    f.write("\n")
+print(f"wrote {EXTENSIONS}: {len(catalogue)} extension definitions")

@@ -264,11 +264,18 @@ impl NodeConfig {
             structural_check: from_file.structural_check.unwrap_or(defaults.structural_check),
             profile_policy: {
                 let mut p = crate::node::ProfilePolicy::default();
-                if let Some(d) = overrides.profile_policy.as_deref().or(from_file.profile_policy.as_deref()) {
+                if let Some(d) = overrides
+                    .profile_policy
+                    .as_deref()
+                    .or(from_file.profile_policy.as_deref())
+                {
                     p.default = crate::node::PolicyMode::parse(d).map_err(ConfigError::Invalid)?;
                 }
                 for (k, v) in &from_file.profile_rules {
-                    p.rules.insert(k.clone(), crate::node::PolicyMode::parse(v).map_err(ConfigError::Invalid)?);
+                    p.rules.insert(
+                        k.clone(),
+                        crate::node::PolicyMode::parse(v).map_err(ConfigError::Invalid)?,
+                    );
                 }
                 for k in &overrides.reject_profiles {
                     p.rules.insert(k.clone(), crate::node::PolicyMode::Reject);

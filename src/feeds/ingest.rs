@@ -458,10 +458,7 @@ impl Feeds {
                 put_entry(r, version)
             })
             .collect();
-        let source = format!(
-            "hl7v2:{}|{}",
-            t.header.sending_application, t.header.sending_facility
-        );
+        let source = format!("hl7v2:{}|{}", t.header.sending_application, t.header.sending_facility);
         let applied = crate::node::quality::with_source(&source, || {
             self.service.process_entries(
                 BundleKind::Transaction,

@@ -265,7 +265,11 @@ fn all_children<'a>(item: &Item<'a>, out: &mut Vec<Item<'a>>) {
             continue;
         }
         match v {
-            Value::Array(a) => out.extend(a.iter().filter(|x| !x.is_null()).map(|x| Item::Node { value: x, ty: None })),
+            Value::Array(a) => out.extend(
+                a.iter()
+                    .filter(|x| !x.is_null())
+                    .map(|x| Item::Node { value: x, ty: None }),
+            ),
             Value::Null => {}
             other => out.push(Item::Node { value: other, ty: None }),
         }
@@ -626,11 +630,53 @@ fn reference_type(item: &Item) -> Option<String> {
 
 /// The functions `call` evaluates (keep in step with its `match`).
 pub const FUNCTIONS: &[&str] = &[
-    "where", "select", "exists", "all", "empty", "hasValue", "count", "trace", "htmlChecks", "children",
-    "descendants", "isDistinct", "allTrue", "anyTrue", "allFalse", "anyFalse", "combine", "intersect", "exclude",
-    "toInteger", "replaceMatches", "first", "last", "tail", "single", "distinct", "not", "ofType", "as", "is",
-    "resolve", "getResourceKey", "getReferenceKey", "substring", "lowBoundary", "highBoundary", "length",
-    "extension", "join", "toString", "lower", "upper", "startsWith", "endsWith", "contains", "matches", "iif",
+    "where",
+    "select",
+    "exists",
+    "all",
+    "empty",
+    "hasValue",
+    "count",
+    "trace",
+    "htmlChecks",
+    "children",
+    "descendants",
+    "isDistinct",
+    "allTrue",
+    "anyTrue",
+    "allFalse",
+    "anyFalse",
+    "combine",
+    "intersect",
+    "exclude",
+    "toInteger",
+    "replaceMatches",
+    "first",
+    "last",
+    "tail",
+    "single",
+    "distinct",
+    "not",
+    "ofType",
+    "as",
+    "is",
+    "resolve",
+    "getResourceKey",
+    "getReferenceKey",
+    "substring",
+    "lowBoundary",
+    "highBoundary",
+    "length",
+    "extension",
+    "join",
+    "toString",
+    "lower",
+    "upper",
+    "startsWith",
+    "endsWith",
+    "contains",
+    "matches",
+    "iif",
 ];
 
 fn call<'a>(
@@ -772,7 +818,10 @@ fn call<'a>(
                     }
                     out
                 }
-                _ => base.into_iter().filter(|i| !other.iter().any(|o| equal(o, i))).collect(),
+                _ => base
+                    .into_iter()
+                    .filter(|i| !other.iter().any(|o| equal(o, i)))
+                    .collect(),
             }
         }
         "toInteger" => match base.as_slice() {
@@ -799,7 +848,12 @@ fn call<'a>(
             };
             let re = regex::Regex::new(&p.to_string_value()).map_err(|e| EvalError(format!("replaceMatches: {e}")))?;
             base.iter()
-                .map(|i| Item::String(re.replace_all(&i.to_string_value(), w.to_string_value().as_str()).into_owned()))
+                .map(|i| {
+                    Item::String(
+                        re.replace_all(&i.to_string_value(), w.to_string_value().as_str())
+                            .into_owned(),
+                    )
+                })
                 .collect()
         }
         "first" => base.into_iter().take(1).collect(),

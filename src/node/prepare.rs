@@ -225,7 +225,10 @@ impl FhirService {
                     } else if is_error {
                         // Accepted and flagged: still an error of the profile, reported as a warning of the write.
                         issue.severity = fhir::Severity::Warning;
-                        issue.diagnostics = format!("{} (flagged: {} is not enforced by this node)", issue.diagnostics, p.name);
+                        issue.diagnostics = format!(
+                            "{} (flagged: {} is not enforced by this node)",
+                            issue.diagnostics, p.name
+                        );
                         flagged += 1;
                         accepted.push(issue);
                     } else {
@@ -243,7 +246,10 @@ impl FhirService {
         if issues.is_empty() {
             // Counted when checked: a transaction that fails later was still received in this shape.
             self.quality.accepted(&facts);
-            Ok(Checked { rtype, issues: accepted })
+            Ok(Checked {
+                rtype,
+                issues: accepted,
+            })
         } else {
             self.quality.rejected(&facts);
             Err(Error::Unprocessable(issues))

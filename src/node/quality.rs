@@ -30,7 +30,9 @@ pub fn with_source<T>(source: &str, f: impl FnOnce() -> T) -> T {
 }
 
 fn current_source() -> String {
-    SOURCE.with(|s| s.borrow().clone()).unwrap_or_else(|| "unattributed".into())
+    SOURCE
+        .with(|s| s.borrow().clone())
+        .unwrap_or_else(|| "unattributed".into())
 }
 
 /// What one resource tells about quality, worked out when it is checked.
@@ -90,7 +92,11 @@ impl Facts {
             });
             f.must_support.push((path.clone(), present));
         }
-        let ms = |p: &str| v.pointer(p).and_then(Value::as_str).and_then(crate::fhir::time::parse_range);
+        let ms = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .and_then(crate::fhir::time::parse_range)
+        };
         match rtype {
             "Patient" => {
                 if ms("/birthDate").is_some_and(|(lo, _)| lo > now_ms) {
@@ -108,7 +114,10 @@ impl Facts {
                     let family = name.get("family")?.as_str()?.to_lowercase();
                     let given = name.pointer("/given/0")?.as_str()?.to_lowercase();
                     let birth = v.get("birthDate")?.as_str()?;
-                    Some(format!("{family}|{given}|{birth}|{}", v.get("gender").and_then(Value::as_str).unwrap_or("")))
+                    Some(format!(
+                        "{family}|{given}|{birth}|{}",
+                        v.get("gender").and_then(Value::as_str).unwrap_or("")
+                    ))
                 })();
                 let id = v.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
                 f.patient = Some((id, ids, demo));
@@ -133,7 +142,9 @@ impl Facts {
                             continue;
                         }
                         let code = c.get("code").and_then(Value::as_str).unwrap_or_default();
-                        let Some((_, lo, hi, unit, what)) = RANGES.iter().find(|r| r.0 == code) else { continue };
+                        let Some((_, lo, hi, unit, what)) = RANGES.iter().find(|r| r.0 == code) else {
+                            continue;
+                        };
                         let value = q.get("value").and_then(Value::as_f64);
                         if q.get("code").and_then(Value::as_str) == Some(unit) {
                             if let Some(x) = value.filter(|x| x < lo || x > hi) {
@@ -147,7 +158,11 @@ impl Facts {
                     check(comp.get("code"), comp.get("valueQuantity"));
                 }
             }
-            "Condition" => f.delay_ms = ms("/recordedDate").or_else(|| ms("/onsetDateTime")).map(|(lo, _)| now_ms - lo),
+            "Condition" => {
+                f.delay_ms = ms("/recordedDate")
+                    .or_else(|| ms("/onsetDateTime"))
+                    .map(|(lo, _)| now_ms - lo)
+            }
             "Procedure" => {
                 f.delay_ms = ms("/performedDateTime")
                     .or_else(|| ms("/performedPeriod/start"))
@@ -311,7 +326,13 @@ impl Book {
         let (counters, patients) = &*guard;
         let mut keys: Vec<&(String, String)> = counters.keys().collect();
         keys.sort();
-        let share = |n: u64, d: u64| if d == 0 { Value::Null } else { json!(round3(n as f64 / d as f64)) };
+        let share = |n: u64, d: u64| {
+            if d == 0 {
+                Value::Null
+            } else {
+                json!(round3(n as f64 / d as f64))
+            }
+        };
         let mut sources = Vec::new();
         let mut totals: BTreeMap<String, Counters> = BTreeMap::new();
         for key in keys {

@@ -40,13 +40,19 @@ pub fn build(sources: &Path, uk_core: &Path, r4: &Path, out: &Path) -> anyhow::R
         .collect();
     files.sort();
     for f in files {
-        let v: Value = serde_json::from_str(&std::fs::read_to_string(&f)?)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(&f)?).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         let key = v
             .get("url")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .unwrap_or_else(|| format!("{}/{}", v["resourceType"].as_str().unwrap_or("?"), v["id"].as_str().unwrap_or("?")));
+            .unwrap_or_else(|| {
+                format!(
+                    "{}/{}",
+                    v["resourceType"].as_str().unwrap_or("?"),
+                    v["id"].as_str().unwrap_or("?")
+                )
+            });
         queue.extend(references(&v));
         own.push(key.clone());
         resources.insert(key, v);
@@ -156,7 +162,10 @@ fn references(v: &Value) -> Vec<String> {
         .flatten()
     {
         if let Some(s) = inc.get("system").and_then(Value::as_str) {
-            if s.starts_with(UK_CORE) || s.starts_with("http://terminology.hl7.org/CodeSystem/") || s.starts_with("http://hl7.org/fhir/") {
+            if s.starts_with(UK_CORE)
+                || s.starts_with("http://terminology.hl7.org/CodeSystem/")
+                || s.starts_with("http://hl7.org/fhir/")
+            {
                 out.push(s.to_string());
             }
         }

@@ -56,13 +56,8 @@ fn instance<'v>(cx: &mut Cx<'_, 'v>, p: &Profile, at: usize, v: &'v Value, expr:
     let el = &p.elements[at];
     if let Some(f) = &el.fixed {
         if !same(v, f) {
-            cx.out.push(
-                Issue::error(
-                    IssueCode::Value,
-                    format!("must be exactly {} ({})", short(f), p.name),
-                )
-                .at(expr),
-            );
+            cx.out
+                .push(Issue::error(IssueCode::Value, format!("must be exactly {} ({})", short(f), p.name)).at(expr));
         }
     }
     if let Some(pat) = &el.pattern {
@@ -102,7 +97,13 @@ fn instance<'v>(cx: &mut Cx<'_, 'v>, p: &Profile, at: usize, v: &'v Value, expr:
 }
 
 /// The values of child element `c` in `obj`, with their FHIRPaths.
-fn values<'v>(cx: &mut Cx<'_, 'v>, p: &Profile, el: &PElement, obj: &'v serde_json::Map<String, Value>, expr: &str) -> Vec<(&'v Value, String)> {
+fn values<'v>(
+    cx: &mut Cx<'_, 'v>,
+    p: &Profile,
+    el: &PElement,
+    obj: &'v serde_json::Map<String, Value>,
+    expr: &str,
+) -> Vec<(&'v Value, String)> {
     let mut found = Vec::new();
     let mut push = |key: &str, v: &'v Value| match v {
         Value::Array(a) => {
@@ -123,13 +124,22 @@ fn values<'v>(cx: &mut Cx<'_, 'v>, p: &Profile, el: &PElement, obj: &'v serde_js
     }
     let model = &crate::fhir::definitions::get().choice;
     for (k, v) in obj {
-        let Some(suffix) = k.strip_prefix(el.name.as_str()) else { continue };
-        let Some(ty) = model.type_suffixes.get(suffix) else { continue };
+        let Some(suffix) = k.strip_prefix(el.name.as_str()) else {
+            continue;
+        };
+        let Some(ty) = model.type_suffixes.get(suffix) else {
+            continue;
+        };
         if !el.types.is_empty() && !el.types.iter().any(|t| t == ty) {
             cx.out.push(
                 Issue::error(
                     IssueCode::Structure,
-                    format!("{} allows {}[x] to be {} only, not {ty}", p.name, el.name, el.types.join(", ")),
+                    format!(
+                        "{} allows {}[x] to be {} only, not {ty}",
+                        p.name,
+                        el.name,
+                        el.types.join(", ")
+                    ),
                 )
                 .at(format!("{expr}.{k}")),
             );
@@ -144,7 +154,11 @@ fn values<'v>(cx: &mut Cx<'_, 'v>, p: &Profile, el: &PElement, obj: &'v serde_js
 fn element<'v>(cx: &mut Cx<'_, 'v>, p: &Profile, c: usize, obj: &'v serde_json::Map<String, Value>, expr: &str) {
     let el = &p.elements[c];
     let items = values(cx, p, el, obj, expr);
-    let shown = if el.choice { format!("{}[x]", el.name) } else { el.name.clone() };
+    let shown = if el.choice {
+        format!("{}[x]", el.name)
+    } else {
+        el.name.clone()
+    };
     cardinality(cx, p, el, items.len(), &format!("{expr}.{shown}"), None);
     if !el.slices.is_empty() {
         slices(cx, p, el, &items, &format!("{expr}.{shown}"));
@@ -195,16 +209,21 @@ fn slices<'v>(cx: &mut Cx<'_, 'v>, p: &Profile, el: &PElement, items: &[(&'v Val
     }
     let mut matched: Vec<Vec<usize>> = vec![Vec::new(); el.slices.len()];
     for (i, (v, item_at)) in items.iter().enumerate() {
-        let slot = el
-            .slices
-            .iter()
-            .position(|&s| slicing.discriminators.iter().all(|(_, path)| discriminates(cx, p, s, path, v)));
+        let slot = el.slices.iter().position(|&s| {
+            slicing
+                .discriminators
+                .iter()
+                .all(|(_, path)| discriminates(cx, p, s, path, v))
+        });
         match slot {
             Some(k) => matched[k].push(i),
             None if slicing.closed => cx.out.push(
                 Issue::error(
                     IssueCode::Structure,
-                    format!("{} slices {} closed, and this value fits none of its slices", p.name, el.path),
+                    format!(
+                        "{} slices {} closed, and this value fits none of its slices",
+                        p.name, el.path
+                    ),
                 )
                 .at(item_at),
             ),
@@ -270,7 +289,8 @@ fn binding(cx: &mut Cx<'_, '_>, p: &Profile, el: &PElement, b: &super::Binding, 
     let t = el.types.first().map(String::as_str).unwrap_or("");
     let coding_verdict = |c: &Value| -> Option<bool> {
         let code = c.get("code").and_then(Value::as_str)?;
-        cx.set.in_value_set(&b.value_set, c.get("system").and_then(Value::as_str), code)
+        cx.set
+            .in_value_set(&b.value_set, c.get("system").and_then(Value::as_str), code)
     };
     let verdict = match (t, v) {
         (_, Value::String(code)) => cx.set.in_value_set(&b.value_set, None, code),
@@ -311,12 +331,18 @@ fn unknown_extensions(cx: &mut Cx<'_, '_>, v: &Value, expr: &str) {
                     for (i, e) in x.as_array().into_iter().flatten().enumerate() {
                         let url = e.get("url").and_then(Value::as_str).unwrap_or_default();
                         let known = cx.set.profiles.contains_key(url)
-                            || cx.profile.elements.iter().any(|el| el.ext_profile.as_deref() == Some(url));
+                            || cx
+                                .profile
+                                .elements
+                                .iter()
+                                .any(|el| el.ext_profile.as_deref() == Some(url));
                         let modifier = k == "modifierExtension";
                         if !known && !url.is_empty() {
-                            let text = format!("extension {url} is not known to this node, so its content is not checked");
+                            let text =
+                                format!("extension {url} is not known to this node, so its content is not checked");
                             cx.out.push(if modifier {
-                                Issue::error(IssueCode::Extension, format!("modifier {text}")).at(format!("{expr}.{k}[{i}]"))
+                                Issue::error(IssueCode::Extension, format!("modifier {text}"))
+                                    .at(format!("{expr}.{k}[{i}]"))
                             } else {
                                 Issue::warning(IssueCode::Extension, text).at(format!("{expr}.{k}[{i}]"))
                             });

@@ -343,7 +343,10 @@ impl ProfileSet {
                     continue;
                 }
                 let raw: RawInvariant = serde_json::from_value(c.clone()).map_err(|err| {
-                    format!("element {id}: constraint {}: {err}", c.get("key").unwrap_or(&Value::Null))
+                    format!(
+                        "element {id}: constraint {}: {err}",
+                        c.get("key").unwrap_or(&Value::Null)
+                    )
                 })?;
                 match invariants::compile(&raw, &id) {
                     Ok(i) => invariants_here.push(i),
@@ -368,7 +371,11 @@ impl ProfileSet {
                 .filter_map(|t| t.get("code").and_then(Value::as_str).map(str::to_string))
                 .collect();
             let ext_profile = (types == ["Extension"])
-                .then(|| e.pointer("/type/0/profile/0").and_then(Value::as_str).map(str::to_string))
+                .then(|| {
+                    e.pointer("/type/0/profile/0")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
                 .flatten();
             let slicing = e.get("slicing").map(|s| Slicing {
                 discriminators: s
@@ -412,7 +419,11 @@ impl ProfileSet {
                 slice_name: e.get("sliceName").and_then(Value::as_str).map(str::to_string),
                 min,
                 max,
-                base_min: e.pointer("/base/min").and_then(Value::as_u64).map(|m| m as u32).unwrap_or(min),
+                base_min: e
+                    .pointer("/base/min")
+                    .and_then(Value::as_u64)
+                    .map(|m| m as u32)
+                    .unwrap_or(min),
                 base_max: if e.pointer("/base/max").is_some() {
                     max_of(e.pointer("/base/max"))
                 } else {
@@ -487,7 +498,9 @@ pub fn with_snapshots(resources: &mut [(String, Value)]) -> Result<(), ProfileEr
         snapshot_of(url, &sds, &mut done, 0)?;
     }
     for (_, r) in resources.iter_mut() {
-        let Some(url) = r.get("url").and_then(Value::as_str).map(str::to_string) else { continue };
+        let Some(url) = r.get("url").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
         if let Some(snap) = done.remove(&url) {
             if r.get("snapshot").is_none() {
                 r["snapshot"] = serde_json::json!({ "element": snap });
@@ -516,7 +529,10 @@ fn snapshot_of<'a>(
         return Ok(());
     }
     if sd.get("derivation").and_then(Value::as_str) != Some("constraint") {
-        return Err(broken(file, "only constraints on R4 types (derivation = constraint) can be loaded"));
+        return Err(broken(
+            file,
+            "only constraints on R4 types (derivation = constraint) can be loaded",
+        ));
     }
     let base_url = sd
         .get("baseDefinition")
@@ -580,9 +596,7 @@ fn expand(
                 return Expansion::NotExpanded;
             };
             match expand(sub, value_sets, code_systems, depth + 1) {
-                Expansion::Codes(c) => c
-                    .into_iter()
-                    .for_each(|(s, cs)| codes.entry(s).or_default().extend(cs)),
+                Expansion::Codes(c) => c.into_iter().for_each(|(s, cs)| codes.entry(s).or_default().extend(cs)),
                 Expansion::NotExpanded => return Expansion::NotExpanded,
             }
         }
@@ -616,7 +630,10 @@ fn expand(
         }
         let set = codes.entry(system.to_string()).or_default();
         all(
-            cs.get("concept").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]),
+            cs.get("concept")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
             set,
         );
     }

@@ -144,11 +144,10 @@ impl Snapshot<'_> {
     fn expand(&mut self, at: usize) -> Result<(), String> {
         let end = self.subtree_end(at);
         let id = id_of(&self.elements[at]).to_string();
-        if self.elements[at + 1..end].iter().any(|e| {
-            id_of(e)
-                .strip_prefix(id.as_str())
-                .is_some_and(|r| r.starts_with('.'))
-        }) {
+        if self.elements[at + 1..end]
+            .iter()
+            .any(|e| id_of(e).strip_prefix(id.as_str()).is_some_and(|r| r.starts_with('.')))
+        {
             return Ok(());
         }
         let el = &self.elements[at];
@@ -240,7 +239,11 @@ fn merge(into: &mut Value, d: &Value, id: &str, url: &str) -> Result<(), String>
                 into["type"] = value.clone();
             }
             "constraint" => {
-                let mut list = into.get("constraint").and_then(Value::as_array).cloned().unwrap_or_default();
+                let mut list = into
+                    .get("constraint")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 for c in value.as_array().into_iter().flatten() {
                     let mut c = c.clone();
                     if c.get("source").is_none() {
@@ -253,7 +256,10 @@ fn merge(into: &mut Value, d: &Value, id: &str, url: &str) -> Result<(), String>
                 into["constraint"] = Value::Array(list);
             }
             // A binding is refined key by key (a new strength keeps the base's value set).
-            "binding" => match (into.get_mut("binding").and_then(Value::as_object_mut), value.as_object()) {
+            "binding" => match (
+                into.get_mut("binding").and_then(Value::as_object_mut),
+                value.as_object(),
+            ) {
                 (Some(old), Some(new)) => {
                     for (k, v) in new {
                         old.insert(k.clone(), v.clone());
@@ -292,8 +298,14 @@ mod tests {
         let system = get("Patient.identifier:nhs.system").unwrap();
         assert_eq!(system["fixedUri"], "https://fhir.nhs.uk/Id/nhs-number");
         assert_eq!(system["path"], "Patient.identifier.system");
-        assert!(get("Patient.identifier:nhs.value").is_some(), "the slice has the type's other elements");
-        assert_eq!(get("Patient.extension").unwrap()["slicing"]["discriminator"][0]["path"], "url");
+        assert!(
+            get("Patient.identifier:nhs.value").is_some(),
+            "the slice has the type's other elements"
+        );
+        assert_eq!(
+            get("Patient.extension").unwrap()["slicing"]["discriminator"][0]["path"],
+            "url"
+        );
         // The slice comes after the element it slices, before the next element.
         let pos = |id: &str| snap.iter().position(|e| id_of(e) == id).unwrap();
         assert!(pos("Patient.identifier") < pos("Patient.identifier:nhs"));
@@ -303,11 +315,26 @@ mod tests {
     #[test]
     fn a_differential_may_only_narrow() {
         let cases = [
-            (json!({"id": "Observation.status", "path": "Observation.status", "min": 0}), "lower"),
-            (json!({"id": "Patient.gender", "path": "Patient.gender", "max": "*"}), "higher"),
-            (json!({"id": "Patient.deceased[x]", "path": "Patient.deceased[x]", "type": [{"code": "string"}]}), "not allowed"),
-            (json!({"id": "Patient.nickname", "path": "Patient.nickname"}), "not in the base"),
-            (json!({"id": "Patient.name", "path": "Patient.gender"}), "does not match"),
+            (
+                json!({"id": "Observation.status", "path": "Observation.status", "min": 0}),
+                "lower",
+            ),
+            (
+                json!({"id": "Patient.gender", "path": "Patient.gender", "max": "*"}),
+                "higher",
+            ),
+            (
+                json!({"id": "Patient.deceased[x]", "path": "Patient.deceased[x]", "type": [{"code": "string"}]}),
+                "not allowed",
+            ),
+            (
+                json!({"id": "Patient.nickname", "path": "Patient.nickname"}),
+                "not in the base",
+            ),
+            (
+                json!({"id": "Patient.name", "path": "Patient.gender"}),
+                "does not match",
+            ),
         ];
         for (el, want) in cases {
             let rtype = el["path"].as_str().unwrap().split('.').next().unwrap().to_string();

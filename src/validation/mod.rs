@@ -26,6 +26,21 @@ use invariants::{Invariant, RawInvariant, Skipped};
 
 const ELEMENTS: &str = include_str!("../../profiles/r4-elements.json");
 const VALUE_SETS: &str = include_str!("../../profiles/r4-valuesets.json");
+const EXTENSIONS: &str = include_str!("../../profiles/r4-extensions.json");
+const CORE_EXTENSION: &str = "http://hl7.org/fhir/StructureDefinition/";
+
+#[derive(Deserialize)]
+struct RawExtensions {
+    extensions: HashMap<String, ExtensionDef>,
+}
+
+/// What an R4 core extension definition allows (its contexts are in the file, not judged).
+#[derive(Deserialize)]
+struct ExtensionDef {
+    #[serde(rename = "valueTypes")]
+    value_types: Vec<String>,
+    complex: bool,
+}
 
 #[derive(Deserialize)]
 struct RawModel {
@@ -133,6 +148,8 @@ struct Cx<'v> {
     /// The outermost resource (`%rootResource`).
     container: &'v Value,
     options: Options,
+    /// The definition path of the element being checked, from its resource (`Patient.name`).
+    fhir_path: String,
 }
 
 /// Code systems and codes of the value sets the R4 definitions bind as required.
@@ -150,13 +167,14 @@ pub struct Validator {
     value_sets: HashMap<String, HashMap<String, std::collections::HashSet<String>>>,
     value_sets_not_expanded: Vec<String>,
     skipped: Vec<Skipped>,
+    extensions: HashMap<String, ExtensionDef>,
 }
 
 /// The validator over the compiled-in R4 definitions.
 pub fn validator() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
     V.get_or_init(|| {
-        Validator::load(ELEMENTS, VALUE_SETS)
+        Validator::load(ELEMENTS, VALUE_SETS, EXTENSIONS)
             .expect("profiles/r4-elements.json and r4-valuesets.json are valid (checked by a test)")
     })
 }
@@ -173,7 +191,8 @@ fn primitive_json_ok(fhir_type: &str, v: &Value) -> bool {
 }
 
 impl Validator {
-    fn load(text: &str, value_sets: &str) -> Result<Validator, String> {
+    fn load(text: &str, value_sets: &str, extensions: &str) -> Result<Validator, String> {
+        let ext: RawExtensions = serde_json::from_str(extensions).map_err(|e| e.to_string())?;
         let raw: RawModel = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let vs: RawValueSets = serde_json::from_str(value_sets).map_err(|e| e.to_string())?;
         let mut skipped = Vec::new();
@@ -240,7 +259,10 @@ impl Validator {
             .expanded
             .into_iter()
             .map(|(url, systems)| {
-                let systems = systems.into_iter().map(|(s, codes)| (s, codes.into_iter().collect())).collect();
+                let systems = systems
+                    .into_iter()
+                    .map(|(s, codes)| (s, codes.into_iter().collect()))
+                    .collect();
                 (url, systems)
             })
             .collect();
@@ -249,6 +271,7 @@ impl Validator {
             value_sets,
             value_sets_not_expanded: vs.not_expanded,
             skipped,
+            extensions: ext.extensions,
         })
     }
 
@@ -379,6 +402,7 @@ impl Validator {
             root: resource,
             container: resource,
             options,
+            fhir_path: String::new(),
         };
         self.resource(resource, None, &mut cx);
         cx.out
@@ -394,7 +418,8 @@ impl Validator {
             return;
         };
         let Some(rtype) = obj.get("resourceType").and_then(Value::as_str) else {
-            cx.out.push(err(IssueCode::Required, "resourceType is missing", at.unwrap_or("")));
+            cx.out
+                .push(err(IssueCode::Required, "resourceType is missing", at.unwrap_or("")));
             return;
         };
         if !self.is_resource_type(rtype) {
@@ -419,7 +444,9 @@ impl Validator {
             }
         }
         let outer = std::mem::replace(&mut cx.root, v);
+        let outer_path = std::mem::replace(&mut cx.fhir_path, rtype.to_string());
         self.object(obj, rtype, "", &expr, true, cx);
+        cx.fhir_path = outer_path;
         if let Some(def) = self.types.get(rtype) {
             for inv in &def.invariants {
                 if inv.key == "dom-3" {
@@ -574,8 +601,88 @@ impl Validator {
         if tname == "Coding" && path.is_empty() {
             coding_system(obj, expr, &mut cx.out);
         }
+        // A primitive's extension object is checked by its parent (the `_name` key).
+        if !(tname == "Element" && path.is_empty()) {
+            self.core_extensions(obj, tname, expr, cx);
+        }
         if tname == "Attachment" && path.is_empty() {
             attachment_size(obj, expr, &mut cx.out);
+        }
+    }
+
+    /// Extensions in the R4 core namespace carry the value their definition allows
+    /// (a complex one carries none), and a URL there that R4 does not define is a warning.
+    ///
+    /// Where an extension may be used (its context) is not judged: the specification's
+    /// own examples use core extensions beside the contexts they declare, and the
+    /// reference validator accepts them.
+    fn core_extensions(&self, obj: &Map<String, Value>, tname: &str, expr: &str, cx: &mut Cx<'_>) {
+        let _ = tname;
+        for (key, value) in obj {
+            let at_base = if key == "extension" || key == "modifierExtension" {
+                format!("{expr}.{key}")
+            } else if let Some(name) = key.strip_prefix('_') {
+                format!("{expr}.{name}.extension")
+            } else {
+                continue;
+            };
+            let list: Vec<&Value> = match value {
+                Value::Array(a) if key.starts_with('_') => a
+                    .iter()
+                    .filter_map(|x| x.get("extension"))
+                    .filter_map(Value::as_array)
+                    .flatten()
+                    .collect(),
+                Value::Array(a) => a.iter().collect(),
+                Value::Object(o) if key.starts_with('_') => o
+                    .get("extension")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                _ => continue,
+            };
+            for (i, x) in list.into_iter().enumerate() {
+                let Some(url) = x.get("url").and_then(Value::as_str) else {
+                    continue;
+                };
+                if !url.starts_with(CORE_EXTENSION) {
+                    continue;
+                }
+                let at = format!("{at_base}[{i}]");
+                let Some(def) = self.extensions.get(url.split('|').next().unwrap_or(url)) else {
+                    cx.out.push(
+                        Issue::warning(
+                            IssueCode::Extension,
+                            format!("{url} is in the specification's namespace but is not an R4 core extension"),
+                        )
+                        .at(&at),
+                    );
+                    continue;
+                };
+                let value_key = x
+                    .as_object()
+                    .and_then(|o| o.keys().find(|k| k.starts_with("value") && k.len() > 5));
+                if let Some(k) = value_key {
+                    let found = &k[5..];
+                    if def.complex {
+                        cx.out.push(err(
+                            IssueCode::Extension,
+                            format!("{url} is a complex extension: it carries nested extensions, not a value"),
+                            &format!("{at}.{k}"),
+                        ));
+                    } else if !def.value_types.is_empty() && !def.value_types.iter().any(|t| upper_first(t) == found) {
+                        cx.out.push(err(
+                            IssueCode::Extension,
+                            format!(
+                                "{url} carries a value of type {}, not {found}",
+                                def.value_types.join(" or ")
+                            ),
+                            &format!("{at}.{k}"),
+                        ));
+                    }
+                }
+            }
         }
     }
 
@@ -620,7 +727,12 @@ impl Validator {
                         .is_some_and(|d| d.children.contains_key(&child_path)) =>
             {
                 match item.as_object() {
-                    Some(o) => self.object(o, tname, &child_path, at, false, cx),
+                    Some(o) => {
+                        let inner = format!("{}.{}", cx.fhir_path, e.name);
+                        let outer = std::mem::replace(&mut cx.fhir_path, inner);
+                        self.object(o, tname, &child_path, at, false, cx);
+                        cx.fhir_path = outer;
+                    }
                     None => cx.out.push(err(IssueCode::Structure, "must be an object", at)),
                 }
             }
@@ -656,12 +768,17 @@ impl Validator {
                 }
                 Some(d) => match item.as_object() {
                     Some(o) => {
+                        let inner = format!("{}.{}", cx.fhir_path, e.name);
+                        let outer = std::mem::replace(&mut cx.fhir_path, inner);
                         self.object(o, t, "", at, false, cx);
+                        cx.fhir_path = outer;
                         for inv in &d.invariants {
                             cx.out.extend(inv.check(item, None, cx.root, cx.container, at));
                         }
                     }
-                    None => cx.out.push(err(IssueCode::Structure, format!("must be a {t} object"), at)),
+                    None => cx
+                        .out
+                        .push(err(IssueCode::Structure, format!("must be a {t} object"), at)),
                 },
                 None => {}
             },
@@ -745,7 +862,8 @@ impl Validator {
                 ));
             }
             if s.len() > 1024 * 1024 {
-                cx.out.push(err(IssueCode::TooLong, format!("a {t} may hold at most 1 MB"), at));
+                cx.out
+                    .push(err(IssueCode::TooLong, format!("a {t} may hold at most 1 MB"), at));
             }
             if s.trim().is_empty() || (s != s.trim() && !matches!(t, "string" | "markdown")) {
                 cx.out.push(err(
@@ -761,7 +879,9 @@ impl Validator {
         let check = |x: &'v Value, at: &str, cx: &mut Cx<'v>| match x {
             Value::Null => {}
             Value::Object(o) => self.object(o, "Element", "", at, false, cx),
-            _ => cx.out.push(err(IssueCode::Structure, "a primitive extension must be an object", at)),
+            _ => cx
+                .out
+                .push(err(IssueCode::Structure, "a primitive extension must be an object", at)),
         };
         match v {
             Value::Array(a) => a
@@ -919,6 +1039,9 @@ fn bundle_rules(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
             }
         }
     }
+    if obj.get("type").and_then(Value::as_str) == Some("document") {
+        document_references(obj, expr, out);
+    }
     if obj.get("type").and_then(Value::as_str) == Some("searchset") {
         for (i, e) in obj
             .get("entry")
@@ -965,6 +1088,84 @@ fn bundle_rules(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
     }
 }
 
+/// A document carries what it references: every reference in its entries resolves
+/// to exactly one entry (by fullUrl, or by type and id against the entry's base),
+/// and a versioned reference to that version.
+fn document_references(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
+    let entries: Vec<&Value> = obj
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    let full_url = |e: &Value| e.get("fullUrl").and_then(Value::as_str).unwrap_or_default().to_string();
+    let version = |e: &Value| {
+        e.pointer("/resource/meta/versionId")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let Some(resource) = e.get("resource") else { continue };
+        let mut refs = Vec::new();
+        crate::fhir::refs::collect(resource, &mut refs);
+        refs.sort();
+        refs.dedup();
+        let own = full_url(e);
+        for r in refs {
+            if r.starts_with('#') || r.is_empty() {
+                continue;
+            }
+            let (target, wanted) = match r.split_once("/_history/") {
+                Some((t, v)) => (t.to_string(), Some(v.to_string())),
+                None => (r.clone(), None),
+            };
+            let absolute = target.contains("://") || target.starts_with("urn:");
+            let key = if absolute {
+                Some(target.clone())
+            } else {
+                // `base/Type/id` → `base/` + the relative reference.
+                let rtype = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+                let id = resource.get("id").and_then(Value::as_str).unwrap_or_default();
+                own.strip_suffix(&format!("{rtype}/{id}"))
+                    .filter(|b| b.contains("://"))
+                    .map(|b| format!("{b}{target}"))
+            };
+            let matches: Vec<&&Value> = entries
+                .iter()
+                .filter(|x| match &key {
+                    Some(k) => full_url(x) == *k,
+                    None => {
+                        let (t, id) = target.split_once('/').unwrap_or(("", ""));
+                        x.pointer("/resource/resourceType").and_then(Value::as_str) == Some(t)
+                            && x.pointer("/resource/id").and_then(Value::as_str) == Some(id)
+                    }
+                })
+                .filter(|x| wanted.is_none() || version(x) == wanted)
+                .collect();
+            let at = format!("{expr}.entry[{i}].resource");
+            // An absolute reference to a server none of the entries come from points outside the document.
+            let server: String = target.split('/').take(3).collect::<Vec<_>>().join("/");
+            let elsewhere = target.contains("://") && !entries.iter().any(|x| full_url(x).starts_with(&server));
+            if matches.is_empty() && elsewhere {
+                continue;
+            }
+            if matches.is_empty() {
+                out.push(err(
+                    IssueCode::NotFound,
+                    format!("the document does not contain '{r}', which its entry references"),
+                    &at,
+                ));
+            } else if matches.len() > 1 {
+                out.push(err(
+                    IssueCode::MultipleMatches,
+                    format!("{} entries of the document match '{r}'", matches.len()),
+                    &at,
+                ));
+            }
+        }
+    }
+}
+
 /// `<` followed by a letter or `/`: the start of an HTML tag.
 fn has_html_tag(s: &str) -> bool {
     s.as_bytes()
@@ -991,13 +1192,19 @@ fn coding_system(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
     if !system.contains(':') {
         out.push(err(
             IssueCode::Value,
-            format!("Coding.system must be an absolute URI, not a local reference ('{}')", truncate(system)),
+            format!(
+                "Coding.system must be an absolute URI, not a local reference ('{}')",
+                truncate(system)
+            ),
             &format!("{expr}.system"),
         ));
     } else if system.starts_with("http://hl7.org/fhir/ValueSet/") {
         out.push(err(
             IssueCode::Value,
-            format!("Coding.system names a value set, not a code system ('{}')", truncate(system)),
+            format!(
+                "Coding.system names a value set, not a code system ('{}')",
+                truncate(system)
+            ),
             &format!("{expr}.system"),
         ));
     }

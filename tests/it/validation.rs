@@ -55,7 +55,10 @@ fn every_r4_example_and_synthea_resource_is_structurally_valid() {
             let errs = errors_of(&v);
             let name = f.file_name().unwrap().to_string_lossy().to_string();
             if let Some((_, why, at)) = INVALID_UPSTREAM.iter().find(|(n, _, _)| *n == name) {
-                assert!(errs.iter().any(|e| e.contains(at)), "{name} should be reported: {why}; got {errs:?}");
+                assert!(
+                    errs.iter().any(|e| e.contains(at)),
+                    "{name} should be reported: {why}; got {errs:?}"
+                );
                 println!("  known invalid upstream, reported: {name} ({why})");
                 continue;
             }
@@ -131,7 +134,13 @@ fn agreement_with_the_official_validator_test_cases() {
             e.1 += 1;
         } else {
             let why = serde_json::from_slice::<Value>(&bytes)
-                .map(|v| errors_with(&v, options).into_iter().take(2).collect::<Vec<_>>().join("; "))
+                .map(|v| {
+                    errors_with(&v, options)
+                        .into_iter()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
                 .unwrap_or_default();
             disagreements.push(format!("{module}/{file}: Java {expected}, ours {ours} {why}"));
         }
@@ -145,6 +154,10 @@ fn agreement_with_the_official_validator_test_cases() {
         println!("  DISAGREES {d}");
     }
     assert!(n >= 80, "only {n} cases were run");
+    assert!(
+        ok * 10 >= n * 9,
+        "agreement {ok}/{n} is below the 90% the issue asks for"
+    );
     // Where the reference validator finds nothing wrong, neither may we.
     let false_alarms: Vec<&String> = disagreements
         .iter()
