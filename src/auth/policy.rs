@@ -35,8 +35,8 @@ pub enum Rule {
     FeedAdmin,
     /// `$validate`: anyone who may write or read the type, in the client's region.
     Validate,
-    /// A node's data-quality figures: the region's administrators and analysts, and
-    /// vendors (so a sender can see how its feeds fare); aggregates only.
+    /// A node's data-quality figures: the region's administrators and analysts (aggregates only;
+    /// vendors read nothing on a node, these figures included).
     Quality,
     /// The hub's data-quality figures of every region: administrators, analysts and partners.
     HubQuality,
@@ -224,9 +224,7 @@ pub fn decide(server: &Server, rule: Rule, p: &Principal, f: &Facts) -> Result<(
         }
         (Server::Node { .. }, Rule::Quality) => {
             need(
-                p.roles
-                    .iter()
-                    .any(|r| matches!(r, Role::Admin | Role::Analyst | Role::Vendor)),
+                p.roles.iter().any(|r| matches!(r, Role::Admin | Role::Analyst)),
                 "read this region's data-quality figures",
             )?;
             region_ok()

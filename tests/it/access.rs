@@ -91,6 +91,7 @@ fn node_sample(method: &'static str, path: &str, id: &str) -> Sample {
         ("GET", "/federation/count/{type}") => {
             ("/federation/count/Patient?_summary=count".into(), None, Some("Patient"))
         }
+        ("GET", "/federation/quality") | ("GET", "/quality") => (path.into(), None, None),
         ("POST", "/fhir/ViewDefinition/$run") => (
             path.into(),
             Some((
@@ -219,6 +220,7 @@ fn hub_sample(method: &'static str, path: &str) -> Vec<Sample> {
             )),
             None,
         )],
+        ("GET", "/quality") => vec![s(path, None, None)],
         // One route, three kinds of question.
         ("GET", "/fhir/{type}") => vec![
             s("/fhir/Patient?_summary=count", None, Some("Patient")),

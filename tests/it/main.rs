@@ -12,6 +12,7 @@ mod federation;
 mod feeds;
 mod helpers;
 mod multiprocess;
+mod profiles;
 mod search;
 mod validation;
 mod views;
