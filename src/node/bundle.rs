@@ -504,6 +504,7 @@ impl FhirService {
                     let checked = super::Checked {
                         rtype: prepared.rtype.clone(),
                         issues: std::mem::take(&mut prepared.issues),
+                        facts: std::mem::take(&mut prepared.facts),
                     };
                     *prepared = service.prepare(checked, value);
                     prepared.body_id = body_id;
@@ -602,6 +603,11 @@ impl FhirService {
 
         // 4. Reads run after the writes; then answer in request order.
         let mut answers: Vec<Option<EntryResult>> = (0..entries.len()).map(|_| None).collect();
+        for (_, r) in &results {
+            if let Ok(w) = r {
+                self.count_written(w);
+            }
+        }
         for (i, r) in results {
             answers[i] = Some(match r {
                 Ok(w) => EntryResult::Written(w),

@@ -30,6 +30,8 @@ pub struct WriteResult {
     pub json: Option<Arc<[u8]>>,
     /// What validation found and the node accepted (warnings, flagged profile errors).
     pub issues: Vec<Issue>,
+    /// Data-quality facts of the written resource, recorded once the unit of work commits.
+    pub facts: Option<super::quality::Facts>,
 }
 
 /// How a conditional interaction picks its target.
@@ -50,6 +52,7 @@ pub(super) fn existing(txn: &mut dyn WriteTxn, rtype: &str, id: String) -> Resul
         outcome: WriteOutcome::Existing,
         json: None,
         issues: Vec::new(),
+        facts: None,
     })
 }
 
@@ -64,6 +67,7 @@ impl WriteResult {
             outcome: WriteOutcome::NothingToDelete,
             json: None,
             issues: Vec::new(),
+            facts: None,
         }
     }
 }
@@ -152,6 +156,7 @@ fn write_version(
         },
         json: Some(Arc::from(json)),
         issues: prepared.issues.clone(),
+        facts: Some(prepared.facts.clone()),
     })
 }
 
@@ -179,6 +184,7 @@ pub(super) fn delete_version(txn: &mut dyn WriteTxn, rtype: &str, id: &str) -> R
                 outcome: WriteOutcome::Deleted,
                 json: None,
                 issues: Vec::new(),
+                facts: None,
             })
         }
         other => Ok(WriteResult {
@@ -189,12 +195,20 @@ pub(super) fn delete_version(txn: &mut dyn WriteTxn, rtype: &str, id: &str) -> R
             outcome: WriteOutcome::NothingToDelete,
             json: None,
             issues: Vec::new(),
+            facts: None,
         }),
     }
 }
 
 impl FhirService {
     /// Runs `f` as one atomic unit of work and returns its result once durable.
+    /// Counts a committed write in the quality figures.
+    pub(super) fn count_written(&self, r: &WriteResult) {
+        if let Some(f) = &r.facts {
+            self.quality.accepted(f, &r.id);
+        }
+    }
+
     pub(super) fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut dyn WriteTxn) -> Result<T, Error> + Send + 'static,
@@ -235,6 +249,7 @@ impl FhirService {
             }
             create_fresh(txn, &prepared, &id)
         })?;
+        self.count_written(&result);
         self.with_current_json(result)
     }
 
@@ -278,7 +293,9 @@ impl FhirService {
         }
         let prepared = self.prepare(checked, value);
         let id = id.to_string();
-        self.run(move |txn| put_version(txn, &prepared, &id, if_match))
+        let result = self.run(move |txn| put_version(txn, &prepared, &id, if_match))?;
+        self.count_written(&result);
+        Ok(result)
     }
 
     /// `PUT [type]?[search]`: update the single match, or create if none.
@@ -292,7 +309,7 @@ impl FhirService {
     ) -> Result<WriteResult, Error> {
         let checked = self.expect_type(rtype, &value, raw)?;
         let prepared = self.prepare(checked, value);
-        self.run(move |txn| {
+        let result = self.run(move |txn| {
             let id = match (single_match(txn, &query)?, &prepared.body_id) {
                 (Some(found), Some(body)) if &found != body => {
                     return Err(Error::invalid(Issue::error(
@@ -308,7 +325,9 @@ impl FhirService {
                 (None, None) => new_id(),
             };
             put_version(txn, &prepared, &id, if_match)
-        })
+        })?;
+        self.count_written(&result);
+        Ok(result)
     }
 
     /// `DELETE [type]/[id]`: logical delete; deleting what is absent is not an error.

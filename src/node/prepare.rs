@@ -13,6 +13,7 @@ pub struct Checked {
     pub rtype: String,
     /// Warnings, information and profile errors accepted under the node's policy.
     pub issues: Vec<Issue>,
+    pub facts: super::quality::Facts,
 }
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,8 @@ pub struct Prepared {
     pub rtype: String,
     /// Issues reported with the accepted write.
     pub issues: Vec<Issue>,
+    /// What the resource tells about data quality, recorded once it is written.
+    pub facts: super::quality::Facts,
     /// The id in the body, if any.
     pub body_id: Option<String>,
     pub index: IndexRows,
@@ -244,11 +247,11 @@ impl FhirService {
         facts.errors += flagged;
         facts.warnings = facts.warnings.saturating_sub(flagged);
         if issues.is_empty() {
-            // Counted when checked: a transaction that fails later was still received in this shape.
-            self.quality.accepted(&facts);
+            // Counted once written (the stored id tells patients apart).
             Ok(Checked {
                 rtype,
                 issues: accepted,
+                facts,
             })
         } else {
             self.quality.rejected(&facts);
@@ -258,7 +261,7 @@ impl FhirService {
 
     /// Splits a checked resource for storage and computes its index rows.
     pub fn prepare(&self, checked: Checked, mut value: Value) -> Prepared {
-        let Checked { rtype, issues } = checked;
+        let Checked { rtype, issues, facts } = checked;
         let index = search::extract(&self.registry, &rtype, &value);
         let obj = value.as_object_mut().expect("check_resource accepted only objects");
         obj.shift_remove("resourceType");
@@ -277,6 +280,7 @@ impl FhirService {
         Prepared {
             rtype,
             issues,
+            facts,
             body_id,
             index,
             meta_rest,

@@ -38,6 +38,8 @@ fn current_source() -> String {
 /// What one resource tells about quality, worked out when it is checked.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
+    /// Who sent it (see `with_source`), taken when the resource was checked.
+    pub source: String,
     pub rtype: String,
     pub errors: usize,
     pub warnings: usize,
@@ -47,7 +49,7 @@ pub struct Facts {
     pub implausible: Vec<String>,
     /// Receipt minus the clinical event, in milliseconds.
     pub delay_ms: Option<i64>,
-    /// For patients: identifier keys and a demographic key.
+    /// For patients: the stored id (filled in once written), identifier keys and a demographic key.
     pub patient: Option<(String, Vec<String>, Option<String>)>,
 }
 
@@ -69,6 +71,7 @@ impl Facts {
     /// The facts of `v` (a resource of type `rtype`) with the issues found and the must-support paths.
     pub fn of(rtype: &str, v: &Value, issues: &[Issue], must_support: &[String], now_ms: i64) -> Facts {
         let mut f = Facts {
+            source: current_source(),
             rtype: rtype.to_string(),
             ..Facts::default()
         };
@@ -119,8 +122,7 @@ impl Facts {
                         v.get("gender").and_then(Value::as_str).unwrap_or("")
                     ))
                 })();
-                let id = v.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                f.patient = Some((id, ids, demo));
+                f.patient = Some((String::new(), ids, demo));
             }
             "Encounter" => {
                 if let (Some((s, _)), Some((_, e))) = (ms("/period/start"), ms("/period/end")) {
@@ -250,9 +252,13 @@ impl Default for Book {
 const DELAY_SAMPLES: usize = 10_000;
 
 impl Book {
-    /// Records a resource the node stored.
-    pub fn accepted(&self, f: &Facts) {
-        self.record(f, true);
+    /// Records a resource the node stored as `id`.
+    pub fn accepted(&self, f: &Facts, id: &str) {
+        let mut f = f.clone();
+        if let Some(p) = f.patient.as_mut() {
+            p.0 = id.to_string();
+        }
+        self.record(&f, true);
     }
 
     /// Records a resource the node refused.
@@ -261,7 +267,7 @@ impl Book {
     }
 
     fn record(&self, f: &Facts, stored: bool) {
-        let source = current_source();
+        let source = f.source.clone();
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (counters, patients) = &mut *guard;
         let c = counters.entry((source, f.rtype.clone())).or_default();

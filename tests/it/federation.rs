@@ -359,6 +359,71 @@ async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds()
         .map(|x| x["valueUnsignedInt"].as_u64().unwrap())
         .sum();
     assert_eq!(regional as usize, files.len());
+    // Each region's completeness travels with the count, as the node computed it.
+    for (n, vendor) in nodes.iter().zip(&vendors) {
+        let region = n.node.base_url();
+        let q: Value = vendor
+            .get(format!("{region}/quality"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let name = q["region"].as_str().unwrap().to_string();
+        let patients = q["byResourceType"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["resourceType"] == "Patient")
+            .unwrap();
+        let overall = patients["completeness"]["overall"].as_f64().unwrap();
+        let ext = bundle["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["url"].as_str().unwrap().ends_with("federated-region-count"))
+            .find(|e| {
+                e["extension"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["valueString"] == name.as_str())
+            })
+            .unwrap();
+        let sent = ext["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["url"] == "completeness")
+            .and_then(|x| x["valueDecimal"].as_f64());
+        assert_eq!(sent, Some(overall), "{name}: {ext}");
+    }
+    // The hub gathers every region's quality figures (per type, no per-source detail).
+    let res = client
+        .get(format!("{}/quality", exact_hub.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let quality: Value = res.json().await.unwrap();
+    assert_eq!(quality["status"], "complete", "{quality}");
+    let mut received = 0;
+    for r in REGIONS {
+        let region = &quality["quality"][r];
+        assert!(
+            region.get("bySource").is_none(),
+            "the hub gets aggregates only: {region}"
+        );
+        received += region["byResourceType"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["resourceType"] == "Patient")
+            .map(|t| t["received"].as_u64().unwrap())
+            .unwrap();
+    }
+    assert_eq!(received as usize, files.len(), "{quality}");
     let gated_partner = as_client(certs.path(), &gated_hub.base_url(), "partner").await;
     let res = gated_partner
         .get(format!(

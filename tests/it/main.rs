@@ -13,6 +13,7 @@ mod feeds;
 mod helpers;
 mod multiprocess;
 mod profiles;
+mod quality;
 mod search;
 mod validation;
 mod views;
