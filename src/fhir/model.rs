@@ -49,6 +49,25 @@ fn structure_issue(message: &str) -> Issue {
     }
 }
 
+/// Converts one resource in FHIR XML to FHIR JSON (through the typed R4 model,
+/// which knows which elements repeat and which primitives are numbers).
+pub fn xml_to_json(xml: &str) -> Result<serde_json::Value, String> {
+    // The declaration says nothing a &str does not (fhirbolt refuses `encoding="utf-8"` in lower case).
+    let xml = xml.trim_start_matches('\u{feff}').trim_start();
+    let xml = match xml.strip_prefix("<?xml") {
+        Some(rest) => rest.split_once("?>").map(|(_, body)| body).unwrap_or(rest),
+        None => xml,
+    };
+    let parsed = std::panic::catch_unwind(|| fhirbolt::xml::from_str::<Resource>(xml, None));
+    let resource = match parsed {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("a primitive value is malformed".into()),
+    };
+    let json = fhirbolt::json::to_string(&resource, None).map_err(|e| e.to_string())?;
+    serde_json::from_str(&json).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,23 +87,4 @@ mod tests {
         assert!(e.diagnostics.contains("colour"), "{}", e.diagnostics);
         assert!(check_structure(r#"{"resourceType":"Patient","active":"yes"}"#).is_err());
     }
-}
-
-/// Converts one resource in FHIR XML to FHIR JSON (through the typed R4 model,
-/// which knows which elements repeat and which primitives are numbers).
-pub fn xml_to_json(xml: &str) -> Result<serde_json::Value, String> {
-    // The declaration says nothing a &str does not (fhirbolt refuses `encoding="utf-8"` in lower case).
-    let xml = xml.trim_start_matches('\u{feff}').trim_start();
-    let xml = match xml.strip_prefix("<?xml") {
-        Some(rest) => rest.split_once("?>").map(|(_, body)| body).unwrap_or(rest),
-        None => xml,
-    };
-    let parsed = std::panic::catch_unwind(|| fhirbolt::xml::from_str::<Resource>(xml, None));
-    let resource = match parsed {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("a primitive value is malformed".into()),
-    };
-    let json = fhirbolt::json::to_string(&resource, None).map_err(|e| e.to_string())?;
-    serde_json::from_str(&json).map_err(|e| e.to_string())
 }

@@ -31,7 +31,7 @@ pub struct WriteResult {
     /// What validation found and the node accepted (warnings, flagged profile errors).
     pub issues: Vec<Issue>,
     /// Data-quality facts of the written resource, recorded once the unit of work commits.
-    pub facts: Option<super::quality::Facts>,
+    pub facts: Option<Box<super::quality::Facts>>,
 }
 
 /// How a conditional interaction picks its target.
@@ -156,7 +156,7 @@ fn write_version(
         },
         json: Some(Arc::from(json)),
         issues: prepared.issues.clone(),
-        facts: Some(prepared.facts.clone()),
+        facts: Some(Box::new(prepared.facts.clone())),
     })
 }
 

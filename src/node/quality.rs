@@ -232,11 +232,18 @@ struct Patients {
     known: HashSet<String>,
 }
 
+/// Counters per (source, resource type), and what tells patients apart.
+#[derive(Debug, Default)]
+struct Ledger {
+    counters: HashMap<(String, String), Counters>,
+    patients: Patients,
+}
+
 /// The node's quality figures.
 #[derive(Debug)]
 pub struct Book {
     since: i64,
-    inner: Mutex<(HashMap<(String, String), Counters>, Patients)>,
+    inner: Mutex<Ledger>,
 }
 
 impl Default for Book {
@@ -269,7 +276,7 @@ impl Book {
     fn record(&self, f: &Facts, stored: bool) {
         let source = f.source.clone();
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (counters, patients) = &mut *guard;
+        let Ledger { counters, patients } = &mut *guard;
         let c = counters.entry((source, f.rtype.clone())).or_default();
         c.received += 1;
         if stored {
@@ -329,7 +336,7 @@ impl Book {
     /// The figures as JSON (`GET /quality`).
     pub fn report(&self, region: &str) -> Value {
         let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (counters, patients) = &*guard;
+        let Ledger { counters, patients } = &*guard;
         let mut keys: Vec<&(String, String)> = counters.keys().collect();
         keys.sort();
         let share = |n: u64, d: u64| {
@@ -367,7 +374,7 @@ impl Book {
     pub fn completeness(&self, rtype: &str) -> Option<f64> {
         let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (mut present, mut total) = (0u64, 0u64);
-        for ((_, t), c) in guard.0.iter() {
+        for ((_, t), c) in guard.counters.iter() {
             if t == rtype {
                 for (p, n) in c.must_support.values() {
                     present += p;

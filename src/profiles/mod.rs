@@ -511,10 +511,10 @@ pub fn with_snapshots(resources: &mut [(String, Value)]) -> Result<(), ProfileEr
 }
 
 /// The snapshot of `url`: its own, or generated from its base's (bases first).
-fn snapshot_of<'a>(
+fn snapshot_of(
     url: &str,
     sds: &HashMap<String, (String, Value)>,
-    done: &'a mut HashMap<String, Vec<Value>>,
+    done: &mut HashMap<String, Vec<Value>>,
     depth: usize,
 ) -> Result<(), ProfileError> {
     if done.contains_key(url) {

@@ -431,7 +431,8 @@ async fn the_default_policy_accepts_and_flags_and_reports_in_the_response() {
 
 #[tokio::test]
 async fn a_broken_profile_stops_the_node_and_says_which_and_why() {
-    let cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>, &str)> = vec![
+    type Breaks = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Breaks, &str)> = vec![
         (
             "a path its base does not have",
             Box::new(|d: &std::path::Path| {
