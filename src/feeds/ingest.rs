@@ -467,7 +467,21 @@ impl Feeds {
             )
         });
         match applied {
-            Ok(_) => Ok((stored, false, notes)),
+            Ok(outcome) => {
+                // What validation accepted with the write (warnings, flagged profile errors) goes
+                // back to the sender too, as ERR segments after the AA.
+                let mut notes = notes;
+                for e in &outcome.entries {
+                    if let crate::node::EntryResult::Written(w) = e {
+                        for i in &w.issues {
+                            let mut issue = i.clone();
+                            issue.diagnostics = format!("{}/{}: {}", w.rtype, w.id, issue.diagnostics);
+                            notes.push(Finding { issue, location: None });
+                        }
+                    }
+                }
+                Ok((stored, false, notes))
+            }
             Err(Error::AlreadyApplied(_)) => Ok((Vec::new(), true, notes)),
             Err(e) => Err(e),
         }

@@ -412,6 +412,27 @@ async fn the_default_policy_accepts_and_flags_and_reports_in_the_response() {
         "{reply}"
     );
     assert!(reply["entry"][1]["response"].get("outcome").is_none(), "{reply}");
+    // An HL7 v2 sender hears of flagged issues too: ERR segments after the AA.
+    let msg =
+        "MSH|^~\\&|PAS|RTD|PENNINE|NENC|20240101120000||ADT^A04|F1|P|2.5\rPID|1||M1^^^RTD^MR||Doe^Jo||19800101|F\r";
+    let r = node
+        .client
+        .post(format!("{}/feeds/hl7v2", node.root))
+        .header("content-type", "x-application/hl7-v2+er7")
+        .body(msg)
+        .send()
+        .await
+        .unwrap();
+    let reply: Value = r.json().await.unwrap();
+    let ack = reply["entry"][0]["response"]["extension"][0]["valueString"]
+        .as_str()
+        .unwrap();
+    assert!(ack.contains("MSA|AA|F1"), "{ack}");
+    assert!(
+        ack.split('\r')
+            .any(|seg| seg.starts_with("ERR|") && seg.contains("flagged") && seg.contains("|W|")),
+        "{ack}"
+    );
     // A rule for one profile overrides the default.
     node.stop().await;
     let profiles2 = tempfile::tempdir().unwrap();
