@@ -592,4 +592,40 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("host:port"));
     }
+
+    #[test]
+    fn profile_policy_from_file_and_flags() {
+        use crate::node::PolicyMode;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "region = \"yh\"\ndata = \"/tmp/x\"\nprofiles = \"/etc/pennine/profiles\"\nprofile_policy = \"reject\"\n\
+             [profile_rules]\nPennineObservation = \"flag\"\n",
+        )
+        .unwrap();
+        let c = NodeConfig::load(
+            Some(&file),
+            NodeOverrides {
+                reject_profiles: vec!["Encounter".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let p = &c.service.profile_policy;
+        assert_eq!(p.default, PolicyMode::Reject);
+        assert_eq!(p.rules["PennineObservation"], PolicyMode::Flag);
+        assert_eq!(p.rules["Encounter"], PolicyMode::Reject);
+        assert_eq!(
+            c.service.profiles_dir.as_deref(),
+            Some(Path::new("/etc/pennine/profiles"))
+        );
+        std::fs::write(
+            &file,
+            "region = \"yh\"\ndata = \"/tmp/x\"\nprofile_policy = \"maybe\"\n",
+        )
+        .unwrap();
+        let e = NodeConfig::load(Some(&file), NodeOverrides::default()).unwrap_err();
+        assert!(e.to_string().contains("'maybe'"), "{e}");
+    }
 }

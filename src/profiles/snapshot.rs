@@ -132,6 +132,20 @@ impl Snapshot<'_> {
         }
         let p = self.ensure(parent)?;
         self.expand(p)?;
+        if let Some(i) = self.find(id) {
+            return Ok(i);
+        }
+        // The parent may itself have been found under another name (a renamed choice).
+        let under_real_parent = format!("{}.{last}", id_of(&self.elements[p]));
+        if let Some(i) = self.find(&under_real_parent) {
+            return Ok(i);
+        }
+        // R4 lets a differential name a choice by its one remaining type (`valueIdentifier`
+        // for `value[x]` narrowed to Identifier): that is the choice element.
+        let real_parent = id_of(&self.elements[p]).to_string();
+        if let Some(i) = self.renamed_choice(&real_parent, last) {
+            return Ok(i);
+        }
         self.find(id).ok_or_else(|| {
             format!(
                 "element '{id}' is not in the base definition (no '{last}' in {})",
@@ -140,7 +154,23 @@ impl Snapshot<'_> {
         })
     }
 
-    /// Adds the children of element `at` from its data type, if it has none yet.
+    /// `parent.valueQuantity` → the element `parent.value[x]`, if it allows Quantity.
+    fn renamed_choice(&self, parent: &str, last: &str) -> Option<usize> {
+        let split = last.find(|c: char| c.is_ascii_uppercase())?;
+        let (name, suffix) = last.split_at(split);
+        let at = self.find(&format!("{parent}.{name}[x]"))?;
+        let allows = self.elements[at]
+            .get("type")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.get("code").and_then(Value::as_str))
+            .any(|code| crate::fhirpath::upper_first(code) == suffix);
+        allows.then_some(at)
+    }
+
+    /// Adds the children of element `at` from its data type (or, for a `contentReference`,
+    /// from the element it refers to), if it has none yet.
     fn expand(&mut self, at: usize) -> Result<(), String> {
         let end = self.subtree_end(at);
         let id = id_of(&self.elements[at]).to_string();
@@ -151,6 +181,32 @@ impl Snapshot<'_> {
             return Ok(());
         }
         let el = &self.elements[at];
+        if let Some(target) = el.get("contentReference").and_then(Value::as_str) {
+            let target = target.trim_start_matches('#').to_string();
+            let path = el.get("path").and_then(Value::as_str).unwrap_or_default().to_string();
+            let copies: Vec<Value> = self
+                .elements
+                .iter()
+                .filter(|e| {
+                    id_of(e)
+                        .strip_prefix(target.as_str())
+                        .is_some_and(|r| r.starts_with('.'))
+                })
+                .filter(|e| !id_of(e).contains(':'))
+                .map(|e| {
+                    let mut c = e.clone();
+                    let rest = id_of(e)[target.len()..].to_string();
+                    c["id"] = Value::String(format!("{id}{rest}"));
+                    c["path"] = Value::String(format!("{path}{rest}"));
+                    c
+                })
+                .collect();
+            if copies.is_empty() {
+                return Err(format!("'{id}' refers to {target}, which has no elements"));
+            }
+            self.elements.splice(end..end, copies);
+            return Ok(());
+        }
         let codes: Vec<&str> = el
             .get("type")
             .and_then(Value::as_array)

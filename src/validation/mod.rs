@@ -1259,6 +1259,20 @@ mod tests {
     }
 
     #[test]
+    fn every_base_invariant_is_evaluated_but_best_practice_guidance() {
+        let skipped = validator().skipped_invariants();
+        let other: Vec<_> = skipped
+            .iter()
+            .filter(|s| !s.reason.starts_with("best-practice"))
+            .collect();
+        assert!(other.is_empty(), "invariants not evaluated: {other:?}");
+        assert!(
+            skipped.len() > 100,
+            "the best-practice invariants are listed as skipped"
+        );
+    }
+
+    #[test]
     fn a_valid_resource_passes() {
         let p = json!({"resourceType": "Patient", "id": "p1",
             "meta": {"versionId": "1", "lastUpdated": "2024-01-01T00:00:00Z"},
@@ -1325,6 +1339,40 @@ mod tests {
             (
                 json!({"resourceType": "Questionnaire", "status": "draft", "item": [{"linkId": "1", "type": "group", "item": [{"type": "string"}]}]}),
                 "Questionnaire.item[0].item[0].linkId",
+            ),
+            // A required binding (administrative-gender).
+            (json!({"resourceType": "Patient", "gender": "m"}), "Patient.gender"),
+            // A base invariant (per-1: a period does not end before it starts).
+            (
+                json!({"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+                    "period": {"start": "2024-05-02", "end": "2024-05-01"}}),
+                "Encounter.period",
+            ),
+            // ref-1 inside a contained resource: %rootResource is the container.
+            (
+                json!({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "o1",
+                    "partOf": {"reference": "#nowhere"}}], "managingOrganization": {"reference": "#o1"}}),
+                "Patient.contained[0].partOf",
+            ),
+            // An R4 core extension with a value of the wrong type.
+            (
+                json!({"resourceType": "Patient", "birthDate": "2020-01-01", "_birthDate": {"extension": [
+                    {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueString": "10:00"}]}}),
+                "Patient.birthDate.extension[0].valueString",
+            ),
+            // Coding.system must be an absolute code-system URI.
+            (
+                json!({"resourceType": "Observation", "status": "final",
+                    "code": {"coding": [{"system": "loinc", "code": "1-8"}]}}),
+                "Observation.code.coding[0].system",
+            ),
+            // A document must contain what it references.
+            (
+                json!({"resourceType": "Bundle", "type": "document", "entry": [
+                    {"fullUrl": "urn:uuid:0c3151bd-1cbf-4d64-b04d-cd9187a4c6e0", "resource": {"resourceType": "Composition",
+                        "status": "final", "type": {"text": "x"}, "date": "2024-01-01", "title": "t",
+                        "author": [{"reference": "urn:uuid:5e1b7e5b-2d4c-4c0e-9d0a-1f0d2a3b4c5d"}]}}]}),
+                "Bundle.entry[0].resource",
             ),
         ];
         for (resource, at) in cases {

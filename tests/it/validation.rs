@@ -264,3 +264,107 @@ async fn writes_that_break_the_r4_definitions_are_refused_with_every_issue() {
     assert_eq!(node.total("Patient").await, 0);
     node.stop().await;
 }
+
+/// Loads a case's supporting conformance resources as a node would load a profile folder.
+fn load_case_profiles(dir: &std::path::Path, files: &[&str]) -> Result<pennine::profiles::ProfileSet, String> {
+    let mut resources = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(dir.join(f)).map_err(|e| format!("{f}: {e}"))?;
+        let v: Value = if f.ends_with(".xml") {
+            pennine::fhir::model::xml_to_json(&text)?
+        } else {
+            serde_json::from_str(&text).map_err(|e| format!("{f}: {e}"))?
+        };
+        let keep = match v["resourceType"].as_str() {
+            Some("StructureDefinition") => v["derivation"] == "constraint",
+            Some("ValueSet") | Some("CodeSystem") => true,
+            _ => false,
+        };
+        if keep {
+            resources.push((f.to_string(), v));
+        }
+    }
+    pennine::profiles::ProfileSet::from_resources(resources, "case").map_err(|e| e.to_string())
+}
+
+/// The official cases that come with supporting profiles: reported, not held to a rate
+/// (many need profiles from other IGs, terminology, or snapshot features we lack).
+#[test]
+fn agreement_on_cases_with_supporting_profiles_is_reported() {
+    let Some(dir) = corpus("fhir-validator-tests") else {
+        return;
+    };
+    let manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest-r4-subset.json")).unwrap()).unwrap();
+    let (mut run, mut agree, mut not_loaded) = (0, 0, Vec::new());
+    let mut disagreements = Vec::new();
+    for case in manifest["test-cases"].as_array().unwrap() {
+        if case.get("supporting").is_none() && case.get("profiles").is_none() {
+            continue;
+        }
+        let mut files: Vec<&str> = Vec::new();
+        for key in ["supporting", "profiles"] {
+            files.extend(case[key].as_array().into_iter().flatten().filter_map(Value::as_str));
+        }
+        let set = match load_case_profiles(&dir, &files) {
+            Ok(s) => s,
+            Err(e) => {
+                not_loaded.push(format!("{}: {e}", case["file"].as_str().unwrap()));
+                continue;
+            }
+        };
+        let Some(expected) = java_expects_error(&dir, &case["java"]) else {
+            continue;
+        };
+        let file = case["file"].as_str().unwrap();
+        let Ok(v) = serde_json::from_slice::<Value>(&std::fs::read(dir.join(file)).unwrap()) else {
+            continue;
+        };
+        let mut errors = errors_of(&v);
+        // The profiles the instance claims, as the reference validator applies them.
+        for claimed in v["meta"]["profile"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if let Some(p) = set.get(claimed) {
+                errors.extend(
+                    set.check(p, &v)
+                        .into_iter()
+                        .filter(|i| i.severity == pennine::fhir::Severity::Error)
+                        .map(|i| format!("{} @ {}", i.diagnostics, i.expression.unwrap_or_default())),
+                );
+            }
+        }
+        run += 1;
+        let ours = !errors.is_empty();
+        if ours == expected {
+            agree += 1;
+        } else {
+            disagreements.push(format!("{file}: Java {expected}, ours {ours} {}", errors.join("; ")));
+        }
+    }
+    println!(
+        "validator cases with supporting profiles: {agree}/{run} verdicts agree; {} whose profiles do not load here",
+        not_loaded.len()
+    );
+    for d in &disagreements {
+        println!("  DISAGREES {d}");
+    }
+    for n in &not_loaded {
+        println!("  NOT LOADED {n}");
+    }
+    assert!(
+        run + not_loaded.len() >= 15,
+        "the cases with supporting profiles were not found"
+    );
+    // As without profiles: where the reference validator finds nothing wrong, neither may we.
+    let false_alarms: Vec<&String> = disagreements
+        .iter()
+        .filter(|d| d.contains(": Java false, ours true"))
+        .collect();
+    assert!(
+        false_alarms.is_empty(),
+        "errors on cases the reference accepts: {false_alarms:?}"
+    );
+}
