@@ -32,7 +32,7 @@ pub struct ServiceSettings {
     pub max_count: usize,
     /// Most matches a search materialises for paging (and counts exactly).
     pub max_results: usize,
-    /// Check every written resource against the R4 structure model.
+    /// Validate every written resource (R4 base definitions and regional profiles).
     pub structural_check: bool,
     /// What errors against the regional profiles do.
     pub profile_policy: ProfilePolicy,

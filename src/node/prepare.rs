@@ -124,9 +124,10 @@ fn empty_elements(value: &Value, path: &mut String, issues: &mut Vec<Issue>) {
 impl FhirService {
     /// Checks that `value` is a resource this node accepts: a JSON object with a
     /// known `resourceType`, a valid `id` if present, no empty elements, and (if
-    /// enabled) the R4 structure. `raw` is the same resource as text, when the
-    /// caller has it, to spare re-serialising it for the structural check.
-    pub fn check_resource(&self, value: &Value, raw: Option<&str>) -> Result<Checked, Error> {
+    /// enabled) the R4 base definitions and the regional profiles. `_raw` (the same
+    /// resource as text, when the caller has it) is no longer needed since the
+    /// text-based fhirbolt parse left the write path.
+    pub fn check_resource(&self, value: &Value, _raw: Option<&str>) -> Result<Checked, Error> {
         let Some(obj) = value.as_object() else {
             return Err(Error::invalid(Issue::error(
                 IssueCode::Structure,
@@ -158,12 +159,13 @@ impl FhirService {
         }
         let mut path = rtype.clone();
         empty_elements(value, &mut path, &mut issues);
+        let mut base_warnings = Vec::new();
         if self.settings.structural_check {
-            let checked = match raw {
-                Some(r) => fhir::model::check_structure(r),
-                None => fhir::model::check_structure(&value.to_string()),
-            };
-            // The R4 base definitions: every issue at once, with its FHIRPath.
+            // fhirbolt's strict parse is no longer on the write path: src/validation checks
+            // what it did and reports every issue with its FHIRPath, which it could not
+            // (measured in BENCHMARKS.md; it stays a reference stage in `pennine bench`).
+            // The R4 base definitions: every issue at once, with its FHIRPath; warnings are
+            // reported with the write, never refused.
             for issue in crate::validation::validator().validate(value) {
                 match issue.severity {
                     fhir::Severity::Error | fhir::Severity::Fatal => {
@@ -171,30 +173,13 @@ impl FhirService {
                             issues.push(issue)
                         }
                     }
-                    _ => tracing::debug!(%rtype, warning = %issue.diagnostics, "accepted with a warning"),
-                }
-            }
-            match checked {
-                Ok(None) => {}
-                Ok(Some(warning)) => {
-                    tracing::debug!(%rtype, warning = %warning.diagnostics, "accepted with a structural warning")
-                }
-                Err(mut issue) => {
-                    issue.expression = issue.expression.map(|e| format!("{rtype}.{e}"));
-                    issues.push(issue);
+                    _ => base_warnings.push(issue),
                 }
             }
         }
-        let mut accepted = Vec::new();
+        let mut accepted = base_warnings;
         let mut must_support: &[String] = &[];
         if self.settings.structural_check {
-            // Warnings of the base definitions are reported, never rejected.
-            accepted.extend(
-                crate::validation::validator()
-                    .validate(value)
-                    .into_iter()
-                    .filter(|i| i.severity == fhir::Severity::Warning),
-            );
             // The regional profile of the type, and any loaded profile the resource claims.
             let mut profiles: Vec<&crate::profiles::Profile> = self.profiles.enforced(&rtype).into_iter().collect();
             for claimed in value
