@@ -250,6 +250,12 @@ async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds()
         let split = aggregate(&client, &exact_hub, &q).await;
         let one = aggregate(&client, &one_hub, &q).await;
         assert_eq!(split["status"], "complete", "{}", split["regions"]);
+        // Each region says how fresh and how complete its data is.
+        for r in split["regions"].as_array().unwrap() {
+            assert!(r["lastUpdated"].is_string(), "{r}");
+            let c = r["completeness"].as_f64().unwrap_or(-1.0);
+            assert!((0.0..=1.0).contains(&c), "completeness in [0, 1]: {r}");
+        }
         let a = pooled_rows(&split);
         let b = pooled_rows(&one);
         assert!(!a.is_empty());
