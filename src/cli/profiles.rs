@@ -66,6 +66,12 @@ pub fn run(args: ProfilesArgs) -> anyhow::Result<()> {
 }
 
 fn describe(set: &ProfileSet) {
+    let base = crate::validation::validator();
+    println!(
+        "R4 base: every invariant evaluated but {} best-practice ones (guidance, not conformance); {} required value sets need a terminology server",
+        base.skipped_invariants().len(),
+        base.value_sets_not_expanded().len()
+    );
     println!("{}: {} StructureDefinitions", set.origin, set.len());
     let mut enforced: Vec<_> = set.enforced_all().collect();
     enforced.sort_by_key(|(t, _)| *t);

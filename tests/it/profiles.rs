@@ -522,6 +522,42 @@ async fn a_broken_profile_stops_the_node_and_says_which_and_why() {
 }
 
 #[test]
+fn profiles_check_describes_a_folder_or_says_why_it_is_broken() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pennine"))
+        .args(["profiles", "check"])
+        .arg(root.join("profiles/regional"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for t in [
+        "Patient",
+        "Encounter",
+        "Observation",
+        "MedicationRequest",
+        "Practitioner",
+    ] {
+        assert!(text.contains(&format!("StructureDefinition/Pennine-{t}")), "{text}");
+    }
+    let broken = tempfile::tempdir().unwrap();
+    write_test_profiles(broken.path());
+    std::fs::remove_file(broken.path().join("Test-Ethnic.json")).unwrap();
+    std::fs::remove_file(broken.path().join("Test-Languages.json")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pennine"))
+        .args(["profiles", "check"])
+        .arg(broken.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    // Bindings to a value set that is not there are listed, not fatal; an extension definition
+    // that is missing is listed too.
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Test-Languages is not loaded"), "{text}");
+    assert!(text.contains("Test-Ethnic is not loaded"), "{text}");
+}
+
+#[test]
 fn the_checked_in_profile_set_is_what_the_build_makes() {
     let (Some(uk), Some(r4)) = (corpus("uk-core-r4"), corpus("fhir-r4-definitions")) else {
         return;
