@@ -363,13 +363,7 @@ impl ProfileSet {
                         .map(|(_, v)| v.clone())
                 })
             };
-            let types: Vec<String> = e
-                .get("type")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.get("code").and_then(Value::as_str).map(str::to_string))
-                .collect();
+            let types: Vec<String> = snapshot::type_codes(e).into_iter().map(str::to_string).collect();
             let ext_profile = (types == ["Extension"])
                 .then(|| {
                     e.pointer("/type/0/profile/0")

@@ -60,6 +60,16 @@ struct Snapshot<'t> {
     types: TypeElements<'t>,
 }
 
+/// The type codes of an ElementDefinition (`type[].code`).
+pub fn type_codes(e: &Value) -> Vec<&str> {
+    e.get("type")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("code").and_then(Value::as_str))
+        .collect()
+}
+
 fn id_of(e: &Value) -> &str {
     e.get("id").and_then(Value::as_str).unwrap_or_default()
 }
@@ -159,12 +169,8 @@ impl Snapshot<'_> {
         let split = last.find(|c: char| c.is_ascii_uppercase())?;
         let (name, suffix) = last.split_at(split);
         let at = self.find(&format!("{parent}.{name}[x]"))?;
-        let allows = self.elements[at]
-            .get("type")
-            .and_then(Value::as_array)
+        let allows = type_codes(&self.elements[at])
             .into_iter()
-            .flatten()
-            .filter_map(|t| t.get("code").and_then(Value::as_str))
             .any(|code| crate::fhirpath::upper_first(code) == suffix);
         allows.then_some(at)
     }
@@ -207,13 +213,7 @@ impl Snapshot<'_> {
             self.elements.splice(end..end, copies);
             return Ok(());
         }
-        let codes: Vec<&str> = el
-            .get("type")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.get("code").and_then(Value::as_str))
-            .collect();
+        let codes = type_codes(el);
         let [code] = codes.as_slice() else {
             return Err(format!(
                 "cannot constrain inside '{id}': it has {} types; narrow it to one first",
@@ -274,13 +274,7 @@ fn merge(into: &mut Value, d: &Value, id: &str, url: &str) -> Result<(), String>
                 into["max"] = value.clone();
             }
             "type" => {
-                let allowed: Vec<String> = into
-                    .get("type")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|t| t.get("code").and_then(Value::as_str).map(str::to_string))
-                    .collect();
+                let allowed: Vec<String> = type_codes(into).into_iter().map(str::to_string).collect();
                 for t in value.as_array().into_iter().flatten() {
                     let code = t.get("code").and_then(Value::as_str).unwrap_or_default();
                     let ok = allowed.iter().any(|a| a == code)
