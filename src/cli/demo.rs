@@ -260,6 +260,41 @@ async fn run_queries(client: &reqwest::Client, hub: &RunningHub, token: &str) ->
             .as_u64()
             .map_or("withheld".to_string(), |t| t.to_string())
     );
+    let quality: Value = client
+        .get(format!("{}/quality", hub.base_url()))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    println!("\n6. Data quality per region (GET /quality at the hub; counted as the data arrived):");
+    let columns: Vec<String> = [
+        "region",
+        "type",
+        "received",
+        "must-support complete",
+        "with warnings",
+        "implausible",
+        "median delay (h)",
+    ]
+    .iter()
+    .map(|c| c.to_string())
+    .collect();
+    let mut rows = Vec::new();
+    for (region, q) in quality["quality"].as_object().into_iter().flatten() {
+        for t in q["byResourceType"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                region.clone(),
+                cell(&t["resourceType"], false),
+                cell(&t["received"], false),
+                cell(&t["completeness"]["overall"], false),
+                cell(&t["conformance"]["withWarnings"], false),
+                cell(&t["plausibility"]["implausible"], false),
+                cell(&t["timeliness"]["delayHoursMedian"], false),
+            ]);
+        }
+    }
+    print_table(&columns, &rows);
     Ok(())
 }
 

@@ -25,5 +25,16 @@ fn demo_runs_the_whole_gateway_and_prints_pooled_answers() {
     assert!(line.contains("480"));
     assert!(stdout.contains("https://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("Body weight"), "{stdout}");
+    // The quality table: every region received its 120 patients.
+    assert!(stdout.contains("6. Data quality per region"), "{stdout}");
+    for region in ["nenc", "yh", "gm", "nwc"] {
+        assert!(
+            stdout.lines().any(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                cells.len() >= 3 && cells[0] == region && cells[1] == "Patient" && cells[2] == "120"
+            }),
+            "{region}: 120 patients received: {stdout}"
+        );
+    }
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }
