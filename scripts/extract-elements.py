@@ -72,6 +72,14 @@ for bundle in (load("profiles-types.json"), load("profiles-resources.json")):
             else:
                 types = [type_code(t) for t in el.get("type", [])]
                 entry["types"] = types
+                targets = sorted({
+                    tp.rsplit("/", 1)[-1]
+                    for t in el.get("type", [])
+                    if t["code"] == "Reference"
+                    for tp in t.get("targetProfile", [])
+                })
+                if targets and "Resource" not in targets:
+                    entry["targets"] = targets
                 if sd["kind"] == "primitive-type" and path == "value":
                     for t in el.get("type", []):
                         for ext in t.get("extension", []):

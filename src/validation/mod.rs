@@ -73,6 +73,9 @@ struct RawElement {
     constraints: Vec<RawInvariant>,
     #[serde(default)]
     binding: Option<RawBinding>,
+    /// For a Reference: the resource types it may point at (absent: any).
+    #[serde(default)]
+    targets: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +109,8 @@ struct Element {
     binding: Option<String>,
     /// Any binding, as (strength, value set), for snapshots.
     any_binding: Option<(String, String)>,
+    /// For a Reference: the resource types it may point at (empty: any).
+    targets: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -241,6 +246,7 @@ impl Validator {
                         .filter(|b| b.strength == "required")
                         .map(|b| b.value_set.clone()),
                     any_binding: e.binding.map(|b| (b.strength, b.value_set)),
+                    targets: e.targets,
                 });
             }
             types.insert(
@@ -789,6 +795,9 @@ impl Validator {
         if let Some(url) = &e.binding {
             self.required_binding(url, t, item, at, cx);
         }
+        if t == "Reference" && !e.targets.is_empty() {
+            reference_target(item, &e.targets, at, &mut cx.out);
+        }
     }
 
     /// A required binding: the code (of a `code`, `Coding` or `CodeableConcept`) must be in
@@ -1173,6 +1182,42 @@ fn has_html_tag(s: &str) -> bool {
         .any(|w| w[0] == b'<' && (w[1].is_ascii_alphabetic() || w[1] == b'/'))
 }
 
+/// A reference names a resource of a type its element allows (by its literal
+/// `Type/id` or its `type`); `urn:` and contained references are not judged here.
+///
+/// A warning, not an error: four of the specification's own examples point at
+/// other types (DeviceMetric.parent at a DeviceDefinition, for one), and a wrong
+/// target is better reported and counted than refused with the rest of the data.
+fn reference_target(item: &Value, targets: &[String], at: &str, out: &mut Vec<Issue>) {
+    let allowed = |t: &str| targets.iter().any(|x| x == t);
+    let list = || targets.join(", ");
+    if let Some(r) = item.get("reference").and_then(Value::as_str) {
+        if let crate::fhir::refs::Target::Resource { rtype, .. } = crate::fhir::refs::parse(r) {
+            if !allowed(rtype) {
+                out.push(
+                    Issue::warning(
+                        IssueCode::Structure,
+                        format!("a reference here may point at {}, not at a {rtype}", list()),
+                    )
+                    .at(format!("{at}.reference")),
+                );
+            }
+        }
+    }
+    if let Some(t) = item.get("type").and_then(Value::as_str) {
+        let short = t.rsplit('/').next().unwrap_or(t);
+        if crate::fhir::is_resource_type(short) && !allowed(short) {
+            out.push(
+                Issue::warning(
+                    IssueCode::Structure,
+                    format!("a reference here may point at {}, not at a {short}", list()),
+                )
+                .at(format!("{at}.type")),
+            );
+        }
+    }
+}
+
 /// example.org, example.com and example.net (RFC 2606), as a host.
 fn is_example_url(s: &str) -> bool {
     let Some(rest) = s.strip_prefix("http://").or_else(|| s.strip_prefix("https://")) else {
@@ -1359,6 +1404,12 @@ mod tests {
                 json!({"resourceType": "Patient", "birthDate": "2020-01-01", "_birthDate": {"extension": [
                     {"url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime", "valueString": "10:00"}]}}),
                 "Patient.birthDate.extension[0].valueString",
+            ),
+            // A reference to a type its element does not allow (a warning).
+            (
+                json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                    "subject": {"reference": "Medication/m1"}}),
+                "Observation.subject.reference",
             ),
             // Coding.system must be an absolute code-system URI.
             (
