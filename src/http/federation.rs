@@ -36,11 +36,18 @@ async fn own_quality(state: web::Data<AppState>) -> HttpResponse {
 /// `GET /federation/quality`: the figures per resource type for the hub (no per-source detail).
 async fn quality(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     require_hub(&req, &state)?;
-    let mut report = state.service.quality.report(state.config.region.as_str());
-    if let Some(o) = report.as_object_mut() {
-        o.remove("bySource");
-    }
-    report["lastUpdated"] = json!(last_updated(&state.service).map_err(ApiError::Fhir)?);
+    let svc = state.service.clone();
+    let region = state.config.region.to_string();
+    // The store is read on the blocking pool (the PostgreSQL client blocks).
+    let report = blocking(move || {
+        let mut report = svc.quality.report(&region);
+        if let Some(o) = report.as_object_mut() {
+            o.remove("bySource");
+        }
+        report["lastUpdated"] = json!(last_updated(&svc)?);
+        Ok(report)
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(report))
 }
 
