@@ -389,9 +389,14 @@ impl ProfileSet {
             let binding = e.get("binding").and_then(|b| {
                 let strength = b.get("strength")?.as_str()?;
                 let vs = b.get("valueSet")?.as_str()?;
-                matches!(strength, "required" | "extensible").then(|| Binding {
+                let vs = vs.split('|').next().unwrap_or(vs);
+                // The base's own required binding is the base validator's to judge.
+                let plain = snapshot::strip_slices(&rel).replace("[x]", "");
+                let inherited = strength == "required"
+                    && crate::validation::validator().base_required_binding(&type_name, &plain) == Some(vs);
+                (matches!(strength, "required" | "extensible") && !inherited).then(|| Binding {
                     strength: strength.to_string(),
-                    value_set: vs.split('|').next().unwrap_or(vs).to_string(),
+                    value_set: vs.to_string(),
                 })
             });
             if let Some(b) = &binding {

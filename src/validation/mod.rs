@@ -379,6 +379,36 @@ impl Validator {
         &self.value_sets_not_expanded
     }
 
+    /// The value set the R4 base binds (required) at `path` of `type_name`
+    /// (`identifier.use`, through data types; choice names without `[x]`).
+    pub fn base_required_binding(&self, type_name: &str, path: &str) -> Option<&str> {
+        let (mut tname, mut at) = (type_name, String::new());
+        let mut found: Option<&Element> = None;
+        for seg in path.split('.') {
+            if let Some(e) = found {
+                // Step into the previous element: its backbone children, or its data type.
+                if !self.types.get(tname)?.children.contains_key(&at) {
+                    tname = e.types.first()?.as_str();
+                    at = String::new();
+                }
+            }
+            let e = self
+                .types
+                .get(tname)?
+                .children
+                .get(&at)?
+                .iter()
+                .find(|e| e.name == seg)?;
+            at = if at.is_empty() {
+                seg.to_string()
+            } else {
+                format!("{at}.{seg}")
+            };
+            found = Some(e);
+        }
+        found?.binding.as_deref()
+    }
+
     /// Whether `code` (in `system`, if given) is in the required value set `url`;
     /// `None` when the value set is not known here.
     pub fn in_value_set(&self, url: &str, system: Option<&str>, code: &str) -> Option<bool> {

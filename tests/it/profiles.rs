@@ -606,3 +606,11 @@ async fn the_built_in_profiles_accept_and_flag_the_synthea_corpus() {
     println!("Synthea (5 bundles): every entry stored; {flagged} entries carry flagged issues");
     node.stop().await;
 }
+
+#[test]
+fn a_base_binding_a_profile_inherits_is_reported_once() {
+    let v = json!({"resourceType": "Patient", "gender": "m"});
+    let errs = profile_errors(&v, None);
+    let at_gender = errs.iter().filter(|e| e.ends_with("@ Patient.gender")).count();
+    assert_eq!(at_gender, 1, "{errs:?}");
+}
