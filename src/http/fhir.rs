@@ -266,13 +266,7 @@ fn write_response(r: WriteResult, prefer: Return, base: &str) -> HttpResponse {
     if !r.issues.is_empty() {
         // The body stays what the client asked for; the issues are one header away, or in
         // full with `Prefer: return=OperationOutcome`.
-        let (errors, others) = r.issues.iter().fold((0, 0), |(e, o), i| {
-            if i.diagnostics.contains("(flagged: ") {
-                (e + 1, o)
-            } else {
-                (e, o + 1)
-            }
-        });
+        let (errors, others) = (r.flagged, r.issues.len() - r.flagged);
         let text = format!(
             "{errors} flagged profile error(s), {others} warning(s) or note(s); send Prefer: return=OperationOutcome to see them"
         );

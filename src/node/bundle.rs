@@ -504,6 +504,7 @@ impl FhirService {
                     let checked = super::Checked {
                         rtype: prepared.rtype.clone(),
                         issues: std::mem::take(&mut prepared.issues),
+                        flagged: prepared.flagged,
                         facts: std::mem::take(&mut prepared.facts),
                     };
                     *prepared = service.prepare(checked, value);

@@ -30,6 +30,8 @@ pub struct WriteResult {
     pub json: Option<Arc<[u8]>>,
     /// What validation found and the node accepted (warnings, flagged profile errors).
     pub issues: Vec<Issue>,
+    /// How many of `issues` are flagged profile errors.
+    pub flagged: usize,
     /// Data-quality facts of the written resource, recorded once the unit of work commits.
     pub facts: Option<Box<super::quality::Facts>>,
 }
@@ -52,6 +54,7 @@ pub(super) fn existing(txn: &mut dyn WriteTxn, rtype: &str, id: String) -> Resul
         outcome: WriteOutcome::Existing,
         json: None,
         issues: Vec::new(),
+        flagged: 0,
         facts: None,
     })
 }
@@ -67,6 +70,7 @@ impl WriteResult {
             outcome: WriteOutcome::NothingToDelete,
             json: None,
             issues: Vec::new(),
+            flagged: 0,
             facts: None,
         }
     }
@@ -156,6 +160,7 @@ fn write_version(
         },
         json: Some(Arc::from(json)),
         issues: prepared.issues.clone(),
+        flagged: prepared.flagged,
         facts: Some(Box::new(prepared.facts.clone())),
     })
 }
@@ -184,6 +189,7 @@ pub(super) fn delete_version(txn: &mut dyn WriteTxn, rtype: &str, id: &str) -> R
                 outcome: WriteOutcome::Deleted,
                 json: None,
                 issues: Vec::new(),
+                flagged: 0,
                 facts: None,
             })
         }
@@ -195,6 +201,7 @@ pub(super) fn delete_version(txn: &mut dyn WriteTxn, rtype: &str, id: &str) -> R
             outcome: WriteOutcome::NothingToDelete,
             json: None,
             issues: Vec::new(),
+            flagged: 0,
             facts: None,
         }),
     }

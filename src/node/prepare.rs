@@ -13,6 +13,8 @@ pub struct Checked {
     pub rtype: String,
     /// Warnings, information and profile errors accepted under the node's policy.
     pub issues: Vec<Issue>,
+    /// How many of `issues` are profile errors accepted under a `flag` policy.
+    pub flagged: usize,
     pub facts: super::quality::Facts,
 }
 
@@ -21,6 +23,8 @@ pub struct Prepared {
     pub rtype: String,
     /// Issues reported with the accepted write.
     pub issues: Vec<Issue>,
+    /// How many of `issues` are flagged profile errors.
+    pub flagged: usize,
     /// What the resource tells about data quality, recorded once it is written.
     pub facts: super::quality::Facts,
     /// The id in the body, if any.
@@ -149,7 +153,6 @@ impl FhirService {
             ));
         }
         let mut issues = Vec::new();
-        let mut flagged = 0usize;
         match obj.get("id") {
             None => {}
             Some(Value::String(id)) if fhir::is_valid_id(id) => {}
@@ -159,13 +162,15 @@ impl FhirService {
         }
         let mut path = rtype.clone();
         empty_elements(value, &mut path, &mut issues);
-        let mut base_warnings = Vec::new();
+        // Accepted issues (reported with the write) and every issue with the severity it
+        // was found with (for the quality figures: a flagged error is still an error).
+        let (mut accepted, mut judged) = (Vec::new(), Vec::new());
+        let mut flagged = 0usize;
+        let mut must_support: &[String] = &[];
         if self.settings.structural_check {
-            // fhirbolt's strict parse is no longer on the write path: src/validation checks
-            // what it did and reports every issue with its FHIRPath, which it could not
-            // (measured in BENCHMARKS.md; it stays a reference stage in `pennine bench`).
             // The R4 base definitions: every issue at once, with its FHIRPath; warnings are
-            // reported with the write, never refused.
+            // reported with the write, never refused. (fhirbolt's strict parse left this path:
+            // src/validation checks what it did and names each element; see BENCHMARKS.md.)
             for issue in crate::validation::validator().validate(value) {
                 match issue.severity {
                     fhir::Severity::Error | fhir::Severity::Fatal => {
@@ -173,15 +178,18 @@ impl FhirService {
                             issues.push(issue)
                         }
                     }
-                    _ => base_warnings.push(issue),
+                    _ => {
+                        judged.push(issue.clone());
+                        accepted.push(issue)
+                    }
                 }
             }
-        }
-        let mut accepted = base_warnings;
-        let mut must_support: &[String] = &[];
-        if self.settings.structural_check {
             // The regional profile of the type, and any loaded profile the resource claims.
-            let mut profiles: Vec<&crate::profiles::Profile> = self.profiles.enforced(&rtype).into_iter().collect();
+            let enforced = self.profiles.enforced(&rtype);
+            if let Some(p) = enforced {
+                must_support = &p.must_support;
+            }
+            let mut profiles: Vec<&crate::profiles::Profile> = enforced.into_iter().collect();
             for claimed in value
                 .pointer("/meta/profile")
                 .and_then(Value::as_array)
@@ -193,6 +201,7 @@ impl FhirService {
                     Some(p) if !profiles.iter().any(|q| q.url == p.url) => profiles.push(p),
                     Some(_) => {}
                     None => accepted.push(
+                        // A note to the sender, not a finding about the data.
                         Issue::information(
                             IssueCode::NotSupported,
                             format!("profile {claimed} is not loaded on this node; the resource was checked against the base and the regional profile only"),
@@ -201,41 +210,38 @@ impl FhirService {
                     ),
                 }
             }
-            if let Some(p) = self.profiles.enforced(&rtype) {
-                must_support = &p.must_support;
-            }
             for p in profiles {
                 let mode = self.settings.profile_policy.mode(p);
-                for mut issue in self.profiles.check(p, value) {
+                for issue in self.profiles.check(p, value) {
                     let is_error = matches!(issue.severity, fhir::Severity::Error | fhir::Severity::Fatal);
                     if is_error && mode == super::PolicyMode::Reject {
                         issues.push(issue);
                     } else if is_error {
                         // Accepted and flagged: still an error of the profile, reported as a warning of the write.
-                        issue.severity = fhir::Severity::Warning;
-                        issue.diagnostics = format!(
+                        let mut reported = issue.clone();
+                        reported.severity = fhir::Severity::Warning;
+                        reported.diagnostics = format!(
                             "{} (flagged: {} is not enforced by this node)",
                             issue.diagnostics, p.name
                         );
+                        judged.push(issue);
                         flagged += 1;
-                        accepted.push(issue);
+                        accepted.push(reported);
                     } else {
+                        judged.push(issue.clone());
                         accepted.push(issue);
                     }
                 }
             }
         }
-        let now = fhir::time::now_millis();
-        let mut all = issues.clone();
-        all.extend(accepted.iter().cloned());
-        let mut facts = super::quality::Facts::of(&rtype, value, &all, must_support, now);
-        facts.errors += flagged;
-        facts.warnings = facts.warnings.saturating_sub(flagged);
+        judged.extend(issues.iter().cloned());
+        let facts = super::quality::Facts::of(&rtype, value, &judged, must_support, fhir::time::now_millis());
         if issues.is_empty() {
             // Counted once written (the stored id tells patients apart).
             Ok(Checked {
                 rtype,
                 issues: accepted,
+                flagged,
                 facts,
             })
         } else {
@@ -246,7 +252,12 @@ impl FhirService {
 
     /// Splits a checked resource for storage and computes its index rows.
     pub fn prepare(&self, checked: Checked, mut value: Value) -> Prepared {
-        let Checked { rtype, issues, facts } = checked;
+        let Checked {
+            rtype,
+            issues,
+            flagged,
+            facts,
+        } = checked;
         let index = search::extract(&self.registry, &rtype, &value);
         let obj = value.as_object_mut().expect("check_resource accepted only objects");
         obj.shift_remove("resourceType");
@@ -265,6 +276,7 @@ impl FhirService {
         Prepared {
             rtype,
             issues,
+            flagged,
             facts,
             body_id,
             index,
