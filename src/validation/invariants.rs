@@ -30,6 +30,8 @@ pub struct Invariant {
     pub human: String,
     pub source: String,
     expr: Expr,
+    /// Whether the expression reads `%rootResource` (most do not: no variable to set up).
+    uses_root: bool,
 }
 
 /// Why an invariant is not evaluated.
@@ -61,6 +63,7 @@ pub fn compile(raw: &RawInvariant, on: &str) -> Result<Invariant, Skipped> {
         human: raw.human.clone(),
         source: on.to_string(),
         expr,
+        uses_root: raw.expression.contains("%rootResource"),
     })
 }
 
@@ -79,13 +82,17 @@ impl Invariant {
     ) -> Option<Issue> {
         let model = &crate::fhir::definitions::get().choice;
         let item = Item::Node { value: focus, ty };
-        let vars = [(
-            "rootResource".to_string(),
-            Item::Node {
-                value: container,
-                ty: None,
-            },
-        )];
+        let vars = if self.uses_root {
+            vec![(
+                "rootResource".to_string(),
+                Item::Node {
+                    value: container,
+                    ty: None,
+                },
+            )]
+        } else {
+            Vec::new()
+        };
         match evaluate_in(&self.expr, &item, root, model, &vars) {
             Ok(r) => {
                 let fails = matches!(r.as_slice(), [Item::Boolean(false)]);

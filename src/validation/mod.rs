@@ -639,7 +639,7 @@ impl Validator {
         }
         // A primitive's extension object is checked by its parent (the `_name` key).
         if !(tname == "Element" && path.is_empty()) {
-            self.core_extensions(obj, tname, expr, cx);
+            self.core_extensions(obj, expr, cx);
         }
         if tname == "Attachment" && path.is_empty() {
             attachment_size(obj, expr, &mut cx.out);
@@ -652,8 +652,7 @@ impl Validator {
     /// Where an extension may be used (its context) is not judged: the specification's
     /// own examples use core extensions beside the contexts they declare, and the
     /// reference validator accepts them.
-    fn core_extensions(&self, obj: &Map<String, Value>, tname: &str, expr: &str, cx: &mut Cx<'_>) {
-        let _ = tname;
+    fn core_extensions(&self, obj: &Map<String, Value>, expr: &str, cx: &mut Cx<'_>) {
         for (key, value) in obj {
             let at_base = if key == "extension" || key == "modifierExtension" {
                 format!("{expr}.{key}")
@@ -1061,13 +1060,8 @@ fn collect_strings(v: &Value, out: &mut Vec<String>) {
 
 /// Bundle rules: absolute `fullUrl`s, and each link relation at most once.
 fn bundle_rules(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
-    for (i, e) in obj
-        .get("entry")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    let entries: &[Value] = obj.get("entry").and_then(Value::as_array).map_or(&[], Vec::as_slice);
+    for (i, e) in entries.iter().enumerate() {
         if let Some(full) = e.get("fullUrl").and_then(Value::as_str) {
             if !full.contains(':') {
                 out.push(err(
@@ -1079,16 +1073,10 @@ fn bundle_rules(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
         }
     }
     if obj.get("type").and_then(Value::as_str) == Some("document") {
-        document_references(obj, expr, out);
+        document_references(entries, expr, out);
     }
     if obj.get("type").and_then(Value::as_str) == Some("searchset") {
-        for (i, e) in obj
-            .get("entry")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
+        for (i, e) in entries.iter().enumerate() {
             let Some(r) = e.get("resource") else { continue };
             let outcome = e.pointer("/search/mode").and_then(Value::as_str) == Some("outcome");
             let rtype = r.get("resourceType").and_then(Value::as_str).unwrap_or_default();
@@ -1130,13 +1118,7 @@ fn bundle_rules(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
 /// A document carries what it references: every reference in its entries resolves
 /// to exactly one entry (by fullUrl, or by type and id against the entry's base),
 /// and a versioned reference to that version.
-fn document_references(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
-    let entries: Vec<&Value> = obj
-        .get("entry")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .collect();
+fn document_references(entries: &[Value], expr: &str, out: &mut Vec<Issue>) {
     let full_url = |e: &Value| e.get("fullUrl").and_then(Value::as_str).unwrap_or_default().to_string();
     let version = |e: &Value| {
         e.pointer("/resource/meta/versionId")
@@ -1169,7 +1151,7 @@ fn document_references(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue
                     .filter(|b| b.contains("://"))
                     .map(|b| format!("{b}{target}"))
             };
-            let matches: Vec<&&Value> = entries
+            let matches: Vec<&Value> = entries
                 .iter()
                 .filter(|x| match &key {
                     Some(k) => full_url(x) == *k,
