@@ -49,8 +49,8 @@ pub struct Facts {
     pub implausible: Vec<String>,
     /// Receipt minus the clinical event, in milliseconds.
     pub delay_ms: Option<i64>,
-    /// For patients: the stored id (filled in once written), identifier keys and a demographic key.
-    pub patient: Option<(String, Vec<String>, Option<String>)>,
+    /// For patients: identifier keys (`system|value`) and a demographic key.
+    pub patient: Option<(Vec<String>, Option<String>)>,
 }
 
 /// Physiological ranges by LOINC code: (low, high, UCUM unit).
@@ -122,7 +122,7 @@ impl Facts {
                         v.get("gender").and_then(Value::as_str).unwrap_or("")
                     ))
                 })();
-                f.patient = Some((String::new(), ids, demo));
+                f.patient = Some((ids, demo));
             }
             "Encounter" => {
                 if let (Some((s, _)), Some((_, e))) = (ms("/period/start"), ms("/period/end")) {
@@ -261,19 +261,17 @@ const DELAY_SAMPLES: usize = 10_000;
 impl Book {
     /// Records a resource the node stored as `id`.
     pub fn accepted(&self, f: &Facts, id: &str) {
-        let mut f = f.clone();
-        if let Some(p) = f.patient.as_mut() {
-            p.0 = id.to_string();
-        }
-        self.record(&f, true);
+        self.record(f, Some(id));
     }
 
     /// Records a resource the node refused.
     pub fn rejected(&self, f: &Facts) {
-        self.record(f, false);
+        self.record(f, None);
     }
 
-    fn record(&self, f: &Facts, stored: bool) {
+    /// Counts `f`; `stored_as` is the id it was written under (None: refused).
+    fn record(&self, f: &Facts, stored_as: Option<&str>) {
+        let stored = stored_as.is_some();
         let source = f.source.clone();
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Ledger { counters, patients } = &mut *guard;
@@ -306,7 +304,8 @@ impl Book {
                 c.delays_hours[slot] = hours;
             }
         }
-        if let (true, Some((id, ids, demo))) = (stored, &f.patient) {
+        if let (Some(id), Some((ids, demo))) = (stored_as, &f.patient) {
+            let id = &id.to_string();
             patients.known.insert(id.clone());
             for key in ids {
                 match patients.by_identifier.get(key) {
