@@ -63,6 +63,8 @@ pub struct NodeFile {
     pub default_count: Option<usize>,
     pub max_count: Option<usize>,
     pub max_results: Option<usize>,
+    pub max_view_rows: Option<usize>,
+    pub max_view_seconds: Option<u64>,
     pub structural_check: Option<bool>,
     pub database: Option<String>,
     pub database_schema: Option<String>,
@@ -73,6 +75,8 @@ pub struct NodeFile {
     pub tls_ca: Option<PathBuf>,
     pub min_cell: Option<u64>,
     pub rounding: Option<u64>,
+    /// Largest perturbation of released counts (cell-key noise); 0 switches it off.
+    pub noise: Option<u64>,
     pub clients: Option<PathBuf>,
     pub mllp: Option<String>,
     /// Folder of regional profiles (default: the set built into the binary).
@@ -98,6 +102,8 @@ pub struct NodeOverrides {
     pub tls: TlsOverrides,
     pub min_cell: Option<u64>,
     pub rounding: Option<u64>,
+    /// Largest perturbation of released counts (cell-key noise); 0 switches it off.
+    pub noise: Option<u64>,
     pub clients: Option<PathBuf>,
     pub mllp: Option<String>,
     pub profiles: Option<PathBuf>,
@@ -147,14 +153,22 @@ impl TlsOverrides {
 pub fn disclosure(
     min_cell: Option<u64>,
     rounding: Option<u64>,
+    noise: Option<u64>,
     min_regions: Option<usize>,
 ) -> Result<Disclosure, ConfigError> {
     let d = Disclosure::default();
     let d = Disclosure {
         min_cell: min_cell.unwrap_or(d.min_cell),
         rounding: rounding.unwrap_or(d.rounding),
+        noise: noise.unwrap_or(d.noise),
         min_regions: min_regions.unwrap_or(d.min_regions),
     };
+    if d.noise >= d.min_cell.max(2) {
+        return Err(ConfigError::Invalid(format!(
+            "noise ({}) must be smaller than min_cell ({})",
+            d.noise, d.min_cell
+        )));
+    }
     if d.min_cell == 0 || d.rounding == 0 || d.min_regions == 0 {
         return Err(ConfigError::Invalid(
             "min_cell, rounding and min_regions must be at least 1".into(),
@@ -261,6 +275,8 @@ impl NodeConfig {
             default_count: from_file.default_count.unwrap_or(defaults.default_count),
             max_count: from_file.max_count.unwrap_or(defaults.max_count),
             max_results: from_file.max_results.unwrap_or(defaults.max_results),
+            max_view_rows: from_file.max_view_rows.unwrap_or(defaults.max_view_rows).max(1),
+            max_view_seconds: from_file.max_view_seconds.unwrap_or(defaults.max_view_seconds).max(1),
             structural_check: from_file.structural_check.unwrap_or(defaults.structural_check),
             profile_policy: {
                 let mut p = crate::node::ProfilePolicy::default();
@@ -325,6 +341,7 @@ impl NodeConfig {
         let disclosure = disclosure(
             overrides.min_cell.or(from_file.min_cell),
             overrides.rounding.or(from_file.rounding),
+            overrides.noise.or(from_file.noise),
             None,
         )?;
         Ok(NodeConfig {
@@ -363,6 +380,8 @@ pub struct HubFile {
     pub deadline_ms: Option<u64>,
     pub min_cell: Option<u64>,
     pub rounding: Option<u64>,
+    /// Largest perturbation of released counts (cell-key noise); 0 switches it off.
+    pub noise: Option<u64>,
     pub min_regions: Option<usize>,
     pub tls_dir: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
@@ -384,6 +403,8 @@ pub struct HubOverrides {
     pub deadline_ms: Option<u64>,
     pub min_cell: Option<u64>,
     pub rounding: Option<u64>,
+    /// Largest perturbation of released counts (cell-key noise); 0 switches it off.
+    pub noise: Option<u64>,
     pub min_regions: Option<usize>,
     pub tls: TlsOverrides,
     pub clients: Option<PathBuf>,
@@ -536,6 +557,7 @@ impl HubConfig {
             disclosure: disclosure(
                 o.min_cell.or(f.min_cell),
                 o.rounding.or(f.rounding),
+                o.noise.or(f.noise),
                 o.min_regions.or(f.min_regions),
             )?,
             tls,

@@ -36,6 +36,9 @@ pub struct HubArgs {
     /// Released counts are rounded to the nearest multiple (default 5).
     #[arg(long, env = "PENNINE_ROUNDING")]
     rounding: Option<u64>,
+    /// Largest perturbation of released counts, from each cell's own records (default 2; 0 switches noise off).
+    #[arg(long, env = "PENNINE_NOISE")]
+    noise: Option<u64>,
     /// Pooled rows need at least this many answering regions (default 3).
     #[arg(long, env = "PENNINE_MIN_REGIONS")]
     min_regions: Option<usize>,
@@ -61,6 +64,7 @@ pub fn run(args: HubArgs) -> anyhow::Result<()> {
             deadline_ms: args.deadline_ms,
             min_cell: args.min_cell,
             rounding: args.rounding,
+            noise: args.noise,
             min_regions: args.min_regions,
             tls: args.tls.overrides(),
             clients: args.clients,

@@ -43,6 +43,9 @@ pub struct NodeArgs {
     /// Rounding base for released counts that this node requires at least.
     #[arg(long, env = "PENNINE_ROUNDING")]
     rounding: Option<u64>,
+    /// Least count perturbation this node requires of the hub (default 2; 0 allows exact counts).
+    #[arg(long, env = "PENNINE_NOISE")]
+    noise: Option<u64>,
     /// Registered clients (TOML); without it every protected route is closed.
     #[arg(long, env = "PENNINE_CLIENTS")]
     clients: Option<PathBuf>,
@@ -104,6 +107,7 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
             tls: args.tls.overrides(),
             min_cell: args.min_cell,
             rounding: args.rounding,
+            noise: args.noise,
             clients: args.clients,
             mllp: args.mllp,
             profiles: args.profiles,

@@ -1,30 +1,44 @@
 //! Statistical disclosure control: the one place every released number passes.
 //!
-//! Rules, in order:
-//! 1. Primary suppression: a cell whose count (or the count behind its sum,
-//!    mean or standard deviation) is above 0 and below `min_cell` is withheld.
-//! 2. Secondary suppression, repeated until nothing changes: within a group,
-//!    if exactly one region's cell is withheld while the pooled cell is
-//!    released, the region's value could be recovered as pooled minus the
-//!    others, so the smallest other released region cell is withheld too (or
-//!    the pooled cell if there is none); the same rule runs down each column
-//!    (one region, or pooled, across groups), which protects against
-//!    differencing with a query that has no grouping.
-//! 3. Released counts are rounded to the nearest `rounding`.
-//! 4. Pooled rows need `min_regions` answering regions.
+//! The gate decides per row — one group in one region, or pooled — and releases
+//! a row only when every one of its cells passes; a withheld row is left out
+//! whole, its group key included, so a partner cannot tell a withheld group
+//! from an empty one. Rules, in order (SECURITY.md gives the reasons):
+//! 1. Contributors: a row is withheld when the distinct people behind it (the
+//!    view's subject column) number from 1 to `min_cell − 1`.
+//! 2. Small counts: the same for every count, the count behind every sum, mean
+//!    and standard deviation, and both the true and the false count of a
+//!    true/false measure.
+//! 3. Dominance: a sum or mean is withheld when its two largest contributions
+//!    make up more than 85% of its total magnitude.
+//! 4. Secondary suppression, repeated until nothing changes: where one row of a
+//!    group is withheld beside a released pooled row, or one row of a column
+//!    (one region, or pooled, across groups), another row goes too.
+//! 5. Pooled rows need `min_regions` answering regions and a question put to
+//!    every region (a pooled row over a subset would difference with the whole).
+//! 6. Released counts are perturbed by cell-key noise of at most `noise` (the
+//!    same records always get the same noise) and rounded to `rounding`. Every
+//!    other figure is consistent with the released counts: a sum of true/false
+//!    values is a count; a share is the released count over the released count;
+//!    a sum is the released mean times the released count; means and standard
+//!    deviations keep three significant figures. With `rounding` 1 and `noise` 0
+//!    the figures are exact.
 //!
 //! Minimum and maximum are never computed, so never released.
 
-use super::{AggregateQuery, Function, MeasureStats, PooledGroup};
+use super::cellkey::perturbation;
+use super::{CellStats, Function, Kind, MeasureStats, Plan, PooledGroup};
 use crate::views::decimal_value;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Disclosure {
     pub min_cell: u64,
     pub rounding: u64,
+    /// Largest perturbation of a released count; 0 switches noise off.
+    pub noise: u64,
     pub min_regions: usize,
 }
 
@@ -33,18 +47,133 @@ impl Default for Disclosure {
         Disclosure {
             min_cell: 10,
             rounding: 5,
+            noise: 2,
             min_regions: 3,
         }
     }
 }
 
-/// What the gate lets out.
-#[derive(Debug, Clone, Default)]
-pub struct Released {
-    pub rows: Vec<Value>,
-    pub notes: Vec<String>,
-    /// Whether pooled rows were produced.
-    pub pooled: bool,
+/// A sum or mean whose two largest contributions exceed this share of its total
+/// magnitude is withheld (the (2, 85%) dominance rule).
+pub const DOMINANCE: f64 = 0.85;
+
+/// Significant figures kept in released means, standard deviations and sums.
+pub const SIGNIFICANT_FIGURES: i32 = 3;
+
+/// Why a row was withheld.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    FewContributors,
+    SmallCount,
+    Dominated,
+    Secondary,
+}
+
+impl Reason {
+    fn text(self, d: &Disclosure) -> String {
+        let below = d.min_cell.saturating_sub(1);
+        match self {
+            Reason::FewContributors => format!("fewer than {} people behind them (1 to {below})", d.min_cell),
+            Reason::SmallCount => format!("a count, or the count behind a figure, from 1 to {below}"),
+            Reason::Dominated => format!(
+                "a sum or mean dominated by its two largest contributions (over {:.0}%)",
+                DOMINANCE * 100.0
+            ),
+            Reason::Secondary => "secondary suppression, so that withheld rows cannot be recovered from the others".into(),
+        }
+    }
+}
+
+/// One released row: a region (or `pooled`), its group key and one value per measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleasedRow {
+    region: String,
+    key: Vec<Value>,
+    cells: Vec<Value>,
+}
+
+impl ReleasedRow {
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn cell(&self, measure: usize) -> Option<&Value> {
+        self.cells.get(measure)
+    }
+}
+
+/// What the gate lets out. Only the gate makes one; everyone else can read and
+/// serialise it, never add to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Release {
+    group_by: Vec<String>,
+    measures: Vec<String>,
+    rows: Vec<ReleasedRow>,
+    withheld: Vec<(Reason, usize)>,
+    notes: Vec<String>,
+    pooled: bool,
+}
+
+impl Release {
+    pub fn rows(&self) -> &[ReleasedRow] {
+        &self.rows
+    }
+
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Whether pooled rows could be produced.
+    pub fn pooled(&self) -> bool {
+        self.pooled
+    }
+
+    /// How many rows were withheld (for the audit trail, not for partners).
+    pub fn withheld_rows(&self) -> usize {
+        self.withheld.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The rows as JSON objects: `region`, the group key, the measures, and an
+    /// empty `suppressed` (kept for clients that read it: rows with a withheld
+    /// cell are never released).
+    pub fn rows_json(&self) -> Value {
+        Value::Array(
+            self.rows
+                .iter()
+                .map(|r| {
+                    let mut o = Map::new();
+                    o.insert("region".into(), Value::String(r.region.clone()));
+                    for (name, v) in self.group_by.iter().zip(&r.key) {
+                        o.insert(name.clone(), v.clone());
+                    }
+                    for (name, v) in self.measures.iter().zip(&r.cells) {
+                        o.insert(name.clone(), v.clone());
+                    }
+                    o.insert("suppressed".into(), Value::Array(vec![]));
+                    Value::Object(o)
+                })
+                .collect(),
+        )
+    }
+
+    /// The rows as CSV with a header line.
+    pub fn csv(&self) -> Vec<u8> {
+        use crate::views::output::{csv_text, write_csv_line};
+        let mut out = Vec::new();
+        let header: Vec<&str> = std::iter::once("region")
+            .chain(self.group_by.iter().map(String::as_str))
+            .chain(self.measures.iter().map(String::as_str))
+            .collect();
+        write_csv_line(header.into_iter(), &mut out);
+        for r in &self.rows {
+            let fields: Vec<String> = std::iter::once(r.region.clone())
+                .chain(r.key.iter().map(csv_text))
+                .chain(r.cells.iter().map(csv_text))
+                .collect();
+            write_csv_line(fields.iter().map(String::as_str), &mut out);
+        }
+        out
+    }
 }
 
 impl Disclosure {
@@ -53,13 +182,22 @@ impl Disclosure {
         Disclosure {
             min_cell: self.min_cell.max(other.min_cell),
             rounding: self.rounding.max(other.rounding),
+            noise: self.noise.max(other.noise),
             min_regions: self.min_regions.max(other.min_regions),
         }
     }
 
     /// Whether `self` is at least as strict as `other` in every field.
     pub fn at_least_as_strict_as(&self, other: &Disclosure) -> bool {
-        self.min_cell >= other.min_cell && self.rounding >= other.rounding && self.min_regions >= other.min_regions
+        self.min_cell >= other.min_cell
+            && self.rounding >= other.rounding
+            && self.noise >= other.noise
+            && self.min_regions >= other.min_regions
+    }
+
+    /// Whether released figures are exact (no rounding, no noise).
+    pub fn exact(&self) -> bool {
+        self.rounding <= 1 && self.noise == 0
     }
 
     pub fn round(&self, n: u64) -> u64 {
@@ -69,207 +207,413 @@ impl Disclosure {
         (n + self.rounding / 2) / self.rounding * self.rounding
     }
 
-    fn primary(&self, support: u64) -> bool {
-        support > 0 && support < self.min_cell
+    fn small(&self, n: u64) -> bool {
+        n > 0 && n < self.min_cell
     }
 
-    /// Releases the pooled groups of `q`. `regions` names the columns of each
-    /// group's `regions` (the answering regions, in order). `boolean[m]` says
-    /// that measure `m` summarises a true/false column: its sum is then a count
-    /// (rounded), and its sum and mean are protected by the smaller of the
-    /// true and false counts, since a share of a rare event discloses it.
+    /// A count as released: perturbed by the cell's key, never below `min_cell`
+    /// when the true count is not, then rounded. The perturbation depends on the
+    /// cell's records and the true value only, so every figure derived from the
+    /// same count (a count, a share's denominator, a sum) sees the same released
+    /// value and the noise cannot be averaged away across them.
+    pub fn release_count(&self, n: u64, cell_key: u64) -> u64 {
+        let mut v = (n as i64 + perturbation(cell_key, 0, n, self.noise)).max(0) as u64;
+        if n >= self.min_cell {
+            v = v.max(self.min_cell);
+        }
+        self.round(v)
+    }
+
+    /// Why a cell may not be released, if it may not.
+    fn check(&self, plan: &Plan, cell: &CellStats) -> Result<u64, Reason> {
+        if self.small(cell.contributors) {
+            return Err(Reason::FewContributors);
+        }
+        let mut support = cell.contributors;
+        for (m, stats) in plan.measures.iter().zip(&cell.measures) {
+            match (m.kind, stats) {
+                (Kind::Boolean, MeasureStats::Moments(mo)) => {
+                    let trues = mo.sum().round().clamp(0.0, mo.n as f64) as u64;
+                    if self.small(mo.n) || self.small(trues) || self.small(mo.n - trues) {
+                        return Err(Reason::SmallCount);
+                    }
+                    support = support.min(mo.n);
+                }
+                (_, MeasureStats::Moments(mo)) => {
+                    if self.small(mo.n) {
+                        return Err(Reason::SmallCount);
+                    }
+                    if mo.n > 0 && mo.top_two_share() > DOMINANCE {
+                        return Err(Reason::Dominated);
+                    }
+                    support = support.min(mo.n);
+                }
+                (_, other) => {
+                    if self.small(other.support()) {
+                        return Err(Reason::SmallCount);
+                    }
+                    support = support.min(other.support());
+                }
+            }
+        }
+        Ok(support)
+    }
+
+    /// The released value of one measure of a cell that passed.
+    fn value(&self, plan: &Plan, mi: usize, cell: &CellStats) -> Value {
+        let m = &plan.measures[mi];
+        let stats = &cell.measures[mi];
+        let exact = self.exact();
+        match (m.kind, stats) {
+            (Kind::Count | Kind::Distinct, s) => Value::from(self.release_count(s.support(), cell.cell_key)),
+            (Kind::Boolean, MeasureStats::Moments(mo)) => {
+                let trues = mo.sum().round().clamp(0.0, mo.n as f64) as u64;
+                let t = self.release_count(trues, cell.cell_key);
+                match m.function {
+                    Function::Mean => {
+                        let n = self.release_count(mo.n, cell.cell_key);
+                        if n == 0 {
+                            Value::Null
+                        } else if exact {
+                            decimal_value(trues as f64 / mo.n as f64)
+                        } else {
+                            decimal_value(significant(t as f64 / n as f64))
+                        }
+                    }
+                    _ => Value::from(t),
+                }
+            }
+            (_, MeasureStats::Moments(mo)) => {
+                let figure = match m.function {
+                    Function::Mean => mo.mean().map(|x| if exact { x } else { significant(x) }),
+                    Function::Stddev => mo.sample_stddev().map(|x| if exact { x } else { significant(x) }),
+                    _ if exact => Some(mo.sum()),
+                    // A sum consistent with the released count: sum ÷ mean gives that count, not the true one.
+                    _ => mo.mean().map(|mean| {
+                        significant(significant(mean) * self.release_count(mo.n, cell.cell_key) as f64)
+                    }),
+                };
+                figure.map(decimal_value).unwrap_or(Value::Null)
+            }
+            (_, s) => Value::from(self.release_count(s.support(), cell.cell_key)),
+        }
+    }
+
+    /// Releases the pooled groups of a question. `regions` names the answering
+    /// regions, in the order of each group's `regions`; `every_region_asked` says
+    /// whether the question went to every region the hub federates.
     pub fn release(
         &self,
-        q: &AggregateQuery,
+        plan: &Plan,
         regions: &[String],
         groups: &[PooledGroup],
-        boolean: &[bool],
-    ) -> Released {
-        let support = |mi: usize, s: &MeasureStats| -> u64 {
-            match s {
-                MeasureStats::Moments(m) if boolean.get(mi).copied().unwrap_or(false) => {
-                    let trues = m.sum().round().max(0.0) as u64;
-                    if trues == 0 || trues >= m.n {
-                        m.n
-                    } else {
-                        trues.min(m.n - trues)
+        every_region_asked: bool,
+    ) -> Release {
+        let pooled_allowed = regions.len() >= self.min_regions && every_region_asked;
+        let cols = regions.len() + 1; // column 0 is pooled
+        fn cell_of(g: &PooledGroup, c: usize, pooled_allowed: bool) -> Option<&CellStats> {
+            if c == 0 {
+                pooled_allowed.then_some(&g.pooled)
+            } else {
+                g.regions[c - 1].as_ref()
+            }
+        }
+        // support[g][c]: None where the row does not exist; reason[g][c]: why it is withheld.
+        let mut support: Vec<Vec<Option<u64>>> = Vec::with_capacity(groups.len());
+        let mut reason: Vec<Vec<Option<Reason>>> = Vec::with_capacity(groups.len());
+        for g in groups {
+            let mut s = Vec::with_capacity(cols);
+            let mut r = Vec::with_capacity(cols);
+            for c in 0..cols {
+                match cell_of(g, c, pooled_allowed).map(|cell| self.check(plan, cell)) {
+                    None => {
+                        s.push(None);
+                        r.push(None);
+                    }
+                    Some(Ok(n)) => {
+                        s.push(Some(n));
+                        r.push(None);
+                    }
+                    Some(Err(why)) => {
+                        s.push(Some(cell_of(g, c, pooled_allowed).map_or(0, |cell| cell.contributors)));
+                        r.push(Some(why));
                     }
                 }
-                other => other.support(),
             }
-        };
-        let pooled_allowed = regions.len() >= self.min_regions;
-        let cols = regions.len() + 1; // column 0 is pooled
-        let nm = q.measures.len();
-        // support[g][c][m]: None where the cell does not exist.
-        let support: Vec<Vec<Vec<Option<u64>>>> = groups
-            .iter()
-            .map(|g| {
-                let mut row = vec![if pooled_allowed {
-                    g.pooled
-                        .iter()
-                        .enumerate()
-                        .map(|(mi, s)| Some(support(mi, s)))
-                        .collect()
-                } else {
-                    vec![None; nm]
-                }];
-                for r in &g.regions {
-                    row.push(match r {
-                        Some(stats) => stats.iter().enumerate().map(|(mi, s)| Some(support(mi, s))).collect(),
-                        None => vec![None; nm],
-                    });
-                }
-                row
-            })
-            .collect();
-        let mut hidden: Vec<Vec<Vec<bool>>> = support
-            .iter()
-            .map(|g| {
-                g.iter()
-                    .map(|c| c.iter().map(|s| s.is_some_and(|s| self.primary(s))).collect())
-                    .collect()
-            })
-            .collect();
-        let primary_count = hidden.iter().flatten().flatten().filter(|h| **h).count();
-        self.secondary(&support, &mut hidden, cols, nm);
-        let total_hidden = hidden.iter().flatten().flatten().filter(|h| **h).count();
+            support.push(s);
+            reason.push(r);
+        }
+        secondary(&support, &mut reason, cols);
 
         let mut rows = Vec::new();
+        let mut withheld: Vec<(Reason, usize)> = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
             for c in 0..cols {
-                let stats = if c == 0 {
-                    if !pooled_allowed {
-                        continue;
+                let Some(cell) = cell_of(g, c, pooled_allowed) else { continue };
+                if let Some(why) = reason[gi][c] {
+                    match withheld.iter_mut().find(|(r, _)| *r == why) {
+                        Some((_, n)) => *n += 1,
+                        None => withheld.push((why, 1)),
                     }
-                    &g.pooled
-                } else {
-                    match &g.regions[c - 1] {
-                        Some(s) => s,
-                        None => continue,
-                    }
-                };
-                let mut obj = Map::new();
-                obj.insert(
-                    "region".into(),
-                    Value::String(if c == 0 {
+                    continue;
+                }
+                rows.push(ReleasedRow {
+                    region: if c == 0 {
                         "pooled".into()
                     } else {
                         regions[c - 1].clone()
-                    }),
-                );
-                for (name, v) in q.group_by.iter().zip(&g.key) {
-                    obj.insert(name.clone(), v.clone());
-                }
-                let mut suppressed = Vec::new();
-                for (mi, m) in q.measures.iter().enumerate() {
-                    let value = if hidden[gi][c][mi] {
-                        suppressed.push(Value::String(m.name.clone()));
-                        Value::Null
-                    } else if m.function.is_count() {
-                        Value::from(self.round(stats[mi].support()))
-                    } else if m.function == Function::Sum && boolean.get(mi).copied().unwrap_or(false) {
-                        let trues = stats[mi].value(Function::Sum).unwrap_or(0.0).round().max(0.0) as u64;
-                        Value::from(self.round(trues))
-                    } else {
-                        stats[mi].value(m.function).map(decimal_value).unwrap_or(Value::Null)
-                    };
-                    obj.insert(m.name.clone(), value);
-                }
-                obj.insert("suppressed".into(), Value::Array(suppressed));
-                rows.push(Value::Object(obj));
+                    },
+                    key: g.key.clone(),
+                    cells: (0..plan.measures.len()).map(|mi| self.value(plan, mi, cell)).collect(),
+                });
             }
         }
-        let mut notes = vec![format!(
-            "counts from 1 to {} are withheld; sums, means and standard deviations are withheld when the count behind them is",
-            self.min_cell.saturating_sub(1)
-        )];
-        if self.rounding > 1 {
+        withheld.sort();
+        let mut notes = vec![
+            "a row is released only when every figure in it passes; withheld rows are left out, so a missing row may be empty or withheld".to_string(),
+            format!(
+                "rows with {} are withheld",
+                Reason::FewContributors.text(self)
+            ),
+        ];
+        for why in [Reason::SmallCount, Reason::Dominated, Reason::Secondary] {
+            notes.push(format!("rows with {} are withheld", why.text(self)));
+        }
+        if self.exact() {
+            notes.push("released figures are exact".into());
+        } else {
+            if self.noise > 0 {
+                notes.push(format!(
+                    "counts are perturbed by at most {} (the same records always get the same perturbation)",
+                    self.noise
+                ));
+            }
+            if self.rounding > 1 {
+                notes.push(format!(
+                    "counts (and sums of true/false columns) are rounded to the nearest {}",
+                    self.rounding
+                ));
+            }
             notes.push(format!(
-                "released counts (and sums of true/false columns) are rounded to the nearest {}; other sums, means and standard deviations are not",
-                self.rounding
+                "means, standard deviations and sums keep {SIGNIFICANT_FIGURES} significant figures; shares and sums are computed from the released counts"
             ));
         }
         notes.push("minimum and maximum are never released".into());
-        if primary_count > 0 {
-            notes.push(format!("{primary_count} cell(s) withheld as small counts"));
-        }
-        if total_hidden > primary_count {
-            notes.push(format!(
-                "{} further cell(s) withheld so that withheld cells cannot be recovered from the others (secondary suppression)",
-                total_hidden - primary_count
-            ));
-        }
         if !pooled_allowed {
-            notes.push(format!(
-                "pooled rows are withheld: they need at least {} answering regions and {} answered",
-                self.min_regions,
-                regions.len()
-            ));
+            notes.push(if every_region_asked {
+                format!(
+                    "pooled rows are withheld: they need at least {} answering regions and {} answered",
+                    self.min_regions,
+                    regions.len()
+                )
+            } else {
+                "pooled rows are withheld: they are released only for questions put to every region".into()
+            });
         }
-        Released {
+        Release {
+            group_by: plan.group_by_names.clone(),
+            measures: plan.measures.iter().map(|m| m.name.clone()).collect(),
             rows,
+            withheld,
             notes,
             pooled: pooled_allowed,
         }
     }
+}
 
-    fn secondary(&self, support: &[Vec<Vec<Option<u64>>>], hidden: &mut [Vec<Vec<bool>>], cols: usize, nm: usize) {
-        // A released cell that may be withheld to protect another: it exists and is not zero.
-        let candidate = |s: Option<u64>, h: bool| s.is_some_and(|s| s > 0) && !h;
-        loop {
-            let mut changed = false;
-            for m in 0..nm {
-                // Across regions within each group: pooled = sum of regions.
-                for g in 0..support.len() {
-                    let pooled_released = support[g][0][m].is_some() && !hidden[g][0][m];
-                    let withheld = (1..cols).filter(|&c| hidden[g][c][m]).count();
-                    if pooled_released && withheld == 1 {
-                        let pick = (1..cols)
-                            .filter(|&c| candidate(support[g][c][m], hidden[g][c][m]))
-                            .min_by_key(|&c| support[g][c][m]);
-                        hidden[g][pick.unwrap_or(0)][m] = true;
-                        changed = true;
-                    }
-                }
-                // Down each column across groups: a total over groups is known elsewhere.
-                for c in 0..cols {
-                    let withheld = (0..support.len()).filter(|&g| hidden[g][c][m]).count();
-                    if withheld == 1 {
-                        let pick = (0..support.len())
-                            .filter(|&g| candidate(support[g][c][m], hidden[g][c][m]))
-                            .min_by_key(|&g| support[g][c][m]);
-                        if let Some(g) = pick {
-                            hidden[g][c][m] = true;
-                            changed = true;
+/// A federated count as released: the pooled total and each region's count,
+/// `None` where withheld.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CountRelease {
+    total: Option<u64>,
+    regions: Vec<Option<u64>>,
+    notes: Vec<String>,
+}
+
+impl CountRelease {
+    pub fn total(&self) -> Option<u64> {
+        self.total
+    }
+
+    /// The released count of the `i`th answering region.
+    pub fn region(&self, i: usize) -> Option<u64> {
+        self.regions.get(i).copied().flatten()
+    }
+
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+}
+
+impl Disclosure {
+    /// Releases one count per answering region (count, cell key) and their
+    /// total. Unlike grouped rows, a count below `min_cell` is withheld even
+    /// when it is zero: otherwise "0" beside "withheld" tells which region holds
+    /// a person the question singles out.
+    pub fn release_counts(&self, counts: &[(u64, u64)], every_region_asked: bool) -> CountRelease {
+        let mut hidden: Vec<bool> = counts.iter().map(|(n, _)| *n < self.min_cell).collect();
+        let total: u64 = counts.iter().map(|(n, _)| n).sum();
+        let total_key = counts.iter().fold(0u64, |k, (_, c)| k.wrapping_add(*c));
+        let pooled_allowed = counts.len() >= self.min_regions && every_region_asked;
+        let mut total_hidden = !pooled_allowed || total < self.min_cell;
+        if !total_hidden && hidden.iter().filter(|h| **h).count() == 1 {
+            // The withheld region would be the total minus the others.
+            let pick = (0..counts.len()).filter(|&i| !hidden[i]).min_by_key(|&i| counts[i].0);
+            match pick {
+                Some(i) => hidden[i] = true,
+                None => total_hidden = true,
+            }
+        }
+        let mut notes = vec![
+            format!(
+                "counts below {} (zero included) are withheld, and others with them where a withheld one could be recovered",
+                self.min_cell
+            ),
+            "federated counts accept approved parameters only, with whole-year date ranges".into(),
+        ];
+        if self.noise > 0 {
+            notes.push(format!("counts are perturbed by at most {}", self.noise));
+        }
+        if self.rounding > 1 {
+            notes.push(format!("counts are rounded to the nearest {}", self.rounding));
+        }
+        if !pooled_allowed {
+            notes.push(format!("the total needs at least {} answering regions", self.min_regions));
+        }
+        CountRelease {
+            total: (!total_hidden).then(|| self.release_count(total, total_key)),
+            regions: counts
+                .iter()
+                .zip(&hidden)
+                .map(|((n, key), h)| (!h).then(|| self.release_count(*n, *key)))
+                .collect(),
+            notes,
+        }
+    }
+}
+
+impl Disclosure {
+    /// Data-quality figures as the hub releases them: counts of records from 1
+    /// to `min_cell − 1` are withheld (`null`) and the others rounded; a share
+    /// or other fraction beside a withheld count is withheld too (it would give
+    /// the count back), and the rest keep two decimal places.
+    pub fn release_quality(&self, v: &mut Value) {
+        match v {
+            Value::Array(items) => items.iter_mut().for_each(|i| self.release_quality(i)),
+            Value::Object(o) => {
+                let mut withheld_here = false;
+                for (_, x) in o.iter_mut() {
+                    if let Some(n) = x.as_u64() {
+                        if self.small(n) {
+                            *x = Value::Null;
+                            withheld_here = true;
+                        } else {
+                            *x = Value::from(self.round(n));
                         }
                     }
                 }
+                for (_, x) in o.iter_mut() {
+                    match x {
+                        Value::Number(n) if n.as_u64().is_none() => {
+                            *x = if withheld_here {
+                                Value::Null
+                            } else {
+                                // Kept a decimal (1.0, not 1), so a share never reads as a count.
+                                n.as_f64()
+                                    .and_then(|f| serde_json::Number::from_f64((f * 100.0).round() / 100.0))
+                                    .map_or(Value::Null, Value::Number)
+                            };
+                        }
+                        Value::Array(_) | Value::Object(_) => self.release_quality(x),
+                        _ => {}
+                    }
+                }
             }
-            if !changed {
-                return;
+            _ => {}
+        }
+    }
+}
+
+/// Rounds to `SIGNIFICANT_FIGURES` significant figures.
+pub fn significant(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let magnitude = x.abs().log10().floor() as i32;
+    let scale = 10f64.powi(SIGNIFICANT_FIGURES - 1 - magnitude);
+    let r = (x * scale).round() / scale;
+    // Trim the binary noise of the division (0.30000000000000004).
+    format!("{r:.*e}", (SIGNIFICANT_FIGURES - 1) as usize).parse().unwrap_or(r)
+}
+
+/// Withholds further rows until no withheld row can be recovered by
+/// subtraction: across regions within a group (pooled = sum of regions) and
+/// down each column across groups (a total over groups is known elsewhere).
+fn secondary(support: &[Vec<Option<u64>>], reason: &mut [Vec<Option<Reason>>], cols: usize) {
+    // A released row that may be withheld to protect another: it exists and is not empty.
+    let candidate = |s: Option<u64>, r: Option<Reason>| s.is_some_and(|s| s > 0) && r.is_none();
+    loop {
+        let mut changed = false;
+        for g in 0..support.len() {
+            let pooled_released = support[g][0].is_some() && reason[g][0].is_none();
+            let withheld = (1..cols).filter(|&c| reason[g][c].is_some()).count();
+            if pooled_released && withheld == 1 {
+                let pick = (1..cols)
+                    .filter(|&c| candidate(support[g][c], reason[g][c]))
+                    .min_by_key(|&c| support[g][c]);
+                reason[g][pick.unwrap_or(0)] = Some(Reason::Secondary);
+                changed = true;
             }
+        }
+        for c in 0..cols {
+            let withheld = (0..support.len()).filter(|&g| reason[g][c].is_some()).count();
+            if withheld == 1 {
+                let pick = (0..support.len())
+                    .filter(|&g| candidate(support[g][c], reason[g][c]))
+                    .min_by_key(|&g| support[g][c]);
+                if let Some(g) = pick {
+                    reason[g][c] = Some(Reason::Secondary);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            return;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{AggregateQuery, MeasureStats, PooledGroup};
+    use super::super::{AggregateQuery, CellStats, MeasureStats, Moments, Plan, PooledGroup};
     use super::*;
     use serde_json::json;
 
-    fn q() -> AggregateQuery {
-        AggregateQuery::parse(&json!({"viewReference": "v", "groupBy": ["g"],
-            "measures": [{"name": "n", "function": "count"}]}))
+    fn plan(measures: Value) -> Plan {
+        AggregateQuery::parse(&json!({"viewReference": "patient_demographics", "groupBy": ["gender"],
+            "measures": measures}))
         .unwrap()
+        .plan()
+        .unwrap()
+    }
+
+    fn counts() -> Plan {
+        plan(json!([{"name": "n", "function": "count"}]))
+    }
+
+    fn cell(n: u64, key: u64) -> CellStats {
+        CellStats {
+            contributors: n,
+            cell_key: key,
+            measures: vec![MeasureStats::Count(n)],
+        }
     }
 
     fn group(key: &str, counts: &[u64]) -> PooledGroup {
         PooledGroup {
             key: vec![json!(key)],
-            regions: counts.iter().map(|&n| Some(vec![MeasureStats::Count(n)])).collect(),
-            pooled: vec![MeasureStats::Count(counts.iter().sum())],
+            regions: counts.iter().enumerate().map(|(i, &n)| Some(cell(n, i as u64))).collect(),
+            pooled: cell(counts.iter().sum(), (0..counts.len() as u64).sum()),
         }
     }
 
@@ -277,39 +621,108 @@ mod tests {
         ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect()
     }
 
+    fn released(r: &Release) -> Vec<(String, String)> {
+        r.rows()
+            .iter()
+            .map(|row| (row.key[0].as_str().unwrap().to_string(), row.region().to_string()))
+            .collect()
+    }
+
     #[test]
-    fn a_single_small_cell_takes_another_with_it() {
+    fn a_withheld_row_takes_its_key_and_another_row_with_it() {
         let d = Disclosure::default();
         let groups = [group("x", &[3, 40, 50, 60]), group("y", &[30, 40, 50, 60])];
-        let r = d.release(&q(), &names(), &groups, &[false]);
-        let withheld: Vec<(String, String)> = r
-            .rows
-            .iter()
-            .filter(|row| row["n"].is_null())
-            .map(|row| {
-                (
-                    row["g"].as_str().unwrap().into(),
-                    row["region"].as_str().unwrap().into(),
-                )
-            })
-            .collect();
-        // a/x is small; b/x (smallest other in group x) and a/y (only other in column a) follow;
-        // then column b and group y each have one withheld cell, so b/y goes too.
-        assert!(withheld.contains(&("x".into(), "a".into())));
-        assert!(withheld.len() >= 3, "{withheld:?}");
-        for row in &r.rows {
-            if let Some(n) = row["n"].as_u64() {
-                assert_eq!(n % 5, 0);
-            }
+        let r = d.release(&counts(), &names(), &groups, true);
+        let out = released(&r);
+        assert!(!out.contains(&("x".into(), "a".into())), "the small row is not released");
+        // b/x (smallest other in group x) and a/y (only other in column a) follow.
+        assert!(r.withheld_rows() >= 3, "{out:?}");
+        assert!(!r.rows_json().to_string().contains("null"), "no withheld cell is shown");
+        for row in r.rows() {
+            let n = row.cell(0).unwrap().as_u64().unwrap();
+            assert_eq!(n % 5, 0);
         }
     }
 
     #[test]
-    fn pooled_rows_need_enough_regions() {
+    fn pooled_rows_need_enough_regions_and_every_region_asked() {
         let d = Disclosure::default();
-        let r = d.release(&q(), &names()[..2], &[group("x", &[30, 40])], &[false]);
-        assert!(!r.pooled);
-        assert!(r.rows.iter().all(|row| row["region"] != "pooled"));
-        assert!(r.notes.iter().any(|n| n.contains("at least 3")));
+        let r = d.release(&counts(), &names()[..2], &[group("x", &[30, 40])], true);
+        assert!(!r.pooled());
+        assert!(r.rows().iter().all(|row| row.region() != "pooled"));
+        let r = d.release(&counts(), &names()[..3], &[group("x", &[30, 40, 50])], false);
+        assert!(!r.pooled(), "a subset of regions gets no pooled row");
+    }
+
+    #[test]
+    fn noise_follows_the_records_and_exact_settings_are_exact() {
+        let d = Disclosure::default();
+        let same = (0..20).map(|_| d.release_count(37, 12345)).collect::<Vec<_>>();
+        assert!(same.windows(2).all(|w| w[0] == w[1]), "asking again gives the same figure");
+        let spread: std::collections::BTreeSet<u64> = (0..200).map(|k| d.release_count(37, k)).collect();
+        assert!(spread.len() >= 2, "different records, different noise: {spread:?}");
+        assert!(spread.iter().all(|v| v % 5 == 0 && (30..=40).contains(v)), "{spread:?}");
+        let exact = Disclosure {
+            min_cell: 1,
+            rounding: 1,
+            noise: 0,
+            min_regions: 1,
+        };
+        assert_eq!(exact.release_count(37, 99), 37);
+    }
+
+    #[test]
+    fn sums_and_shares_are_consistent_with_released_counts() {
+        let p = plan(json!([{"name": "n", "function": "count"},
+            {"name": "deaths", "function": "sum", "column": "deceased"},
+            {"name": "share", "function": "mean", "column": "deceased"}]));
+        let mut m = Moments::default();
+        for i in 0..37 {
+            m.push(if i < 12 { 1.0 } else { 0.0 });
+        }
+        let c = CellStats {
+            contributors: 37,
+            cell_key: 7,
+            measures: vec![MeasureStats::Count(37), MeasureStats::Moments(m.clone()), MeasureStats::Moments(m)],
+        };
+        let d = Disclosure::default();
+        let n = d.value(&p, 0, &c).as_u64().unwrap();
+        let deaths = d.value(&p, 1, &c).as_u64().unwrap();
+        let share = d.value(&p, 2, &c).as_f64().unwrap();
+        assert_eq!(n % 5, 0);
+        assert_eq!(deaths % 5, 0, "a sum of true/false values is a count");
+        assert_ne!(share, 12.0 / 37.0, "the exact share would reveal the exact count");
+        let few = CellStats {
+            contributors: 37,
+            cell_key: 7,
+            measures: {
+                let mut m = Moments::default();
+                for i in 0..37 {
+                    m.push(if i < 3 { 1.0 } else { 0.0 });
+                }
+                vec![MeasureStats::Count(37), MeasureStats::Moments(m.clone()), MeasureStats::Moments(m)]
+            },
+        };
+        assert_eq!(d.check(&p, &few), Err(Reason::SmallCount), "three deaths are a small count");
+    }
+
+    #[test]
+    fn a_zero_count_looks_like_a_small_one() {
+        let d = Disclosure::default();
+        let r = d.release_counts(&[(0, 1), (3, 2), (0, 3), (0, 4)], true);
+        assert_eq!(r.total(), None);
+        assert!((0..4).all(|i| r.region(i).is_none()), "0 and 3 look alike");
+        let r = d.release_counts(&[(40, 1), (50, 2), (60, 3), (1, 4)], true);
+        assert!(r.total().is_some());
+        assert_eq!(r.region(3), None);
+        assert_eq!(r.region(0), None, "the smallest other region goes too");
+    }
+
+    #[test]
+    fn significant_figures() {
+        assert_eq!(significant(41.297297), 41.3);
+        assert_eq!(significant(0.0012345), 0.00123);
+        assert_eq!(significant(123456.0), 123000.0);
+        assert_eq!(significant(-5.4321), -5.43);
     }
 }

@@ -5,13 +5,18 @@
 //! Pure: no I/O. The node (`node::analytics`) feeds rows in; the hub
 //! (`hub`) pools node answers and releases them through `disclosure`.
 
+pub mod cellkey;
+pub mod counts;
 pub mod disclosure;
 mod stats;
+pub mod wire;
 
-pub use disclosure::{Disclosure, Released};
+pub use cellkey::RecordKeys;
+pub use disclosure::{Disclosure, Release};
 pub use stats::Moments;
+pub use wire::{AggregateRequest, GroupStats, NodeAggregate, NodeCount};
 
-use crate::views::{Row, View};
+use crate::views::{library, ColumnInfo, ColumnRole, Row, View};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -122,11 +127,17 @@ impl AggregateQuery {
             }
         };
         let group_by = strings("groupBy")?.unwrap_or_default();
+        if group_by.len() > MAX_GROUP_BY {
+            return Err(problem("groupBy", format!("at most {MAX_GROUP_BY} columns may be grouped by")));
+        }
         let regions = strings("regions")?;
         let measures_json = match obj.get("measures") {
             Some(Value::Array(a)) if !a.is_empty() => a,
             _ => return Err(problem("measures", "'measures' must be a non-empty array")),
         };
+        if measures_json.len() > MAX_MEASURES {
+            return Err(problem("measures", format!("at most {MAX_MEASURES} measures may be asked at once")));
+        }
         let mut measures: Vec<Measure> = Vec::new();
         for (i, m) in measures_json.iter().enumerate() {
             let at = format!("measures[{i}]");
@@ -167,47 +178,221 @@ impl AggregateQuery {
         })
     }
 
-    /// The JSON form (the request body nodes receive, without `regions`).
-    pub fn to_node_json(&self) -> Value {
-        let mut m = serde_json::Map::new();
-        match &self.view {
-            ViewSource::Inline(v) => m.insert("view".into(), v.clone()),
-            ViewSource::Reference(r) => m.insert("viewReference".into(), Value::String(r.clone())),
-        };
-        m.insert("groupBy".into(), serde_json::json!(self.group_by));
-        m.insert(
-            "measures".into(),
-            serde_json::to_value(&self.measures).unwrap_or_default(),
-        );
-        Value::Object(m)
-    }
-
-    /// Checks the columns the query names against the view's.
-    pub fn check_columns(&self, view: &View) -> Result<(), QueryProblem> {
-        let known = |c: &str| view.columns.iter().any(|v| v.name == c);
-        for (i, g) in self.group_by.iter().enumerate() {
-            if !known(g) {
+    /// Checks the query against the approved view it names: partners group by
+    /// declared dimensions only, summarise declared measures only and count
+    /// distinct subjects only. Inline views are refused here: they are for a
+    /// region's analysts at their own node (`ViewDefinition/$run`).
+    pub fn plan(&self) -> Result<Plan, QueryProblem> {
+        let name = match &self.view {
+            ViewSource::Reference(name) => name,
+            ViewSource::Inline(_) => {
                 return Err(problem(
-                    &format!("groupBy[{i}]"),
-                    format!("the view has no column '{g}'"),
+                    "view",
+                    format!(
+                        "federated questions run approved views only: name one with 'viewReference' ({}); \
+                         inline views are for a region's own analysts (ViewDefinition/$run at their node)",
+                        library::names().collect::<Vec<_>>().join(", ")
+                    ),
+                ))
+            }
+        };
+        let approved = library::approved(name)
+            .ok_or_else(|| {
+                problem(
+                    "viewReference",
+                    format!(
+                        "no approved view named '{name}' (approved: {})",
+                        library::names().collect::<Vec<_>>().join(", ")
+                    ),
+                )
+            })?
+            .map_err(|e| problem("viewReference", e.message))?;
+        let view = &approved.view;
+        let column = |c: &str, at: &str| -> Result<(usize, &ColumnInfo), QueryProblem> {
+            view.columns
+                .iter()
+                .enumerate()
+                .find(|(_, v)| v.name == c)
+                .ok_or_else(|| problem(at, format!("the view '{}' has no column '{c}'", approved.name)))
+        };
+        let mut group_by = Vec::new();
+        for (i, g) in self.group_by.iter().enumerate() {
+            let at = format!("groupBy[{i}]");
+            let (ci, info) = column(g, &at)?;
+            if info.role != ColumnRole::Dimension {
+                return Err(problem(
+                    &at,
+                    format!(
+                        "'{g}' is not a dimension of '{}' and cannot be grouped by (dimensions: {})",
+                        approved.name,
+                        names_with(view, ColumnRole::Dimension)
+                    ),
                 ));
             }
-        }
-        for (i, m) in self.measures.iter().enumerate() {
-            if let Some(c) = &m.column {
-                if !known(c) {
-                    return Err(problem(
-                        &format!("measures[{i}].column"),
-                        format!("the view has no column '{c}'"),
-                    ));
-                }
+            if group_by.contains(&ci) {
+                return Err(problem(&at, format!("'{g}' is grouped by twice")));
             }
+            group_by.push(ci);
         }
-        Ok(())
+        let mut measures = Vec::new();
+        for (i, m) in self.measures.iter().enumerate() {
+            let at = format!("measures[{i}].column");
+            let (column, kind) = match (m.function, m.column.as_deref()) {
+                (Function::Count, None) => (None, Kind::Count),
+                (Function::Count, Some(c)) => {
+                    // Counts rows; a column named here is only checked to exist.
+                    column(c, &at)?;
+                    (None, Kind::Count)
+                }
+                (Function::CountDistinct, Some(c)) => {
+                    let (ci, info) = column(c, &at)?;
+                    if info.role != ColumnRole::Subject {
+                        return Err(problem(
+                            &at,
+                            format!(
+                                "count_distinct counts the view's subject column only ({})",
+                                names_with(view, ColumnRole::Subject)
+                            ),
+                        ));
+                    }
+                    (Some(ci), Kind::Distinct)
+                }
+                (_, Some(c)) => {
+                    let (ci, info) = column(c, &at)?;
+                    if info.role != ColumnRole::Measure {
+                        return Err(problem(
+                            &at,
+                            format!(
+                                "'{c}' is not a measure of '{}' (measures: {})",
+                                approved.name,
+                                names_with(view, ColumnRole::Measure)
+                            ),
+                        ));
+                    }
+                    let boolean = info.ty.as_deref() == Some("boolean");
+                    if boolean && m.function == Function::Stddev {
+                        return Err(problem(
+                            &at,
+                            format!("'{c}' is true/false: ask its sum (a count) or mean (a share)"),
+                        ));
+                    }
+                    (Some(ci), if boolean { Kind::Boolean } else { Kind::Numeric })
+                }
+                (_, None) => return Err(problem(&at, format!("measure '{}' needs a 'column'", m.name))),
+            };
+            measures.push(PlannedMeasure {
+                name: m.name.clone(),
+                function: m.function,
+                column,
+                kind,
+            });
+        }
+        let subject = view.columns.iter().position(|c| c.role == ColumnRole::Subject);
+        Ok(Plan {
+            group_by_names: self.group_by.clone(),
+            group_by,
+            measures,
+            subject,
+            approved,
+        })
+    }
+}
+
+fn names_with(view: &View, role: ColumnRole) -> String {
+    let names: Vec<&str> = view
+        .columns
+        .iter()
+        .filter(|c| c.role == role)
+        .map(|c| c.name.as_str())
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
     }
 }
 
 const RESERVED: [&str; 2] = ["region", "suppressed"];
+/// Limits on one question: a table this wide is not an aggregate any more.
+pub const MAX_GROUP_BY: usize = 6;
+pub const MAX_MEASURES: usize = 16;
+
+/// What a measure summarises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Rows.
+    Count,
+    /// Distinct subjects.
+    Distinct,
+    /// A number column.
+    Numeric,
+    /// A true/false column: its sum is a count, its mean a share.
+    Boolean,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedMeasure {
+    pub name: String,
+    pub function: Function,
+    pub column: Option<usize>,
+    pub kind: Kind,
+}
+
+/// A question checked against its approved view, with column positions resolved:
+/// the hub checks it before asking, each node checks it again before computing.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub approved: library::Approved,
+    pub group_by_names: Vec<String>,
+    pub group_by: Vec<usize>,
+    pub measures: Vec<PlannedMeasure>,
+    /// The view's subject column: contributors are counted by it.
+    pub subject: Option<usize>,
+}
+
+impl Plan {
+    /// The request the hub sends each node.
+    pub fn request(&self, disclosure: Disclosure, deadline_ms: u64) -> wire::AggregateRequest {
+        wire::AggregateRequest {
+            view_reference: self.approved.name.to_string(),
+            view_digest: self.approved.digest.clone(),
+            group_by: self.group_by_names.clone(),
+            measures: self
+                .measures
+                .iter()
+                .map(|m| Measure {
+                    name: m.name.clone(),
+                    function: m.function,
+                    column: m.column.map(|c| self.approved.view.columns[c].name.clone()),
+                })
+                .collect(),
+            disclosure,
+            deadline_ms,
+        }
+    }
+
+    /// The plan a node makes of the hub's request; the view must be exactly the
+    /// definition the hub checked the question against.
+    pub fn from_request(r: &wire::AggregateRequest) -> Result<Plan, QueryProblem> {
+        let q = AggregateQuery {
+            view: ViewSource::Reference(r.view_reference.clone()),
+            group_by: r.group_by.clone(),
+            measures: r.measures.clone(),
+            regions: None,
+        };
+        let plan = q.plan()?;
+        if plan.approved.digest != r.view_digest {
+            return Err(problem(
+                "viewDigest",
+                format!(
+                    "this node carries another definition of view '{}' (version {}) than the hub",
+                    plan.approved.name, plan.approved.version
+                ),
+            ));
+        }
+        Ok(plan)
+    }
+}
 
 /// What a node knows about one measure in one group: enough to pool exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,7 +404,7 @@ pub enum MeasureStats {
 }
 
 impl MeasureStats {
-    /// The count behind the number (what disclosure control looks at).
+    /// The count behind the number.
     pub fn support(&self) -> u64 {
         match self {
             MeasureStats::Count(n) | MeasureStats::Distinct(n) => *n,
@@ -250,36 +435,13 @@ impl MeasureStats {
     }
 }
 
-/// One group's statistics at one node.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GroupStats {
-    pub key: Vec<Value>,
-    pub measures: Vec<MeasureStats>,
-}
-
-/// A node's answer over the federation API: aggregates only.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeAggregate {
-    pub region: String,
-    #[serde(default)]
-    pub last_updated: Option<String>,
-    /// Share of the regional profile's must-support elements present in the
-    /// resources of the view's type that this node has received.
-    #[serde(default)]
-    pub completeness: Option<f64>,
-    pub groups: Vec<GroupStats>,
-    /// The node's own disclosure settings (the hub applies the stricter).
-    pub disclosure: Disclosure,
-}
-
 fn key_of(v: &[Value]) -> String {
     Value::Array(v.to_vec()).to_string()
 }
 
 fn number(v: &Value) -> Option<f64> {
     match v {
-        Value::Number(n) => n.as_f64(),
+        Value::Number(n) => n.as_f64().filter(|x| x.is_finite()),
         Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
         _ => None,
     }
@@ -305,62 +467,68 @@ fn cell(v: &Value) -> Cell<'_> {
     }
 }
 
-/// Computes one node's statistics over the rows of `view`.
+/// Computes one node's statistics over the rows of the plan's view, given per
+/// stored resource (its storage key and its rows). A value that is not a finite
+/// number in a measure column counts as missing: one bad stored value cannot
+/// disable a region's answer.
 pub fn compute<'r>(
-    view: &View,
-    rows: impl IntoIterator<Item = &'r Row>,
-    q: &AggregateQuery,
-) -> Result<Vec<GroupStats>, QueryProblem> {
+    plan: &Plan,
+    rows: impl IntoIterator<Item = (i64, &'r [Row])>,
+    keys: &RecordKeys,
+) -> Vec<GroupStats> {
     use std::collections::{HashMap, HashSet};
-    q.check_columns(view)?;
-    let index = |c: &str| view.columns.iter().position(|v| v.name == c).unwrap_or(0);
-    let group_cols: Vec<usize> = q.group_by.iter().map(|g| index(g)).collect();
-    let measure_cols: Vec<Option<usize>> = q.measures.iter().map(|m| m.column.as_deref().map(index)).collect();
     struct Acc<'a> {
         key: Vec<Value>,
         stats: Vec<MeasureStats>,
         distinct: Vec<HashSet<Cell<'a>>>,
+        contributors: HashSet<Cell<'a>>,
+        resources: HashSet<i64>,
+        cell_key: u64,
     }
     let mut groups: HashMap<Vec<Cell<'r>>, Acc<'r>> = HashMap::new();
-    for row in rows {
-        let key: Vec<Cell> = group_cols.iter().map(|&i| cell(&row[i])).collect();
-        let acc = groups.entry(key).or_insert_with(|| Acc {
-            key: group_cols.iter().map(|&i| row[i].clone()).collect(),
-            stats: q
-                .measures
-                .iter()
-                .map(|m| match m.function {
-                    Function::Count => MeasureStats::Count(0),
-                    Function::CountDistinct => MeasureStats::Distinct(0),
-                    _ => MeasureStats::Moments(Moments::default()),
-                })
-                .collect(),
-            distinct: q.measures.iter().map(|_| HashSet::new()).collect(),
-        });
-        for (mi, m) in q.measures.iter().enumerate() {
-            let value = measure_cols[mi].map(|c| &row[c]);
-            match (&mut acc.stats[mi], value) {
-                (MeasureStats::Count(n), _) => *n += 1,
-                (MeasureStats::Distinct(_), Some(v)) if !v.is_null() => {
-                    acc.distinct[mi].insert(cell(v));
+    for (resource, resource_rows) in rows {
+        for (ri, row) in resource_rows.iter().enumerate() {
+            let key: Vec<Cell> = plan.group_by.iter().map(|&i| cell(&row[i])).collect();
+            let acc = groups.entry(key).or_insert_with(|| Acc {
+                key: plan.group_by.iter().map(|&i| row[i].clone()).collect(),
+                stats: plan
+                    .measures
+                    .iter()
+                    .map(|m| match m.kind {
+                        Kind::Count => MeasureStats::Count(0),
+                        Kind::Distinct => MeasureStats::Distinct(0),
+                        Kind::Numeric | Kind::Boolean => MeasureStats::Moments(Moments::default()),
+                    })
+                    .collect(),
+                distinct: plan.measures.iter().map(|_| HashSet::new()).collect(),
+                contributors: HashSet::new(),
+                resources: HashSet::new(),
+                cell_key: 0,
+            });
+            acc.cell_key = acc.cell_key.wrapping_add(keys.record(resource, ri));
+            match plan.subject {
+                Some(s) if !row[s].is_null() => {
+                    acc.contributors.insert(cell(&row[s]));
                 }
-                (MeasureStats::Moments(mo), Some(v)) if !v.is_null() => {
-                    let x = number(v).ok_or_else(|| {
-                        problem(
-                            &format!("measures[{mi}].column"),
-                            format!(
-                                "measure '{}' needs numbers, but column '{}' holds {v}",
-                                m.name,
-                                m.column.as_deref().unwrap_or_default()
-                            ),
-                        )
-                    })?;
-                    if !x.is_finite() {
-                        return Err(problem(&format!("measures[{mi}].column"), "a value is not finite"));
+                // Without a subject, each resource counts as one contributor.
+                _ => {
+                    acc.resources.insert(resource);
+                }
+            }
+            for (mi, m) in plan.measures.iter().enumerate() {
+                let value = m.column.map(|c| &row[c]);
+                match (&mut acc.stats[mi], value) {
+                    (MeasureStats::Count(n), _) => *n += 1,
+                    (MeasureStats::Distinct(_), Some(v)) if !v.is_null() => {
+                        acc.distinct[mi].insert(cell(v));
                     }
-                    mo.push(x);
+                    (MeasureStats::Moments(mo), Some(v)) => {
+                        if let Some(x) = number(v) {
+                            mo.push(x);
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
     }
@@ -377,13 +545,25 @@ pub fn compute<'r>(
                 key_of(&acc.key),
                 GroupStats {
                     key: acc.key,
+                    contributors: (acc.contributors.len() + acc.resources.len()) as u64,
+                    cell_key: acc.cell_key,
                     measures: acc.stats,
                 },
             )
         })
         .collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out.into_iter().map(|(_, g)| g).collect())
+    out.into_iter().map(|(_, g)| g).collect()
+}
+
+/// One cell of a group: one region's statistics, or the pooled ones.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellStats {
+    /// Distinct people behind the cell (the subject column), or resources.
+    pub contributors: u64,
+    /// The wrapping sum of the cell's record keys (see `cellkey`).
+    pub cell_key: u64,
+    pub measures: Vec<MeasureStats>,
 }
 
 /// One group across regions: each answering region's statistics (absent when
@@ -391,39 +571,50 @@ pub fn compute<'r>(
 #[derive(Debug, Clone)]
 pub struct PooledGroup {
     pub key: Vec<Value>,
-    pub regions: Vec<Option<Vec<MeasureStats>>>,
-    pub pooled: Vec<MeasureStats>,
+    pub regions: Vec<Option<CellStats>>,
+    pub pooled: CellStats,
 }
 
 /// Pools the answers of several nodes group by group. `answers` are in region
 /// order; the result's `regions` follow the same order.
-pub fn pool(q: &AggregateQuery, answers: &[&[GroupStats]]) -> Result<Vec<PooledGroup>, String> {
+pub fn pool(plan: &Plan, answers: &[&[GroupStats]]) -> Result<Vec<PooledGroup>, String> {
     let mut out: BTreeMap<String, PooledGroup> = BTreeMap::new();
     for (ri, groups) in answers.iter().enumerate() {
         for g in groups.iter() {
-            if g.measures.len() != q.measures.len() || g.key.len() != q.group_by.len() {
+            if g.measures.len() != plan.measures.len() || g.key.len() != plan.group_by.len() {
                 return Err("a node answered with a different shape than asked".into());
             }
             let entry = out.entry(key_of(&g.key)).or_insert_with(|| PooledGroup {
                 key: g.key.clone(),
                 regions: vec![None; answers.len()],
-                pooled: q
-                    .measures
-                    .iter()
-                    .map(|m| match m.function {
-                        Function::Count => MeasureStats::Count(0),
-                        Function::CountDistinct => MeasureStats::Distinct(0),
-                        _ => MeasureStats::Moments(Moments::default()),
-                    })
-                    .collect(),
+                pooled: CellStats {
+                    contributors: 0,
+                    cell_key: 0,
+                    measures: plan
+                        .measures
+                        .iter()
+                        .map(|m| match m.kind {
+                            Kind::Count => MeasureStats::Count(0),
+                            Kind::Distinct => MeasureStats::Distinct(0),
+                            Kind::Numeric | Kind::Boolean => MeasureStats::Moments(Moments::default()),
+                        })
+                        .collect(),
+                },
             });
             if entry.regions[ri].is_some() {
                 return Err("a node answered the same group twice".into());
             }
-            for (p, s) in entry.pooled.iter_mut().zip(&g.measures) {
+            for (p, s) in entry.pooled.measures.iter_mut().zip(&g.measures) {
                 p.merge(s)?;
             }
-            entry.regions[ri] = Some(g.measures.clone());
+            // A person belongs to one region, so contributors add up.
+            entry.pooled.contributors += g.contributors;
+            entry.pooled.cell_key = entry.pooled.cell_key.wrapping_add(g.cell_key);
+            entry.regions[ri] = Some(CellStats {
+                contributors: g.contributors,
+                cell_key: g.cell_key,
+                measures: g.measures.clone(),
+            });
         }
     }
     Ok(out.into_values().collect())
@@ -434,47 +625,60 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn query() -> AggregateQuery {
+    fn plan() -> Plan {
         AggregateQuery::parse(&json!({
-            "view": {"resource": "Patient", "select": [{"column": [
-                {"name": "g", "path": "gender"}, {"name": "w", "path": "w"}, {"name": "p", "path": "id"}]}]},
-            "groupBy": ["g"],
-            "measures": [{"name": "n", "function": "count"}, {"name": "d", "function": "count_distinct", "column": "p"},
-                         {"name": "m", "function": "mean", "column": "w"}, {"name": "s", "function": "stddev", "column": "w"}]
+            "viewReference": "observation_values",
+            "groupBy": ["code"],
+            "measures": [{"name": "n", "function": "count"}, {"name": "d", "function": "count_distinct", "column": "patient"},
+                         {"name": "m", "function": "mean", "column": "value"}, {"name": "s", "function": "stddev", "column": "value"},
+                         {"name": "t", "function": "sum", "column": "value"}]
         }))
+        .unwrap()
+        .plan()
         .unwrap()
     }
 
-    fn view(q: &AggregateQuery) -> View {
-        match &q.view {
-            ViewSource::Inline(v) => View::compile(v).unwrap(),
-            _ => unreachable!(),
-        }
+    /// Rows shaped like the observation_values view: patient, code, display, status, value, unit, year.
+    fn row(i: usize) -> Row {
+        vec![
+            json!(format!("p{}", i % 50)),
+            json!(if i % 3 == 0 { "a" } else { "b" }),
+            Value::Null,
+            json!("final"),
+            json!(1e6 + (i as f64) * 0.37),
+            json!("mg"),
+            json!("2020"),
+        ]
     }
 
     #[test]
     fn pooled_statistics_equal_those_of_all_rows_together() {
-        let q = query();
-        let v = view(&q);
-        let rows: Vec<Row> = (0..200)
-            .map(|i| {
-                vec![
-                    json!(if i % 3 == 0 { "f" } else { "m" }),
-                    json!(1e6 + (i as f64) * 0.37),
-                    json!(i),
-                ]
+        let plan = plan();
+        let keys = RecordKeys::from_secret([1; 16]);
+        let rows: Vec<(i64, Vec<Row>)> = (0..200).map(|i| (i as i64, vec![row(i)])).collect();
+        let whole = compute(&plan, rows.iter().map(|(k, r)| (*k, r.as_slice())), &keys);
+        // Split by patient, as regions hold different people.
+        let parts: Vec<Vec<GroupStats>> = (0..4)
+            .map(|part| {
+                compute(
+                    &plan,
+                    rows.iter()
+                        .filter(|(k, _)| (*k as usize % 50) % 4 == part)
+                        .map(|(k, r)| (*k, r.as_slice())),
+                    &keys,
+                )
             })
             .collect();
-        let whole = compute(&v, &rows, &q).unwrap();
-        let parts: Vec<Vec<GroupStats>> = rows.chunks(37).map(|c| compute(&v, c, &q).unwrap()).collect();
         let refs: Vec<&[GroupStats]> = parts.iter().map(Vec::as_slice).collect();
-        let pooled = pool(&q, &refs).unwrap();
+        let pooled = pool(&plan, &refs).unwrap();
         assert_eq!(pooled.len(), whole.len());
         for (p, w) in pooled.iter().zip(&whole) {
             assert_eq!(p.key, w.key);
-            for (mi, m) in q.measures.iter().enumerate() {
+            assert_eq!(p.pooled.contributors, w.contributors);
+            assert_eq!(p.pooled.cell_key, w.cell_key, "the pooled cell key is the whole cell's");
+            for (mi, m) in plan.measures.iter().enumerate() {
                 let (a, b) = (
-                    p.pooled[mi].value(m.function).unwrap(),
+                    p.pooled.measures[mi].value(m.function).unwrap(),
                     w.measures[mi].value(m.function).unwrap(),
                 );
                 assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{}: {a} vs {b}", m.name);
@@ -483,17 +687,38 @@ mod tests {
     }
 
     #[test]
-    fn refuses_unknown_functions_and_columns() {
+    fn partners_ask_approved_views_by_declared_roles_only() {
+        let ask = |q: Value| AggregateQuery::parse(&q).and_then(|q| q.plan()).map(|_| ()).unwrap_err();
         let e = AggregateQuery::parse(
             &json!({"viewReference": "x", "measures": [{"name": "a", "function": "max", "column": "w"}]}),
         )
         .unwrap_err();
         assert_eq!(e.expression, "measures[0].function");
-        let q = AggregateQuery::parse(
-            &json!({"view": {"resource": "Patient", "select": [{"column": [{"name": "g", "path": "gender"}]}]},
-            "groupBy": ["nope"], "measures": [{"name": "n", "function": "count"}]}),
-        )
-        .unwrap();
-        assert!(q.check_columns(&view(&q)).is_err());
+        let inline = ask(json!({"view": {"resource": "Patient", "select": [{"column": [{"name": "g", "path": "gender"}]}]},
+            "groupBy": ["g"], "measures": [{"name": "n", "function": "count"}]}));
+        assert_eq!(inline.expression, "view");
+        let key = ask(json!({"viewReference": "patient_demographics", "groupBy": ["patient"],
+            "measures": [{"name": "n", "function": "count"}]}));
+        assert_eq!(key.expression, "groupBy[0]", "{key:?}");
+        let sum_of_dimension = ask(json!({"viewReference": "patient_demographics",
+            "measures": [{"name": "n", "function": "sum", "column": "gender"}]}));
+        assert_eq!(sum_of_dimension.expression, "measures[0].column");
+        let distinct_of_dimension = ask(json!({"viewReference": "patient_demographics",
+            "measures": [{"name": "n", "function": "count_distinct", "column": "gender"}]}));
+        assert_eq!(distinct_of_dimension.expression, "measures[0].column");
+        let unknown = ask(json!({"viewReference": "nope", "measures": [{"name": "n", "function": "count"}]}));
+        assert_eq!(unknown.expression, "viewReference");
+    }
+
+    #[test]
+    fn a_bad_value_is_missing_not_fatal() {
+        let plan = plan();
+        let keys = RecordKeys::from_secret([1; 16]);
+        let mut bad = row(0);
+        bad[4] = json!("not a number");
+        let rows = [(1i64, vec![row(0)]), (2, vec![bad])];
+        let out = compute(&plan, rows.iter().map(|(k, r)| (*k, r.as_slice())), &keys);
+        assert_eq!(out[0].measures[0], MeasureStats::Count(2));
+        assert_eq!(out[0].measures[2].support(), 1);
     }
 }

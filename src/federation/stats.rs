@@ -18,6 +18,12 @@ pub struct Moments {
     pub sum: f64,
     #[serde(default)]
     pub compensation: f64,
+    /// Sum of the absolute values, and the two largest absolute values: what
+    /// the dominance rule needs (they never leave the hub).
+    #[serde(default)]
+    pub abs_sum: f64,
+    #[serde(default)]
+    pub top: [f64; 2],
 }
 
 impl Moments {
@@ -27,6 +33,26 @@ impl Moments {
         self.mean += delta / self.n as f64;
         self.m2 += delta * (x - self.mean);
         self.add_to_sum(x);
+        self.note_magnitude(x.abs());
+    }
+
+    fn note_magnitude(&mut self, a: f64) {
+        self.abs_sum += a;
+        if a > self.top[0] {
+            self.top = [a, self.top[0]];
+        } else if a > self.top[1] {
+            self.top[1] = a;
+        }
+    }
+
+    /// The share of the total magnitude that the two largest values make up
+    /// (0 when every value is 0).
+    pub fn top_two_share(&self) -> f64 {
+        if self.abs_sum > 0.0 {
+            (self.top[0] + self.top[1]) / self.abs_sum
+        } else {
+            0.0
+        }
     }
 
     fn add_to_sum(&mut self, x: f64) {
@@ -55,6 +81,9 @@ impl Moments {
         self.n += other.n;
         self.add_to_sum(other.sum);
         self.compensation += other.compensation;
+        self.abs_sum += other.abs_sum - other.top[0] - other.top[1];
+        self.note_magnitude(other.top[0]);
+        self.note_magnitude(other.top[1]);
     }
 
     pub fn sum(&self) -> f64 {

@@ -41,6 +41,7 @@ pub enum IssueCode {
     NotFound,
     Deleted,
     TooLong,
+    TooCostly,
     Conflict,
     Exception,
     Timeout,
@@ -54,6 +55,7 @@ impl IssueCode {
     pub fn as_str(self) -> &'static str {
         match self {
             IssueCode::Invalid => "invalid",
+            IssueCode::TooCostly => "too-costly",
             IssueCode::Structure => "structure",
             IssueCode::Required => "required",
             IssueCode::Value => "value",

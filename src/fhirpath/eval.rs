@@ -166,6 +166,43 @@ struct Ctx<'a, 'v> {
     root: &'a Value,
     /// Environment variables (`%name`) given by the caller, e.g. a view's constants.
     vars: &'v [(String, Item<'a>)],
+    /// Evaluation steps left before the expression is stopped.
+    steps: std::cell::Cell<u64>,
+}
+
+/// Sub-expression evaluations one top-level evaluation may make. Nested
+/// `where`/`select`/`descendants()` can make the work grow as a power of the
+/// resource's size; this stops such an expression well under a second.
+pub const MAX_EVALUATION_STEPS: u64 = 2_000_000;
+
+/// The largest collection any sub-expression may produce.
+pub const MAX_COLLECTION_ITEMS: usize = 500_000;
+
+impl Ctx<'_, '_> {
+    fn step(&self) -> Result<(), EvalError> {
+        let left = self.steps.get();
+        if left == 0 {
+            return Err(EvalError(format!(
+                "the expression needs more than {MAX_EVALUATION_STEPS} evaluation steps on one resource (the evaluation budget)"
+            )));
+        }
+        self.steps.set(left - 1);
+        Ok(())
+    }
+
+    /// Charges a pairwise comparison of two collections (union, distinct,
+    /// intersect...) against the budget: one step per 64 comparisons.
+    fn pairwise(&self, a: usize, b: usize) -> Result<(), EvalError> {
+        let cost = (a as u64).saturating_mul(b as u64) / 64;
+        let left = self.steps.get();
+        if cost > left {
+            return Err(EvalError(format!(
+                "comparing collections of {a} and {b} items exceeds the evaluation budget"
+            )));
+        }
+        self.steps.set(left - cost);
+        Ok(())
+    }
 }
 
 /// Evaluates `expr` with `resource` as both the input and `%resource`.
@@ -174,6 +211,7 @@ pub fn evaluate<'a>(expr: &Expr, resource: &'a Value, model: &'a ChoiceModel) ->
         model,
         root: resource,
         vars: &[],
+        steps: std::cell::Cell::new(MAX_EVALUATION_STEPS),
     };
     let input = vec![Item::Node {
         value: resource,
@@ -191,7 +229,12 @@ pub fn evaluate_in<'a>(
     model: &'a ChoiceModel,
     vars: &[(String, Item<'a>)],
 ) -> Result<Vec<Item<'a>>, EvalError> {
-    let ctx = Ctx { model, root, vars };
+    let ctx = Ctx {
+        model,
+        root,
+        vars,
+        steps: std::cell::Cell::new(MAX_EVALUATION_STEPS),
+    };
     eval(&ctx, expr, std::slice::from_ref(focus), Some(focus))
 }
 
@@ -276,7 +319,27 @@ fn all_children<'a>(item: &Item<'a>, out: &mut Vec<Item<'a>>) {
     }
 }
 
+/// Evaluates one sub-expression within the budget: a step, and a bounded result.
 fn eval<'a>(
+    ctx: &Ctx<'a, '_>,
+    expr: &Expr,
+    input: &[Item<'a>],
+    this: Option<&Item<'a>>,
+) -> Result<Vec<Item<'a>>, EvalError> {
+    ctx.step()?;
+    let out = eval_unchecked(ctx, expr, input, this)?;
+    // Building a collection is work too: charge it (one step per eight items).
+    ctx.pairwise(out.len(), 8)?;
+    if out.len() > MAX_COLLECTION_ITEMS {
+        return Err(EvalError(format!(
+            "a sub-expression produced {} items; the limit is {MAX_COLLECTION_ITEMS}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+fn eval_unchecked<'a>(
     ctx: &Ctx<'a, '_>,
     expr: &Expr,
     input: &[Item<'a>],
@@ -381,6 +444,7 @@ fn binary<'a>(
     let boolean = |b: Option<bool>| b.map(Item::Boolean).into_iter().collect::<Vec<_>>();
     Ok(match op {
         BinOp::Union => {
+            ctx.pairwise(lv.len() + rv.len(), lv.len() + rv.len())?;
             let mut out = lv;
             for item in rv {
                 if !out.iter().any(|o| equal(o, &item)) {
@@ -777,13 +841,20 @@ fn call<'a>(
                 let mut next = Vec::new();
                 for item in &frontier {
                     all_children(item, &mut next);
+                    if out.len() + next.len() > MAX_COLLECTION_ITEMS {
+                        return Err(EvalError(format!(
+                            "descendants() reached more than {MAX_COLLECTION_ITEMS} items; the limit is {MAX_COLLECTION_ITEMS}"
+                        )));
+                    }
                 }
+                ctx.step()?;
                 out.extend(next.iter().cloned());
                 frontier = next;
             }
             out
         }
         "isDistinct" => {
+            ctx.pairwise(base.len(), base.len())?;
             let mut seen: Vec<&Item> = Vec::new();
             let mut distinct = true;
             for item in &base {
@@ -807,6 +878,7 @@ fn call<'a>(
         "combine" | "intersect" | "exclude" => {
             arity(1)?;
             let other = eval(ctx, &args[0], input, this)?;
+            ctx.pairwise(base.len() + other.len(), base.len() + other.len())?;
             match name {
                 "combine" => base.into_iter().chain(other).collect(),
                 "intersect" => {
@@ -864,6 +936,7 @@ fn call<'a>(
             _ => return Err(EvalError("single() on a collection of several items".into())),
         },
         "distinct" => {
+            ctx.pairwise(base.len(), base.len())?;
             let mut out: Vec<Item> = Vec::new();
             for item in base {
                 if !out.iter().any(|o| equal(o, &item)) {

@@ -129,6 +129,45 @@ mod tests {
     }
 
     #[test]
+    fn deep_or_long_expressions_are_refused_with_the_limit_named() {
+        let chain = vec!["true"; 3500].join(" and ");
+        let parens = format!("{}1{}", "(".repeat(3000), ")".repeat(3000));
+        let iifs = format!("{}1{}", "iif(true, ".repeat(3000), ", 0)".repeat(3000));
+        let minus = format!("{}1", "-".repeat(3000));
+        let steps = format!("Patient{}", ".name".repeat(3000));
+        for e in [&chain, &parens, &iifs, &minus, &steps] {
+            let err = parse(e).unwrap_err();
+            assert!(
+                err.message.contains("limit") || err.message.contains("deeper than"),
+                "{}",
+                err.message
+            );
+        }
+        let err = parse(&"a".repeat(20_000)).unwrap_err();
+        assert!(err.message.contains("bytes long"), "{}", err.message);
+        // The limit leaves room for real expressions: the longest R4 invariants parse.
+        assert!(parse(&vec!["true"; 100].join(" and ")).is_ok());
+    }
+
+    #[test]
+    fn runaway_evaluations_stop_at_the_budget() {
+        let mut p = json!({"resourceType": "Patient"});
+        p["name"] = json!((0..200).map(|i| json!({"given": [format!("g{i}"), "x", "y"], "family": "f"})).collect::<Vec<_>>());
+        let m = model();
+        for expr in [
+            "descendants().select(%resource.descendants().select(%resource.descendants()))",
+            "descendants().where(%resource.descendants().where(%resource.descendants().exists()).exists())",
+            "(descendants() | %resource.descendants().select(%resource.descendants())).isDistinct()",
+        ] {
+            let e = parse(expr).unwrap();
+            let started = std::time::Instant::now();
+            let r = evaluate(&e, &p, &m);
+            assert!(r.is_err(), "{expr} should stop");
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "{expr} took too long");
+        }
+    }
+
+    #[test]
     fn rejects_garbage() {
         assert!(parse("Patient.(").is_err());
         assert!(parse("'unterminated").is_err());

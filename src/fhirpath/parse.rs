@@ -197,15 +197,36 @@ struct Parser {
     toks: Vec<(Tok, usize)>,
     pos: usize,
     len: usize,
+    /// How deep the tree under construction is at the current point.
+    depth: usize,
 }
 
-/// Parses a FHIRPath expression.
+/// The longest expression accepted, in bytes. The longest FHIRPath in the R4
+/// definitions (an invariant) is under 1,000 characters.
+pub const MAX_EXPRESSION_BYTES: usize = 16 * 1024;
+
+/// The deepest expression tree accepted: nesting of parentheses, function
+/// arguments, unary operators, and chains of operators or `.member` steps all
+/// count. Evaluation recurses along the tree, so this bounds its stack.
+pub const MAX_EXPRESSION_DEPTH: usize = 128;
+
+/// Parses a FHIRPath expression, refusing ones longer or deeper than the limits above.
 pub fn parse(src: &str) -> Result<Expr, ParseError> {
+    if src.len() > MAX_EXPRESSION_BYTES {
+        return Err(ParseError {
+            message: format!(
+                "the expression is {} bytes long; the limit is {MAX_EXPRESSION_BYTES}",
+                src.len()
+            ),
+            position: 0,
+        });
+    }
     let toks = tokenize(src)?;
     let mut p = Parser {
         toks,
         pos: 0,
         len: src.len(),
+        depth: 0,
     };
     let e = p.expr(0)?;
     if p.pos < p.toks.len() {
@@ -272,9 +293,31 @@ impl Parser {
         }
     }
 
+    /// Goes one level deeper, or fails naming the limit.
+    fn deeper(&mut self, levels: usize) -> Result<(), ParseError> {
+        self.depth += levels;
+        if self.depth > MAX_EXPRESSION_DEPTH {
+            return Err(self.error(&format!(
+                "the expression nests deeper than {MAX_EXPRESSION_DEPTH} levels (operators, parentheses, calls and steps all count)"
+            )));
+        }
+        Ok(())
+    }
+
     fn expr(&mut self, min_prec: u8) -> Result<Expr, ParseError> {
+        self.deeper(1)?;
+        let outer = self.depth;
+        let e = self.expr_chain(min_prec);
+        self.depth = outer - 1;
+        e
+    }
+
+    fn expr_chain(&mut self, min_prec: u8) -> Result<Expr, ParseError> {
         let mut lhs = self.unary()?;
-        while let Some(tok) = self.peek() {
+        while self.peek().is_some() {
+            // Each operator of a chain puts the tree built so far one level deeper.
+            self.deeper(1)?;
+            let Some(tok) = self.peek() else { break };
             // `is` and `as` bind between additive and union operators.
             if let Tok::Ident(kw) = tok {
                 if (kw == "is" || kw == "as") && min_prec <= 7 {
@@ -319,6 +362,14 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
+        self.deeper(1)?;
+        let outer = self.depth;
+        let e = self.unary_inner();
+        self.depth = outer - 1;
+        e
+    }
+
+    fn unary_inner(&mut self) -> Result<Expr, ParseError> {
         if self.eat("-") {
             return Ok(Expr::Negate(Box::new(self.unary()?)));
         }
@@ -327,6 +378,10 @@ impl Parser {
         }
         let mut e = self.term()?;
         loop {
+            if matches!(self.peek(), Some(Tok::Sym("." | "["))) {
+                // Each step wraps the tree built so far.
+                self.deeper(1)?;
+            }
             if self.eat(".") {
                 let name = match self.toks.get(self.pos) {
                     Some((Tok::Ident(s), _)) => s.clone(),

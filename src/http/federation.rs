@@ -6,13 +6,15 @@
 use super::error::ApiError;
 use super::fhir::{blocking, check_type, json_body, parse_json, query_pairs};
 use super::AppState;
-use crate::federation::{AggregateQuery, Disclosure, NodeAggregate};
+use crate::federation::{counts, AggregateRequest, Disclosure, NodeAggregate, NodeCount, Plan};
+use crate::node::analytics::Budget;
+use std::time::Duration;
 use crate::fhir::time::format_instant;
 use crate::fhir::{Issue, IssueCode};
 use crate::node::{self, audit::AuditRecord};
 use crate::search::parse_query;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Put in a connection's data when the client presented a certificate that
 /// the TLS layer verified against the configured CA with the client-auth usage.
@@ -43,6 +45,12 @@ async fn quality(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
         let mut report = svc.quality.report(&region);
         if let Some(o) = report.as_object_mut() {
             o.remove("bySource");
+        }
+        // Validator messages may quote the values they found: they stay in the region.
+        for t in report["byResourceType"].as_array_mut().into_iter().flatten() {
+            if let Some(c) = t["conformance"].as_object_mut() {
+                c.remove("topIssues");
+            }
         }
         report["lastUpdated"] = json!(last_updated(&svc)?);
         Ok(report)
@@ -85,25 +93,25 @@ async fn aggregate(
     let audit = state.audit.clone();
     let config = state.config.clone();
     let answer = blocking(move || {
-        let (mut value, text) = parse_json(&body).map_err(super::fhir::api_to_node)?;
+        let (_, text) = parse_json(&body).map_err(super::fhir::api_to_node)?;
         let text = text.to_string();
-        let asked: Disclosure = match value.as_object_mut().and_then(|o| o.remove("disclosure")) {
-            Some(d) => serde_json::from_value(d).map_err(|e| {
-                node::Error::invalid(Issue::error(IssueCode::Invalid, format!("disclosure: {e}")).at("disclosure"))
-            })?,
-            None => {
-                return Err(node::Error::invalid(
-                    Issue::error(IssueCode::Required, "the hub must state the disclosure settings it applies")
-                        .at("disclosure"),
-                ))
-            }
-        };
+        let request: AggregateRequest = serde_json::from_str(&text).map_err(|e| {
+            node::Error::invalid(Issue::error(
+                IssueCode::Structure,
+                format!("not an aggregate request from a hub of this version: {e}"),
+            ))
+        })?;
         let observer = format!("node {}", config.region);
         let floor = config.disclosure;
-        if asked.min_cell < floor.min_cell || asked.rounding < floor.rounding {
+        let asked = request.disclosure;
+        let asked_here = Disclosure {
+            min_regions: floor.min_regions,
+            ..asked
+        };
+        if !asked_here.at_least_as_strict_as(&floor) {
             let why = format!(
-                "this node releases only under minCell >= {} and rounding >= {}; the hub asked for minCell {} and rounding {}",
-                floor.min_cell, floor.rounding, asked.min_cell, asked.rounding
+                "this node releases only under minCell >= {}, rounding >= {} and noise >= {}; the hub asked for minCell {}, rounding {} and noise {}",
+                floor.min_cell, floor.rounding, floor.noise, asked.min_cell, asked.rounding, asked.noise
             );
             audit.record_now(&AuditRecord {
                 action: "aggregate",
@@ -115,16 +123,9 @@ async fn aggregate(
             })?;
             return Ok(Err(why));
         }
-        let q = AggregateQuery::parse(&value).map_err(|p| {
-            node::Error::invalid(Issue::error(IssueCode::Invalid, p.message).at(&p.expression))
-        })?;
-        let groups = svc.aggregate(&q)?;
-        let view_type = match &q.view {
-            crate::federation::ViewSource::Inline(v) => v.get("resource").and_then(Value::as_str).map(str::to_string),
-            crate::federation::ViewSource::Reference(name) => {
-                crate::views::library::compile(name).and_then(Result::ok).map(|v| v.resource.clone())
-            }
-        };
+        let plan = Plan::from_request(&request).map_err(crate::node::analytics::problem_error)?;
+        let budget = Budget::new(&svc.settings, Some(Duration::from_millis(request.deadline_ms)));
+        let groups = svc.aggregate(&plan, budget)?;
         audit.record_now(&AuditRecord {
             action: "aggregate",
             who: "hub (mTLS)",
@@ -134,15 +135,17 @@ async fn aggregate(
             details: vec![(
                 "released",
                 format!(
-                    "sufficient statistics (counts, sums, moments) for {} group(s); no rows",
-                    groups.len()
+                    "sufficient statistics (counts, sums, moments) for {} group(s) of view {} {}; no rows",
+                    groups.len(),
+                    plan.approved.name,
+                    plan.approved.version
                 ),
             )],
         })?;
         Ok(Ok(NodeAggregate {
             region: config.region.to_string(),
             last_updated: last_updated(&svc)?,
-            completeness: view_type.and_then(|t: String| svc.quality.completeness(&t)),
+            completeness: svc.quality.completeness(&plan.approved.view.resource),
             groups,
             disclosure: floor,
         }))
@@ -166,6 +169,13 @@ async fn count(
         .into_iter()
         .filter(|(k, _)| k != "_summary" && k != "_count" && k != "_format")
         .collect();
+    // The node checks the approved parameters too: it does not rely on the hub alone.
+    counts::check(&rtype, &pairs).map_err(|p| {
+        ApiError::Invalid(Issue {
+            expression: Some(p.expression),
+            ..Issue::error(IssueCode::NotSupported, p.message)
+        })
+    })?;
     // Strict: a parameter this node cannot apply must not silently widen the count.
     let parsed = parse_query(
         &state.service.registry,
@@ -179,8 +189,16 @@ async fn count(
     let config = state.config.clone();
     let query = format!("{rtype}?{}", req.query_string());
     let rtype_for_quality = rtype.clone();
-    let body: Value = blocking(move || {
-        let n = svc.store.count(&parsed)?;
+    let body: NodeCount = blocking(move || {
+        let matched = svc.store.search(&parsed, svc.settings.max_results)?;
+        let n = if matched.len() < svc.settings.max_results {
+            matched.len() as u64
+        } else {
+            svc.store.count(&parsed)?
+        };
+        let cell_key = matched
+            .iter()
+            .fold(0u64, |k, &key| k.wrapping_add(svc.record_keys.record(key, 0)));
         audit.record_now(&AuditRecord {
             action: "count",
             who: "hub (mTLS)",
@@ -189,13 +207,14 @@ async fn count(
             query: &query,
             details: vec![("released", "one count".into())],
         })?;
-        Ok(json!({
-            "region": config.region.as_str(),
-            "count": n,
-            "lastUpdated": last_updated(&svc)?,
-            "completeness": svc.quality.completeness(&rtype_for_quality),
-            "disclosure": config.disclosure,
-        }))
+        Ok(NodeCount {
+            region: config.region.to_string(),
+            count: n,
+            cell_key,
+            last_updated: last_updated(&svc)?,
+            completeness: svc.quality.completeness(&rtype_for_quality),
+            disclosure: config.disclosure,
+        })
     })
     .await?;
     Ok(HttpResponse::Ok().json(body))

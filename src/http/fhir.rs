@@ -250,7 +250,23 @@ fn resource_response(s: &Stored) -> HttpResponse {
         .body(s.json.as_deref().unwrap_or(b"{}").to_vec())
 }
 
-fn write_response(r: WriteResult, prefer: Return, base: &str) -> HttpResponse {
+/// Whether the client may read resources of `rtype`: a write-only client (a
+/// vendor) gets no resource back, so that a conditional create that matched
+/// cannot show it what is stored.
+fn may_read(req: &HttpRequest, rtype: &str) -> bool {
+    super::access::principal_of(req).is_some_and(|p| {
+        p.scopes
+            .iter()
+            .any(|s| s.allows(rtype, crate::auth::scopes::Perms::R))
+    })
+}
+
+fn write_response(r: WriteResult, prefer: Return, base: &str, req: &HttpRequest) -> HttpResponse {
+    let prefer = if prefer == Return::Representation && !may_read(req, &r.rtype) {
+        Return::Minimal
+    } else {
+        prefer
+    };
     let status = match r.outcome {
         WriteOutcome::Created => actix_web::http::StatusCode::CREATED,
         WriteOutcome::Updated | WriteOutcome::Existing => actix_web::http::StatusCode::OK,
@@ -434,7 +450,7 @@ async fn create(
         node::quality::with_source(&source, || svc.create(&rtype, value, Some(text), cond))
     })
     .await?;
-    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state), &req))
 }
 
 /// The source that quality figures attribute a REST write to: the client.
@@ -475,7 +491,7 @@ async fn update(
         node::quality::with_source(&source, || svc.update(&rtype, &id, value, Some(text), version))
     })
     .await?;
-    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state), &req))
 }
 
 fn conditional_query(req: &HttpRequest, state: &AppState, rtype: &str) -> Result<SearchRequest, ApiError> {
@@ -506,7 +522,7 @@ async fn conditional_update(
         svc.conditional_update(&rtype, query, value, Some(text), version)
     })
     .await?;
-    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state), &req))
 }
 
 async fn delete(
@@ -519,7 +535,7 @@ async fn delete(
     check_id(&id)?;
     let svc = state.service.clone();
     let result = blocking(move || svc.delete(&rtype, &id)).await?;
-    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state), &req))
 }
 
 async fn conditional_delete(
@@ -532,7 +548,7 @@ async fn conditional_delete(
     let query = conditional_query(&req, &state, &rtype)?;
     let svc = state.service.clone();
     let result = blocking(move || svc.conditional_delete(query)).await?;
-    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state)))
+    Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state), &req))
 }
 
 fn self_query(rtype: &str, pairs: &[(String, String)], parsed: &SearchRequest) -> String {
@@ -674,7 +690,9 @@ fn check_bundle_entries(p: &crate::auth::Principal, text: &str) -> Result<(), no
 
 async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let body = json_body(&req, payload, &state).await?;
-    let representation = prefer(&req).ret == Return::Representation && req.headers().contains_key("prefer");
+    // Resources come back in the response only to clients who may read every type.
+    let representation =
+        prefer(&req).ret == Return::Representation && req.headers().contains_key("prefer") && may_read(&req, "*");
     let svc = state.service.clone();
     let principal = super::access::principal_of(&req);
     let source = source_of(&req);

@@ -9,7 +9,7 @@ use crate::auth::{Server, HUB_ROUTES};
 use crate::config::HubConfig;
 use crate::federation::AggregateQuery;
 use crate::fhir::{Issue, IssueCode};
-use crate::hub::{reply_csv, Hub, HubError};
+use crate::hub::{Answer, Hub, HubError};
 use crate::node::audit::AuditLog;
 use crate::search::parse_query;
 use actix_web::dev::ServerHandle;
@@ -162,22 +162,22 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>)
         })
     })?;
     // An identical question within the cache window gets the released answer again.
-    let key = format!("aggregate {}", q.to_node_json()) + &format!("{:?}", q.regions);
+    let key = format!("aggregate {q:?}");
     let reply = match hub.cached(&key) {
-        Some(r) => r,
-        None => {
+        Some(Answer::Aggregate(r)) => r,
+        _ => {
             admit(&hub, &req)?;
-            let r = hub.aggregate(q, text, &who(&req)).await?;
-            hub.remember(key, &r);
+            let r = std::sync::Arc::new(hub.aggregate(q, text, &who(&req)).await?);
+            hub.remember(key, &Answer::Aggregate(r.clone()));
             r
         }
     };
     Ok(if csv {
         HttpResponse::Ok()
             .content_type("text/csv; charset=utf-8")
-            .body(reply_csv(&reply))
+            .body(reply.to_csv())
     } else {
-        HttpResponse::Ok().json(reply)
+        HttpResponse::Ok().json(reply.to_json())
     })
 }
 
@@ -188,13 +188,19 @@ async fn search(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) 
     let pairs = query_pairs(&req);
     let summary_count = pairs.iter().any(|(k, v)| k == "_summary" && v == "count");
     if summary_count {
-        let key = format!("count {rtype}?{}", req.query_string());
-        if let Some(b) = hub.cached(&key) {
+        let mut params: Vec<(String, String)> = pairs
+            .iter()
+            .filter(|(k, _)| k != "_summary" && k != "_count" && k != "_format")
+            .cloned()
+            .collect();
+        params.sort();
+        let key = format!("count {rtype}?{params:?}");
+        if let Some(Answer::Count(b)) = hub.cached(&key) {
             return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(b.to_string()));
         }
         admit(&hub, &req)?;
-        let bundle = hub.count(&rtype, req.query_string(), &who(&req)).await?;
-        hub.remember(key, &bundle);
+        let bundle = hub.count(&rtype, &params, &who(&req)).await?;
+        hub.remember(key, &Answer::Count(bundle.clone()));
         return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bundle.to_string()));
     }
     if rtype == "AuditEvent" {

@@ -46,6 +46,8 @@ pub enum StartError {
     Access(String),
     #[error(transparent)]
     Profiles(#[from] crate::profiles::ProfileError),
+    #[error("record-key secret {path}: {message}")]
+    Secret { path: String, message: String },
 }
 
 /// A node serving HTTP. Dropping it does not stop it; call `stop`.
@@ -285,6 +287,37 @@ where
     }
 }
 
+/// The node's record-key secret (`cell-key.secret` in the data folder), made on
+/// first start. It must stay the same across restarts, so that the noise of a
+/// figure does not change with the process; nodes sharing one PostgreSQL
+/// database should share the file.
+fn record_keys(data: &std::path::Path) -> Result<crate::federation::RecordKeys, StartError> {
+    let path = data.join("cell-key.secret");
+    let fail = |e: std::io::Error| StartError::Secret {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let hex = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data).map_err(fail)?;
+            let secret: String = uuid::Uuid::new_v4().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(&path, &secret).map_err(fail)?;
+            secret
+        }
+        Err(e) => return Err(fail(e)),
+    };
+    let mut secret = [0u8; 16];
+    if hex.len() != 32 || !hex.is_char_boundary(32) {
+        return Err(fail(std::io::Error::other("expected 32 hexadecimal digits")));
+    }
+    for (i, b) in secret.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+    }
+    Ok(crate::federation::RecordKeys::from_secret(secret))
+}
+
 /// Opens the store, binds `config.listen` and starts serving on the current Tokio runtime.
 pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
     // Profiles first: a broken one stops the node before it touches its data.
@@ -307,7 +340,9 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         &config.data,
     )?;
     let registry = Arc::new(Registry::r4());
-    let service = FhirService::new(store.clone(), registry, config.service.clone()).with_profiles(profiles);
+    let service = FhirService::new(store.clone(), registry, config.service.clone())
+        .with_profiles(profiles)
+        .with_record_keys(record_keys(&config.data)?);
     let dead_letters = open_dead_letters(&config.storage, &config.data).await?;
     let feeds = crate::feeds::Feeds::new(service.clone(), crate::feeds::DeadLetters::new(dead_letters.clone()));
     let mllp = match &config.mllp {

@@ -134,12 +134,14 @@ async fn run(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>
         let (value, text) = parse_json(&body).map_err(super::fhir::api_to_node)?;
         let r = parse_run(&value)?;
         let format = r.format.or(query_format).unwrap_or(Format::Json);
+        let budget = crate::node::analytics::Budget::new(&svc.settings, None);
         let rows = match &r.resources {
             Some(resources) => {
                 let model = &crate::fhir::definitions::get().choice;
                 let mut rows = Vec::new();
                 for res in resources {
                     r.view.rows(res, model, &mut rows).map_err(view_error)?;
+                    budget.check(rows.len())?;
                 }
                 if let Some(l) = r.limit {
                     rows.truncate(l);
@@ -147,7 +149,7 @@ async fn run(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>
                 rows
             }
             None => {
-                let rows = svc.run_view(&r.view, r.limit)?;
+                let rows = svc.run_view(&r.view, r.limit, budget)?;
                 audit.record_now(&AuditRecord {
                     action: "view-run",
                     who: &who,

@@ -6,11 +6,8 @@
 //! reply `partial`; it never makes the whole query hang or fail.
 
 use crate::config::HubConfig;
-use crate::federation::{
-    self, AggregateQuery, Disclosure, Function, Measure, MeasureStats, NodeAggregate, PooledGroup,
-};
+use crate::federation::{self, counts, AggregateQuery, Disclosure, NodeAggregate, NodeCount, Release};
 use crate::node::audit::{AuditLog, AuditRecord};
-use crate::views::output::{csv_text, write_csv_line};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -66,7 +63,7 @@ pub struct Hub {
     /// The hub's audit trail.
     pub audit: Arc<AuditLog>,
     /// Released answers by canonical query, for `HubConfig::answer_cache` (identical questions get the same answer).
-    answers: Arc<std::sync::Mutex<std::collections::HashMap<String, (Instant, Value)>>>,
+    answers: Arc<std::sync::Mutex<std::collections::HashMap<String, (Instant, Answer)>>>,
     /// Recent aggregate questions per client, for the rate limit.
     asked: Arc<std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>>,
 }
@@ -98,14 +95,14 @@ impl Hub {
     }
 
     /// A released answer to the same question within the cache window, if any.
-    pub fn cached(&self, key: &str) -> Option<Value> {
+    pub fn cached(&self, key: &str) -> Option<Answer> {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         let ttl = self.config.answer_cache;
         answers.retain(|_, (at, _)| at.elapsed() < ttl);
         answers.get(key).map(|(_, v)| v.clone())
     }
 
-    pub fn remember(&self, key: String, answer: &Value) {
+    pub fn remember(&self, key: String, answer: &Answer) {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         answers.insert(key, (Instant::now(), answer.clone()));
     }
@@ -252,36 +249,16 @@ impl Hub {
         futures_util::future::join_all(calls).await
     }
 
-    /// `POST /fhir/$aggregate`: the reply body.
-    pub async fn aggregate(&self, q: AggregateQuery, raw: &str, who: &str) -> Result<Value, HubError> {
+    /// `POST /fhir/$aggregate`: the question is checked against its approved
+    /// view, put to every region asked, pooled and released through the gate.
+    pub async fn aggregate(&self, q: AggregateQuery, raw: &str, who: &str) -> Result<AggregateReply, HubError> {
+        let plan = q.plan().map_err(|p| bad(p.message, Some(&p.expression)))?;
         let regions = self.regions_for(q.regions.as_deref())?;
-        // Checked here too, so that a bad query is one clear 400 rather than four node errors.
-        let view = match &q.view {
-            federation::ViewSource::Inline(v) => {
-                crate::views::View::compile(v).map_err(|e| bad(e.message, Some(&format!("view.{}", e.location))))?
-            }
-            federation::ViewSource::Reference(name) => crate::views::library::compile(name)
-                .ok_or_else(|| bad(format!("no view named '{name}'"), Some("viewReference")))?
-                .map_err(|e| bad(e.message, Some("viewReference")))?,
-        };
-        q.check_columns(&view)
-            .map_err(|p| bad(p.message, Some(&p.expression)))?;
-        let boolean: Vec<bool> = q
-            .measures
-            .iter()
-            .map(|m| {
-                let column = m
-                    .column
-                    .as_deref()
-                    .and_then(|c| view.columns.iter().find(|v| v.name == c));
-                column.is_some_and(|c| c.ty.as_deref() == Some("boolean"))
-            })
-            .collect();
-        let mut body = q.to_node_json();
-        body["disclosure"] = serde_json::to_value(self.config.disclosure).unwrap_or_default();
+        let every_region_asked = regions.len() == self.config.nodes.len();
+        let request = plan.request(self.config.disclosure, self.config.deadline.as_millis() as u64);
         let answers: Vec<(RegionReport, Option<NodeAggregate>)> = self
             .fan_out(&regions, |client, url| {
-                client.post(format!("{url}/federation/aggregate")).json(&body)
+                client.post(format!("{url}/federation/aggregate")).json(&request)
             })
             .await;
         let mut reports = Vec::new();
@@ -307,24 +284,25 @@ impl Hub {
             reports.push(report);
         }
         let slices: Vec<&[federation::GroupStats]> = answered.iter().map(|a| a.groups.as_slice()).collect();
-        let pooled = federation::pool(&q, &slices).map_err(|e| bad(e, None))?;
-        let released = gate.release(&q, &answered_names, &pooled, &boolean);
-        let complete = reports.iter().all(|r| r.status == RegionStatus::Ok);
-        let reply = json!({
-            "status": if complete { "complete" } else { "partial" },
-            "regions": reports,
-            "rows": released.rows,
-            "disclosure": {"minCell": gate.min_cell, "rounding": gate.rounding, "notes": released.notes},
-        });
+        let pooled = federation::pool(&plan, &slices).map_err(|e| bad(e, None))?;
+        let release = gate.release(&plan, &answered_names, &pooled, every_region_asked);
+        let reply = AggregateReply {
+            complete: reports.iter().all(|r| r.status == RegionStatus::Ok),
+            regions: reports,
+            release,
+            gate,
+        };
         self.record(
             "aggregate",
             who,
             raw,
-            &reports,
+            &reply.regions,
             format!(
-                "{} row(s) released; {} cell(s) withheld",
-                reply["rows"].as_array().map_or(0, Vec::len),
-                withheld_cells(&reply["rows"])
+                "view {} {}: {} row(s) released; {} row(s) withheld",
+                plan.approved.name,
+                plan.approved.version,
+                reply.release.rows().len(),
+                reply.release.withheld_rows()
             ),
         )
         .await?;
@@ -345,7 +323,10 @@ impl Hub {
                     report.last_updated = a.get("lastUpdated").and_then(Value::as_str).map(str::to_string);
                     if let Some(o) = a.as_object_mut() {
                         o.remove("region");
+                        o.remove("bySource");
                     }
+                    // Every figure that leaves the hub passes the gate, the quality counts too.
+                    self.config.disclosure.release_quality(&mut a);
                     out.insert(report.region.clone(), a);
                 } else {
                     report.status = RegionStatus::Error;
@@ -362,37 +343,22 @@ impl Hub {
         }))
     }
 
-    /// `GET /fhir/<type>?...&_summary=count`: a searchset Bundle with the pooled total.
-    pub async fn count(&self, rtype: &str, query: &str, who: &str) -> Result<Value, HubError> {
+    /// `GET /fhir/<type>?...&_summary=count`: a searchset Bundle with the pooled
+    /// total. `pairs` are the search parameters without `_summary`, `_count` and
+    /// `_format`; only approved parameters in generalised forms are accepted.
+    pub async fn count(&self, rtype: &str, pairs: &[(String, String)], who: &str) -> Result<Value, HubError> {
+        counts::check(rtype, pairs).map_err(|p| bad(p.message, Some(&p.expression)))?;
         let regions = self.regions_for(None)?;
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct NodeCount {
-            region: String,
-            count: u64,
-            last_updated: Option<String>,
-            #[serde(default)]
-            completeness: Option<f64>,
-            disclosure: Disclosure,
-        }
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs.iter())
+            .finish();
         let answers: Vec<(RegionReport, Option<NodeCount>)> = self
             .fan_out(&regions, |client, url| {
                 client.get(format!("{url}/federation/count/{rtype}?{query}"))
             })
             .await;
-        let q = AggregateQuery {
-            view: federation::ViewSource::Reference(String::new()),
-            group_by: vec![],
-            measures: vec![Measure {
-                name: "count".into(),
-                function: Function::Count,
-                column: None,
-            }],
-            regions: None,
-        };
         let mut reports = Vec::new();
-        let mut names = Vec::new();
-        let mut stats = Vec::new();
+        let mut answered: Vec<(String, (u64, u64))> = Vec::new();
         let mut gate = self.config.disclosure;
         for (mut report, answer) in answers {
             if let Some(a) = answer {
@@ -403,11 +369,7 @@ impl Hub {
                         min_regions: gate.min_regions,
                         ..a.disclosure
                     });
-                    names.push(a.region);
-                    stats.push(vec![federation::GroupStats {
-                        key: vec![],
-                        measures: vec![MeasureStats::Count(a.count)],
-                    }]);
+                    answered.push((a.region, (a.count, a.cell_key)));
                 } else {
                     report.status = RegionStatus::Error;
                     report.detail = Some(format!("the node at this URL says it serves '{}'", a.region));
@@ -415,40 +377,18 @@ impl Hub {
             }
             reports.push(report);
         }
-        let slices: Vec<&[federation::GroupStats]> = stats.iter().map(Vec::as_slice).collect();
-        let mut pooled = federation::pool(&q, &slices).map_err(|e| bad(e, None))?;
-        if pooled.is_empty() {
-            // No region answered, or every count was zero and nothing was reported.
-            pooled.push(PooledGroup {
-                key: vec![],
-                regions: vec![None; names.len()],
-                pooled: vec![MeasureStats::Count(0)],
-            });
-        }
-        let released = gate.release(&q, &names, &pooled, &[false]);
+        let figures: Vec<(u64, u64)> = answered.iter().map(|(_, f)| *f).collect();
+        let released = gate.release_counts(&figures, true);
         let complete = reports.iter().all(|r| r.status == RegionStatus::Ok);
-        let mut total = None;
-        let mut per_region = Vec::new();
-        for row in &released.rows {
-            let region = row["region"].as_str().unwrap_or_default();
-            if region == "pooled" {
-                total = row["count"].as_u64();
-                continue;
-            }
-            let mut ext = vec![json!({"url": "region", "valueString": region})];
-            match row["count"].as_u64() {
-                Some(n) => ext.push(json!({"url": "count", "valueUnsignedInt": n})),
-                None => ext.push(json!({"url": "suppressed", "valueBoolean": true})),
-            }
-            per_region.push((region.to_string(), ext));
-        }
         let mut extensions = Vec::new();
         for r in &reports {
-            let mut ext = per_region
-                .iter()
-                .find(|(name, _)| *name == r.region)
-                .map(|(_, e)| e.clone())
-                .unwrap_or_else(|| vec![json!({"url": "region", "valueString": r.region})]);
+            let mut ext = vec![json!({"url": "region", "valueString": r.region})];
+            if let Some(i) = answered.iter().position(|(name, _)| *name == r.region) {
+                match released.region(i) {
+                    Some(n) => ext.push(json!({"url": "count", "valueUnsignedInt": n})),
+                    None => ext.push(json!({"url": "suppressed", "valueBoolean": true})),
+                }
+            }
             ext.push(json!({"url": "status", "valueCode": r.status}));
             if let Some(t) = &r.last_updated {
                 ext.push(json!({"url": "lastUpdated", "valueInstant": t}));
@@ -463,7 +403,7 @@ impl Hub {
         }
         extensions.push(json!({"url": FEDERATION_STATUS_EXTENSION,
             "valueCode": if complete { "complete" } else { "partial" }}));
-        for note in &released.notes {
+        for note in released.notes() {
             extensions.push(json!({"url": DISCLOSURE_NOTE_EXTENSION, "valueString": note}));
         }
         let mut bundle = json!({
@@ -471,7 +411,7 @@ impl Hub {
             "type": "searchset",
             "extension": extensions,
         });
-        if let Some(t) = total {
+        if let Some(t) = released.total() {
             bundle["total"] = json!(t);
         }
         self.record(
@@ -479,7 +419,7 @@ impl Hub {
             who,
             &format!("{rtype}?{query}"),
             &reports,
-            match total {
+            match released.total() {
                 Some(t) => format!("pooled count {t} released"),
                 None => "pooled count withheld".into(),
             },
@@ -533,16 +473,6 @@ pub const REGION_COUNT_EXTENSION: &str = "https://pennine.nhs.example/fhir/Struc
 pub const FEDERATION_STATUS_EXTENSION: &str = "https://pennine.nhs.example/fhir/StructureDefinition/federation-status";
 pub const DISCLOSURE_NOTE_EXTENSION: &str = "https://pennine.nhs.example/fhir/StructureDefinition/disclosure-note";
 
-fn withheld_cells(rows: &Value) -> usize {
-    rows.as_array()
-        .map(|rows| {
-            rows.iter()
-                .map(|r| r["suppressed"].as_array().map_or(0, Vec::len))
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -578,33 +508,39 @@ fn outcome_text(status: u16, body: &[u8]) -> String {
     }
 }
 
-/// The reply of `$aggregate` as CSV: one line per row, `suppressed` joined by `;`.
-pub fn reply_csv(reply: &Value) -> Vec<u8> {
-    let rows = reply["rows"].as_array().cloned().unwrap_or_default();
-    let mut columns: Vec<String> = Vec::new();
-    for row in &rows {
-        if let Some(o) = row.as_object() {
-            for k in o.keys() {
-                if !columns.contains(k) {
-                    columns.push(k.clone());
-                }
-            }
-        }
+/// A released answer, kept for the cache window.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Aggregate(Arc<AggregateReply>),
+    Count(Value),
+}
+
+/// The reply of `$aggregate`: how each region answered and what the gate released.
+#[derive(Debug, Clone)]
+pub struct AggregateReply {
+    pub complete: bool,
+    pub regions: Vec<RegionReport>,
+    pub release: Release,
+    pub gate: Disclosure,
+}
+
+impl AggregateReply {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "status": if self.complete { "complete" } else { "partial" },
+            "regions": self.regions,
+            "rows": self.release.rows_json(),
+            "disclosure": {
+                "minCell": self.gate.min_cell,
+                "rounding": self.gate.rounding,
+                "noise": self.gate.noise,
+                "notes": self.release.notes(),
+            },
+        })
     }
-    if columns.is_empty() {
-        columns = vec!["region".into(), "suppressed".into()];
+
+    /// The released rows as CSV (the same rows as the JSON reply).
+    pub fn to_csv(&self) -> Vec<u8> {
+        self.release.csv()
     }
-    let mut out = Vec::new();
-    write_csv_line(columns.iter().map(String::as_str), &mut out);
-    for row in &rows {
-        let fields: Vec<String> = columns
-            .iter()
-            .map(|c| match &row[c] {
-                Value::Array(a) => a.iter().map(csv_text).collect::<Vec<_>>().join(";"),
-                v => csv_text(v),
-            })
-            .collect();
-        write_csv_line(fields.iter().map(String::as_str), &mut out);
-    }
-    out
 }

@@ -7,12 +7,48 @@
 //! are read and re-evaluated.
 
 use super::{Error, FhirService};
-use crate::federation::{self, AggregateQuery, GroupStats, ViewSource};
+use crate::federation::{self, GroupStats, Plan, ViewSource};
 use crate::fhir::{Issue, IssueCode};
 use crate::views::{library, Row, View, ViewError};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What one evaluation of a view may spend: rows produced over the node's data
+/// and a deadline. Work stops (and its memory returns) once either is passed,
+/// also after the hub has stopped waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub max_rows: usize,
+    pub deadline: Instant,
+}
+
+impl Budget {
+    /// The node's own budget, cut short at `within` when the caller waits less.
+    pub fn new(settings: &super::ServiceSettings, within: Option<Duration>) -> Budget {
+        let own = Duration::from_secs(settings.max_view_seconds);
+        Budget {
+            max_rows: settings.max_view_rows,
+            deadline: Instant::now() + within.map_or(own, |w| w.min(own)),
+        }
+    }
+
+    pub fn check(&self, rows: usize) -> Result<(), Error> {
+        if rows > self.max_rows {
+            return Err(Error::TooCostly(format!(
+                "the view produces more than {} rows over this node's data (the node's max_view_rows)",
+                self.max_rows
+            )));
+        }
+        if Instant::now() > self.deadline {
+            return Err(Error::TooCostly(
+                "the view was stopped at its deadline (the node's max_view_seconds, or the hub's deadline)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Resources read from the store per round trip during a scan.
 const SCAN_BATCH: usize = 2000;
@@ -49,7 +85,7 @@ pub fn view_error(e: ViewError) -> Error {
     })
 }
 
-fn problem_error(p: federation::QueryProblem) -> Error {
+pub fn problem_error(p: federation::QueryProblem) -> Error {
     Error::invalid(Issue {
         expression: (!p.expression.is_empty()).then_some(p.expression),
         ..Issue::error(IssueCode::Invalid, p.message)
@@ -101,7 +137,7 @@ fn eval_stored(
 
 impl FhirService {
     /// Runs `view` over every current resource of its type, stopping after `limit` rows.
-    pub fn run_view(&self, view: &View, limit: Option<usize>) -> Result<Vec<Row>, Error> {
+    pub fn run_view(&self, view: &View, limit: Option<usize>, budget: Budget) -> Result<Vec<Row>, Error> {
         let model = &crate::fhir::definitions::get().choice;
         let mut rows = Vec::new();
         let mut after = 0;
@@ -126,6 +162,7 @@ impl FhirService {
                     rows.truncate(limit.unwrap_or(0));
                     return Ok(rows);
                 }
+                budget.check(rows.len())?;
             }
             match batch.last() {
                 Some(last) if batch.len() == SCAN_BATCH => after = last.key,
@@ -140,6 +177,7 @@ impl FhirService {
         &self,
         key: &str,
         view: &View,
+        budget: Budget,
         f: impl FnOnce(&HashMap<i64, Vec<Row>>) -> R,
     ) -> Result<R, Error> {
         let entry = {
@@ -162,20 +200,34 @@ impl FhirService {
         // (re-evaluating a resource twice is harmless).
         let marker = self.store.change_marker()?;
         if !state.built {
-            state.by_key = self.view_rows_by_key(view)?;
+            state.built = false;
+            state.by_key = HashMap::new();
+            state.by_key = self.view_rows_by_key(view, budget)?;
         } else if state.marker != marker {
             let changed = self.store.changed_since(&view.resource, state.marker)?;
             if changed.len() > state.by_key.len().max(1000) {
-                state.by_key = self.view_rows_by_key(view)?;
+                state.built = false;
+                state.by_key = HashMap::new();
+                state.by_key = self.view_rows_by_key(view, budget)?;
             } else {
                 let model = &crate::fhir::definitions::get().choice;
+                let mut total: usize = state.by_key.values().map(Vec::len).sum();
                 for (k, json) in changed {
-                    state.by_key.remove(&k);
+                    if let Some(old) = state.by_key.remove(&k) {
+                        total -= old.len();
+                    }
                     if let Some(json) = json {
                         let rows = eval_stored(view, model, &json, &view.resource, k)?;
+                        total += rows.len();
                         if !rows.is_empty() {
                             state.by_key.insert(k, rows);
                         }
+                    }
+                    if let Err(e) = budget.check(total) {
+                        // Half-updated rows must not be taken for current ones.
+                        state.built = false;
+                        state.by_key = HashMap::new();
+                        return Err(e);
                     }
                 }
             }
@@ -185,15 +237,18 @@ impl FhirService {
         Ok(f(&state.by_key))
     }
 
-    fn view_rows_by_key(&self, view: &View) -> Result<HashMap<i64, Vec<Row>>, Error> {
+    fn view_rows_by_key(&self, view: &View, budget: Budget) -> Result<HashMap<i64, Vec<Row>>, Error> {
         let model = &crate::fhir::definitions::get().choice;
         let mut out = HashMap::new();
         let mut after = 0;
+        let mut total = 0;
         loop {
             let batch = self.store.scan(&view.resource, after, SCAN_BATCH)?;
             for s in &batch {
                 let Some(json) = &s.json else { continue };
                 let rows = eval_stored(view, model, json, &s.id, s.key)?;
+                total += rows.len();
+                budget.check(total)?;
                 if !rows.is_empty() {
                     out.insert(s.key, rows);
                 }
@@ -205,13 +260,14 @@ impl FhirService {
         }
     }
 
-    /// This node's statistics for a federated aggregate query.
-    pub fn aggregate(&self, q: &AggregateQuery) -> Result<Vec<GroupStats>, Error> {
-        let (view, key) = resolve_view(&q.view)?;
-        q.check_columns(&view).map_err(problem_error)?;
-        self.with_view_rows(&key, &view, |rows| {
-            federation::compute(&view, rows.values().flatten(), q)
-        })?
-        .map_err(problem_error)
+    /// This node's statistics for a federated aggregate question (an approved
+    /// view, checked by `Plan::from_request`).
+    pub fn aggregate(&self, plan: &Plan, budget: Budget) -> Result<Vec<GroupStats>, Error> {
+        let view = &plan.approved.view;
+        let key = format!("approved {}", plan.approved.digest);
+        let keys = &self.record_keys;
+        self.with_view_rows(&key, view, budget, |rows| {
+            federation::compute(plan, rows.iter().map(|(k, r)| (*k, r.as_slice())), keys)
+        })
     }
 }

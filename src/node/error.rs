@@ -31,6 +31,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("forbidden")]
     Forbidden(Issue),
+    /// A request that needs more work, rows or time than the node's budget allows.
+    #[error("too costly: {0}")]
+    TooCostly(String),
     /// A guarded transaction whose marker resource (named here) exists already.
     #[error("already applied: {0} exists")]
     AlreadyApplied(String),
@@ -61,6 +64,7 @@ impl Error {
             Error::Store(_) => 500,
             Error::Forbidden(_) => 403,
             Error::AlreadyApplied(_) => 200,
+            Error::TooCostly(_) => 400,
         }
     }
 
@@ -112,6 +116,7 @@ impl Error {
                 format!("already applied ({m}); nothing was written again"),
             )],
             Error::NotSupported(m) => vec![Issue::error(IssueCode::NotSupported, format!("not supported: {m}"))],
+            Error::TooCostly(m) => vec![Issue::error(IssueCode::TooCostly, m.clone())],
             Error::Store(_) => vec![Issue::error(
                 IssueCode::Exception,
                 "an internal error occurred; it has been logged",

@@ -38,6 +38,10 @@ pub struct ServiceSettings {
     pub profile_policy: ProfilePolicy,
     /// Where the regional profiles come from (None: the set built into the binary).
     pub profiles_dir: Option<std::path::PathBuf>,
+    /// The evaluation budget of a view (`$run`, federated aggregates): rows it
+    /// may produce over the node's data, and seconds it may take.
+    pub max_view_rows: usize,
+    pub max_view_seconds: u64,
 }
 
 /// Whether a profile's errors reject a write or are accepted and reported.
@@ -95,6 +99,8 @@ impl Default for ServiceSettings {
             default_count: 20,
             max_count: 1000,
             max_results: 100_000,
+            max_view_rows: 10_000_000,
+            max_view_seconds: 60,
             structural_check: true,
             profile_policy: ProfilePolicy::default(),
             profiles_dir: None,
@@ -113,6 +119,8 @@ pub struct FhirService {
     pub profiles: Arc<crate::profiles::ProfileSet>,
     /// Data-quality figures, updated as data arrives.
     pub quality: Arc<quality::Book>,
+    /// The secret behind the record keys of federated answers (cell-key noise).
+    pub record_keys: Arc<crate::federation::RecordKeys>,
 }
 
 impl FhirService {
@@ -124,7 +132,14 @@ impl FhirService {
             views: Arc::default(),
             profiles: built_in_profiles(),
             quality: Arc::default(),
+            record_keys: Arc::new(crate::federation::RecordKeys::random()),
         }
+    }
+
+    /// The same service with the node's persistent record-key secret.
+    pub fn with_record_keys(mut self, keys: crate::federation::RecordKeys) -> FhirService {
+        self.record_keys = Arc::new(keys);
+        self
     }
 
     /// The same service enforcing `profiles` instead of the built-in set.

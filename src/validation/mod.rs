@@ -874,6 +874,17 @@ impl Validator {
             ));
             return;
         }
+        if let Value::Number(n) = v {
+            // The decimal type allows any precision, but a value no double can hold would
+            // poison every sum and mean computed over it (1e400, -1e309).
+            if n.as_f64().is_none_or(|x| !x.is_finite()) {
+                cx.out.push(err(
+                    IssueCode::Value,
+                    format!("{n} is outside the range of numbers this server can compute with (IEEE 754 double)"),
+                    at,
+                ));
+            }
+        }
         if let (Some(re), Some(s)) = (&d.regex, v.as_str()) {
             if !re.is_match(s.as_bytes()) {
                 cx.out.push(err(

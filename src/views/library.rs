@@ -43,6 +43,36 @@ pub fn compile(reference: &str) -> Option<Result<View, ViewError>> {
     get(reference).map(|v| View::compile(&v))
 }
 
+/// A shipped view as federated questions use it: its name, version and the
+/// SHA-256 of its definition, which the hub sends so that every node can check
+/// it runs exactly the definition the hub checked the question against.
+#[derive(Debug, Clone)]
+pub struct Approved {
+    pub name: &'static str,
+    pub version: String,
+    pub digest: String,
+    pub view: View,
+}
+
+/// The approved (shipped) view `reference` names, compiled.
+pub fn approved(reference: &str) -> Option<Result<Approved, ViewError>> {
+    let name = reference.rsplit('/').next().unwrap_or(reference);
+    let (name, text) = SOURCES.iter().find(|(n, _)| *n == name)?;
+    let json: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return Some(Err(super::err("", format!("view '{name}' is not JSON: {e}")))),
+    };
+    let version = json.get("version").and_then(Value::as_str).unwrap_or("0").to_string();
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let digest: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Some(View::compile(&json).map(|view| Approved {
+        name,
+        version,
+        digest,
+        view,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -35,7 +35,36 @@ pub struct ColumnInfo {
     /// The declared FHIR type, if any (`string`, `integer`, `boolean`, ...).
     pub ty: Option<String>,
     pub collection: bool,
+    /// What federated questions may do with the column (the `pennine/role` tag).
+    pub role: ColumnRole,
 }
+
+/// The role an approved view declares for a column with the column tag
+/// `{"name": "pennine/role", "value": ...}`: what partners may group by, what
+/// they may summarise, and which column identifies the person a row is about.
+/// Columns without the tag serve only a region's own analysts (`$run`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnRole {
+    /// Not usable in federated questions.
+    None,
+    /// A generalised dimension (sex, age band, year, code): may be grouped by.
+    Dimension,
+    /// A number or a true/false value: may be summed, averaged, or its spread taken.
+    Measure,
+    /// The key of the person the row is about: only distinct counts; the gate
+    /// counts contributors by it.
+    Subject,
+}
+
+/// The tag that declares a column's role.
+pub const ROLE_TAG: &str = "pennine/role";
+
+/// Limits on what a ViewDefinition may ask, checked when it is compiled.
+pub const MAX_SELECT_DEPTH: usize = 16;
+pub const MAX_COLUMNS: usize = 256;
+/// Rows one resource may produce; nested `forEach` over large collections
+/// multiply, and a view that passes this is refused at evaluation.
+pub const MAX_ROWS_PER_RESOURCE: usize = 10_000;
 
 #[derive(Debug, Clone)]
 struct Column {
@@ -277,6 +306,13 @@ fn select_node(
             )),
         }
     };
+    let depth = at.matches("select[").count() + at.matches("unionAll[").count();
+    if depth > MAX_SELECT_DEPTH {
+        return Err(err(
+            at,
+            format!("selects nest more than {MAX_SELECT_DEPTH} levels deep (the limit)"),
+        ));
+    }
     let mut iteration = Iteration::None;
     if !root {
         let for_each = path_of("forEach")?;
@@ -332,6 +368,10 @@ fn select_node(
                 Some(_) => return Err(err(&loc, "'collection' must be true or false")),
             };
             let ty = c.get("type").and_then(Value::as_str).map(str::to_string);
+            let role = column_role(c, &loc)?;
+            if out_columns.len() >= MAX_COLUMNS {
+                return Err(err(&loc, format!("the view has more than {MAX_COLUMNS} columns (the limit)")));
+            }
             columns.push(Column {
                 expr: expression(path, &format!("{loc}.path"), constants)?,
                 path: path.to_string(),
@@ -342,6 +382,7 @@ fn select_node(
                 name: name.to_string(),
                 ty,
                 collection,
+                role,
             });
         }
     }
@@ -385,6 +426,28 @@ fn select_node(
         union_all,
         width: out_columns.len() - start,
     })
+}
+
+/// The `pennine/role` tag of a column, if it has one.
+fn column_role(c: &Value, loc: &str) -> Result<ColumnRole, ViewError> {
+    let mut role = ColumnRole::None;
+    for (i, t) in c.get("tag").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        if t.get("name").and_then(Value::as_str) != Some(ROLE_TAG) {
+            continue;
+        }
+        role = match t.get("value").and_then(Value::as_str) {
+            Some("dimension") => ColumnRole::Dimension,
+            Some("measure") => ColumnRole::Measure,
+            Some("subject") => ColumnRole::Subject,
+            other => {
+                return Err(err(
+                    &format!("{loc}.tag[{i}]"),
+                    format!("unknown {ROLE_TAG} {other:?} (dimension, measure, subject)"),
+                ))
+            }
+        };
+    }
+    Ok(role)
 }
 
 fn boolean(item: &Item) -> Option<bool> {
@@ -459,6 +522,7 @@ impl<'a> Env<'a> {
         for (i, focus) in foci.iter().enumerate() {
             set_row_index(vars, i as i64);
             rows.extend(self.focus_rows(node, focus, vars)?);
+            too_many_rows(rows.len())?;
         }
         set_row_index(vars, saved);
         Ok(rows)
@@ -542,6 +606,7 @@ impl<'a> Env<'a> {
         let mut rows = vec![own];
         for s in &node.selects {
             let part = self.node_rows(s, focus, vars)?;
+            too_many_rows(rows.len().saturating_mul(part.len()))?;
             rows = product(rows, &part);
             if rows.is_empty() {
                 return Ok(rows);
@@ -551,11 +616,23 @@ impl<'a> Env<'a> {
             let mut union = Vec::new();
             for branch in &node.union_all {
                 union.extend(self.node_rows(branch, focus, vars)?);
+                too_many_rows(union.len())?;
             }
+            too_many_rows(rows.len().saturating_mul(union.len()))?;
             rows = product(rows, &union);
         }
         Ok(rows)
     }
+}
+
+fn too_many_rows(n: usize) -> Result<(), ViewError> {
+    if n > MAX_ROWS_PER_RESOURCE {
+        return Err(err(
+            "select",
+            format!("one resource produces more than {MAX_ROWS_PER_RESOURCE} rows (the limit per resource)"),
+        ));
+    }
+    Ok(())
 }
 
 fn set_row_index<'a>(vars: &mut [(String, Item<'a>)], i: i64) -> i64 {

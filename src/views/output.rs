@@ -105,11 +105,13 @@ mod tests {
                 name: "a".into(),
                 ty: None,
                 collection: false,
+                role: crate::views::ColumnRole::None,
             },
             ColumnInfo {
                 name: "b".into(),
                 ty: None,
                 collection: true,
+                role: crate::views::ColumnRole::None,
             },
         ];
         let mut out = Vec::new();

@@ -218,12 +218,15 @@ impl TestNode {
 }
 
 /// The shared corpora folder, or `None` (with a printed message) when absent.
+/// Under `CI=true` a missing corpus is a failure, never a silent pass.
 pub fn corpus(sub: &str) -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/corpora")
         .join(sub);
     if p.exists() {
         Some(p)
+    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("corpus folder {} is missing, and CI=true needs it", p.display());
     } else {
         println!("SKIPPED: corpus folder {} is missing", p.display());
         None

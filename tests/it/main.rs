@@ -1,6 +1,7 @@
 //! Integration tests: one binary; every test talks to a real node over HTTP.
 
 mod access;
+mod attacks;
 mod bundles;
 mod corpus;
 mod crud;

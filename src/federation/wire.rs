@@ -1,0 +1,62 @@
+//! The messages between the hub and a node's federation API, typed on both
+//! sides: the hub serialises these structs and the node deserialises the same
+//! structs (unknown members are refused), so neither side reads the other's
+//! JSON by string key. Only aggregates travel: sufficient statistics per group.
+
+use super::{Disclosure, Measure, MeasureStats};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `POST /federation/aggregate`: one approved view, by name and digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AggregateRequest {
+    pub view_reference: String,
+    /// SHA-256 of the view's definition as the hub has it.
+    pub view_digest: String,
+    pub group_by: Vec<String>,
+    pub measures: Vec<Measure>,
+    /// The settings the hub's gate applies (a node refuses laxer ones than its floor).
+    pub disclosure: Disclosure,
+    /// How long the hub waits; the node stops its work once this has passed.
+    pub deadline_ms: u64,
+}
+
+/// One group's statistics at one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GroupStats {
+    pub key: Vec<Value>,
+    /// Distinct people behind the group (by the view's subject column).
+    pub contributors: u64,
+    /// The wrapping sum of the group's record keys.
+    pub cell_key: u64,
+    pub measures: Vec<MeasureStats>,
+}
+
+/// A node's answer to `AggregateRequest`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeAggregate {
+    pub region: String,
+    pub last_updated: Option<String>,
+    /// Share of the regional profile's must-support elements present in the
+    /// resources of the view's type that this node has received.
+    pub completeness: Option<f64>,
+    pub groups: Vec<GroupStats>,
+    /// The node's own floor (the hub applies the stricter).
+    pub disclosure: Disclosure,
+}
+
+/// A node's answer to `GET /federation/count/{type}?...`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeCount {
+    pub region: String,
+    pub count: u64,
+    /// The wrapping sum of the matched resources' record keys.
+    pub cell_key: u64,
+    pub last_updated: Option<String>,
+    pub completeness: Option<f64>,
+    pub disclosure: Disclosure,
+}
