@@ -57,15 +57,27 @@ const APPROVED: &[(&str, &[(&str, Form)])] = &[
     ),
     (
         "Procedure",
-        &[("code", Form::Token), ("status", Form::Token), ("date", Form::YearRange)],
+        &[
+            ("code", Form::Token),
+            ("status", Form::Token),
+            ("date", Form::YearRange),
+        ],
     ),
     (
         "MedicationRequest",
-        &[("code", Form::Token), ("status", Form::Token), ("authoredon", Form::YearRange)],
+        &[
+            ("code", Form::Token),
+            ("status", Form::Token),
+            ("authoredon", Form::YearRange),
+        ],
     ),
     (
         "DiagnosticReport",
-        &[("code", Form::Token), ("status", Form::Token), ("date", Form::YearRange)],
+        &[
+            ("code", Form::Token),
+            ("status", Form::Token),
+            ("date", Form::YearRange),
+        ],
     ),
 ];
 
@@ -155,7 +167,11 @@ mod tests {
 
     #[test]
     fn generalised_questions_pass_and_trackers_do_not() {
-        assert!(check("Patient", &pairs("gender=female&birthdate=ge1940&birthdate=lt1950&deceased=true")).is_ok());
+        assert!(check(
+            "Patient",
+            &pairs("gender=female&birthdate=ge1940&birthdate=lt1950&deceased=true")
+        )
+        .is_ok());
         assert!(check("Condition", &pairs("code=http://snomed.info/sct|44054006")).is_ok());
         for (t, q) in [
             ("Patient", "identifier=https://fhir.nhs.uk/Id/nhs-number|9434765919"),

@@ -10,7 +10,8 @@
 //!    and standard deviation, and both the true and the false count of a
 //!    true/false measure.
 //! 3. Dominance: a sum or mean is withheld when its two largest contributions
-//!    make up more than 85% of its total magnitude.
+//!    make up more than 85% of its total magnitude (unless `min_cell` is 1, a
+//!    setting that releases single people's figures by design).
 //! 4. Secondary suppression, repeated until nothing changes: where one row of a
 //!    group is withheld beside a released pooled row, or one row of a column
 //!    (one region, or pooled, across groups), another row goes too.
@@ -79,7 +80,9 @@ impl Reason {
                 "a sum or mean dominated by its two largest contributions (over {:.0}%)",
                 DOMINANCE * 100.0
             ),
-            Reason::Secondary => "secondary suppression, so that withheld rows cannot be recovered from the others".into(),
+            Reason::Secondary => {
+                "secondary suppression, so that withheld rows cannot be recovered from the others".into()
+            }
         }
     }
 }
@@ -160,15 +163,18 @@ impl Release {
     pub fn csv(&self) -> Vec<u8> {
         use crate::views::output::{csv_text, write_csv_line};
         let mut out = Vec::new();
+        // `suppressed` stays as the last column (always empty), as in the JSON rows.
         let header: Vec<&str> = std::iter::once("region")
             .chain(self.group_by.iter().map(String::as_str))
             .chain(self.measures.iter().map(String::as_str))
+            .chain(std::iter::once("suppressed"))
             .collect();
         write_csv_line(header.into_iter(), &mut out);
         for r in &self.rows {
             let fields: Vec<String> = std::iter::once(r.region.clone())
                 .chain(r.key.iter().map(csv_text))
                 .chain(r.cells.iter().map(csv_text))
+                .chain(std::iter::once(String::new()))
                 .collect();
             write_csv_line(fields.iter().map(String::as_str), &mut out);
         }
@@ -243,7 +249,8 @@ impl Disclosure {
                     if self.small(mo.n) {
                         return Err(Reason::SmallCount);
                     }
-                    if mo.n > 0 && mo.top_two_share() > DOMINANCE {
+                    // With min_cell 1 the governance releases single people's figures anyway.
+                    if self.min_cell > 1 && mo.n > 0 && mo.top_two_share() > DOMINANCE {
                         return Err(Reason::Dominated);
                     }
                     support = support.min(mo.n);
@@ -289,9 +296,9 @@ impl Disclosure {
                     Function::Stddev => mo.sample_stddev().map(|x| if exact { x } else { significant(x) }),
                     _ if exact => Some(mo.sum()),
                     // A sum consistent with the released count: sum ÷ mean gives that count, not the true one.
-                    _ => mo.mean().map(|mean| {
-                        significant(significant(mean) * self.release_count(mo.n, cell.cell_key) as f64)
-                    }),
+                    _ => mo
+                        .mean()
+                        .map(|mean| significant(significant(mean) * self.release_count(mo.n, cell.cell_key) as f64)),
                 };
                 figure.map(decimal_value).unwrap_or(Value::Null)
             }
@@ -349,7 +356,9 @@ impl Disclosure {
         let mut withheld: Vec<(Reason, usize)> = Vec::new();
         for (gi, g) in groups.iter().enumerate() {
             for c in 0..cols {
-                let Some(cell) = cell_of(g, c, pooled_allowed) else { continue };
+                let Some(cell) = cell_of(g, c, pooled_allowed) else {
+                    continue;
+                };
                 if let Some(why) = reason[gi][c] {
                     match withheld.iter_mut().find(|(r, _)| *r == why) {
                         Some((_, n)) => *n += 1,
@@ -478,7 +487,10 @@ impl Disclosure {
             notes.push(format!("counts are rounded to the nearest {}", self.rounding));
         }
         if !pooled_allowed {
-            notes.push(format!("the total needs at least {} answering regions", self.min_regions));
+            notes.push(format!(
+                "the total needs at least {} answering regions",
+                self.min_regions
+            ));
         }
         CountRelease {
             total: (!total_hidden).then(|| self.release_count(total, total_key)),
@@ -543,7 +555,9 @@ pub fn significant(x: f64) -> f64 {
     let scale = 10f64.powi(SIGNIFICANT_FIGURES - 1 - magnitude);
     let r = (x * scale).round() / scale;
     // Trim the binary noise of the division (0.30000000000000004).
-    format!("{r:.*e}", (SIGNIFICANT_FIGURES - 1) as usize).parse().unwrap_or(r)
+    format!("{r:.*e}", (SIGNIFICANT_FIGURES - 1) as usize)
+        .parse()
+        .unwrap_or(r)
 }
 
 /// Withholds further rows until no withheld row can be recovered by
@@ -612,7 +626,11 @@ mod tests {
     fn group(key: &str, counts: &[u64]) -> PooledGroup {
         PooledGroup {
             key: vec![json!(key)],
-            regions: counts.iter().enumerate().map(|(i, &n)| Some(cell(n, i as u64))).collect(),
+            regions: counts
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Some(cell(n, i as u64)))
+                .collect(),
             pooled: cell(counts.iter().sum(), (0..counts.len() as u64).sum()),
         }
     }
@@ -634,7 +652,10 @@ mod tests {
         let groups = [group("x", &[3, 40, 50, 60]), group("y", &[30, 40, 50, 60])];
         let r = d.release(&counts(), &names(), &groups, true);
         let out = released(&r);
-        assert!(!out.contains(&("x".into(), "a".into())), "the small row is not released");
+        assert!(
+            !out.contains(&("x".into(), "a".into())),
+            "the small row is not released"
+        );
         // b/x (smallest other in group x) and a/y (only other in column a) follow.
         assert!(r.withheld_rows() >= 3, "{out:?}");
         assert!(!r.rows_json().to_string().contains("null"), "no withheld cell is shown");
@@ -658,7 +679,10 @@ mod tests {
     fn noise_follows_the_records_and_exact_settings_are_exact() {
         let d = Disclosure::default();
         let same = (0..20).map(|_| d.release_count(37, 12345)).collect::<Vec<_>>();
-        assert!(same.windows(2).all(|w| w[0] == w[1]), "asking again gives the same figure");
+        assert!(
+            same.windows(2).all(|w| w[0] == w[1]),
+            "asking again gives the same figure"
+        );
         let spread: std::collections::BTreeSet<u64> = (0..200).map(|k| d.release_count(37, k)).collect();
         assert!(spread.len() >= 2, "different records, different noise: {spread:?}");
         assert!(spread.iter().all(|v| v % 5 == 0 && (30..=40).contains(v)), "{spread:?}");
@@ -683,7 +707,11 @@ mod tests {
         let c = CellStats {
             contributors: 37,
             cell_key: 7,
-            measures: vec![MeasureStats::Count(37), MeasureStats::Moments(m.clone()), MeasureStats::Moments(m)],
+            measures: vec![
+                MeasureStats::Count(37),
+                MeasureStats::Moments(m.clone()),
+                MeasureStats::Moments(m),
+            ],
         };
         let d = Disclosure::default();
         let n = d.value(&p, 0, &c).as_u64().unwrap();
@@ -700,10 +728,18 @@ mod tests {
                 for i in 0..37 {
                     m.push(if i < 3 { 1.0 } else { 0.0 });
                 }
-                vec![MeasureStats::Count(37), MeasureStats::Moments(m.clone()), MeasureStats::Moments(m)]
+                vec![
+                    MeasureStats::Count(37),
+                    MeasureStats::Moments(m.clone()),
+                    MeasureStats::Moments(m),
+                ]
             },
         };
-        assert_eq!(d.check(&p, &few), Err(Reason::SmallCount), "three deaths are a small count");
+        assert_eq!(
+            d.check(&p, &few),
+            Err(Reason::SmallCount),
+            "three deaths are a small count"
+        );
     }
 
     #[test]

@@ -128,7 +128,10 @@ impl AggregateQuery {
         };
         let group_by = strings("groupBy")?.unwrap_or_default();
         if group_by.len() > MAX_GROUP_BY {
-            return Err(problem("groupBy", format!("at most {MAX_GROUP_BY} columns may be grouped by")));
+            return Err(problem(
+                "groupBy",
+                format!("at most {MAX_GROUP_BY} columns may be grouped by"),
+            ));
         }
         let regions = strings("regions")?;
         let measures_json = match obj.get("measures") {
@@ -136,7 +139,10 @@ impl AggregateQuery {
             _ => return Err(problem("measures", "'measures' must be a non-empty array")),
         };
         if measures_json.len() > MAX_MEASURES {
-            return Err(problem("measures", format!("at most {MAX_MEASURES} measures may be asked at once")));
+            return Err(problem(
+                "measures",
+                format!("at most {MAX_MEASURES} measures may be asked at once"),
+            ));
         }
         let mut measures: Vec<Measure> = Vec::new();
         for (i, m) in measures_json.iter().enumerate() {
@@ -642,7 +648,7 @@ mod tests {
     fn row(i: usize) -> Row {
         vec![
             json!(format!("p{}", i % 50)),
-            json!(if i % 3 == 0 { "a" } else { "b" }),
+            json!(if i.is_multiple_of(3) { "a" } else { "b" }),
             Value::Null,
             json!("final"),
             json!(1e6 + (i as f64) * 0.37),
@@ -688,14 +694,21 @@ mod tests {
 
     #[test]
     fn partners_ask_approved_views_by_declared_roles_only() {
-        let ask = |q: Value| AggregateQuery::parse(&q).and_then(|q| q.plan()).map(|_| ()).unwrap_err();
+        let ask = |q: Value| {
+            AggregateQuery::parse(&q)
+                .and_then(|q| q.plan())
+                .map(|_| ())
+                .unwrap_err()
+        };
         let e = AggregateQuery::parse(
             &json!({"viewReference": "x", "measures": [{"name": "a", "function": "max", "column": "w"}]}),
         )
         .unwrap_err();
         assert_eq!(e.expression, "measures[0].function");
-        let inline = ask(json!({"view": {"resource": "Patient", "select": [{"column": [{"name": "g", "path": "gender"}]}]},
-            "groupBy": ["g"], "measures": [{"name": "n", "function": "count"}]}));
+        let inline = ask(
+            json!({"view": {"resource": "Patient", "select": [{"column": [{"name": "g", "path": "gender"}]}]},
+            "groupBy": ["g"], "measures": [{"name": "n", "function": "count"}]}),
+        );
         assert_eq!(inline.expression, "view");
         let key = ask(json!({"viewReference": "patient_demographics", "groupBy": ["patient"],
             "measures": [{"name": "n", "function": "count"}]}));

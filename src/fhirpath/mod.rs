@@ -152,7 +152,9 @@ mod tests {
     #[test]
     fn runaway_evaluations_stop_at_the_budget() {
         let mut p = json!({"resourceType": "Patient"});
-        p["name"] = json!((0..200).map(|i| json!({"given": [format!("g{i}"), "x", "y"], "family": "f"})).collect::<Vec<_>>());
+        p["name"] = json!((0..200)
+            .map(|i| json!({"given": [format!("g{i}"), "x", "y"], "family": "f"}))
+            .collect::<Vec<_>>());
         let m = model();
         for expr in [
             "descendants().select(%resource.descendants().select(%resource.descendants()))",
@@ -163,7 +165,10 @@ mod tests {
             let started = std::time::Instant::now();
             let r = evaluate(&e, &p, &m);
             assert!(r.is_err(), "{expr} should stop");
-            assert!(started.elapsed() < std::time::Duration::from_secs(20), "{expr} took too long");
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(20),
+                "{expr} took too long"
+            );
         }
     }
 

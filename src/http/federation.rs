@@ -7,14 +7,14 @@ use super::error::ApiError;
 use super::fhir::{blocking, check_type, json_body, parse_json, query_pairs};
 use super::AppState;
 use crate::federation::{counts, AggregateRequest, Disclosure, NodeAggregate, NodeCount, Plan};
-use crate::node::analytics::Budget;
-use std::time::Duration;
 use crate::fhir::time::format_instant;
 use crate::fhir::{Issue, IssueCode};
+use crate::node::analytics::Budget;
 use crate::node::{self, audit::AuditRecord};
 use crate::search::parse_query;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
+use std::time::Duration;
 
 /// Put in a connection's data when the client presented a certificate that
 /// the TLS layer verified against the configured CA with the client-auth usage.

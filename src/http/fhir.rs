@@ -254,11 +254,8 @@ fn resource_response(s: &Stored) -> HttpResponse {
 /// vendor) gets no resource back, so that a conditional create that matched
 /// cannot show it what is stored.
 fn may_read(req: &HttpRequest, rtype: &str) -> bool {
-    super::access::principal_of(req).is_some_and(|p| {
-        p.scopes
-            .iter()
-            .any(|s| s.allows(rtype, crate::auth::scopes::Perms::R))
-    })
+    super::access::principal_of(req)
+        .is_some_and(|p| p.scopes.iter().any(|s| s.allows(rtype, crate::auth::scopes::Perms::R)))
 }
 
 fn write_response(r: WriteResult, prefer: Return, base: &str, req: &HttpRequest) -> HttpResponse {

@@ -301,7 +301,11 @@ fn record_keys(data: &std::path::Path) -> Result<crate::federation::RecordKeys, 
         Ok(text) => text.trim().to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(data).map_err(fail)?;
-            let secret: String = uuid::Uuid::new_v4().as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+            let secret: String = uuid::Uuid::new_v4()
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             std::fs::write(&path, &secret).map_err(fail)?;
             secret
         }
@@ -312,8 +316,7 @@ fn record_keys(data: &std::path::Path) -> Result<crate::federation::RecordKeys, 
         return Err(fail(std::io::Error::other("expected 32 hexadecimal digits")));
     }
     for (i, b) in secret.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| fail(std::io::Error::other(e.to_string())))?;
     }
     Ok(crate::federation::RecordKeys::from_secret(secret))
 }

@@ -627,6 +627,12 @@ const CONTROL: [&str; 6] = [
 
 /// Parses a whole query. Under `strict` handling an unknown parameter is an error;
 /// otherwise it is skipped and listed in `ignored`.
+/// Limits on one search, checked before anything is parsed: each parameter
+/// becomes a join or a subquery, and each comma-separated value a branch.
+pub const MAX_SEARCH_PARAMETERS: usize = 64;
+pub const MAX_SEARCH_VALUE_BYTES: usize = 4096;
+pub const MAX_SEARCH_ALTERNATIVES: usize = 256;
+
 pub fn parse_query(
     registry: &Registry,
     rtype: &str,
@@ -634,6 +640,26 @@ pub fn parse_query(
     strict: bool,
     max_count: usize,
 ) -> Result<SearchRequest, QueryError> {
+    if pairs.len() > MAX_SEARCH_PARAMETERS {
+        return Err(bad(
+            &pairs[MAX_SEARCH_PARAMETERS].0,
+            format!("a search may have at most {MAX_SEARCH_PARAMETERS} parameters (the limit)"),
+        ));
+    }
+    for (name, value) in pairs {
+        if name.len() + value.len() > MAX_SEARCH_VALUE_BYTES {
+            return Err(bad(
+                name,
+                format!("the value is longer than {MAX_SEARCH_VALUE_BYTES} bytes (the limit)"),
+            ));
+        }
+        if value.split(',').count() > MAX_SEARCH_ALTERNATIVES {
+            return Err(bad(
+                name,
+                format!("at most {MAX_SEARCH_ALTERNATIVES} comma-separated values (the limit)"),
+            ));
+        }
+    }
     let mut req = SearchRequest::new(rtype);
     for (name, value) in pairs {
         match name.as_str() {
@@ -726,6 +752,24 @@ mod tests {
             matches!(&r.conditions[2], Condition::Chain { targets, .. } if targets.len() == 1 && targets[0].0 == "Patient")
         );
         assert_eq!(r.count, Some(5));
+    }
+
+    #[test]
+    fn searches_past_the_limits_are_refused_naming_them() {
+        let reg = Registry::r4();
+        let many: Vec<(String, String)> = (0..100).map(|i| ("gender".to_string(), format!("g{i}"))).collect();
+        let e = parse_query(&reg, "Patient", &many, false, 100).unwrap_err();
+        assert!(e.to_string().contains("at most 64"), "{e}");
+        let long = vec![("family".to_string(), "x".repeat(10_000))];
+        assert!(parse_query(&reg, "Patient", &long, false, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("limit"));
+        let ors = vec![("gender".to_string(), vec!["male"; 1000].join(","))];
+        assert!(parse_query(&reg, "Patient", &ors, false, 100)
+            .unwrap_err()
+            .to_string()
+            .contains("limit"));
     }
 
     #[test]

@@ -54,23 +54,27 @@ pub struct Approved {
     pub view: View,
 }
 
-/// The approved (shipped) view `reference` names, compiled.
+/// The approved (shipped) view `reference` names, compiled once per process.
 pub fn approved(reference: &str) -> Option<Result<Approved, ViewError>> {
+    static COMPILED: std::sync::OnceLock<Vec<Result<Approved, ViewError>>> = std::sync::OnceLock::new();
     let name = reference.rsplit('/').next().unwrap_or(reference);
-    let (name, text) = SOURCES.iter().find(|(n, _)| *n == name)?;
-    let json: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => return Some(Err(super::err("", format!("view '{name}' is not JSON: {e}")))),
-    };
+    let i = SOURCES.iter().position(|(n, _)| *n == name)?;
+    let all = COMPILED.get_or_init(|| SOURCES.iter().map(|(n, text)| compile_approved(n, text)).collect());
+    all.get(i).cloned()
+}
+
+fn compile_approved(name: &'static str, text: &'static str) -> Result<Approved, ViewError> {
+    let json: Value =
+        serde_json::from_str(text).map_err(|e| super::err("", format!("view '{name}' is not JSON: {e}")))?;
     let version = json.get("version").and_then(Value::as_str).unwrap_or("0").to_string();
     let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
     let digest: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    Some(View::compile(&json).map(|view| Approved {
+    View::compile(&json).map(|view| Approved {
         name,
         version,
         digest,
         view,
-    }))
+    })
 }
 
 #[cfg(test)]

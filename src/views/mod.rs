@@ -370,7 +370,10 @@ fn select_node(
             let ty = c.get("type").and_then(Value::as_str).map(str::to_string);
             let role = column_role(c, &loc)?;
             if out_columns.len() >= MAX_COLUMNS {
-                return Err(err(&loc, format!("the view has more than {MAX_COLUMNS} columns (the limit)")));
+                return Err(err(
+                    &loc,
+                    format!("the view has more than {MAX_COLUMNS} columns (the limit)"),
+                ));
             }
             columns.push(Column {
                 expr: expression(path, &format!("{loc}.path"), constants)?,

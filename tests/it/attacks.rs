@@ -47,7 +47,11 @@ impl Fixture {
                 .unwrap();
             assert_eq!(res.status(), 200, "{}", f.display());
         }
-        let urls: Vec<(&str, String)> = REGIONS.iter().zip(&nodes).map(|(r, n)| (*r, n.node.base_url())).collect();
+        let urls: Vec<(&str, String)> = REGIONS
+            .iter()
+            .zip(&nodes)
+            .map(|(r, n)| (*r, n.node.base_url()))
+            .collect();
         let (hub, hub_dir) = hub(&urls, certs.path(), Disclosure::default(), Duration::from_secs(30)).await;
         let partner = as_client(certs.path(), &hub.base_url(), "partner").await;
         Fixture {
@@ -204,7 +208,11 @@ async fn row_keys_of_withheld_rows_never_leave(fx: &Fixture, demographics: &[Vec
     // The finest grouping partners may ask: every released row stands for at least 10 people.
     for (view, truth, dims) in [
         ("patient_demographics", demographics, vec!["gender", "birth_decade"]),
-        ("observation_values", observations, vec!["code", "display", "status", "unit", "year"]),
+        (
+            "observation_values",
+            observations,
+            vec!["code", "display", "status", "unit", "year"],
+        ),
     ] {
         let q = json!({"viewReference": view, "groupBy": dims,
             "measures": [{"name": "n", "function": "count"},
@@ -222,7 +230,12 @@ async fn row_keys_of_withheld_rows_never_leave(fx: &Fixture, demographics: &[Vec
                     .iter()
                     .any(|r| region_index(r) == Some(i) && row_key(r, &dims) == *k);
                 if people.len() < 10 {
-                    assert!(!released, "{view} {}: a row of {} people was released: {k}", REGIONS[i], people.len());
+                    assert!(
+                        !released,
+                        "{view} {}: a row of {} people was released: {k}",
+                        REGIONS[i],
+                        people.len()
+                    );
                     withheld_region_rows += 1;
                 }
             }
@@ -234,7 +247,11 @@ async fn row_keys_of_withheld_rows_never_leave(fx: &Fixture, demographics: &[Vec
                 Some(i) => by_region[i].get(&k).map_or(0, BTreeSet::len),
                 None => pooled.get(&k).map_or(0, BTreeSet::len),
             };
-            assert!(people >= 10, "{view}: {} row {k} stands for {people} people", r["region"]);
+            assert!(
+                people >= 10,
+                "{view}: {} row {k} stands for {people} people",
+                r["region"]
+            );
             assert_eq!(r["suppressed"], json!([]));
             assert!(r["n"].is_u64() && r["people"].is_u64(), "{r}");
         }
@@ -242,7 +259,11 @@ async fn row_keys_of_withheld_rows_never_leave(fx: &Fixture, demographics: &[Vec
         let (status, csv) = fx.ask_as(&fx.partner, &q, "?_format=csv").await;
         assert_eq!(status, 200);
         let csv = csv.as_str().unwrap().to_string();
-        assert_eq!(csv.lines().count(), rows.len() + 1, "{view}: CSV rows = JSON rows + header");
+        assert_eq!(
+            csv.lines().count(),
+            rows.len() + 1,
+            "{view}: CSV rows = JSON rows + header"
+        );
         for id in &ids {
             assert!(!csv.contains(id.as_str()));
         }
@@ -276,7 +297,10 @@ async fn sums_means_and_shares_reveal_no_exact_or_small_count(
         assert_eq!(n % 5, 0);
         assert_eq!(deaths % 5, 0, "a sum of true/false values is a rounded count: {r}");
         // The share is the released deaths over the released count: it gives nothing more.
-        assert!((share - deaths as f64 / n as f64).abs() < 0.0051 * share.max(0.01), "{r}");
+        assert!(
+            (share - deaths as f64 / n as f64).abs() < 0.0051 * share.max(0.01),
+            "{r}"
+        );
         let truth: Vec<&Value> = match region_index(r) {
             Some(i) => demographics[i].iter().collect(),
             None => demographics.iter().flatten().collect(),
@@ -284,7 +308,10 @@ async fn sums_means_and_shares_reveal_no_exact_or_small_count(
         let rows: Vec<&&Value> = truth.iter().filter(|t| t["gender"] == r["gender"]).collect();
         let true_deaths = rows.iter().filter(|t| t["deceased"] == true).count();
         let alive = rows.len() - true_deaths;
-        assert!(true_deaths >= 10 && alive >= 10, "{r}: {true_deaths} deaths, {alive} alive were released");
+        assert!(
+            true_deaths >= 10 && alive >= 10,
+            "{r}: {true_deaths} deaths, {alive} alive were released"
+        );
     }
     // The sum of a number divided by its mean gives the released count, not the true one.
     let q = json!({"viewReference": "observation_values", "groupBy": ["code", "unit"],
@@ -295,14 +322,24 @@ async fn sums_means_and_shares_reveal_no_exact_or_small_count(
     assert_eq!(status, 200, "{reply}");
     let mut checked = 0;
     for r in reply["rows"].as_array().unwrap() {
-        let (n, total, mean) = (r["n"].as_u64().unwrap(), r["total"].as_f64().unwrap(), r["mean"].as_f64().unwrap());
+        let (n, total, mean) = (
+            r["n"].as_u64().unwrap(),
+            r["total"].as_f64().unwrap(),
+            r["mean"].as_f64().unwrap(),
+        );
         if mean.abs() < 1e-9 {
             continue;
         }
         let implied = total / mean;
-        assert!((implied - n as f64).abs() <= 0.01 * n as f64 + 0.5, "{r}: sum/mean = {implied}");
+        assert!(
+            (implied - n as f64).abs() <= 0.01 * n as f64 + 0.5,
+            "{r}: sum/mean = {implied}"
+        );
         let true_n = match region_index(r) {
-            Some(i) => observations[i].iter().filter(|t| t["code"] == r["code"] && t["unit"] == r["unit"]).count(),
+            Some(i) => observations[i]
+                .iter()
+                .filter(|t| t["code"] == r["code"] && t["unit"] == r["unit"])
+                .count(),
             None => observations
                 .iter()
                 .flatten()
@@ -358,7 +395,9 @@ async fn free_filters_trackers_and_oracles_are_refused(fx: &Fixture) {
 
 /// A region with no match and a region with a few look the same.
 async fn zeros_look_like_small_counts(fx: &Fixture) {
-    let (status, body) = fx.count("Patient?gender=female&birthdate=ge1915&birthdate=lt1925&_summary=count").await;
+    let (status, body) = fx
+        .count("Patient?gender=female&birthdate=ge1915&birthdate=lt1925&_summary=count")
+        .await;
     assert_eq!(status, 200, "{body}");
     let mut withheld = 0;
     for (i, analyst) in fx.analysts.iter().enumerate() {
@@ -380,7 +419,11 @@ async fn zeros_look_like_small_counts(fx: &Fixture) {
             .iter()
             .find(|e| e["extension"].to_string().contains(&format!("\"{}\"", REGIONS[i])))
             .unwrap();
-        let released = ext["extension"].as_array().unwrap().iter().find(|x| x["url"] == "count");
+        let released = ext["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["url"] == "count");
         if truth < 10 {
             assert!(released.is_none(), "{}: {truth} released as {ext}", REGIONS[i]);
             withheld += 1;
@@ -410,13 +453,21 @@ async fn noise_cannot_be_averaged_away(fx: &Fixture) {
             .collect()
     };
     assert_eq!(released(&ra, "n"), released(&rb, "rows"));
-    assert_eq!(released(&ra, "n"), released(&rb, "people"), "one row per patient: the same figure");
+    assert_eq!(
+        released(&ra, "n"),
+        released(&rb, "people"),
+        "one row per patient: the same figure"
+    );
     // A subset of regions gets no pooled row (it would difference with the whole).
     let mut subset = a.clone();
     subset["regions"] = json!(["nenc", "yh", "gm"]);
     let (status, reply) = fx.ask(&subset).await;
     assert_eq!(status, 200);
-    assert!(reply["rows"].as_array().unwrap().iter().all(|r| r["region"] != "pooled"));
+    assert!(reply["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["region"] != "pooled"));
 }
 
 /// A sum or mean dominated by one value is withheld.
@@ -438,7 +489,12 @@ async fn a_dominant_value_is_not_released(fx: &Fixture) {
             "subject": {"reference": format!("Patient/dominance-{i}")},
             "effectiveDateTime": "2020-01-01",
             "valueQuantity": {"value": value, "unit": "g", "system": "http://unitsofmeasure.org", "code": "g"}});
-        let res = vendor.post(format!("{base}/fhir/Observation")).json(&o).send().await.unwrap();
+        let res = vendor
+            .post(format!("{base}/fhir/Observation"))
+            .json(&o)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), 201);
     }
     let (status, reply) = fx
@@ -454,7 +510,12 @@ async fn a_dominant_value_is_not_released(fx: &Fixture) {
 
 /// Attack 8: the hub's quality figures.
 async fn the_hub_quality_figures_pass_the_gate(fx: &Fixture) {
-    let res = fx.partner.get(format!("{}/quality", fx.hub.base_url())).send().await.unwrap();
+    let res = fx
+        .partner
+        .get(format!("{}/quality", fx.hub.base_url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let q: Value = res.json().await.unwrap();
     fn walk(v: &Value, path: &str, found: &mut Vec<String>) {
@@ -489,14 +550,22 @@ async fn the_federation_api_takes_only_approved_typed_questions(fx: &Fixture) {
     let post = |body: Value| hub_cert.post(&url).json(&body).send();
     let inline = json!({"view": {"resource": "Patient", "select": [{"column": [{"name": "id", "path": "id"}]}]},
         "groupBy": ["id"], "measures": [{"name": "n", "function": "count"}], "disclosure": d});
-    assert_eq!(post(inline).await.unwrap().status(), 400, "no inline view, even from the hub");
+    assert_eq!(
+        post(inline).await.unwrap().status(),
+        400,
+        "no inline view, even from the hub"
+    );
     let wrong_digest = json!({"viewReference": "patient_demographics", "viewDigest": "00",
         "groupBy": ["gender"], "measures": [{"name": "n", "function": "count"}], "disclosure": d, "deadlineMs": 5000});
     assert_eq!(post(wrong_digest).await.unwrap().status(), 400);
     let lax = json!({"viewReference": "patient_demographics", "viewDigest": "00",
         "groupBy": ["gender"], "measures": [{"name": "n", "function": "count"}],
         "disclosure": {"minCell": 1, "rounding": 1, "noise": 0, "minRegions": 1}, "deadlineMs": 5000});
-    assert_eq!(post(lax).await.unwrap().status(), 403, "a hub asking for less than the node's floor");
+    assert_eq!(
+        post(lax).await.unwrap().status(),
+        403,
+        "a hub asking for less than the node's floor"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,10 +579,13 @@ async fn no_request_crashes_hangs_or_exhausts_a_node() {
         let p = json!({"resourceType": "Patient", "id": format!("p{i}"), "name": names, "gender": "female"});
         assert!(node.put(&format!("Patient/p{i}"), &p).await.status().is_success());
     }
-    let run = |view: Value| json!({"resourceType": "Parameters", "parameter": [{"name": "viewResource", "resource": view}]});
+    let run =
+        |view: Value| json!({"resourceType": "Parameters", "parameter": [{"name": "viewResource", "resource": view}]});
     let column = |path: String| {
-        run(json!({"resourceType": "ViewDefinition", "resource": "Patient", "select": [{"column": [
-            {"name": "x", "path": path}]}]}))
+        run(
+            json!({"resourceType": "ViewDefinition", "resource": "Patient", "select": [{"column": [
+            {"name": "x", "path": path}]}]}),
+        )
     };
     let before = peak_rss_kb();
     // Attack 2: expressions deep enough to overflow a stack.
@@ -543,17 +615,20 @@ async fn no_request_crashes_hangs_or_exhausts_a_node() {
         .await;
     assert_eq!(res.status(), 400);
     // Attack 3: a row explosion stops within the budget, and memory returns.
-    let explosion = run(json!({"resourceType": "ViewDefinition", "resource": "Patient", "select": [
+    let explosion = run(
+        json!({"resourceType": "ViewDefinition", "resource": "Patient", "select": [
         {"forEach": "%resource.descendants()", "select": [
             {"forEach": "%resource.descendants()", "select": [
-                {"forEach": "%resource.descendants()", "column": [{"name": "x", "path": "id"}]}]}]}]}));
+                {"forEach": "%resource.descendants()", "column": [{"name": "x", "path": "id"}]}]}]}]}),
+    );
     let started = std::time::Instant::now();
     let res = node.post("ViewDefinition/$run", &explosion).await;
     assert_eq!(res.status(), 400);
     let body: Value = res.json().await.unwrap();
     assert!(body.to_string().contains("rows"), "{body}");
     assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
-    let exploding_column = column("descendants().select(%resource.descendants().select(%resource.descendants()))".into());
+    let exploding_column =
+        column("descendants().select(%resource.descendants().select(%resource.descendants()))".into());
     let res = node.post("ViewDefinition/$run", &exploding_column).await;
     assert_eq!(res.status(), 400);
     // Over the node's stored data: the node's row budget (max_view_rows, 2,000 here).
@@ -583,7 +658,10 @@ async fn no_request_crashes_hangs_or_exhausts_a_node() {
             .unwrap();
         assert_eq!(res.status(), 422, "{value}");
         let body: Value = res.json().await.unwrap();
-        assert_eq!(body["issue"][0]["expression"][0], "Observation.valueQuantity.value", "{body}");
+        assert_eq!(
+            body["issue"][0]["expression"][0], "Observation.valueQuantity.value",
+            "{body}"
+        );
     }
     let res = node.client.get(format!("{}/health", node.root)).send().await.unwrap();
     assert_eq!(res.status(), 200);

@@ -305,7 +305,10 @@ async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds()
                 .unwrap();
             assert_eq!(row["suppressed"], json!([]), "a released row has no withheld cell");
             for (m, f) in &measures {
-                assert!(!row[m].is_null() || f == "stddev", "{k} {m}: a released row has every figure");
+                assert!(
+                    !row[m].is_null() || f == "stddev",
+                    "{k} {m}: a released row has every figure"
+                );
                 if counts.contains(&m) {
                     let n = row[m].as_u64().unwrap();
                     assert_eq!(n % 5, 0, "{k} {m}={n} is not rounded");
@@ -319,7 +322,10 @@ async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds()
                     assert!(n.abs_diff(true_n) <= 5, "{k} {m}: {n} is too far from {true_n}");
                 } else if f == "mean" || f == "stddev" {
                     if let (Some(a), Some(b)) = (row[m].as_f64(), exact[m].as_f64()) {
-                        assert!((a - b).abs() <= 0.005 * b.abs() + 1e-12, "{k} {m}: {a} is not {b} to 3 figures");
+                        assert!(
+                            (a - b).abs() <= 0.005 * b.abs() + 1e-12,
+                            "{k} {m}: {a} is not {b} to 3 figures"
+                        );
                     }
                 }
             }
@@ -328,7 +334,9 @@ async fn pooled_results_equal_one_node_holding_everything_and_disclosure_holds()
         let mut groups: std::collections::BTreeMap<String, (bool, usize)> = Default::default();
         for exact in exact_rows.iter().filter(|r| r["region"] != "pooled") {
             let k = key(exact, &group_by);
-            let released = rows.iter().any(|r| r["region"] == exact["region"] && key(r, &group_by) == k);
+            let released = rows
+                .iter()
+                .any(|r| r["region"] == exact["region"] && key(r, &group_by) == k);
             if !released {
                 groups.entry(k).or_default().1 += 1;
             }
@@ -529,8 +537,13 @@ async fn federation_routes_answer_only_the_hub_certificate() {
     let certs = tempfile::tempdir().unwrap();
     dev_certs(certs.path(), &["nenc"], &[]).unwrap();
     let n = node("nenc", certs.path(), OPEN).await;
-    let q = json!({"viewReference": "patient_demographics", "measures": [{"name": "n", "function": "count"}],
-        "disclosure": {"minCell": 1, "rounding": 1, "minRegions": 1}});
+    let digest = pennine::views::library::approved("patient_demographics")
+        .unwrap()
+        .unwrap()
+        .digest;
+    let q = json!({"viewReference": "patient_demographics", "viewDigest": digest, "groupBy": [],
+        "measures": [{"name": "n", "function": "count"}],
+        "disclosure": {"minCell": 1, "rounding": 1, "noise": 0, "minRegions": 1}, "deadlineMs": 5000});
     let url = format!("{}/federation/aggregate", n.node.base_url());
     let res = partner(certs.path()).post(&url).json(&q).send().await.unwrap();
     assert_eq!(res.status(), 403);
@@ -564,8 +577,9 @@ async fn federation_routes_answer_only_the_hub_certificate() {
     assert_eq!(audit["total"], 3, "one aggregate and two counts: {audit}");
 
     // The node's cached view rows follow writes: creates, updates and deletes after the first question.
-    let by_gender = json!({"viewReference": "patient_demographics", "groupBy": ["gender"],
-        "measures": [{"name": "n", "function": "count"}], "disclosure": {"minCell": 1, "rounding": 1, "minRegions": 1}});
+    let by_gender = json!({"viewReference": "patient_demographics", "viewDigest": q["viewDigest"], "groupBy": ["gender"],
+        "measures": [{"name": "n", "function": "count"}],
+        "disclosure": {"minCell": 1, "rounding": 1, "noise": 0, "minRegions": 1}, "deadlineMs": 5000});
     let counts = |body: Value| -> std::collections::BTreeMap<String, u64> {
         body["groups"]
             .as_array()
@@ -909,9 +923,14 @@ async fn the_cli_runs_nodes_and_a_hub_over_mutual_tls() {
     assert_eq!(res.status(), 200);
     let csv = res.text().await.unwrap();
     assert_eq!(csv.lines().next(), Some("region,gender,n,suppressed"), "{csv}");
-    assert!(csv.lines().any(|l| l == "pooled,female,20,"), "{csv}");
-    // Rounded per region (6 is withheld under minCell 10).
-    assert!(csv.lines().any(|l| l == "nenc,female,,n"), "{csv}");
+    // 18 women in all: perturbed by at most 2, then rounded to 5.
+    assert!(
+        csv.lines()
+            .any(|l| l == "pooled,female,20," || l == "pooled,female,15,"),
+        "{csv}"
+    );
+    // 6 in a region is under minCell 10: the row is left out, key and all.
+    assert!(!csv.lines().any(|l| l.starts_with("nenc,")), "{csv}");
 
     // The hub refuses to start without nodes, and says how to give them.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pennine"))
