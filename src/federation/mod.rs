@@ -221,20 +221,31 @@ impl AggregateQuery {
                 .find(|(_, v)| v.name == c)
                 .ok_or_else(|| problem(at, format!("the view '{}' has no column '{c}'", approved.name)))
         };
-        let mut group_by = Vec::new();
-        for (i, g) in self.group_by.iter().enumerate() {
-            let at = format!("groupBy[{i}]");
-            let (ci, info) = column(g, &at)?;
-            if info.role != ColumnRole::Dimension {
+        // A column that must have `role` in the approved view.
+        let with_role = |c: &str, at: &str, role: ColumnRole| -> Result<(usize, &ColumnInfo), QueryProblem> {
+            let (ci, info) = column(c, at)?;
+            if info.role != role {
+                let (what, plural) = match role {
+                    ColumnRole::Dimension => ("a dimension (something to group by)", "dimensions"),
+                    ColumnRole::Measure => ("a measure (something to sum or average)", "measures"),
+                    ColumnRole::Subject => ("the subject (what count_distinct counts)", "subject"),
+                    ColumnRole::None => ("usable", "usable columns"),
+                };
                 return Err(problem(
-                    &at,
+                    at,
                     format!(
-                        "'{g}' is not a dimension of '{}' and cannot be grouped by (dimensions: {})",
+                        "'{c}' is not {what} of the view '{}' ({plural}: {})",
                         approved.name,
-                        names_with(view, ColumnRole::Dimension)
+                        names_with(view, role)
                     ),
                 ));
             }
+            Ok((ci, info))
+        };
+        let mut group_by = Vec::new();
+        for (i, g) in self.group_by.iter().enumerate() {
+            let at = format!("groupBy[{i}]");
+            let (ci, _) = with_role(g, &at, ColumnRole::Dimension)?;
             if group_by.contains(&ci) {
                 return Err(problem(&at, format!("'{g}' is grouped by twice")));
             }
@@ -250,31 +261,9 @@ impl AggregateQuery {
                     column(c, &at)?;
                     (None, Kind::Count)
                 }
-                (Function::CountDistinct, Some(c)) => {
-                    let (ci, info) = column(c, &at)?;
-                    if info.role != ColumnRole::Subject {
-                        return Err(problem(
-                            &at,
-                            format!(
-                                "count_distinct counts the view's subject column only ({})",
-                                names_with(view, ColumnRole::Subject)
-                            ),
-                        ));
-                    }
-                    (Some(ci), Kind::Distinct)
-                }
+                (Function::CountDistinct, Some(c)) => (Some(with_role(c, &at, ColumnRole::Subject)?.0), Kind::Distinct),
                 (_, Some(c)) => {
-                    let (ci, info) = column(c, &at)?;
-                    if info.role != ColumnRole::Measure {
-                        return Err(problem(
-                            &at,
-                            format!(
-                                "'{c}' is not a measure of '{}' (measures: {})",
-                                approved.name,
-                                names_with(view, ColumnRole::Measure)
-                            ),
-                        ));
-                    }
+                    let (ci, info) = with_role(c, &at, ColumnRole::Measure)?;
                     let boolean = info.ty.as_deref() == Some("boolean");
                     if boolean && m.function == Function::Stddev {
                         return Err(problem(

@@ -18,7 +18,8 @@ pub struct AggregateRequest {
     pub measures: Vec<Measure>,
     /// The settings the hub's gate applies (a node refuses laxer ones than its floor).
     pub disclosure: Disclosure,
-    /// How long the hub waits; the node stops its work once this has passed.
+    /// How long the hub waits; the node sends no answer after it (the view's rows it
+    /// was building are kept for the next question).
     pub deadline_ms: u64,
 }
 

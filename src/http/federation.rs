@@ -124,8 +124,17 @@ async fn aggregate(
             return Ok(Err(why));
         }
         let plan = Plan::from_request(&request).map_err(crate::node::analytics::problem_error)?;
-        let budget = Budget::new(&svc.settings, Some(Duration::from_millis(request.deadline_ms)));
-        let groups = svc.aggregate(&plan, budget)?;
+        // The view's rows are built under the node's own budget, not the hub's deadline: they
+        // are kept for every later question, and an approved view's cost is bounded by its
+        // design. The hub's deadline ends only the wait; past it, the answer is not sent.
+        let answer_by = std::time::Instant::now() + Duration::from_millis(request.deadline_ms);
+        let groups = svc.aggregate(&plan, Budget::new(&svc.settings))?;
+        if std::time::Instant::now() > answer_by {
+            return Err(node::Error::TooCostly(
+                "the hub's deadline passed while this node built the view's rows; they are kept for the next question"
+                    .into(),
+            ));
+        }
         audit.record_now(&AuditRecord {
             action: "aggregate",
             who: "hub (mTLS)",

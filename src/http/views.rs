@@ -134,7 +134,7 @@ async fn run(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>
         let (value, text) = parse_json(&body).map_err(super::fhir::api_to_node)?;
         let r = parse_run(&value)?;
         let format = r.format.or(query_format).unwrap_or(Format::Json);
-        let budget = crate::node::analytics::Budget::new(&svc.settings, None);
+        let budget = crate::node::analytics::Budget::new(&svc.settings);
         let rows = match &r.resources {
             Some(resources) => {
                 let model = &crate::fhir::definitions::get().choice;

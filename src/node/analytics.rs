@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What one evaluation of a view may spend: rows produced over the node's data
-/// and a deadline. Work stops (and its memory returns) once either is passed,
-/// also after the hub has stopped waiting.
+/// and a deadline. Work stops (and its memory returns) once either is passed.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     pub max_rows: usize,
@@ -25,12 +24,11 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// The node's own budget, cut short at `within` when the caller waits less.
-    pub fn new(settings: &super::ServiceSettings, within: Option<Duration>) -> Budget {
-        let own = Duration::from_secs(settings.max_view_seconds);
+    /// The node's budget (`max_view_rows`, `max_view_seconds`), starting now.
+    pub fn new(settings: &super::ServiceSettings) -> Budget {
         Budget {
             max_rows: settings.max_view_rows,
-            deadline: Instant::now() + within.map_or(own, |w| w.min(own)),
+            deadline: Instant::now() + Duration::from_secs(settings.max_view_seconds),
         }
     }
 
