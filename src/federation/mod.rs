@@ -242,6 +242,14 @@ impl AggregateQuery {
             }
             Ok((ci, info))
         };
+        // One subject per view: the person a row is about.
+        let subject = view.columns.iter().position(|c| c.role == ColumnRole::Subject);
+        if view.columns.iter().filter(|c| c.role == ColumnRole::Subject).count() > 1 {
+            return Err(problem(
+                "viewReference",
+                format!("the view '{}' declares more than one subject column", approved.name),
+            ));
+        }
         let mut group_by = Vec::new();
         for (i, g) in self.group_by.iter().enumerate() {
             let at = format!("groupBy[{i}]");
@@ -282,7 +290,7 @@ impl AggregateQuery {
                 kind,
             });
         }
-        let subject = view.columns.iter().position(|c| c.role == ColumnRole::Subject);
+
         Ok(Plan {
             group_by_names: self.group_by.clone(),
             group_by,
@@ -475,7 +483,6 @@ pub fn compute<'r>(
     struct Acc<'a> {
         key: Vec<Value>,
         stats: Vec<MeasureStats>,
-        distinct: Vec<HashSet<Cell<'a>>>,
         contributors: HashSet<Cell<'a>>,
         resources: HashSet<i64>,
         cell_key: u64,
@@ -495,7 +502,6 @@ pub fn compute<'r>(
                         Kind::Numeric | Kind::Boolean => MeasureStats::Moments(Moments::default()),
                     })
                     .collect(),
-                distinct: plan.measures.iter().map(|_| HashSet::new()).collect(),
                 contributors: HashSet::new(),
                 resources: HashSet::new(),
                 cell_key: 0,
@@ -514,9 +520,8 @@ pub fn compute<'r>(
                 let value = m.column.map(|c| &row[c]);
                 match (&mut acc.stats[mi], value) {
                     (MeasureStats::Count(n), _) => *n += 1,
-                    (MeasureStats::Distinct(_), Some(v)) if !v.is_null() => {
-                        acc.distinct[mi].insert(cell(v));
-                    }
+                    // Distinct subjects are the contributors, counted once above.
+                    (MeasureStats::Distinct(_), _) => {}
                     (MeasureStats::Moments(mo), Some(v)) => {
                         if let Some(x) = number(v) {
                             mo.push(x);
@@ -531,9 +536,9 @@ pub fn compute<'r>(
     let mut out: Vec<(String, GroupStats)> = groups
         .into_values()
         .map(|mut acc| {
-            for (mi, set) in acc.distinct.iter().enumerate() {
-                if let MeasureStats::Distinct(n) = &mut acc.stats[mi] {
-                    *n = set.len() as u64;
+            for s in acc.stats.iter_mut() {
+                if let MeasureStats::Distinct(n) = s {
+                    *n = acc.contributors.len() as u64;
                 }
             }
             (
