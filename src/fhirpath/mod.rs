@@ -173,6 +173,16 @@ mod tests {
     }
 
     #[test]
+    fn escapes_of_multibyte_characters_do_not_split_them() {
+        // Found by the fhirpath_parse fuzz target: a backslash before a multi-byte character.
+        assert!(parse("'\\é'").is_ok());
+        assert!(parse("'a\\€b' = 'x'").is_ok());
+        let fuzzed = b"'\\\\JJJJ\x00\x00!~\xc3\xa9\\\xe2\x82\xac";
+        let _ = parse(&String::from_utf8_lossy(fuzzed));
+        assert!(parse("'\\").is_err());
+    }
+
+    #[test]
     fn rejects_garbage() {
         assert!(parse("Patient.(").is_err());
         assert!(parse("'unterminated").is_err());

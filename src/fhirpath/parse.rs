@@ -116,20 +116,21 @@ fn tokenize(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                         break;
                     }
                     if b == b'\\' {
-                        let esc = *bytes.get(i + 1).ok_or_else(|| err("bad escape", i))?;
-                        i += 2;
+                        // The escaped character may be several bytes long (found by fuzzing).
+                        let esc = src[i + 1..].chars().next().ok_or_else(|| err("bad escape", i))?;
+                        i += 1 + esc.len_utf8();
                         match esc {
-                            b'n' => s.push('\n'),
-                            b't' => s.push('\t'),
-                            b'r' => s.push('\r'),
-                            b'f' => s.push('\u{c}'),
-                            b'u' => {
+                            'n' => s.push('\n'),
+                            't' => s.push('\t'),
+                            'r' => s.push('\r'),
+                            'f' => s.push('\u{c}'),
+                            'u' => {
                                 let hex = src.get(i..i + 4).ok_or_else(|| err("bad \\u escape", i))?;
                                 let cp = u32::from_str_radix(hex, 16).map_err(|_| err("bad \\u escape", i))?;
                                 s.push(char::from_u32(cp).unwrap_or('\u{fffd}'));
                                 i += 4;
                             }
-                            other => s.push(other as char),
+                            other => s.push(other),
                         }
                         continue;
                     }
