@@ -137,7 +137,8 @@ pub fn check(rtype: &str, pairs: &[(String, String)]) -> Result<(), QueryProblem
                 }
             }
             Form::YearRange => {
-                let (prefix, year) = value.split_at(value.len().min(2));
+                // By `get`, not `split_at`: the value may start with a multi-byte character.
+                let (prefix, year) = (value.get(..2).unwrap_or(""), value.get(2..).unwrap_or(""));
                 if !(prefix == "ge" || prefix == "lt") || year.len() != 4 || !year.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(bad("give whole years as geYYYY or ltYYYY"));
                 }
@@ -183,6 +184,8 @@ mod tests {
             ("Patient", "name=Smith"),
             ("Patient", "address-postalcode=LS1"),
             ("Patient", "gender=male,female"),
+            ("Patient", "birthdate=€1945"),
+            ("Patient", "birthdate=é"),
             ("Observation", "subject=Patient/1"),
             ("AuditEvent", ""),
         ] {

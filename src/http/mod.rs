@@ -312,7 +312,7 @@ fn record_keys(data: &std::path::Path) -> Result<crate::federation::RecordKeys, 
         Err(e) => return Err(fail(e)),
     };
     let mut secret = [0u8; 16];
-    if hex.len() != 32 || !hex.is_char_boundary(32) {
+    if hex.len() != 32 || !hex.is_ascii() {
         return Err(fail(std::io::Error::other("expected 32 hexadecimal digits")));
     }
     for (i, b) in secret.iter_mut().enumerate() {
