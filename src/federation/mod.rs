@@ -354,6 +354,18 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// One empty statistic per measure, to accumulate rows or pool regions into.
+    fn empty_stats(&self) -> Vec<MeasureStats> {
+        self.measures
+            .iter()
+            .map(|m| match m.kind {
+                Kind::Count => MeasureStats::Count(0),
+                Kind::Distinct => MeasureStats::Distinct(0),
+                Kind::Numeric | Kind::Boolean => MeasureStats::Moments(Moments::default()),
+            })
+            .collect()
+    }
+
     /// The request the hub sends each node.
     pub fn request(&self, disclosure: Disclosure, deadline_ms: u64) -> wire::AggregateRequest {
         wire::AggregateRequest {
@@ -493,15 +505,7 @@ pub fn compute<'r>(
             let key: Vec<Cell> = plan.group_by.iter().map(|&i| cell(&row[i])).collect();
             let acc = groups.entry(key).or_insert_with(|| Acc {
                 key: plan.group_by.iter().map(|&i| row[i].clone()).collect(),
-                stats: plan
-                    .measures
-                    .iter()
-                    .map(|m| match m.kind {
-                        Kind::Count => MeasureStats::Count(0),
-                        Kind::Distinct => MeasureStats::Distinct(0),
-                        Kind::Numeric | Kind::Boolean => MeasureStats::Moments(Moments::default()),
-                    })
-                    .collect(),
+                stats: plan.empty_stats(),
                 contributors: HashSet::new(),
                 resources: HashSet::new(),
                 cell_key: 0,
@@ -590,15 +594,7 @@ pub fn pool(plan: &Plan, answers: &[&[GroupStats]]) -> Result<Vec<PooledGroup>, 
                 pooled: CellStats {
                     contributors: 0,
                     cell_key: 0,
-                    measures: plan
-                        .measures
-                        .iter()
-                        .map(|m| match m.kind {
-                            Kind::Count => MeasureStats::Count(0),
-                            Kind::Distinct => MeasureStats::Distinct(0),
-                            Kind::Numeric | Kind::Boolean => MeasureStats::Moments(Moments::default()),
-                        })
-                        .collect(),
+                    measures: plan.empty_stats(),
                 },
             });
             if entry.regions[ri].is_some() {
