@@ -1,6 +1,7 @@
-//! Node configuration: one struct, loaded from a TOML file, then environment
-//! variables, then command-line flags (each overriding the one before), and
-//! validated once at start-up.
+//! Node and hub configuration. Each setting is declared once, in `NodeSettings` or
+//! `HubSettings`, which the TOML file, the environment (`PENNINE_*`) and the flags all
+//! fill (flags and environment over the file); `NodeConfig::load` and `HubConfig::load`
+//! validate them once into typed configurations.
 
 use crate::federation::Disclosure;
 use crate::node::ServiceSettings;
@@ -50,102 +51,201 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The `[node]`-level keys of a config file; every key is optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeFile {
-    pub region: Option<String>,
-    pub listen: Option<String>,
-    pub data: Option<PathBuf>,
-    pub public_url: Option<String>,
-    pub max_body_bytes: Option<usize>,
-    pub workers: Option<usize>,
-    pub default_count: Option<usize>,
-    pub max_count: Option<usize>,
-    pub max_results: Option<usize>,
-    pub max_view_rows: Option<usize>,
-    pub max_view_seconds: Option<u64>,
-    pub structural_check: Option<bool>,
-    pub database: Option<String>,
-    pub database_schema: Option<String>,
-    pub database_pool: Option<usize>,
-    pub tls_dir: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_ca: Option<PathBuf>,
-    pub min_cell: Option<u64>,
-    pub rounding: Option<u64>,
-    /// Largest perturbation of released counts (cell-key noise); 0 switches it off.
-    pub noise: Option<u64>,
-    pub clients: Option<PathBuf>,
-    pub mllp: Option<String>,
-    /// Folder of regional profiles (default: the set built into the binary).
-    pub profiles: Option<PathBuf>,
-    /// What profile errors do: "flag" (accept and report, the default) or "reject".
-    pub profile_policy: Option<String>,
-    /// Per-profile policy: profile url, name or resource type → "flag" | "reject".
-    #[serde(default)]
-    pub profile_rules: std::collections::HashMap<String, String>,
-}
+/// Declares a settings struct once, with every field optional, and `over`, which
+/// keeps `self`'s values where given and takes `under`'s elsewhere. The same
+/// struct is filled by the config file (serde, snake_case keys), the environment
+/// (`PENNINE_*`) and the flags (clap, `--kebab-case`): a setting is one field here.
+macro_rules! layered_settings {
+    ($(#[$m:meta])* pub struct $name:ident { $( $(#[$fm:meta])* pub $field:ident : Option<$ty:ty>, )* }) => {
+        $(#[$m])*
+        pub struct $name { $( $(#[$fm])* pub $field: Option<$ty>, )* }
 
-/// Values from flags or the environment (clap merges those two).
-#[derive(Debug, Default, Clone)]
-pub struct NodeOverrides {
-    pub region: Option<String>,
-    pub listen: Option<String>,
-    pub data: Option<PathBuf>,
-    pub public_url: Option<String>,
-    pub max_body_bytes: Option<usize>,
-    pub workers: Option<usize>,
-    pub database: Option<String>,
-    pub database_schema: Option<String>,
-    pub tls: TlsOverrides,
-    pub min_cell: Option<u64>,
-    pub rounding: Option<u64>,
-    /// Largest perturbation of released counts (cell-key noise); 0 switches it off.
-    pub noise: Option<u64>,
-    pub clients: Option<PathBuf>,
-    pub mllp: Option<String>,
-    pub profiles: Option<PathBuf>,
-    pub profile_policy: Option<String>,
-    /// Profiles (url, name or resource type) whose errors reject writes.
-    pub reject_profiles: Vec<String>,
-}
-
-/// TLS flags, shared by `pennine node` and `pennine hub`.
-#[derive(Debug, Default, Clone)]
-pub struct TlsOverrides {
-    pub dir: Option<PathBuf>,
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub ca: Option<PathBuf>,
-}
-
-impl TlsOverrides {
-    /// The files to serve with, if any: explicit files win over a `dev-certs` folder
-    /// (where `name` picks `<name>.pem` and `<name>-key.pem`).
-    pub fn resolve(self, file: TlsOverrides, name: &str) -> Result<Option<TlsFiles>, ConfigError> {
-        let dir = self.dir.or(file.dir);
-        let cert = self.cert.or(file.cert);
-        let key = self.key.or(file.key);
-        let ca = self.ca.or(file.ca);
-        match (cert, key, dir) {
-            (Some(cert), Some(key), _) => Ok(Some(TlsFiles { cert, key, ca })),
-            (Some(_), None, _) | (None, Some(_), _) => Err(ConfigError::Invalid(
-                "tls_cert and tls_key go together: give both (or --tls-dir)".into(),
-            )),
-            (None, None, Some(dir)) => {
-                let mut files = TlsFiles::in_dir(&dir, name);
-                if ca.is_some() {
-                    files.ca = ca;
-                }
-                Ok(Some(files))
+        impl $name {
+            /// `self`'s values where given, `under`'s elsewhere (flags and environment over the file).
+            pub fn over(self, under: $name) -> $name {
+                $name { $( $field: self.$field.or(under.$field), )* }
             }
-            (None, None, None) if ca.is_some() => Err(ConfigError::Invalid(
-                "tls_ca needs a certificate to serve with: give tls_cert and tls_key (or --tls-dir)".into(),
-            )),
-            (None, None, None) => Ok(None),
         }
+    };
+}
+
+layered_settings! {
+    /// Every setting of `pennine node`.
+    #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+    #[serde(deny_unknown_fields)]
+    pub struct NodeSettings {
+        /// Region slug (nenc, yh, gm, nwc, ...).
+        #[arg(long, env = "PENNINE_REGION")]
+        pub region: Option<String>,
+        /// Address to listen on, host:port (port 0 picks a free port; default 127.0.0.1:8080).
+        #[arg(long, env = "PENNINE_LISTEN")]
+        pub listen: Option<String>,
+        /// Data folder for the embedded store (and the token key, the record-key secret).
+        #[arg(long, env = "PENNINE_DATA")]
+        pub data: Option<PathBuf>,
+        /// Public base URL when behind a proxy (links and Location headers use it).
+        #[arg(long, env = "PENNINE_PUBLIC_URL")]
+        pub public_url: Option<String>,
+        /// Largest request body accepted, in bytes (default 64 MiB).
+        #[arg(long, env = "PENNINE_MAX_BODY_BYTES")]
+        pub max_body_bytes: Option<usize>,
+        /// HTTP worker threads (default: one per core).
+        #[arg(long, env = "PENNINE_WORKERS")]
+        pub workers: Option<usize>,
+        /// Page size when a search gives no _count (default 20).
+        #[arg(long, env = "PENNINE_DEFAULT_COUNT")]
+        pub default_count: Option<usize>,
+        /// Largest page a client may ask for.
+        #[arg(long, env = "PENNINE_MAX_COUNT")]
+        pub max_count: Option<usize>,
+        /// Most matches a search materialises for paging.
+        #[arg(long, env = "PENNINE_MAX_RESULTS")]
+        pub max_results: Option<usize>,
+        /// Rows a view may produce over the node's data ($run, federated aggregates).
+        #[arg(long, env = "PENNINE_MAX_VIEW_ROWS")]
+        pub max_view_rows: Option<usize>,
+        /// Seconds a view may take over the node's data.
+        #[arg(long, env = "PENNINE_MAX_VIEW_SECONDS")]
+        pub max_view_seconds: Option<u64>,
+        /// Validate every written resource (true, the default, or false).
+        #[arg(long, env = "PENNINE_STRUCTURAL_CHECK")]
+        pub structural_check: Option<bool>,
+        /// PostgreSQL URL (postgres://...); without it the node uses the embedded store in --data.
+        #[arg(long, env = "PENNINE_DATABASE")]
+        pub database: Option<String>,
+        /// PostgreSQL schema for this node's tables (default pennine_<region>).
+        #[arg(long, env = "PENNINE_DATABASE_SCHEMA")]
+        pub database_schema: Option<String>,
+        /// PostgreSQL connections in the pool (default 8, at least 2).
+        #[arg(long, env = "PENNINE_DATABASE_POOL")]
+        pub database_pool: Option<usize>,
+        /// Folder written by `pennine dev-certs`: serve HTTPS with <region>.pem, <region>-key.pem and ca.pem.
+        #[arg(long, env = "PENNINE_TLS_DIR")]
+        pub tls_dir: Option<PathBuf>,
+        /// Certificate chain (PEM) to serve HTTPS with.
+        #[arg(long, env = "PENNINE_TLS_CERT")]
+        pub tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --tls-cert.
+        #[arg(long, env = "PENNINE_TLS_KEY")]
+        pub tls_key: Option<PathBuf>,
+        /// CA certificate (PEM) that signs the hub's certificate.
+        #[arg(long, env = "PENNINE_TLS_CA")]
+        pub tls_ca: Option<PathBuf>,
+        /// Smallest count this node lets the hub release (federation queries asking less are refused).
+        #[arg(long, env = "PENNINE_MIN_CELL")]
+        pub min_cell: Option<u64>,
+        /// Rounding base for released counts that this node requires at least.
+        #[arg(long, env = "PENNINE_ROUNDING")]
+        pub rounding: Option<u64>,
+        /// Least count perturbation this node requires of the hub (default 2; 0 allows exact counts).
+        #[arg(long, env = "PENNINE_NOISE")]
+        pub noise: Option<u64>,
+        /// Registered clients (TOML); without it every protected route is closed.
+        #[arg(long, env = "PENNINE_CLIENTS")]
+        pub clients: Option<PathBuf>,
+        /// Also accept HL7 v2 over MLLP on this address (host:port); each message is acknowledged after it is stored.
+        #[arg(long, env = "PENNINE_MLLP")]
+        pub mllp: Option<String>,
+        /// Folder of regional profiles (StructureDefinitions, ValueSets, CodeSystems, a CapabilityStatement);
+        /// default: the set built into the binary. A broken profile stops the node at start-up.
+        #[arg(long, env = "PENNINE_PROFILES")]
+        pub profiles: Option<PathBuf>,
+        /// What errors against the regional profiles do: flag (accept and report; the default) or reject.
+        #[arg(long, env = "PENNINE_PROFILE_POLICY")]
+        pub profile_policy: Option<String>,
+        /// Reject writes with errors against this profile (url, name or resource type); repeatable.
+        #[arg(long = "reject-profile")]
+        pub reject_profile: Option<Vec<String>>,
+        /// Per-profile policy (config file only): profile url, name or resource type → "flag" | "reject".
+        #[arg(skip)]
+        pub profile_rules: Option<std::collections::HashMap<String, String>>,
+    }
+}
+
+layered_settings! {
+    /// Every setting of `pennine hub`.
+    #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+    #[serde(deny_unknown_fields)]
+    pub struct HubSettings {
+        /// Address to listen on, host:port (default 127.0.0.1:8400).
+        #[arg(long, env = "PENNINE_LISTEN")]
+        pub listen: Option<String>,
+        /// A regional node: region=url (repeat for each region), e.g. --node nenc=https://127.0.0.1:8443.
+        #[arg(long = "node", value_name = "REGION=URL")]
+        pub node: Option<Vec<String>>,
+        /// Data folder for the hub's audit trail.
+        #[arg(long, env = "PENNINE_DATA")]
+        pub data: Option<PathBuf>,
+        /// Public base URL when behind a proxy.
+        #[arg(long, env = "PENNINE_PUBLIC_URL")]
+        pub public_url: Option<String>,
+        /// HTTP worker threads (default: one per core).
+        #[arg(long, env = "PENNINE_WORKERS")]
+        pub workers: Option<usize>,
+        /// Deadline for each node call, in milliseconds (default 5000).
+        #[arg(long, env = "PENNINE_DEADLINE_MS")]
+        pub deadline_ms: Option<u64>,
+        /// Counts from 1 to min-cell - 1 are withheld (default 10).
+        #[arg(long, env = "PENNINE_MIN_CELL")]
+        pub min_cell: Option<u64>,
+        /// Released counts are rounded to the nearest multiple (default 5).
+        #[arg(long, env = "PENNINE_ROUNDING")]
+        pub rounding: Option<u64>,
+        /// Largest perturbation of released counts, from each cell's own records (default 2; 0 switches noise off).
+        #[arg(long, env = "PENNINE_NOISE")]
+        pub noise: Option<u64>,
+        /// Pooled rows need at least this many answering regions (default 3).
+        #[arg(long, env = "PENNINE_MIN_REGIONS")]
+        pub min_regions: Option<usize>,
+        /// Folder written by `pennine dev-certs`: serve HTTPS with hub.pem, hub-key.pem and ca.pem.
+        #[arg(long, env = "PENNINE_TLS_DIR")]
+        pub tls_dir: Option<PathBuf>,
+        /// Certificate chain (PEM) to serve HTTPS with (and present to the nodes).
+        #[arg(long, env = "PENNINE_TLS_CERT")]
+        pub tls_cert: Option<PathBuf>,
+        /// Private key (PEM) of --tls-cert.
+        #[arg(long, env = "PENNINE_TLS_KEY")]
+        pub tls_key: Option<PathBuf>,
+        /// CA certificate (PEM) that signs the nodes' certificates.
+        #[arg(long, env = "PENNINE_TLS_CA")]
+        pub tls_ca: Option<PathBuf>,
+        /// Registered clients (TOML); without it every protected route is closed.
+        #[arg(long, env = "PENNINE_CLIENTS")]
+        pub clients: Option<PathBuf>,
+        /// Aggregate questions per client per minute (default 30).
+        #[arg(long, env = "PENNINE_AGGREGATE_RATE")]
+        pub aggregate_rate: Option<u32>,
+        /// How long an identical question gets the same released answer, in seconds (default 60).
+        #[arg(long, env = "PENNINE_ANSWER_CACHE_SECONDS")]
+        pub answer_cache_seconds: Option<u64>,
+    }
+}
+
+/// The files to serve with, if any: explicit files win over a `dev-certs` folder
+/// (where `name` picks `<name>.pem` and `<name>-key.pem`).
+fn tls_files(
+    dir: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    name: &str,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key, dir) {
+        (Some(cert), Some(key), _) => Ok(Some(TlsFiles { cert, key, ca })),
+        (Some(_), None, _) | (None, Some(_), _) => Err(ConfigError::Invalid(
+            "tls_cert and tls_key go together: give both (or --tls-dir)".into(),
+        )),
+        (None, None, Some(dir)) => {
+            let mut files = TlsFiles::in_dir(&dir, name);
+            if ca.is_some() {
+                files.ca = ca;
+            }
+            Ok(Some(files))
+        }
+        (None, None, None) if ca.is_some() => Err(ConfigError::Invalid(
+            "tls_ca needs a certificate to serve with: give tls_cert and tls_key (or --tls-dir)".into(),
+        )),
+        (None, None, None) => Ok(None),
     }
 }
 
@@ -227,24 +327,19 @@ impl NodeConfig {
         }
     }
 
-    pub fn load(file: Option<&Path>, overrides: NodeOverrides) -> Result<NodeConfig, ConfigError> {
-        let from_file: NodeFile = read_file(file)?;
-        let region = overrides
+    /// The settings given (flags and environment) over those of `file`, validated.
+    pub fn load(file: Option<&Path>, given: NodeSettings) -> Result<NodeConfig, ConfigError> {
+        let s = given.over(read_file(file)?);
+        let region = s
             .region
-            .or(from_file.region)
             .ok_or_else(|| ConfigError::Invalid("a region is required: --region <slug> (e.g. nenc)".into()))?;
-        let listen = overrides
-            .listen
-            .or(from_file.listen)
-            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = s.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         check_listen(&listen)?;
-        let database = overrides.database.or(from_file.database);
-        let storage = match database {
+        let storage = match s.database {
             None => StorageConfig::Embedded,
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                let schema = overrides
+                let schema = s
                     .database_schema
-                    .or(from_file.database_schema)
                     .unwrap_or_else(|| format!("pennine_{}", region.replace('-', "_")));
                 if !crate::store::postgres::valid_schema(&schema) {
                     return Err(ConfigError::Invalid(format!(
@@ -254,7 +349,7 @@ impl NodeConfig {
                 StorageConfig::Postgres {
                     url,
                     schema,
-                    pool: from_file.database_pool.unwrap_or(8).max(2),
+                    pool: s.database_pool.unwrap_or(8).max(2),
                 }
             }
             Some(_) => {
@@ -263,7 +358,7 @@ impl NodeConfig {
                 ))
             }
         };
-        let data = match (overrides.data.or(from_file.data), &storage) {
+        let data = match (s.data, &storage) {
             (Some(d), _) => d,
             (None, StorageConfig::Postgres { .. }) => PathBuf::from("."),
             (None, StorageConfig::Embedded) => {
@@ -272,33 +367,29 @@ impl NodeConfig {
         };
         let defaults = ServiceSettings::default();
         let service = ServiceSettings {
-            default_count: from_file.default_count.unwrap_or(defaults.default_count),
-            max_count: from_file.max_count.unwrap_or(defaults.max_count),
-            max_results: from_file.max_results.unwrap_or(defaults.max_results),
-            max_view_rows: from_file.max_view_rows.unwrap_or(defaults.max_view_rows).max(1),
-            max_view_seconds: from_file.max_view_seconds.unwrap_or(defaults.max_view_seconds).max(1),
-            structural_check: from_file.structural_check.unwrap_or(defaults.structural_check),
+            default_count: s.default_count.unwrap_or(defaults.default_count),
+            max_count: s.max_count.unwrap_or(defaults.max_count),
+            max_results: s.max_results.unwrap_or(defaults.max_results),
+            max_view_rows: s.max_view_rows.unwrap_or(defaults.max_view_rows).max(1),
+            max_view_seconds: s.max_view_seconds.unwrap_or(defaults.max_view_seconds).max(1),
+            structural_check: s.structural_check.unwrap_or(defaults.structural_check),
             profile_policy: {
                 let mut p = crate::node::ProfilePolicy::default();
-                if let Some(d) = overrides
-                    .profile_policy
-                    .as_deref()
-                    .or(from_file.profile_policy.as_deref())
-                {
+                if let Some(d) = s.profile_policy.as_deref() {
                     p.default = crate::node::PolicyMode::parse(d).map_err(ConfigError::Invalid)?;
                 }
-                for (k, v) in &from_file.profile_rules {
+                for (k, v) in s.profile_rules.iter().flatten() {
                     p.rules.insert(
                         k.clone(),
                         crate::node::PolicyMode::parse(v).map_err(ConfigError::Invalid)?,
                     );
                 }
-                for k in &overrides.reject_profiles {
+                for k in s.reject_profile.iter().flatten() {
                     p.rules.insert(k.clone(), crate::node::PolicyMode::Reject);
                 }
                 p
             },
-            profiles_dir: overrides.profiles.clone().or(from_file.profiles.clone()),
+            profiles_dir: s.profiles,
         };
         if service.default_count == 0 || service.default_count > service.max_count {
             return Err(ConfigError::Invalid(format!(
@@ -306,21 +397,15 @@ impl NodeConfig {
                 service.default_count, service.max_count
             )));
         }
-        let max_body_bytes = overrides
-            .max_body_bytes
-            .or(from_file.max_body_bytes)
-            .unwrap_or(64 * 1024 * 1024);
+        let max_body_bytes = s.max_body_bytes.unwrap_or(64 * 1024 * 1024);
         if max_body_bytes < 1024 {
             return Err(ConfigError::Invalid("max_body_bytes must be at least 1024".into()));
         }
-        let workers = overrides
-            .workers
-            .or(from_file.workers)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let workers = s.workers.unwrap_or_else(default_workers);
         if workers == 0 {
             return Err(ConfigError::Invalid("workers must be at least 1".into()));
         }
-        let public_url = overrides.public_url.or(from_file.public_url);
+        let public_url = s.public_url;
         if let Some(u) = &public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
@@ -329,21 +414,8 @@ impl NodeConfig {
             }
         }
         let region = Region::parse(&region)?;
-        let tls = overrides.tls.resolve(
-            TlsOverrides {
-                dir: from_file.tls_dir,
-                cert: from_file.tls_cert,
-                key: from_file.tls_key,
-                ca: from_file.tls_ca,
-            },
-            region.as_str(),
-        )?;
-        let disclosure = disclosure(
-            overrides.min_cell.or(from_file.min_cell),
-            overrides.rounding.or(from_file.rounding),
-            overrides.noise.or(from_file.noise),
-            None,
-        )?;
+        let tls = tls_files(s.tls_dir, s.tls_cert, s.tls_key, s.tls_ca, region.as_str())?;
+        let disclosure = disclosure(s.min_cell, s.rounding, s.noise, None)?;
         Ok(NodeConfig {
             region,
             listen,
@@ -355,8 +427,8 @@ impl NodeConfig {
             service,
             tls,
             disclosure,
-            clients: overrides.clients.or(from_file.clients),
-            mllp: match overrides.mllp.or(from_file.mllp) {
+            clients: s.clients,
+            mllp: match s.mllp {
                 Some(m) => {
                     check_listen(&m)?;
                     Some(m)
@@ -365,50 +437,6 @@ impl NodeConfig {
             },
         })
     }
-}
-
-/// The `pennine hub` keys of a config file; every key is optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HubFile {
-    pub listen: Option<String>,
-    pub data: Option<PathBuf>,
-    pub public_url: Option<String>,
-    /// `region=url`, as the `--node` flag takes them.
-    pub node: Option<Vec<String>>,
-    pub workers: Option<usize>,
-    pub deadline_ms: Option<u64>,
-    pub min_cell: Option<u64>,
-    pub rounding: Option<u64>,
-    /// Largest perturbation of released counts (cell-key noise); 0 switches it off.
-    pub noise: Option<u64>,
-    pub min_regions: Option<usize>,
-    pub tls_dir: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_ca: Option<PathBuf>,
-    pub clients: Option<PathBuf>,
-    pub aggregate_rate: Option<u32>,
-    pub answer_cache_seconds: Option<u64>,
-}
-
-/// Hub values from flags or the environment.
-#[derive(Debug, Default, Clone)]
-pub struct HubOverrides {
-    pub listen: Option<String>,
-    pub data: Option<PathBuf>,
-    pub public_url: Option<String>,
-    pub nodes: Vec<String>,
-    pub workers: Option<usize>,
-    pub deadline_ms: Option<u64>,
-    pub min_cell: Option<u64>,
-    pub rounding: Option<u64>,
-    /// Largest perturbation of released counts (cell-key noise); 0 switches it off.
-    pub noise: Option<u64>,
-    pub min_regions: Option<usize>,
-    pub tls: TlsOverrides,
-    pub clients: Option<PathBuf>,
-    pub aggregate_rate: Option<u32>,
 }
 
 /// A validated hub configuration.
@@ -465,6 +493,10 @@ fn read_file<T: serde::de::DeserializeOwned + Default>(file: Option<&Path>) -> R
     })
 }
 
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn check_listen(listen: &str) -> Result<(), ConfigError> {
     if listen
         .rsplit_once(':')
@@ -497,15 +529,12 @@ pub fn parse_node(spec: &str) -> Result<(Region, String), ConfigError> {
 }
 
 impl HubConfig {
-    pub fn load(file: Option<&Path>, o: HubOverrides) -> Result<HubConfig, ConfigError> {
-        let f: HubFile = read_file(file)?;
-        let listen = o.listen.or(f.listen).unwrap_or_else(|| "127.0.0.1:8400".into());
+    /// The settings given (flags and environment) over those of `file`, validated.
+    pub fn load(file: Option<&Path>, given: HubSettings) -> Result<HubConfig, ConfigError> {
+        let s = given.over(read_file(file)?);
+        let listen = s.listen.unwrap_or_else(|| "127.0.0.1:8400".into());
         check_listen(&listen)?;
-        let specs = if o.nodes.is_empty() {
-            f.node.unwrap_or_default()
-        } else {
-            o.nodes
-        };
+        let specs = s.node.unwrap_or_default();
         let mut nodes: Vec<(Region, String)> = Vec::new();
         for spec in &specs {
             let (region, url) = parse_node(spec)?;
@@ -519,50 +548,33 @@ impl HubConfig {
                 "the hub needs its nodes: --node nenc=https://... --node yh=https://... (one per region)".into(),
             ));
         }
-        let tls = o.tls.resolve(
-            TlsOverrides {
-                dir: f.tls_dir,
-                cert: f.tls_cert,
-                key: f.tls_key,
-                ca: f.tls_ca,
-            },
-            "hub",
-        )?;
+        let tls = tls_files(s.tls_dir, s.tls_cert, s.tls_key, s.tls_ca, "hub")?;
         if tls.is_none() && nodes.iter().any(|(_, u)| u.starts_with("https://")) {
             return Err(ConfigError::Invalid(
                 "the nodes are https:// but the hub has no certificate to authenticate with: give --tls-dir (or --tls-cert, --tls-key, --tls-ca)".into(),
             ));
         }
-        let deadline_ms = o.deadline_ms.or(f.deadline_ms).unwrap_or(5000);
+        let deadline_ms = s.deadline_ms.unwrap_or(5000);
         if deadline_ms == 0 {
             return Err(ConfigError::Invalid("deadline_ms must be at least 1".into()));
         }
-        let workers = o
-            .workers
-            .or(f.workers)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let data = o.data.or(f.data).ok_or_else(|| {
+        let workers = s.workers.unwrap_or_else(default_workers);
+        let data = s.data.ok_or_else(|| {
             ConfigError::Invalid("a data folder for the hub's audit trail is required: --data <dir>".into())
         })?;
         Ok(HubConfig {
             listen,
             data,
-            public_url: o
+            public_url: s
                 .public_url
-                .or(f.public_url)
                 .map(|u| u.trim_end_matches('/').to_string()),
             nodes,
             workers: workers.max(1),
             deadline: std::time::Duration::from_millis(deadline_ms),
-            disclosure: disclosure(
-                o.min_cell.or(f.min_cell),
-                o.rounding.or(f.rounding),
-                o.noise.or(f.noise),
-                o.min_regions.or(f.min_regions),
-            )?,
+            disclosure: disclosure(s.min_cell, s.rounding, s.noise, s.min_regions)?,
             tls,
-            clients: o.clients.or(f.clients),
-            aggregate_rate: match o.aggregate_rate.or(f.aggregate_rate).unwrap_or(30) {
+            clients: s.clients,
+            aggregate_rate: match s.aggregate_rate.unwrap_or(30) {
                 0 => {
                     return Err(ConfigError::Invalid(
                         "aggregate_rate must be at least 1 per minute".into(),
@@ -570,7 +582,7 @@ impl HubConfig {
                 }
                 n => n,
             },
-            answer_cache: std::time::Duration::from_secs(f.answer_cache_seconds.unwrap_or(60)),
+            answer_cache: std::time::Duration::from_secs(s.answer_cache_seconds.unwrap_or(60)),
         })
     }
 }
@@ -590,7 +602,7 @@ mod tests {
         .unwrap();
         let c = NodeConfig::load(
             Some(&file),
-            NodeOverrides {
+            NodeSettings {
                 region: Some("gm".into()),
                 ..Default::default()
             },
@@ -599,12 +611,12 @@ mod tests {
         assert_eq!(c.region.as_str(), "gm");
         assert_eq!(c.listen, "127.0.0.1:9000");
         std::fs::write(&file, "region = \"yh\"\nbogus = 1\n").unwrap();
-        let e = NodeConfig::load(Some(&file), NodeOverrides::default()).unwrap_err();
+        let e = NodeConfig::load(Some(&file), NodeSettings::default()).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
         assert!(Region::parse("North East").is_err());
         let e = NodeConfig::load(
             None,
-            NodeOverrides {
+            NodeSettings {
                 region: Some("nenc".into()),
                 data: Some("/tmp/x".into()),
                 listen: Some("nowhere".into()),
@@ -628,8 +640,8 @@ mod tests {
         .unwrap();
         let c = NodeConfig::load(
             Some(&file),
-            NodeOverrides {
-                reject_profiles: vec!["Encounter".into()],
+            NodeSettings {
+                reject_profile: Some(vec!["Encounter".into()]),
                 ..Default::default()
             },
         )
@@ -647,7 +659,7 @@ mod tests {
             "region = \"yh\"\ndata = \"/tmp/x\"\nprofile_policy = \"maybe\"\n",
         )
         .unwrap();
-        let e = NodeConfig::load(Some(&file), NodeOverrides::default()).unwrap_err();
+        let e = NodeConfig::load(Some(&file), NodeSettings::default()).unwrap_err();
         assert!(e.to_string().contains("'maybe'"), "{e}");
     }
 }

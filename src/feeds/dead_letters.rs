@@ -75,7 +75,7 @@ impl DeadLetters {
 
     /// Writes a letter (new or changed) durably.
     pub fn put(&self, letter: &DeadLetter) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(letter).map_err(|e| StoreError::Database(e.to_string()))?;
+        let json = serde_json::to_vec(letter).map_err(StoreError::Corrupt)?;
         let id = letter.id.clone();
         crate::store::run_unit(&*self.store, move |txn| -> Result<(), StoreError> {
             let current = txn.current(TYPE, &id)?;

@@ -15,7 +15,8 @@ use super::hl7v2::{self, ack, AckCode, Finding, Translation};
 use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
 use crate::fhir::time::{format_instant, now_millis};
 use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
-use crate::node::{BundleKind, Entry, EntryRequest, Error, FhirService};
+use crate::error::Error;
+use crate::node::{BundleKind, Entry, EntryRequest, FhirService};
 use crate::store::Stored;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -281,8 +282,8 @@ impl Feeds {
                     };
                 }
                 // Another writer changed a matched resource between our read and our write.
-                Err(Error::Conflict(m)) | Err(Error::PreconditionFailed(m)) if m.contains("version") => {
-                    last_error = Some(Error::Conflict(m));
+                Err(e @ Error::VersionConflict { .. }) => {
+                    last_error = Some(e);
                     continue;
                 }
                 // Concurrent messages writing the same shared resources (an organisation, a
@@ -615,7 +616,7 @@ fn stored_json(s: &Stored) -> Result<Value, Error> {
         .json
         .as_ref()
         .ok_or_else(|| Error::Gone(s.rtype.clone(), s.id.clone()))?;
-    serde_json::from_slice(bytes).map_err(|e| Error::Store(crate::store::StoreError::Database(e.to_string())))
+    serde_json::from_slice(bytes).map_err(|e| Error::Store(crate::store::StoreError::Corrupt(e)))
 }
 
 fn same_identifier(a: &Value, b: &Value) -> bool {

@@ -3,7 +3,7 @@
 //! (401 with `WWW-Authenticate` without a valid token, 403 with an
 //! OperationOutcome when the token does not allow the route).
 
-use super::error::ApiError;
+use crate::error::Error;
 use crate::auth::policy::{self, Facts, RouteRule, Rule, Server};
 use crate::auth::tokens::{OAuthError, ASSERTION_TYPE, TOKEN_SECONDS};
 use crate::auth::{Authority, Principal};
@@ -93,7 +93,7 @@ pub struct Checked {
 }
 
 /// The check every request passes before routing.
-pub fn check(access: &Access, req: &ServiceRequest) -> Result<Checked, ApiError> {
+pub fn check(access: &Access, req: &ServiceRequest) -> Result<Checked, Error> {
     let Some((rule, rtype)) = access.rule_for(req.method(), req.path()) else {
         // No route: the router answers 404/405.
         return Ok(Checked {
@@ -108,20 +108,20 @@ pub fn check(access: &Access, req: &ServiceRequest) -> Result<Checked, ApiError>
         });
     }
     let Some(token) = bearer(req) else {
-        return Err(ApiError::Unauthorized(if access.authority.clients.is_none() {
+        return Err(Error::Unauthorized(if access.authority.clients.is_none() {
             "this server has no registered clients, so every protected route is closed: start it with --clients <file> (see README, Access control)".into()
         } else {
             "an access token is required: get one from /auth/token (see /.well-known/smart-configuration)".into()
         }));
     };
-    let principal = access.authority.verify(token).map_err(ApiError::Unauthorized)?;
+    let principal = access.authority.verify(token).map_err(Error::Unauthorized)?;
     let summary_count =
         form_urlencoded::parse(req.query_string().as_bytes()).any(|(k, v)| k == "_summary" && v == "count");
     let facts = Facts {
         rtype: rtype.as_deref(),
         summary_count,
     };
-    policy::decide(&access.server, rule, &principal, &facts).map_err(ApiError::Forbidden)?;
+    policy::decide(&access.server, rule, &principal, &facts).map_err(Error::forbidden)?;
     req.extensions_mut().insert(principal.clone());
     Ok(Checked {
         rule: Some(rule),

@@ -3,7 +3,7 @@
 //! client certificate (verified by the TLS layer against the configured CA)
 //! and records an AuditEvent.
 
-use super::error::ApiError;
+use crate::error::Error;
 use super::fhir::{blocking, check_type, json_body, parse_json, query_pairs};
 use super::AppState;
 use crate::federation::{counts, AggregateRequest, Disclosure, NodeAggregate, NodeCount, Plan};
@@ -36,7 +36,7 @@ async fn own_quality(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET /federation/quality`: the figures per resource type for the hub (no per-source detail).
-async fn quality(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn quality(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     require_hub(&req, &state)?;
     let svc = state.service.clone();
     let region = state.config.region.to_string();
@@ -64,21 +64,21 @@ pub fn open_to_hub(path: &str) -> bool {
     path.starts_with("/federation/") || matches!(path, "/health" | "/ready" | "/fhir/metadata")
 }
 
-fn require_hub(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+fn require_hub(req: &HttpRequest, state: &AppState) -> Result<(), Error> {
     if state.config.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
-        return Err(ApiError::Forbidden(
-            "federation is disabled on this node: it needs TLS with a CA (--tls-dir, or --tls-cert/--tls-key/--tls-ca) to recognise the hub".into(),
+        return Err(Error::forbidden(
+            "federation is disabled on this node: it needs TLS with a CA (--tls-dir, or --tls-cert/--tls-key/--tls-ca) to recognise the hub",
         ));
     }
     if req.conn_data::<VerifiedClientCert>().is_none() {
-        return Err(ApiError::Forbidden(
-            "the federation API answers only the hub, which must present its client certificate".into(),
+        return Err(Error::forbidden(
+            "the federation API answers only the hub, which must present its client certificate",
         ));
     }
     Ok(())
 }
 
-fn last_updated(svc: &node::FhirService) -> Result<Option<String>, node::Error> {
+fn last_updated(svc: &node::FhirService) -> Result<Option<String>, Error> {
     Ok(svc.store.newest()?.map(format_instant))
 }
 
@@ -86,17 +86,17 @@ async fn aggregate(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     require_hub(&req, &state)?;
     let body = json_body(&req, payload, &state).await?;
     let svc = state.service.clone();
     let audit = state.audit.clone();
     let config = state.config.clone();
     let answer = blocking(move || {
-        let (_, text) = parse_json(&body).map_err(super::fhir::api_to_node)?;
+        let (_, text) = parse_json(&body)?;
         let text = text.to_string();
         let request: AggregateRequest = serde_json::from_str(&text).map_err(|e| {
-            node::Error::invalid(Issue::error(
+            Error::invalid(Issue::error(
                 IssueCode::Structure,
                 format!("not an aggregate request from a hub of this version: {e}"),
             ))
@@ -130,7 +130,7 @@ async fn aggregate(
         let answer_by = std::time::Instant::now() + Duration::from_millis(request.deadline_ms);
         let groups = svc.aggregate(&plan, Budget::new(&svc.settings))?;
         if std::time::Instant::now() > answer_by {
-            return Err(node::Error::TooCostly(
+            return Err(Error::TooCostly(
                 "the hub's deadline passed while this node built the view's rows; they are kept for the next question"
                     .into(),
             ));
@@ -162,7 +162,7 @@ async fn aggregate(
     .await?;
     match answer {
         Ok(a) => Ok(HttpResponse::Ok().json(a)),
-        Err(why) => Err(ApiError::Forbidden(why)),
+        Err(why) => Err(Error::forbidden(why)),
     }
 }
 
@@ -170,7 +170,7 @@ async fn count(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     require_hub(&req, &state)?;
     let rtype = path.into_inner();
     check_type(&rtype)?;
@@ -180,7 +180,7 @@ async fn count(
         .collect();
     // The node checks the approved parameters too: it does not rely on the hub alone.
     counts::check(&rtype, &pairs).map_err(|p| {
-        ApiError::Invalid(Issue {
+        Error::invalid(Issue {
             expression: Some(p.expression),
             ..Issue::error(IssueCode::NotSupported, p.message)
         })

@@ -3,14 +3,14 @@
 //! (`GET /feeds/dead-letters`, `GET /feeds/dead-letters/{id}`,
 //! `POST /feeds/dead-letters/{id}/$replay`).
 
-use super::error::ApiError;
+use crate::error::Error;
 use super::fhir::{blocking, query_pairs, read_body};
 use super::AppState;
 use crate::auth::NODE_ROUTES;
 use crate::feeds::hl7v2::split_messages;
 use crate::feeds::{decode_text, Source};
 use crate::fhir::{Issue, IssueCode};
-use crate::node;
+
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -48,13 +48,13 @@ fn json_response(status: actix_web::http::StatusCode, value: &serde_json::Value)
         .body(serde_json::to_vec(value).unwrap_or_default())
 }
 
-async fn hl7v2(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn hl7v2(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     let mt = media_type(&req);
     if !matches!(
         mt.as_str(),
         "x-application/hl7-v2+er7" | "application/hl7-v2" | "application/hl7-v2+er7" | "text/plain" | ""
     ) {
-        return Err(ApiError::MediaType(format!(
+        return Err(Error::MediaType(format!(
             "Content-Type '{mt}' is not accepted here: send ER7 as x-application/hl7-v2+er7 or text/plain"
         )));
     }
@@ -65,7 +65,7 @@ async fn hl7v2(req: HttpRequest, payload: web::Payload, state: web::Data<AppStat
     let entries = blocking(move || {
         let messages = split_messages(&text);
         if messages.is_empty() {
-            return Err(node::Error::invalid(Issue::error(
+            return Err(Error::invalid(Issue::error(
                 IssueCode::Structure,
                 "the body holds no HL7 v2 message (each must start with an MSH segment)",
             )));
@@ -86,10 +86,10 @@ async fn csv(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let mt = media_type(&req);
     if !matches!(mt.as_str(), "text/csv" | "text/plain" | "application/csv" | "") {
-        return Err(ApiError::MediaType(format!(
+        return Err(Error::MediaType(format!(
             "Content-Type '{mt}' is not accepted here: send text/csv"
         )));
     }
@@ -102,12 +102,12 @@ async fn csv(
     Ok(json_response(actix_web::http::StatusCode::OK, &summary.to_json()))
 }
 
-async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     let q = query_pairs(&req);
     let status = q.iter().find(|(k, _)| k == "status").map(|(_, v)| v.clone());
     if let Some(s) = &status {
         if s != "open" && s != "replayed" {
-            return Err(ApiError::Invalid(Issue::error(
+            return Err(Error::invalid(Issue::error(
                 IssueCode::Value,
                 format!("status '{s}' is not known (open, replayed)"),
             )));
@@ -116,25 +116,25 @@ async fn list(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespon
     let limit = match q.iter().find(|(k, _)| k == "_count") {
         Some((_, v)) => v
             .parse::<usize>()
-            .map_err(|_| ApiError::Invalid(Issue::error(IssueCode::Value, format!("_count '{v}' is not a number"))))?,
+            .map_err(|_| Error::invalid(Issue::error(IssueCode::Value, format!("_count '{v}' is not a number"))))?,
         None => 100,
     };
     let dead = state.feeds.dead.clone();
-    let (letters, total) = blocking(move || dead.list(status.as_deref(), limit).map_err(node::Error::Store)).await?;
+    let (letters, total) = blocking(move || dead.list(status.as_deref(), limit).map_err(Error::Store)).await?;
     Ok(json_response(
         actix_web::http::StatusCode::OK,
         &json!({ "total": total, "deadLetters": letters }),
     ))
 }
 
-async fn get(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn get(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     let id = path.into_inner();
     let dead = state.feeds.dead.clone();
     let lookup = id.clone();
-    let letter = blocking(move || dead.get(&lookup).map_err(node::Error::Store)).await?;
+    let letter = blocking(move || dead.get(&lookup).map_err(Error::Store)).await?;
     match letter {
         Some(l) => Ok(json_response(actix_web::http::StatusCode::OK, &json!(l))),
-        None => Err(ApiError::Fhir(node::Error::NotFound("dead letter".into(), id))),
+        None => Err(Error::NotFound("dead letter".into(), id)),
     }
 }
 
@@ -142,7 +142,7 @@ async fn replay(
     req: HttpRequest,
     path: web::Path<(String,)>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let id = path.into_inner().0;
     let feeds = state.feeds.clone();
     let who = super::access::who(super::access::principal_of(&req).as_ref(), &req);
@@ -153,6 +153,6 @@ async fn replay(
             actix_web::http::StatusCode::OK,
             &json!({ "deadLetter": letter, "outcome": outcome }),
         )),
-        None => Err(ApiError::Fhir(node::Error::NotFound("dead letter".into(), id))),
+        None => Err(Error::NotFound("dead letter".into(), id)),
     }
 }

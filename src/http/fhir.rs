@@ -1,6 +1,7 @@
 //! The FHIR RESTful API under `/fhir`.
 
-use super::error::{ApiError, FHIR_JSON};
+use super::error::FHIR_JSON;
+use crate::error::Error;
 use super::AppState;
 use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
 use crate::node::{self, Conditional, WriteOutcome, WriteResult};
@@ -90,19 +91,19 @@ pub(super) fn base_url(req: &HttpRequest, state: &AppState) -> String {
     }
 }
 
-pub(super) fn check_type(rtype: &str) -> Result<(), ApiError> {
+pub(super) fn check_type(rtype: &str) -> Result<(), Error> {
     if fhir::is_resource_type(rtype) {
         Ok(())
     } else {
-        Err(ApiError::Fhir(node::Error::UnknownType(rtype.to_string())))
+        Err(Error::UnknownType(rtype.to_string()))
     }
 }
 
-fn check_id(id: &str) -> Result<(), ApiError> {
+fn check_id(id: &str) -> Result<(), Error> {
     if fhir::is_valid_id(id) {
         Ok(())
     } else {
-        Err(ApiError::Invalid(Issue::error(
+        Err(Error::invalid(Issue::error(
             IssueCode::Value,
             format!("'{id}' is not a valid resource id"),
         )))
@@ -110,7 +111,7 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// Rejects everything but FHIR JSON: a wrong body type is 415, not a parse error.
-fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+fn check_content_type(req: &HttpRequest) -> Result<(), Error> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -119,17 +120,17 @@ fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         "application/fhir+json" | "application/json" | "application/json+fhir" => Ok(()),
-        "" => Err(ApiError::MediaType(
+        "" => Err(Error::MediaType(
             "a Content-Type is required: application/fhir+json".into(),
         )),
-        other => Err(ApiError::MediaType(format!(
+        other => Err(Error::MediaType(format!(
             "Content-Type '{other}' is not supported; send application/fhir+json"
         ))),
     }
 }
 
 /// Refuses `_format` or `Accept` values other than JSON.
-pub(super) fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
+pub(super) fn check_accept(req: &HttpRequest) -> Result<(), Error> {
     let format = form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == "_format")
         .map(|(_, v)| v.into_owned());
@@ -138,7 +139,7 @@ pub(super) fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
             f.as_str(),
             "json" | "application/json" | "application/fhir+json" | "application/json+fhir"
         ) {
-            return Err(ApiError::NotAcceptable(format!(
+            return Err(Error::NotAcceptable(format!(
                 "_format '{f}' is not supported; this server speaks JSON"
             )));
         }
@@ -149,7 +150,7 @@ pub(super) fn check_accept(req: &HttpRequest) -> Result<(), ApiError> {
             m.is_empty() || m == "*/*" || m.contains("json") || m == "application/*"
         });
         if !ok {
-            return Err(ApiError::NotAcceptable(format!(
+            return Err(Error::NotAcceptable(format!(
                 "Accept '{accept}' is not supported; this server speaks JSON"
             )));
         }
@@ -162,7 +163,7 @@ pub(super) async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
-) -> Result<web::Bytes, ApiError> {
+) -> Result<web::Bytes, Error> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -170,19 +171,19 @@ pub(super) async fn read_body(
         .and_then(|v| v.parse::<usize>().ok())
     {
         if len > limit {
-            return Err(ApiError::TooLarge { limit });
+            return Err(Error::TooLarge { limit });
         }
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::Invalid(Issue::error(
+            Error::invalid(Issue::error(
                 IssueCode::Incomplete,
                 format!("reading the body failed: {e}"),
             ))
         })?;
         if body.len() + chunk.len() > limit {
-            return Err(ApiError::TooLarge { limit });
+            return Err(Error::TooLarge { limit });
         }
         body.extend_from_slice(&chunk);
     }
@@ -193,11 +194,11 @@ pub(super) async fn json_body(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<web::Bytes, ApiError> {
+) -> Result<web::Bytes, Error> {
     check_content_type(req)?;
     let body = read_body(req, payload, state.config.max_body_bytes).await?;
     if body.is_empty() {
-        return Err(ApiError::Invalid(Issue::error(
+        return Err(Error::invalid(Issue::error(
             IssueCode::Required,
             "the request has no body",
         )));
@@ -211,19 +212,19 @@ fn body_text(body: &[u8]) -> Result<&str, Issue> {
     std::str::from_utf8(body).map_err(|e| Issue::error(IssueCode::Structure, format!("the body is not UTF-8: {e}")))
 }
 
-pub(super) fn parse_json(body: &[u8]) -> Result<(Value, &str), ApiError> {
-    let text = body_text(body).map_err(ApiError::Invalid)?;
-    let value = serde_json::from_str(text).map_err(ApiError::Json)?;
+pub(super) fn parse_json(body: &[u8]) -> Result<(Value, &str), Error> {
+    let text = body_text(body).map_err(Error::invalid)?;
+    let value = serde_json::from_str(text).map_err(Error::Json)?;
     Ok((value, text))
 }
 
 /// Runs blocking service work on the blocking pool.
 pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, node::Error> + Send + 'static,
-) -> Result<T, ApiError> {
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
     match web::block(f).await {
-        Ok(r) => r.map_err(ApiError::Fhir),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
+        Ok(r) => r,
+        Err(e) => Err(Error::Internal(e.to_string())),
     }
 }
 
@@ -323,13 +324,13 @@ fn write_response(r: WriteResult, prefer: Return, base: &str, req: &HttpRequest)
 }
 
 /// PATCH is not in the CapabilityStatement; say so rather than "no route".
-async fn patch_not_supported() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(
+async fn patch_not_supported() -> Result<HttpResponse, Error> {
+    Err(Error::MethodNotAllowed(
         "PATCH is not supported by this server; use PUT with the whole resource".into(),
     ))
 }
 
-async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     check_accept(&req)?;
     let base = base_url(&req, &state);
     // The statement only changes with the base URL: build it once per base, not per request.
@@ -350,7 +351,7 @@ async fn read(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let (rtype, id) = path.into_inner();
     check_type(&rtype)?;
     check_id(&id)?;
@@ -374,13 +375,13 @@ async fn vread(
     req: HttpRequest,
     path: web::Path<(String, String, String)>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let (rtype, id, vid) = path.into_inner();
     check_type(&rtype)?;
     check_id(&id)?;
     check_accept(&req)?;
     let version: u64 = vid.parse().map_err(|_| {
-        ApiError::Invalid(Issue::error(
+        Error::invalid(Issue::error(
             IssueCode::Value,
             format!("'{vid}' is not a version number"),
         ))
@@ -390,19 +391,19 @@ async fn vread(
     Ok(resource_response(&s))
 }
 
-fn if_none_exist(req: &HttpRequest, state: &AppState, rtype: &str) -> Result<Conditional, ApiError> {
+fn if_none_exist(req: &HttpRequest, state: &AppState, rtype: &str) -> Result<Conditional, Error> {
     let Some(h) = req.headers().get("if-none-exist") else {
         return Ok(Conditional::None);
     };
     let q = h
         .to_str()
-        .map_err(|_| ApiError::Invalid(Issue::error(IssueCode::Invalid, "If-None-Exist is not readable")))?;
+        .map_err(|_| Error::invalid(Issue::error(IssueCode::Invalid, "If-None-Exist is not readable")))?;
     let q = q.split_once('?').map_or(q, |(_, q)| q);
     let pairs: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     if pairs.is_empty() {
-        return Err(ApiError::Invalid(Issue::error(
+        return Err(Error::invalid(Issue::error(
             IssueCode::Invalid,
             "If-None-Exist has no search parameters",
         )));
@@ -416,14 +417,14 @@ fn if_none_exist(req: &HttpRequest, state: &AppState, rtype: &str) -> Result<Con
     )?))
 }
 
-fn if_match(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
+fn if_match(req: &HttpRequest) -> Result<Option<u64>, Error> {
     let Some(h) = req.headers().get(header::IF_MATCH) else {
         return Ok(None);
     };
     let s = h.to_str().unwrap_or("");
     let v = s.trim().trim_start_matches("W/").trim_matches('"');
     v.parse().map(Some).map_err(|_| {
-        ApiError::Invalid(Issue::error(
+        Error::invalid(Issue::error(
             IssueCode::Invalid,
             format!("If-Match '{s}' is not a version ETag such as W/\"3\""),
         ))
@@ -435,7 +436,7 @@ async fn create(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let rtype = path.into_inner();
     check_type(&rtype)?;
     let body = json_body(&req, payload, &state).await?;
@@ -443,7 +444,7 @@ async fn create(
     let svc = state.service.clone();
     let source = source_of(&req);
     let result = blocking(move || {
-        let (value, text) = parse_json(&body).map_err(api_to_node)?;
+        let (value, text) = parse_json(&body)?;
         node::quality::with_source(&source, || svc.create(&rtype, value, Some(text), cond))
     })
     .await?;
@@ -458,24 +459,12 @@ pub(super) fn source_of(req: &HttpRequest) -> String {
     }
 }
 
-/// Parse failures inside the blocking pool travel as a node error.
-pub(super) fn api_to_node(e: ApiError) -> node::Error {
-    match e {
-        ApiError::Json(j) => node::Error::invalid(Issue::error(
-            IssueCode::Structure,
-            format!("malformed JSON at line {} column {}: {j}", j.line(), j.column()),
-        )),
-        ApiError::Invalid(i) => node::Error::invalid(i),
-        other => node::Error::invalid(Issue::error(IssueCode::Invalid, other.to_string())),
-    }
-}
-
 async fn update(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let (rtype, id) = path.into_inner();
     check_type(&rtype)?;
     check_id(&id)?;
@@ -484,17 +473,17 @@ async fn update(
     let svc = state.service.clone();
     let source = source_of(&req);
     let result = blocking(move || {
-        let (value, text) = parse_json(&body).map_err(api_to_node)?;
+        let (value, text) = parse_json(&body)?;
         node::quality::with_source(&source, || svc.update(&rtype, &id, value, Some(text), version))
     })
     .await?;
     Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state), &req))
 }
 
-fn conditional_query(req: &HttpRequest, state: &AppState, rtype: &str) -> Result<SearchRequest, ApiError> {
+fn conditional_query(req: &HttpRequest, state: &AppState, rtype: &str) -> Result<SearchRequest, Error> {
     let pairs = query_pairs(req);
     if pairs.is_empty() {
-        return Err(ApiError::Invalid(Issue::error(
+        return Err(Error::invalid(Issue::error(
             IssueCode::Invalid,
             format!("a conditional interaction on {rtype} needs search parameters"),
         )));
@@ -507,7 +496,7 @@ async fn conditional_update(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let rtype = path.into_inner();
     check_type(&rtype)?;
     let query = conditional_query(&req, &state, &rtype)?;
@@ -515,7 +504,7 @@ async fn conditional_update(
     let version = if_match(&req)?;
     let svc = state.service.clone();
     let result = blocking(move || {
-        let (value, text) = parse_json(&body).map_err(api_to_node)?;
+        let (value, text) = parse_json(&body)?;
         svc.conditional_update(&rtype, query, value, Some(text), version)
     })
     .await?;
@@ -526,7 +515,7 @@ async fn delete(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let (rtype, id) = path.into_inner();
     check_type(&rtype)?;
     check_id(&id)?;
@@ -539,7 +528,7 @@ async fn conditional_delete(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let rtype = path.into_inner();
     check_type(&rtype)?;
     let query = conditional_query(&req, &state, &rtype)?;
@@ -568,7 +557,7 @@ async fn run_search(
     state: &AppState,
     rtype: String,
     pairs: Vec<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     check_type(&rtype)?;
     check_accept(req)?;
     let strict = prefer(req).strict;
@@ -592,7 +581,7 @@ async fn search_get(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let pairs = query_pairs(&req);
     run_search(&req, &state, path.into_inner(), pairs).await
 }
@@ -602,7 +591,7 @@ async fn search_post(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -610,7 +599,7 @@ async fn search_post(
         .unwrap_or("");
     let body = read_body(&req, payload, state.config.max_body_bytes).await?;
     if !body.is_empty() && !ct.starts_with("application/x-www-form-urlencoded") {
-        return Err(ApiError::MediaType(
+        return Err(Error::MediaType(
             "POST _search takes application/x-www-form-urlencoded parameters".into(),
         ));
     }
@@ -619,12 +608,12 @@ async fn search_post(
     run_search(&req, &state, path.into_inner(), pairs).await
 }
 
-async fn system_get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn system_get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     check_accept(&req)?;
     let pairs = query_pairs(&req);
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(page) = get("_getpages") else {
-        return Err(ApiError::Invalid(Issue::error(
+        return Err(Error::invalid(Issue::error(
             IssueCode::NotSupported,
             "system-level search is not supported; search a resource type (GET /fhir/Patient?...)",
         )));
@@ -651,7 +640,7 @@ fn service_for(state: &AppState, rtype: &str) -> node::FhirService {
 
 /// Every entry of a batch or transaction must be allowed to the client on its own:
 /// a bundle is not a way around the access table.
-fn check_bundle_entries(p: &crate::auth::Principal, text: &str) -> Result<(), node::Error> {
+fn check_bundle_entries(p: &crate::auth::Principal, text: &str) -> Result<(), Error> {
     #[derive(serde::Deserialize)]
     struct B {
         #[serde(default)]
@@ -676,7 +665,7 @@ fn check_bundle_entries(p: &crate::auth::Principal, text: &str) -> Result<(), no
             continue;
         };
         crate::auth::policy::decide_entry(p, m, u).map_err(|why| {
-            node::Error::Forbidden(Issue {
+            Error::Forbidden(Issue {
                 expression: Some(format!("Bundle.entry[{i}].request")),
                 ..Issue::error(IssueCode::Forbidden, why)
             })
@@ -685,7 +674,7 @@ fn check_bundle_entries(p: &crate::auth::Principal, text: &str) -> Result<(), no
     Ok(())
 }
 
-async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     let body = json_body(&req, payload, &state).await?;
     // Resources come back in the response only to clients who may read every type.
     let representation =
@@ -694,7 +683,7 @@ async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     let principal = super::access::principal_of(&req);
     let source = source_of(&req);
     let outcome = blocking(move || {
-        let text = body_text(&body).map_err(node::Error::invalid)?;
+        let text = body_text(&body).map_err(Error::invalid)?;
         if let Some(p) = &principal {
             check_bundle_entries(p, text)?;
         }
@@ -705,7 +694,7 @@ async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(reply.to_string()))
 }
 
-fn history_query(req: &HttpRequest, state: &AppState, scope: HistoryScope) -> Result<HistoryQuery, ApiError> {
+fn history_query(req: &HttpRequest, state: &AppState, scope: HistoryScope) -> Result<HistoryQuery, Error> {
     let pairs = query_pairs(req);
     let mut q = HistoryQuery {
         scope,
@@ -715,7 +704,7 @@ fn history_query(req: &HttpRequest, state: &AppState, scope: HistoryScope) -> Re
         offset: 0,
     };
     for (k, v) in &pairs {
-        let bad = |what: &str| ApiError::Invalid(Issue::error(IssueCode::Value, format!("{k}: {what}")));
+        let bad = |what: &str| Error::invalid(Issue::error(IssueCode::Value, format!("{k}: {what}")));
         match k.as_str() {
             "_count" => {
                 q.limit = v
@@ -730,7 +719,7 @@ fn history_query(req: &HttpRequest, state: &AppState, scope: HistoryScope) -> Re
             "_format" | "_pretty" => {}
             other => {
                 if prefer(req).strict {
-                    return Err(ApiError::Invalid(Issue::error(
+                    return Err(Error::invalid(Issue::error(
                         IssueCode::NotSupported,
                         format!("unknown history parameter '{other}'"),
                     )));
@@ -746,7 +735,7 @@ async fn history(
     state: &AppState,
     scope: HistoryScope,
     path: String,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     check_accept(&req)?;
     let q = history_query(&req, state, scope)?;
     let ctx = node::SearchContext {
@@ -766,7 +755,7 @@ async fn history(
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
 }
 
-async fn system_history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn system_history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     history(req, &state, HistoryScope::System, "_history".into()).await
 }
 
@@ -774,7 +763,7 @@ async fn type_history(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let rtype = path.into_inner();
     check_type(&rtype)?;
     let p = format!("{rtype}/_history");
@@ -785,7 +774,7 @@ async fn instance_history(
     req: HttpRequest,
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let (rtype, id) = path.into_inner();
     check_type(&rtype)?;
     check_id(&id)?;
@@ -794,7 +783,7 @@ async fn instance_history(
     // History of something never written is a 404, as for read.
     let exists = blocking(move || Ok(svc.store.read(&t2, &i2)?.is_some())).await?;
     if !exists {
-        return Err(ApiError::Fhir(node::Error::NotFound(rtype, id)));
+        return Err(Error::NotFound(rtype, id));
     }
     let p = format!("{rtype}/{id}/_history");
     history(req, &state, HistoryScope::Instance(rtype, id), p).await

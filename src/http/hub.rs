@@ -2,14 +2,15 @@
 //! trail, health and metadata. Nothing here returns a resource or a row of
 //! patient data: the hub holds none.
 
-use super::error::{ApiError, FHIR_JSON};
+use super::error::FHIR_JSON;
+use crate::error::Error;
 use super::fhir::{check_accept, query_pairs, read_body};
 use super::StartError;
 use crate::auth::{Server, HUB_ROUTES};
 use crate::config::HubConfig;
 use crate::federation::AggregateQuery;
 use crate::fhir::{Issue, IssueCode};
-use crate::hub::{Answer, Hub, HubError};
+use crate::hub::{Answer, Hub};
 use crate::node::audit::AuditLog;
 use crate::search::parse_query;
 use actix_web::dev::ServerHandle;
@@ -53,27 +54,14 @@ async fn close_audit(audit: Arc<AuditLog>) {
     .await;
 }
 
-impl From<HubError> for ApiError {
-    fn from(e: HubError) -> Self {
-        match e {
-            HubError::BadRequest { message, expression } => ApiError::Invalid(Issue {
-                expression,
-                ..Issue::error(IssueCode::Invalid, message)
-            }),
-            HubError::Audit(e) => ApiError::Fhir(e),
-            HubError::Client(m) => ApiError::Internal(m),
-        }
-    }
-}
-
 fn who(req: &HttpRequest) -> String {
     super::access::who(super::access::principal_of(req).as_ref(), req)
 }
 
 /// The rate limit, per client, on aggregate questions and federated counts.
-fn admit(hub: &Hub, req: &HttpRequest) -> Result<(), ApiError> {
+fn admit(hub: &Hub, req: &HttpRequest) -> Result<(), Error> {
     let client = super::access::principal_of(req).map_or_else(|| who(req), |p| p.client_id);
-    hub.admit(&client).map_err(|retry_after| ApiError::RateLimited {
+    hub.admit(&client).map_err(|retry_after| Error::RateLimited {
         retry_after,
         message: format!(
             "client '{client}' asked more than {} aggregate questions in a minute; retry in {retry_after} s",
@@ -121,17 +109,17 @@ async fn metadata(hub: web::Data<Hub>) -> HttpResponse {
 }
 
 /// `GET /quality`: every region's data-quality figures per resource type, with each region's status.
-async fn quality(hub: web::Data<Hub>) -> Result<HttpResponse, ApiError> {
+async fn quality(hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
     Ok(HttpResponse::Ok().json(hub.quality().await?))
 }
 
-async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>) -> Result<HttpResponse, ApiError> {
+async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
     let csv = match query_pairs(&req).into_iter().find(|(k, _)| k == "_format") {
         None => false,
         Some((_, f)) if f == "json" || f == "application/json" => false,
         Some((_, f)) if f == "csv" || f == "text/csv" => true,
         Some((_, f)) => {
-            return Err(ApiError::Invalid(Issue::error(
+            return Err(Error::invalid(Issue::error(
                 IssueCode::Invalid,
                 format!("_format '{f}' is not supported here (json, csv)"),
             )))
@@ -143,20 +131,20 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if !(ct.is_empty() || ct.starts_with("application/json") || ct.starts_with("application/fhir+json")) {
-        return Err(ApiError::MediaType(format!(
+        return Err(Error::MediaType(format!(
             "Content-Type '{ct}' is not supported; send application/json"
         )));
     }
     let body = read_body(&req, payload, 1024 * 1024).await?;
     let text = std::str::from_utf8(body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&body)).map_err(|e| {
-        ApiError::Invalid(Issue::error(
+        Error::invalid(Issue::error(
             IssueCode::Structure,
             format!("the body is not UTF-8: {e}"),
         ))
     })?;
-    let value: Value = serde_json::from_str(text).map_err(ApiError::Json)?;
+    let value: Value = serde_json::from_str(text).map_err(Error::Json)?;
     let q = AggregateQuery::parse(&value).map_err(|p| {
-        ApiError::Invalid(Issue {
+        Error::invalid(Issue {
             expression: (!p.expression.is_empty()).then_some(p.expression),
             ..Issue::error(IssueCode::Invalid, p.message)
         })
@@ -181,7 +169,7 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>)
     })
 }
 
-async fn search(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) -> Result<HttpResponse, ApiError> {
+async fn search(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
     let rtype = path.into_inner();
     super::fhir::check_type(&rtype)?;
     check_accept(&req)?;
@@ -215,14 +203,14 @@ async fn search(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) 
         let bytes = super::fhir::blocking(move || svc.search_bytes(parsed, &ctx)).await?;
         return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes));
     }
-    Err(ApiError::Forbidden(format!(
+    Err(Error::forbidden(format!(
         "the hub answers searches only with _summary=count ({rtype}?...&_summary=count): patient-level data never leaves a region"
     )))
 }
 
 async fn no_route(req: HttpRequest) -> HttpResponse {
     use actix_web::ResponseError;
-    ApiError::NoRoute(format!(
+    Error::NoRoute(format!(
         "no route for {} {} on the hub (POST /fhir/$aggregate, GET /fhir/<type>?_summary=count)",
         req.method(),
         req.path()

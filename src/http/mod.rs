@@ -18,7 +18,7 @@ use crate::search::Registry;
 use crate::store::{postgres::PostgresStore, sqlite::SqliteStore, Store};
 use actix_web::dev::{ServerHandle, Service};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use error::ApiError;
+use crate::error::Error;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -100,20 +100,20 @@ async fn health() -> HttpResponse {
         .body(r#"{"status":"ok"}"#)
 }
 
-async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     let store = state.service.store.clone();
     match web::block(move || store.ready()).await {
         Ok(Ok(())) => Ok(HttpResponse::Ok()
             .content_type("application/json")
             .body(format!(r#"{{"status":"ready","region":"{}"}}"#, state.config.region))),
-        Ok(Err(e)) => Err(ApiError::Unavailable(format!("storage is not reachable: {e}"))),
-        Err(e) => Err(ApiError::Internal(e.to_string())),
+        Ok(Err(e)) => Err(Error::Unavailable(format!("storage is not reachable: {e}"))),
+        Err(e) => Err(Error::Internal(e.to_string())),
     }
 }
 
 async fn no_route(req: HttpRequest) -> HttpResponse {
     use actix_web::ResponseError;
-    ApiError::NoRoute(format!("no route for {} {}", req.method(), req.path())).error_response()
+    Error::NoRoute(format!("no route for {} {}", req.method(), req.path())).error_response()
 }
 
 /// Marks connections whose client presented a certificate the TLS layer verified.
@@ -237,7 +237,7 @@ pub(crate) fn guard<S, B>(
     access: web::Data<access::Access>,
     req: actix_web::dev::ServiceRequest,
     srv: &S,
-    checked: Result<access::Checked, ApiError>,
+    checked: Result<access::Checked, Error>,
 ) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
 where
     S: Service<actix_web::dev::ServiceRequest, Response = actix_web::dev::ServiceResponse<B>, Error = actix_web::Error>,
@@ -262,7 +262,7 @@ where
             (None, None) => "unauthenticated client".into(),
         };
         let Some(fut) = fut else {
-            let e = denied.unwrap_or_else(|| ApiError::Internal("no decision".into()));
+            let e = denied.unwrap_or_else(|| Error::Internal("no decision".into()));
             let status = actix_web::ResponseError::status_code(&e).as_u16();
             access::audit_access(&access, &who, "denied", &method, &target, status);
             tracing::info!(%method, %path, status, %who, "refused");
@@ -381,7 +381,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         App::new()
             .app_data(state.clone())
             .app_data(web::PathConfig::default().error_handler(|e, _| {
-                ApiError::Invalid(crate::fhir::Issue::error(
+                Error::invalid(crate::fhir::Issue::error(
                     crate::fhir::IssueCode::Invalid,
                     e.to_string(),
                 ))
@@ -396,7 +396,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
                     let hub_elsewhere =
                         req.conn_data::<federation::VerifiedClientCert>().is_some() && !federation::open_to_hub(&path);
                     let checked = if hub_elsewhere {
-                        Err(ApiError::Forbidden(format!(
+                        Err(Error::forbidden(format!(
                             "the hub's certificate may use only the federation API, not {} {path}",
                             req.method()
                         )))

@@ -3,12 +3,13 @@
 //! Parameters body with `resource`, `mode` and `profile`. The answer is always
 //! an OperationOutcome with every issue (200), as the operation defines.
 
-use super::error::{ApiError, FHIR_JSON};
+use super::error::FHIR_JSON;
+use crate::error::Error;
 use super::fhir::{blocking, check_type, json_body, parse_json, query_pairs};
 use super::AppState;
 use crate::auth::NODE_ROUTES;
 use crate::fhir::{outcome::operation_outcome, Issue, IssueCode};
-use crate::node;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
@@ -35,7 +36,7 @@ async fn type_level(
     path: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     run(req, path.into_inner(), None, payload, state).await
 }
 
@@ -44,7 +45,7 @@ async fn instance_level(
     path: web::Path<(String, String)>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     let (rtype, id) = path.into_inner();
     run(req, rtype, Some(id), payload, state).await
 }
@@ -92,18 +93,18 @@ async fn run(
     id: Option<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Error> {
     check_type(&rtype)?;
     let body = json_body(&req, payload, &state).await?;
     let query = query_pairs(&req);
     let service = state.service.clone();
     let issues = blocking(move || {
-        let (value, _) = parse_json(&body).map_err(super::fhir::api_to_node)?;
+        let (value, _) = parse_json(&body)?;
         let request = parse_request(value, &query);
         let mut issues = Vec::new();
         let mode = request.mode.as_deref().unwrap_or("create");
         if !matches!(mode, "create" | "update" | "delete") {
-            return Err(node::Error::invalid(Issue::error(
+            return Err(Error::invalid(Issue::error(
                 IssueCode::Value,
                 format!("mode '{mode}' is not one of create, update, delete"),
             )));
@@ -131,7 +132,7 @@ async fn run(
                     service.read(&rtype, id)?;
                 }
                 None => {
-                    return Err(node::Error::invalid(Issue::error(
+                    return Err(Error::invalid(Issue::error(
                         IssueCode::Required,
                         "mode delete needs an instance: POST [type]/[id]/$validate",
                     )))
@@ -140,7 +141,7 @@ async fn run(
             return Ok(issues);
         }
         let Some(resource) = request.resource else {
-            return Err(node::Error::invalid(Issue::error(
+            return Err(Error::invalid(Issue::error(
                 IssueCode::Required,
                 "give the resource to validate as the body or as the 'resource' parameter",
             )));

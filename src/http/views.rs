@@ -2,12 +2,12 @@
 //! region-local users. Rows come from the stored data, or from `resource`
 //! parameters given inline.
 
-use super::error::ApiError;
+use crate::error::Error;
 use super::fhir::{blocking, json_body, parse_json, query_pairs};
 use super::AppState;
 use crate::fhir::{Issue, IssueCode};
 use crate::node::analytics::{resolve_view, view_error};
-use crate::node::{self, audit::AuditRecord};
+use crate::node::audit::AuditRecord;
 use crate::views::{write_csv, write_json, write_ndjson, Format, View};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -22,8 +22,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-fn invalid(message: impl Into<String>, expression: &str) -> node::Error {
-    node::Error::invalid(Issue {
+fn invalid(message: impl Into<String>, expression: &str) -> Error {
+    Error::invalid(Issue {
         expression: Some(expression.to_string()),
         ..Issue::error(IssueCode::Invalid, message)
     })
@@ -37,7 +37,7 @@ struct RunRequest {
     limit: Option<usize>,
 }
 
-fn parse_run(body: &Value) -> Result<RunRequest, node::Error> {
+fn parse_run(body: &Value) -> Result<RunRequest, Error> {
     if body.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
         return Err(invalid("the body must be a Parameters resource", "resourceType"));
     }
@@ -115,11 +115,11 @@ fn parse_run(body: &Value) -> Result<RunRequest, node::Error> {
     })
 }
 
-async fn run(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn run(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     let body = json_body(&req, payload, &state).await?;
     let query_format = match query_pairs(&req).into_iter().find(|(k, _)| k == "_format") {
         Some((_, f)) => Some(Format::parse(&f).ok_or_else(|| {
-            ApiError::Invalid(Issue::error(
+            Error::invalid(Issue::error(
                 IssueCode::Invalid,
                 format!("_format '{f}' is not supported (json, ndjson, csv)"),
             ))
@@ -131,7 +131,7 @@ async fn run(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>
     let region = state.config.region.to_string();
     let who = super::access::who(super::access::principal_of(&req).as_ref(), &req);
     let (format, bytes) = blocking(move || {
-        let (value, text) = parse_json(&body).map_err(super::fhir::api_to_node)?;
+        let (value, text) = parse_json(&body)?;
         let r = parse_run(&value)?;
         let format = r.format.or(query_format).unwrap_or(Format::Json);
         let budget = crate::node::analytics::Budget::new(&svc.settings);

@@ -6,6 +6,8 @@
 //! reply `partial`; it never makes the whole query hang or fail.
 
 use crate::config::HubConfig;
+use crate::error::Error;
+use crate::fhir::{Issue, IssueCode};
 use crate::federation::{self, counts, AggregateQuery, Disclosure, NodeAggregate, NodeCount, Release};
 use crate::node::audit::{AuditLog, AuditRecord};
 use serde::de::DeserializeOwned;
@@ -36,24 +38,12 @@ pub struct RegionReport {
     pub completeness: Option<f64>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum HubError {
-    #[error("{message}")]
-    BadRequest {
-        message: String,
-        expression: Option<String>,
-    },
-    #[error("cannot build the HTTPS client: {0}")]
-    Client(String),
-    #[error("audit trail: {0}")]
-    Audit(#[from] crate::node::Error),
-}
-
-fn bad(message: impl Into<String>, expression: Option<&str>) -> HubError {
-    HubError::BadRequest {
-        message: message.into(),
+/// A question the hub refuses (400), naming the member at fault.
+fn bad(message: impl Into<String>, expression: Option<&str>) -> Error {
+    Error::invalid(Issue {
         expression: expression.map(str::to_string),
-    }
+        ..Issue::error(IssueCode::Invalid, message)
+    })
 }
 
 #[derive(Clone)]
@@ -75,16 +65,16 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 
 impl Hub {
-    pub fn new(config: Arc<HubConfig>, audit: Arc<AuditLog>) -> Result<Hub, HubError> {
+    pub fn new(config: Arc<HubConfig>, audit: Arc<AuditLog>) -> Result<Hub, Error> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.deadline)
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("pennine-hub/", env!("CARGO_PKG_VERSION")));
         if let Some(files) = &config.tls {
-            let tls = crate::tls::client_config(files).map_err(|e| HubError::Client(e.to_string()))?;
+            let tls = crate::tls::client_config(files).map_err(|e| Error::Internal(format!("cannot build the HTTPS client: {e}")))?;
             builder = builder.use_preconfigured_tls(tls);
         }
-        let client = builder.build().map_err(|e| HubError::Client(e.to_string()))?;
+        let client = builder.build().map_err(|e| Error::Internal(format!("cannot build the HTTPS client: {e}")))?;
         Ok(Hub {
             config,
             client,
@@ -122,7 +112,7 @@ impl Hub {
         Ok(())
     }
 
-    fn regions_for(&self, asked: Option<&[String]>) -> Result<Vec<(String, String)>, HubError> {
+    fn regions_for(&self, asked: Option<&[String]>) -> Result<Vec<(String, String)>, Error> {
         let all: Vec<(String, String)> = self
             .config
             .nodes
@@ -251,7 +241,7 @@ impl Hub {
 
     /// `POST /fhir/$aggregate`: the question is checked against its approved
     /// view, put to every region asked, pooled and released through the gate.
-    pub async fn aggregate(&self, q: AggregateQuery, raw: &str, who: &str) -> Result<AggregateReply, HubError> {
+    pub async fn aggregate(&self, q: AggregateQuery, raw: &str, who: &str) -> Result<AggregateReply, Error> {
         let plan = q.plan().map_err(|p| bad(p.message, Some(&p.expression)))?;
         let regions = self.regions_for(q.regions.as_deref())?;
         let every_region_asked = regions.len() == self.config.nodes.len();
@@ -310,7 +300,7 @@ impl Hub {
     }
 
     /// `GET /quality`: the regions' quality figures (per resource type, aggregates only).
-    pub async fn quality(&self) -> Result<Value, HubError> {
+    pub async fn quality(&self) -> Result<Value, Error> {
         let regions = self.regions_for(None)?;
         let answers: Vec<(RegionReport, Option<Value>)> = self
             .fan_out(&regions, |client, url| client.get(format!("{url}/federation/quality")))
@@ -346,7 +336,7 @@ impl Hub {
     /// `GET /fhir/<type>?...&_summary=count`: a searchset Bundle with the pooled
     /// total. `pairs` are the search parameters without `_summary`, `_count` and
     /// `_format`; only approved parameters in generalised forms are accepted.
-    pub async fn count(&self, rtype: &str, pairs: &[(String, String)], who: &str) -> Result<Value, HubError> {
+    pub async fn count(&self, rtype: &str, pairs: &[(String, String)], who: &str) -> Result<Value, Error> {
         counts::check(rtype, pairs).map_err(|p| bad(p.message, Some(&p.expression)))?;
         let regions = self.regions_for(None)?;
         let query: String = form_urlencoded::Serializer::new(String::new())
@@ -435,7 +425,7 @@ impl Hub {
         query: &str,
         reports: &[RegionReport],
         released: String,
-    ) -> Result<(), HubError> {
+    ) -> Result<(), Error> {
         let regions = reports
             .iter()
             .map(|r| {
@@ -464,7 +454,7 @@ impl Hub {
             })
         })
         .await
-        .map_err(|e| HubError::Client(format!("audit task failed: {e}")))??;
+        .map_err(|e| Error::Internal(format!("audit task failed: {e}")))??;
         Ok(())
     }
 }

@@ -674,7 +674,7 @@ impl FhirService {
             }
         };
         let json = stored.json.as_deref().unwrap_or(b"{}");
-        serde_json::from_slice(json).map_err(|e| Error::Store(crate::store::StoreError::Database(e.to_string())))
+        serde_json::from_slice(json).map_err(|e| Error::Store(crate::store::StoreError::Corrupt(e)))
     }
 }
 

@@ -120,17 +120,13 @@ fn write_version(
     if let Some(expected) = if_match {
         match current {
             Some(c) if c.version == expected && !c.deleted => {}
-            Some(c) => {
-                return Err(Error::PreconditionFailed(format!(
-                    "{}/{id} is at version {}, not {expected}",
-                    prepared.rtype, c.version
-                )))
-            }
-            None => {
-                return Err(Error::PreconditionFailed(format!(
-                    "{}/{id} does not exist, so it cannot be at version {expected}",
-                    prepared.rtype
-                )))
+            other => {
+                return Err(Error::VersionConflict {
+                    rtype: prepared.rtype.to_string(),
+                    id: id.to_string(),
+                    expected,
+                    current: other.map(|c| c.version),
+                })
             }
         }
     }

@@ -7,7 +7,6 @@ pub mod audit;
 mod bundle;
 mod capability;
 mod crud;
-mod error;
 mod prepare;
 pub mod quality;
 mod searchset;
@@ -15,7 +14,7 @@ mod searchset;
 pub use bundle::{response_bundle, BundleKind, BundleOutcome, Entry, EntryRequest, EntryResult};
 pub use capability::capability_statement;
 pub use crud::{Conditional, WriteOutcome, WriteResult};
-pub use error::Error;
+use crate::error::Error;
 pub use prepare::{Checked, Prepared};
 pub use searchset::SearchContext;
 

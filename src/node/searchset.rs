@@ -170,7 +170,7 @@ impl FhirService {
     /// Runs a search and renders its first page.
     pub fn search(&self, req: SearchRequest, ctx: &SearchContext) -> Result<Value, Error> {
         let bytes = self.search_bytes(req, ctx)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Store(crate::store::StoreError::Database(e.to_string())))
+        serde_json::from_slice(&bytes).map_err(|e| Error::Store(crate::store::StoreError::Corrupt(e)))
     }
 
     /// Runs a search and renders its first page as JSON bytes.
@@ -207,7 +207,7 @@ impl FhirService {
                 query: cached.self_query.clone(),
                 total: cached.total,
             })
-            .map_err(|e| Error::Store(crate::store::StoreError::Database(e.to_string())))?;
+            .map_err(|e| Error::Store(crate::store::StoreError::Corrupt(e)))?;
             let id = self.store.save_result_set(crate::store::ResultSet {
                 payload,
                 keys: cached.keys.clone(),

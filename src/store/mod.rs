@@ -115,10 +115,30 @@ pub struct NewVersion<'a> {
     pub existed: bool,
 }
 
+/// `Display` of a postgres error hides the server's message; this shows it with its SQLSTATE.
+fn postgres_message(e: &::postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+/// A storage failure, with its cause kept (not flattened to text): the log shows the
+/// chain, the client an opaque outcome (`crate::error`).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database error: {0}")]
-    Database(String),
+    /// The embedded store failed. Shared, so one failed group commit can answer every job in it.
+    #[error("SQLite: {0}")]
+    Sqlite(#[source] std::sync::Arc<rusqlite::Error>),
+    /// PostgreSQL failed (its SQLSTATE and server message are in the source).
+    #[error("PostgreSQL: {}", postgres_message(.0))]
+    Postgres(#[source] Box<::postgres::Error>),
+    /// Stored bytes that are not the JSON they were written as.
+    #[error("stored resource is not JSON: {0}")]
+    Corrupt(#[source] serde_json::Error),
+    /// A broken invariant inside a backend.
+    #[error("storage invariant: {0}")]
+    Internal(String),
     #[error("conflict: {0}")]
     Conflict(String),
     #[error("storage is shutting down")]

@@ -86,11 +86,7 @@ fn db_err(e: postgres::Error) -> StoreError {
     if e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) || e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) {
         return StoreError::Conflict("a concurrent transaction wrote the same resources; try again".into());
     }
-    // `Display` of a postgres error hides the server's message; include it.
-    match e.as_db_error() {
-        Some(db) => StoreError::Database(format!("{}: {}", db.code().code(), db.message())),
-        None => StoreError::Database(e.to_string()),
-    }
+    StoreError::Postgres(Box::new(e))
 }
 
 /// Whether `s` can be used as a schema name unquoted (it is spliced into SQL).
@@ -419,7 +415,7 @@ impl PgTxn<'_, '_> {
         }
         self.rids
             .pop()
-            .ok_or_else(|| StoreError::Database("no resource key allocated".into()))
+            .ok_or_else(|| StoreError::Internal("no resource key allocated".into()))
     }
 
     /// Inserts every pending row: multi-row INSERTs of up to ~30,000 parameters.

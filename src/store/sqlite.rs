@@ -59,7 +59,7 @@ CREATE INDEX IF NOT EXISTS idx_uri_value ON idx_uri (param, value);
 ";
 
 fn db_err(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    StoreError::Sqlite(std::sync::Arc::new(e))
 }
 
 struct Job {
@@ -478,9 +478,9 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>) {
             }
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let err = db_err(e);
+            let err = std::sync::Arc::new(e);
             for job in group {
-                let _ = job.done.send(Err(StoreError::Database(err.to_string())));
+                let _ = job.done.send(Err(StoreError::Sqlite(err.clone())));
             }
             continue;
         }
@@ -513,9 +513,9 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>) {
             }
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
-                let msg = e.to_string();
+                let err = std::sync::Arc::new(e);
                 for (done, _) in answers {
-                    let _ = done.send(Err(StoreError::Database(msg.clone())));
+                    let _ = done.send(Err(StoreError::Sqlite(err.clone())));
                 }
             }
         }
