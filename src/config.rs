@@ -565,9 +565,7 @@ impl HubConfig {
         Ok(HubConfig {
             listen,
             data,
-            public_url: s
-                .public_url
-                .map(|u| u.trim_end_matches('/').to_string()),
+            public_url: s.public_url.map(|u| u.trim_end_matches('/').to_string()),
             nodes,
             workers: workers.max(1),
             deadline: std::time::Duration::from_millis(deadline_ms),

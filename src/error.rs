@@ -291,7 +291,12 @@ mod tests {
                 "{e:?} -> {}",
                 o.status
             );
-            assert_ne!(e.reason(), "Unknown", "{e:?} has status {} without a reason phrase", o.status);
+            assert_ne!(
+                e.reason(),
+                "Unknown",
+                "{e:?} has status {} without a reason phrase",
+                o.status
+            );
             assert!(!o.issues.is_empty(), "{e:?} has no issues");
             assert!(o.issues.iter().all(|i| !i.diagnostics.is_empty()), "{e:?}");
             if o.status >= 500 {

@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the invariants between them.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod hub;
 pub mod node;
 pub mod profiles;
 pub mod search;
+pub mod startup;
 pub mod store;
 pub mod tls;
 pub mod validation;

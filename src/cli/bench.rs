@@ -291,7 +291,7 @@ async fn measure(
     resources: usize,
 ) -> anyhow::Result<Measured> {
     {
-        let node = crate::http::start_node(config).await?;
+        let node = crate::startup::start_node(config).await?;
         let base = format!("{}/fhir", node.base_url());
         let with_token = |token: String| -> anyhow::Result<reqwest::Client> {
             let mut headers = reqwest::header::HeaderMap::new();

@@ -5,8 +5,8 @@
 
 use crate::config::{parse_node, HubConfig, NodeConfig};
 use crate::federation::Disclosure;
-use crate::http::hub::start_hub;
-use crate::http::start_node;
+use crate::startup::start_hub;
+use crate::startup::start_node;
 use crate::tls::TlsFiles;
 use anyhow::{bail, Context};
 use clap::Args;

@@ -98,7 +98,7 @@ pub fn run(args: BenchFeedsArgs) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let mut config = crate::config::NodeConfig::local("nenc", dir.path());
         config.mllp = Some("127.0.0.1:0".into());
-        let node = crate::http::start_node(config).await?;
+        let node = crate::startup::start_node(config).await?;
         let addr = node.mllp_addr.expect("MLLP");
         let per = args.messages / args.senders.max(1);
         let started = Instant::now();

@@ -5,8 +5,8 @@
 
 use crate::config::{parse_node, HubConfig, NodeConfig};
 use crate::federation::Disclosure;
-use crate::http::hub::{start_hub, RunningHub};
-use crate::http::{start_node, RunningNode};
+use crate::startup::{start_hub, RunningHub};
+use crate::startup::{start_node, RunningNode};
 use crate::tls::TlsFiles;
 use anyhow::{bail, Context};
 use clap::Args;

@@ -19,7 +19,7 @@ pub fn run(args: HubArgs) -> anyhow::Result<()> {
     let config = HubConfig::load(args.config.as_deref(), args.settings)?;
     let rt = super::runtime()?;
     rt.block_on(async move {
-        let hub = crate::http::hub::start_hub(config)
+        let hub = crate::startup::start_hub(config)
             .await
             .context("cannot start the hub")?;
         println!("pennine hub listening on {}/fhir", hub.base_url());

@@ -20,7 +20,9 @@ pub fn run(args: NodeArgs) -> anyhow::Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async move {
         let region = config.region.clone();
-        let node = crate::http::start_node(config).await.context("cannot start the node")?;
+        let node = crate::startup::start_node(config)
+            .await
+            .context("cannot start the node")?;
         // One line on stdout that scripts (and the tests) read to find the port.
         println!("pennine node {region} listening on {}/fhir", node.base_url());
         if let Some(m) = node.mllp_addr {

@@ -12,10 +12,10 @@
 
 use super::dead_letters::{DeadLetter, DeadLetters};
 use super::hl7v2::{self, ack, AckCode, Finding, Translation};
+use crate::error::Error;
 use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
 use crate::fhir::time::{format_instant, now_millis};
 use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
-use crate::error::Error;
 use crate::node::{BundleKind, Entry, EntryRequest, FhirService};
 use crate::store::Stored;
 use serde_json::{json, Value};

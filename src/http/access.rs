@@ -3,11 +3,11 @@
 //! (401 with `WWW-Authenticate` without a valid token, 403 with an
 //! OperationOutcome when the token does not allow the route).
 
-use crate::error::Error;
+use crate::audit::{AuditLog, AuditRecord};
 use crate::auth::policy::{self, Facts, RouteRule, Rule, Server};
 use crate::auth::tokens::{OAuthError, ASSERTION_TYPE, TOKEN_SECONDS};
 use crate::auth::{Authority, Principal};
-use crate::node::audit::{AuditLog, AuditRecord};
+use crate::error::Error;
 use actix_web::dev::{ResourceDef, ServiceRequest};
 use actix_web::http::Method;
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
@@ -347,7 +347,7 @@ mod tests {
             std::sync::Arc::new(auth),
             crate::auth::Server::Hub,
             crate::auth::NODE_ROUTES,
-            crate::node::audit::AuditLog::start(svc),
+            crate::audit::AuditLog::start(std::sync::Arc::new(svc)),
             "t".into(),
             None,
         );

@@ -3,14 +3,15 @@
 //! client certificate (verified by the TLS layer against the configured CA)
 //! and records an AuditEvent.
 
-use crate::error::Error;
 use super::fhir::{blocking, check_type, json_body, parse_json, query_pairs};
 use super::AppState;
+use crate::audit::AuditRecord;
+use crate::error::Error;
 use crate::federation::{counts, AggregateRequest, Disclosure, NodeAggregate, NodeCount, Plan};
 use crate::fhir::time::format_instant;
 use crate::fhir::{Issue, IssueCode};
+use crate::node;
 use crate::node::analytics::Budget;
-use crate::node::{self, audit::AuditRecord};
 use crate::search::parse_query;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -82,11 +83,7 @@ fn last_updated(svc: &node::FhirService) -> Result<Option<String>, Error> {
     Ok(svc.store.newest()?.map(format_instant))
 }
 
-async fn aggregate(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Error> {
+async fn aggregate(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     require_hub(&req, &state)?;
     let body = json_body(&req, payload, &state).await?;
     let svc = state.service.clone();
@@ -166,11 +163,7 @@ async fn aggregate(
     }
 }
 
-async fn count(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Error> {
+async fn count(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     require_hub(&req, &state)?;
     let rtype = path.into_inner();
     check_type(&rtype)?;

@@ -3,10 +3,10 @@
 //! (`GET /feeds/dead-letters`, `GET /feeds/dead-letters/{id}`,
 //! `POST /feeds/dead-letters/{id}/$replay`).
 
-use crate::error::Error;
 use super::fhir::{blocking, query_pairs, read_body};
 use super::AppState;
 use crate::auth::NODE_ROUTES;
+use crate::error::Error;
 use crate::feeds::hl7v2::split_messages;
 use crate::feeds::{decode_text, Source};
 use crate::fhir::{Issue, IssueCode};

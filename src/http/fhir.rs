@@ -1,8 +1,8 @@
 //! The FHIR RESTful API under `/fhir`.
 
 use super::error::FHIR_JSON;
-use crate::error::Error;
 use super::AppState;
+use crate::error::Error;
 use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
 use crate::node::{self, Conditional, WriteOutcome, WriteResult};
 use crate::search::{parse_query, SearchRequest};
@@ -159,11 +159,7 @@ pub(super) fn check_accept(req: &HttpRequest) -> Result<(), Error> {
 }
 
 /// Reads the body, refusing it as soon as it passes the configured limit.
-pub(super) async fn read_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<web::Bytes, Error> {
+pub(super) async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<web::Bytes, Error> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -190,11 +186,7 @@ pub(super) async fn read_body(
     Ok(body.freeze())
 }
 
-pub(super) async fn json_body(
-    req: &HttpRequest,
-    payload: web::Payload,
-    state: &AppState,
-) -> Result<web::Bytes, Error> {
+pub(super) async fn json_body(req: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<web::Bytes, Error> {
     check_content_type(req)?;
     let body = read_body(req, payload, state.config.max_body_bytes).await?;
     if body.is_empty() {
@@ -632,7 +624,7 @@ async fn system_get(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 /// The FHIR service that holds `rtype`: AuditEvents live in the audit trail's own store.
 fn service_for(state: &AppState, rtype: &str) -> node::FhirService {
     if rtype == "AuditEvent" {
-        state.audit.service.clone()
+        state.audit_events.clone()
     } else {
         state.service.clone()
     }
@@ -730,12 +722,7 @@ fn history_query(req: &HttpRequest, state: &AppState, scope: HistoryScope) -> Re
     Ok(q)
 }
 
-async fn history(
-    req: HttpRequest,
-    state: &AppState,
-    scope: HistoryScope,
-    path: String,
-) -> Result<HttpResponse, Error> {
+async fn history(req: HttpRequest, state: &AppState, scope: HistoryScope, path: String) -> Result<HttpResponse, Error> {
     check_accept(&req)?;
     let q = history_query(&req, state, scope)?;
     let ctx = node::SearchContext {

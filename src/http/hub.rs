@@ -3,56 +3,23 @@
 //! patient data: the hub holds none.
 
 use super::error::FHIR_JSON;
-use crate::error::Error;
 use super::fhir::{check_accept, query_pairs, read_body};
-use super::StartError;
+use super::{ServeError, Serving};
+use crate::audit::AuditLog;
+use crate::auth::Authority;
 use crate::auth::{Server, HUB_ROUTES};
-use crate::config::HubConfig;
+use crate::error::Error;
 use crate::federation::AggregateQuery;
 use crate::fhir::{Issue, IssueCode};
 use crate::hub::{Answer, Hub};
-use crate::node::audit::AuditLog;
+use crate::node::FhirService;
 use crate::search::parse_query;
-use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub struct RunningHub {
-    pub addr: SocketAddr,
-    pub tls: bool,
-    pub hub: Hub,
-    handle: ServerHandle,
-    audit: Arc<AuditLog>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl RunningHub {
-    pub fn base_url(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
-    }
-
-    pub async fn stop(self) {
-        self.handle.stop(true).await;
-        let _ = self.task.await;
-        close_audit(self.audit).await;
-    }
-
-    pub async fn wait(self) -> std::io::Result<()> {
-        let r = self.task.await.unwrap_or(Ok(()));
-        close_audit(self.audit).await;
-        r
-    }
-}
-
-async fn close_audit(audit: Arc<AuditLog>) {
-    let _ = tokio::task::spawn_blocking(move || {
-        audit.close();
-        audit.service.store.close();
-    })
-    .await;
-}
+/// The FHIR service over the hub's audit store (AuditEvent searches).
+struct AuditEvents(FhirService);
 
 fn who(req: &HttpRequest) -> String {
     super::access::who(super::access::principal_of(req).as_ref(), req)
@@ -169,7 +136,12 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>)
     })
 }
 
-async fn search(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
+async fn search(
+    req: HttpRequest,
+    path: web::Path<String>,
+    hub: web::Data<Hub>,
+    audit_events: web::Data<AuditEvents>,
+) -> Result<HttpResponse, Error> {
     let rtype = path.into_inner();
     super::fhir::check_type(&rtype)?;
     check_accept(&req)?;
@@ -193,7 +165,7 @@ async fn search(req: HttpRequest, path: web::Path<String>, hub: web::Data<Hub>) 
     }
     if rtype == "AuditEvent" {
         // The hub's own audit trail (administrators; access control guards it).
-        let svc = hub.audit.service.clone();
+        let svc = audit_events.0.clone();
         let parsed = parse_query(&svc.registry, &rtype, &pairs, false, svc.settings.max_count)?;
         let ci = req.connection_info().clone();
         let ctx = crate::node::SearchContext {
@@ -218,27 +190,28 @@ async fn no_route(req: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
-/// Opens the hub's audit store, binds `config.listen` and starts serving.
-pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
-    let audit = super::open_audit(&crate::config::StorageConfig::Embedded, &config.data).await?;
-    let authority = super::open_authority(config.clients.as_deref(), "pennine:hub".into(), &config.data)?;
-    let config = Arc::new(config);
-    let hub = Hub::new(config.clone(), audit.clone()).map_err(|e| StartError::Bind {
-        addr: config.listen.clone(),
-        message: e.to_string(),
-    })?;
+/// Builds the hub's app and serves it on its configured address.
+pub fn serve_hub(
+    hub: Hub,
+    audit: Arc<AuditLog>,
+    audit_events: FhirService,
+    authority: Arc<Authority>,
+) -> Result<Serving, ServeError> {
+    let config = hub.config.clone();
     let access = web::Data::new(super::access::Access::new(
         authority,
         Server::Hub,
         HUB_ROUTES,
-        audit.clone(),
+        audit,
         "hub".into(),
         config.public_url.clone(),
     ));
+    let audit_events = web::Data::new(AuditEvents(audit_events));
     let data = web::Data::new(hub.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .app_data(audit_events.clone())
             .app_data(access.clone())
             .wrap_fn({
                 let access = access.clone();
@@ -270,21 +243,6 @@ pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
     .workers(config.workers)
     .disable_signals()
     .shutdown_timeout(10);
-    let server = super::bind_server!(server, &config.listen, config.tls.as_ref());
-    let addr = *server.addrs().first().ok_or_else(|| StartError::Bind {
-        addr: config.listen.clone(),
-        message: "no address bound".into(),
-    })?;
-    let server = server.run();
-    let handle = server.handle();
-    let task = tokio::spawn(server);
-    tracing::info!(%addr, regions = config.nodes.len(), "hub listening");
-    Ok(RunningHub {
-        addr,
-        tls: config.tls.is_some(),
-        hub,
-        handle,
-        audit,
-        task,
-    })
+    let (server, addr) = super::bind_server!(server, &config.listen, config.tls.as_ref());
+    Ok(Serving::start(server.run(), addr))
 }

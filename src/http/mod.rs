@@ -1,5 +1,6 @@
 //! The HTTP layer: the only code that knows actix-web. One file per API area,
-//! each with `configure`; `start_node` builds the app that `main` and the tests share.
+//! each with `configure`; `serve_node` (and `hub::serve_hub`) build the app from
+//! the parts the composition root (`crate::startup`) opened, and serve it.
 
 pub mod access;
 pub mod error;
@@ -10,15 +11,13 @@ pub mod hub;
 mod validate;
 mod views;
 
-use crate::auth::{Authority, Clients, Server, NODE_ROUTES};
-use crate::config::{NodeConfig, StorageConfig};
-use crate::node::audit::AuditLog;
+use crate::audit::AuditLog;
+use crate::auth::{Authority, Server, NODE_ROUTES};
+use crate::config::NodeConfig;
+use crate::error::Error;
 use crate::node::FhirService;
-use crate::search::Registry;
-use crate::store::{postgres::PostgresStore, sqlite::SqliteStore, Store};
 use actix_web::dev::{ServerHandle, Service};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use crate::error::Error;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -28,69 +27,56 @@ pub struct AppState {
     pub config: Arc<NodeConfig>,
     /// The audit trail (a store of its own).
     pub audit: Arc<AuditLog>,
+    /// The FHIR service over the audit trail's store (AuditEvent searches).
+    pub audit_events: FhirService,
     /// The HL7 v2 and CSV feeds, with their dead letters (a store of their own).
     pub feeds: crate::feeds::Feeds,
     /// The last CapabilityStatement served, with the base URL it was built for.
     pub metadata: std::sync::Mutex<Option<(String, web::Bytes)>>,
 }
 
+/// What a node's app is built from: everything the composition root opened.
+pub struct NodeParts {
+    pub service: FhirService,
+    pub config: Arc<NodeConfig>,
+    pub audit: Arc<AuditLog>,
+    pub audit_events: FhirService,
+    pub feeds: crate::feeds::Feeds,
+    pub authority: Arc<Authority>,
+}
+
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+pub enum ServeError {
     #[error("cannot listen on {addr}: {message}")]
     Bind { addr: String, message: String },
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
-    #[error("access control: {0}")]
-    Access(String),
-    #[error(transparent)]
-    Profiles(#[from] crate::profiles::ProfileError),
-    #[error("record-key secret {path}: {message}")]
-    Secret { path: String, message: String },
 }
 
-/// A node serving HTTP. Dropping it does not stop it; call `stop`.
-pub struct RunningNode {
+/// An HTTP server running on the current Tokio runtime.
+pub struct Serving {
     pub addr: SocketAddr,
-    pub tls: bool,
-    pub service: FhirService,
-    pub audit: Arc<AuditLog>,
-    /// The MLLP listener's address, when `--mllp` is set.
-    pub mllp_addr: Option<SocketAddr>,
     handle: ServerHandle,
-    store: Arc<dyn Store>,
-    dead_letters: Arc<dyn Store>,
-    mllp: Option<crate::feeds::mllp::MllpServer>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-impl RunningNode {
-    pub fn base_url(&self) -> String {
-        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+impl Serving {
+    /// Starts `server` (already bound) on the current runtime.
+    fn start(server: actix_web::dev::Server, addr: SocketAddr) -> Serving {
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        Serving { addr, handle, task }
     }
 
-    /// Graceful stop: finish in-flight requests and MLLP messages, then write the
-    /// audit queue and close the stores.
+    /// Graceful stop: in-flight requests finish.
     pub async fn stop(self) {
-        if let Some(m) = self.mllp {
-            m.stop().await;
-        }
         self.handle.stop(true).await;
         let _ = self.task.await;
-        close_stores(self.audit, self.store).await;
-        close_store(self.dead_letters).await;
     }
 
-    /// Waits until the server stops by itself (e.g. on a signal).
+    /// Waits until the server stops by itself.
     pub async fn wait(self) -> std::io::Result<()> {
-        let r = self.task.await.unwrap_or(Ok(()));
-        if let Some(m) = self.mllp {
-            m.stop().await;
-        }
-        close_stores(self.audit, self.store).await;
-        close_store(self.dead_letters).await;
-        r
+        self.task.await.unwrap_or(Ok(()))
     }
 }
 
@@ -127,109 +113,27 @@ pub fn note_client_certificate(conn: &dyn std::any::Any, ext: &mut actix_web::de
     }
 }
 
-/// Binds `listen` on an `HttpServer`, with TLS when `tls` is given. (A macro:
-/// the server's generic parameters are not nameable outside actix.)
+/// Binds `listen` on an `HttpServer`, with TLS when `tls` is given, and gives the
+/// address bound. (A macro: the server's generic parameters are not nameable outside actix.)
 macro_rules! bind_server {
     ($server:expr, $listen:expr, $tls:expr) => {{
         let listen: &str = $listen;
         let bound = match $tls {
-            Some(files) => match crate::tls::server_config(files) {
-                Ok(tls) => $server.bind_rustls_0_23(listen, tls),
-                Err(e) => return Err(StartError::Tls(e)),
-            },
+            Some(files) => $server.bind_rustls_0_23(listen, crate::tls::server_config(files)?),
             None => $server.bind(listen),
         };
-        bound.map_err(|e| StartError::Bind {
+        let bound = bound.map_err(|e| ServeError::Bind {
             addr: listen.to_string(),
             message: e.to_string(),
-        })?
+        })?;
+        let addr = *bound.addrs().first().ok_or_else(|| ServeError::Bind {
+            addr: listen.to_string(),
+            message: "no address bound".into(),
+        })?;
+        (bound, addr)
     }};
 }
 pub(crate) use bind_server;
-
-async fn close_stores(audit: Arc<AuditLog>, store: Arc<dyn Store>) {
-    let _ = tokio::task::spawn_blocking(move || {
-        audit.close();
-        audit.service.store.close();
-        store.close();
-    })
-    .await;
-}
-
-async fn close_store(store: Arc<dyn Store>) {
-    let _ = tokio::task::spawn_blocking(move || store.close()).await;
-}
-
-/// The dead-letter store of a node's feeds: beside the clinical store, never in it.
-async fn open_dead_letters(storage: &StorageConfig, data: &std::path::Path) -> Result<Arc<dyn Store>, StartError> {
-    let storage = match storage {
-        StorageConfig::Embedded => StorageConfig::Embedded,
-        StorageConfig::Postgres { url, schema, .. } => StorageConfig::Postgres {
-            url: url.clone(),
-            schema: format!("{schema}_deadletters"),
-            pool: 2,
-        },
-    };
-    open_store(storage, data.join("dead-letters")).await
-}
-
-/// Opens a store on the blocking pool.
-async fn open_store(storage: StorageConfig, data: std::path::PathBuf) -> Result<Arc<dyn Store>, StartError> {
-    Ok(
-        tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, crate::store::StoreError> {
-            std::fs::create_dir_all(&data).map_err(|e| crate::store::StoreError::Open {
-                path: data.display().to_string(),
-                message: e.to_string(),
-            })?;
-            Ok(match storage {
-                StorageConfig::Embedded => Arc::new(SqliteStore::open(&data)?),
-                StorageConfig::Postgres { url, schema, pool } => Arc::new(PostgresStore::open(&url, &schema, pool)?),
-            })
-        })
-        .await
-        .map_err(|e| crate::store::StoreError::Open {
-            path: String::new(),
-            message: e.to_string(),
-        })??,
-    )
-}
-
-/// The audit trail's store: `audit/` in the data folder, or `<schema>_audit` on PostgreSQL.
-pub(crate) async fn open_audit(storage: &StorageConfig, data: &std::path::Path) -> Result<Arc<AuditLog>, StartError> {
-    let storage = match storage {
-        StorageConfig::Embedded => StorageConfig::Embedded,
-        StorageConfig::Postgres { url, schema, .. } => StorageConfig::Postgres {
-            url: url.clone(),
-            schema: format!("{schema}_audit"),
-            pool: 2,
-        },
-    };
-    let store = open_store(storage, data.join("audit")).await?;
-    let service = FhirService::new(store, Arc::new(Registry::r4()), Default::default());
-    Ok(AuditLog::start(service))
-}
-
-/// The access authority: the clients file (if any) and the token key in `data`.
-pub(crate) fn open_authority(
-    clients: Option<&std::path::Path>,
-    audience: String,
-    data: &std::path::Path,
-) -> Result<Arc<Authority>, StartError> {
-    let clients = match clients {
-        Some(p) => Some(Clients::load(p).map_err(StartError::Access)?),
-        None => {
-            tracing::warn!(
-                "no --clients file: every protected route answers 401. Register clients in a TOML file \
-                 ([[client]] id, roles, region, secret_sha256 or jwks) and pass --clients <file>"
-            );
-            None
-        }
-    };
-    std::fs::create_dir_all(data).map_err(|e| StartError::Access(format!("{}: {e}", data.display())))?;
-    Ok(Arc::new(
-        Authority::open(clients, audience, &data.join("token-key")).map_err(StartError::Access)?,
-    ))
-}
 
 /// Runs a request through the access check, then the app, logging it and
 /// auditing every protected access (allowed or refused).
@@ -287,79 +191,16 @@ where
     }
 }
 
-/// The node's record-key secret (`cell-key.secret` in the data folder), made on
-/// first start. It must stay the same across restarts, so that the noise of a
-/// figure does not change with the process; nodes sharing one PostgreSQL
-/// database should share the file.
-fn record_keys(data: &std::path::Path) -> Result<crate::federation::RecordKeys, StartError> {
-    let path = data.join("cell-key.secret");
-    let fail = |e: std::io::Error| StartError::Secret {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let hex = match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().to_string(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data).map_err(fail)?;
-            let secret: String = uuid::Uuid::new_v4()
-                .as_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            std::fs::write(&path, &secret).map_err(fail)?;
-            secret
-        }
-        Err(e) => return Err(fail(e)),
-    };
-    let mut secret = [0u8; 16];
-    if hex.len() != 32 || !hex.is_ascii() {
-        return Err(fail(std::io::Error::other("expected 32 hexadecimal digits")));
-    }
-    for (i, b) in secret.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| fail(std::io::Error::other(e.to_string())))?;
-    }
-    Ok(crate::federation::RecordKeys::from_secret(secret))
-}
-
-/// Opens the store, binds `config.listen` and starts serving on the current Tokio runtime.
-pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
-    // Profiles first: a broken one stops the node before it touches its data.
-    let profiles = match &config.service.profiles_dir {
-        Some(dir) => Arc::new(crate::profiles::ProfileSet::load_dir(dir)?),
-        None => crate::node::built_in_profiles(),
-    };
-    tracing::info!(
-        origin = %profiles.origin,
-        definitions = profiles.len(),
-        enforced = profiles.enforced_all().count(),
-        policy = config.service.profile_policy.default.as_str(),
-        "regional profiles loaded"
-    );
-    let store = open_store(config.storage.clone(), config.data.clone()).await?;
-    let audit = open_audit(&config.storage, &config.data).await?;
-    let authority = open_authority(
-        config.clients.as_deref(),
-        format!("pennine:node:{}", config.region),
-        &config.data,
-    )?;
-    let registry = Arc::new(Registry::r4());
-    let service = FhirService::new(store.clone(), registry, config.service.clone())
-        .with_profiles(profiles)
-        .with_record_keys(record_keys(&config.data)?);
-    let dead_letters = open_dead_letters(&config.storage, &config.data).await?;
-    let feeds = crate::feeds::Feeds::new(service.clone(), crate::feeds::DeadLetters::new(dead_letters.clone()));
-    let mllp = match &config.mllp {
-        Some(listen) => Some(
-            crate::feeds::mllp::start(listen, feeds.clone())
-                .await
-                .map_err(|e| StartError::Bind {
-                    addr: listen.clone(),
-                    message: e.to_string(),
-                })?,
-        ),
-        None => None,
-    };
-    let config = Arc::new(config);
+/// Builds the node's app from `parts` and serves it on `config.listen`.
+pub fn serve_node(parts: NodeParts) -> Result<Serving, ServeError> {
+    let NodeParts {
+        service,
+        config,
+        audit,
+        audit_events,
+        feeds,
+        authority,
+    } = parts;
     let access = web::Data::new(access::Access::new(
         authority,
         Server::Node {
@@ -371,9 +212,10 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         config.public_url.clone(),
     ));
     let state = web::Data::new(AppState {
-        service: service.clone(),
+        service,
         config: config.clone(),
-        audit: audit.clone(),
+        audit,
+        audit_events,
         feeds,
         metadata: std::sync::Mutex::new(None),
     });
@@ -430,29 +272,6 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
     .disable_signals()
     .shutdown_timeout(10)
     .on_connect(note_client_certificate);
-    let server = bind_server!(server, &config.listen, config.tls.as_ref());
-    let addr = *server.addrs().first().ok_or_else(|| StartError::Bind {
-        addr: config.listen.clone(),
-        message: "no address bound".into(),
-    })?;
-    let server = server.run();
-    let handle = server.handle();
-    let task = tokio::spawn(server);
-    let backend = match &config.storage {
-        StorageConfig::Embedded => format!("sqlite:{}", config.data.join("pennine.db").display()),
-        StorageConfig::Postgres { schema, .. } => format!("postgres schema {schema}"),
-    };
-    tracing::info!(region = %config.region, %addr, storage = %backend, "node listening");
-    Ok(RunningNode {
-        addr,
-        tls: config.tls.is_some(),
-        service,
-        audit,
-        mllp_addr: mllp.as_ref().map(|m| m.addr),
-        handle,
-        store,
-        dead_letters,
-        mllp,
-        task,
-    })
+    let (server, addr) = bind_server!(server, &config.listen, config.tls.as_ref());
+    Ok(Serving::start(server.run(), addr))
 }

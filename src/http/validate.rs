@@ -4,10 +4,10 @@
 //! an OperationOutcome with every issue (200), as the operation defines.
 
 use super::error::FHIR_JSON;
-use crate::error::Error;
 use super::fhir::{blocking, check_type, json_body, parse_json, query_pairs};
 use super::AppState;
 use crate::auth::NODE_ROUTES;
+use crate::error::Error;
 use crate::fhir::{outcome::operation_outcome, Issue, IssueCode};
 
 use actix_web::{web, HttpRequest, HttpResponse};

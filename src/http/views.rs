@@ -2,12 +2,12 @@
 //! region-local users. Rows come from the stored data, or from `resource`
 //! parameters given inline.
 
-use crate::error::Error;
 use super::fhir::{blocking, json_body, parse_json, query_pairs};
 use super::AppState;
+use crate::audit::AuditRecord;
+use crate::error::Error;
 use crate::fhir::{Issue, IssueCode};
 use crate::node::analytics::{resolve_view, view_error};
-use crate::node::audit::AuditRecord;
 use crate::views::{write_csv, write_json, write_ndjson, Format, View};
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;

@@ -5,11 +5,11 @@
 //! A slow, failing or unreachable node is reported in `regions` and makes the
 //! reply `partial`; it never makes the whole query hang or fail.
 
+use crate::audit::{AuditLog, AuditRecord};
 use crate::config::HubConfig;
 use crate::error::Error;
-use crate::fhir::{Issue, IssueCode};
 use crate::federation::{self, counts, AggregateQuery, Disclosure, NodeAggregate, NodeCount, Release};
-use crate::node::audit::{AuditLog, AuditRecord};
+use crate::fhir::{Issue, IssueCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -71,10 +71,13 @@ impl Hub {
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("pennine-hub/", env!("CARGO_PKG_VERSION")));
         if let Some(files) = &config.tls {
-            let tls = crate::tls::client_config(files).map_err(|e| Error::Internal(format!("cannot build the HTTPS client: {e}")))?;
+            let tls = crate::tls::client_config(files)
+                .map_err(|e| Error::Internal(format!("cannot build the HTTPS client: {e}")))?;
             builder = builder.use_preconfigured_tls(tls);
         }
-        let client = builder.build().map_err(|e| Error::Internal(format!("cannot build the HTTPS client: {e}")))?;
+        let client = builder
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTPS client: {e}")))?;
         Ok(Hub {
             config,
             client,

@@ -3,7 +3,6 @@
 //! top of any `Store`. It knows FHIR semantics and nothing about HTTP or SQL.
 
 pub mod analytics;
-pub mod audit;
 mod bundle;
 mod capability;
 mod crud;
@@ -11,10 +10,10 @@ mod prepare;
 pub mod quality;
 mod searchset;
 
+use crate::error::Error;
 pub use bundle::{response_bundle, BundleKind, BundleOutcome, Entry, EntryRequest, EntryResult};
 pub use capability::capability_statement;
 pub use crud::{Conditional, WriteOutcome, WriteResult};
-use crate::error::Error;
 pub use prepare::{Checked, Prepared};
 pub use searchset::SearchContext;
 
@@ -155,4 +154,25 @@ pub fn built_in_profiles() -> Arc<crate::profiles::ProfileSet> {
         Arc::new(crate::profiles::ProfileSet::built_in().expect("the built-in profiles load (checked by a test)"))
     })
     .clone()
+}
+
+/// The audit trail's store is a FHIR service of its own: events are written
+/// through the ordinary write path, so they are indexed and searchable.
+impl crate::audit::AuditSink for FhirService {
+    fn write_one(&self, event: serde_json::Value) -> Result<(), Error> {
+        self.create("AuditEvent", event, None, Conditional::None).map(|_| ())
+    }
+
+    fn write_batch(&self, events: Vec<serde_json::Value>) -> Result<(), Error> {
+        let entries: Vec<serde_json::Value> = events
+            .into_iter()
+            .map(|e| serde_json::json!({"resource": e, "request": {"method": "POST", "url": "AuditEvent"}}))
+            .collect();
+        let bundle = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        self.process_bundle(&bundle.to_string()).map(|_| ())
+    }
+
+    fn close(&self) {
+        self.store.close();
+    }
 }

@@ -6,7 +6,7 @@ use crate::helpers::{spawn_node, token_for, write_clients, TestNode, TEST_SECRET
 use pennine::auth::policy::{decide, Facts, Rule, Server};
 use pennine::auth::{Clients, Principal, HUB_ROUTES, NODE_ROUTES};
 use pennine::config::{parse_node, HubConfig};
-use pennine::http::hub::{start_hub, RunningHub};
+use pennine::startup::{start_hub, RunningHub};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;

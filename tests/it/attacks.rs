@@ -8,7 +8,7 @@
 use crate::federation::{as_client, as_hub, hub, node, Node, REGIONS};
 use crate::helpers::{corpus, json_files};
 use pennine::federation::Disclosure;
-use pennine::http::hub::RunningHub;
+use pennine::startup::RunningHub;
 use pennine::tls::dev_certs;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,8 +3,8 @@
 use crate::helpers::{corpus, json_files};
 use pennine::config::{parse_node, HubConfig, NodeConfig, StorageConfig};
 use pennine::federation::Disclosure;
-use pennine::http::hub::{start_hub, RunningHub};
-use pennine::http::{start_node, RunningNode};
+use pennine::startup::{start_hub, RunningHub};
+use pennine::startup::{start_node, RunningNode};
 use pennine::tls::{dev_certs, TlsFiles};
 use serde_json::{json, Value};
 use std::path::Path;

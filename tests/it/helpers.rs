@@ -1,7 +1,7 @@
 //! Spawning real nodes on port 0 with temporary data folders.
 
 use pennine::config::{NodeConfig, StorageConfig};
-use pennine::http::{start_node, RunningNode};
+use pennine::startup::{start_node, RunningNode};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 

@@ -496,7 +496,7 @@ async fn a_broken_profile_stops_the_node_and_says_which_and_why() {
         let data = tempfile::tempdir().unwrap();
         let mut config = pennine::config::NodeConfig::local("nenc", data.path());
         config.service.profiles_dir = Some(profiles.path().to_path_buf());
-        match pennine::http::start_node(config).await {
+        match pennine::startup::start_node(config).await {
             Ok(_) => panic!("{what}: the node started"),
             Err(e) => {
                 let msg = e.to_string();

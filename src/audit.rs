@@ -1,14 +1,16 @@
-//! The audit trail: AuditEvent resources in a store of their own (beside the
-//! clinical data, never mixed into its history or searches), written through
-//! the ordinary FHIR write path so they are indexed and searchable by
-//! administrators. Nothing in the API can change or delete them.
+//! The audit trail of a node or the hub: AuditEvent resources in a store of their
+//! own (beside the clinical data, never mixed into its history or searches). The
+//! events go to an `AuditSink`; the composition root (`startup`) gives the FHIR
+//! service of the audit store, so they are written through the ordinary FHIR write
+//! path and are indexed and searchable by administrators. Nothing in the API can
+//! change or delete them. Neither the hub nor the HTTP layer needs `node/` for it.
 //!
 //! Access events are queued and written in batches by one thread (one commit
 //! per batch, so auditing every read does not halve read throughput);
 //! federated queries and denials that matter are written before the answer
 //! goes out (`record_now`).
 
-use super::{Error, FhirService};
+use crate::error::Error;
 use crate::fhir::time::format_instant;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -94,24 +96,33 @@ const QUEUE: usize = 65_536;
 /// Events written per commit.
 const BATCH: usize = 500;
 
+/// Where the events are written.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Writes one event durably before returning.
+    fn write_one(&self, event: Value) -> Result<(), Error>;
+    /// Writes events in one commit.
+    fn write_batch(&self, events: Vec<Value>) -> Result<(), Error>;
+    /// Closes the sink's storage; called once, after the last write.
+    fn close(&self);
+}
+
 /// A server's audit trail.
 pub struct AuditLog {
-    /// The audit store's FHIR service (reads for administrators).
-    pub service: FhirService,
+    sink: Arc<dyn AuditSink>,
     tx: Mutex<Option<SyncSender<Value>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl AuditLog {
-    pub fn start(service: FhirService) -> Arc<AuditLog> {
+    pub fn start(sink: Arc<dyn AuditSink>) -> Arc<AuditLog> {
         let (tx, rx) = sync_channel::<Value>(QUEUE);
-        let svc = service.clone();
+        let batches = sink.clone();
         let writer = std::thread::Builder::new()
             .name("pennine-audit".into())
-            .spawn(move || write_batches(&svc, rx))
+            .spawn(move || write_batches(&*batches, rx))
             .ok();
         Arc::new(AuditLog {
-            service,
+            sink,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(writer),
         })
@@ -142,21 +153,20 @@ impl AuditLog {
     }
 
     fn write_one(&self, event: Value) -> Result<(), Error> {
-        self.service
-            .create("AuditEvent", event, None, super::Conditional::None)
-            .map(|_| ())
+        self.sink.write_one(event)
     }
 
-    /// Writes what is queued and stops the writer.
+    /// Writes what is queued, stops the writer and closes the sink.
     pub fn close(&self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = w.join();
+            self.sink.close();
         }
     }
 }
 
-fn write_batches(svc: &FhirService, rx: Receiver<Value>) {
+fn write_batches(sink: &dyn AuditSink, rx: Receiver<Value>) {
     while let Ok(first) = rx.recv() {
         let mut events = vec![first];
         while events.len() < BATCH {
@@ -165,13 +175,8 @@ fn write_batches(svc: &FhirService, rx: Receiver<Value>) {
                 Err(_) => break,
             }
         }
-        let entries: Vec<Value> = events
-            .into_iter()
-            .map(|e| json!({"resource": e, "request": {"method": "POST", "url": "AuditEvent"}}))
-            .collect();
-        let n = entries.len();
-        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
-        if let Err(e) = svc.process_bundle(&bundle.to_string()) {
+        let n = events.len();
+        if let Err(e) = sink.write_batch(events) {
             tracing::error!(error = %e, events = n, "audit batch could not be written");
         }
     }

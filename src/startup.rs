@@ -1,0 +1,289 @@
+//! The composition root: the one place that opens what a node or the hub runs on
+//! (profiles, stores, the audit trail, the access authority, the record-key
+//! secret, the feeds and their MLLP listener) and wires them together. The HTTP
+//! layer only builds its app from what it is given here (`http::serve_node`,
+//! `http::hub::serve_hub`); `main`, the demo, the benchmarks and the tests all start
+//! servers through `start_node` and `start_hub`.
+
+use crate::audit::AuditLog;
+use crate::auth::{Authority, Clients};
+use crate::config::{HubConfig, NodeConfig, StorageConfig};
+use crate::feeds::{mllp::MllpServer, DeadLetters, Feeds};
+use crate::hub::Hub;
+use crate::node::FhirService;
+use crate::search::Registry;
+use crate::store::{postgres::PostgresStore, sqlite::SqliteStore, Store, StoreError};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Serve(#[from] crate::http::ServeError),
+    #[error("cannot listen for MLLP on {addr}: {message}")]
+    Mllp { addr: String, message: String },
+    #[error("access control: {0}")]
+    Access(String),
+    #[error(transparent)]
+    Profiles(#[from] crate::profiles::ProfileError),
+    #[error("record-key secret {path}: {message}")]
+    Secret { path: String, message: String },
+    #[error("the hub's HTTPS client: {0}")]
+    Client(String),
+}
+
+/// A node serving HTTP (and MLLP when configured). Dropping it does not stop it; call `stop`.
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub service: FhirService,
+    pub audit: Arc<AuditLog>,
+    /// The MLLP listener's address, when `--mllp` is set.
+    pub mllp_addr: Option<SocketAddr>,
+    serving: crate::http::Serving,
+    store: Arc<dyn Store>,
+    dead_letters: Arc<dyn Store>,
+    mllp: Option<MllpServer>,
+}
+
+impl RunningNode {
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+    }
+
+    /// Graceful stop: finish in-flight requests and MLLP messages, then write the
+    /// audit queue and close the stores.
+    pub async fn stop(self) {
+        if let Some(m) = self.mllp {
+            m.stop().await;
+        }
+        self.serving.stop().await;
+        close(self.audit, vec![self.store, self.dead_letters]).await;
+    }
+
+    /// Waits until the server stops by itself (e.g. on a signal).
+    pub async fn wait(self) -> std::io::Result<()> {
+        let r = self.serving.wait().await;
+        if let Some(m) = self.mllp {
+            m.stop().await;
+        }
+        close(self.audit, vec![self.store, self.dead_letters]).await;
+        r
+    }
+}
+
+/// The hub serving HTTP. Dropping it does not stop it; call `stop`.
+pub struct RunningHub {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub hub: Hub,
+    serving: crate::http::Serving,
+    audit: Arc<AuditLog>,
+}
+
+impl RunningHub {
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.serving.stop().await;
+        close(self.audit, Vec::new()).await;
+    }
+
+    pub async fn wait(self) -> std::io::Result<()> {
+        let r = self.serving.wait().await;
+        close(self.audit, Vec::new()).await;
+        r
+    }
+}
+
+/// Writes the audit queue, then closes the audit store and `stores`.
+async fn close(audit: Arc<AuditLog>, stores: Vec<Arc<dyn Store>>) {
+    let _ = tokio::task::spawn_blocking(move || {
+        audit.close();
+        for s in stores {
+            s.close();
+        }
+    })
+    .await;
+}
+
+/// Opens the node's profiles and stores, starts its feeds (and MLLP listener) and
+/// serves HTTP on `config.listen`, on the current Tokio runtime.
+pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
+    // Profiles first: a broken one stops the node before it touches its data.
+    let profiles = match &config.service.profiles_dir {
+        Some(dir) => Arc::new(crate::profiles::ProfileSet::load_dir(dir)?),
+        None => crate::node::built_in_profiles(),
+    };
+    tracing::info!(
+        origin = %profiles.origin,
+        definitions = profiles.len(),
+        enforced = profiles.enforced_all().count(),
+        policy = config.service.profile_policy.default.as_str(),
+        "regional profiles loaded"
+    );
+    let store = open_store(config.storage.clone(), config.data.clone()).await?;
+    let (audit, audit_events) = open_audit(&config.storage, &config.data).await?;
+    let authority = open_authority(
+        config.clients.as_deref(),
+        format!("pennine:node:{}", config.region),
+        &config.data,
+    )?;
+    let service = FhirService::new(store.clone(), Arc::new(Registry::r4()), config.service.clone())
+        .with_profiles(profiles)
+        .with_record_keys(record_keys(&config.data)?);
+    let dead_letters = open_store(beside(&config.storage, "deadletters"), config.data.join("dead-letters")).await?;
+    let feeds = Feeds::new(service.clone(), DeadLetters::new(dead_letters.clone()));
+    let mllp = match &config.mllp {
+        Some(listen) => Some(
+            crate::feeds::mllp::start(listen, feeds.clone())
+                .await
+                .map_err(|e| StartError::Mllp {
+                    addr: listen.clone(),
+                    message: e.to_string(),
+                })?,
+        ),
+        None => None,
+    };
+    let backend = match &config.storage {
+        StorageConfig::Embedded => format!("sqlite:{}", config.data.join("pennine.db").display()),
+        StorageConfig::Postgres { schema, .. } => format!("postgres schema {schema}"),
+    };
+    let config = Arc::new(config);
+    let serving = crate::http::serve_node(crate::http::NodeParts {
+        service: service.clone(),
+        config: config.clone(),
+        audit: audit.clone(),
+        audit_events,
+        feeds,
+        authority,
+    })?;
+    tracing::info!(region = %config.region, addr = %serving.addr, storage = %backend, "node listening");
+    Ok(RunningNode {
+        addr: serving.addr,
+        tls: config.tls.is_some(),
+        service,
+        audit,
+        mllp_addr: mllp.as_ref().map(|m| m.addr),
+        serving,
+        store,
+        dead_letters,
+        mllp,
+    })
+}
+
+/// Opens the hub's audit store and its HTTPS client to the nodes, and serves HTTP
+/// on `config.listen`.
+pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
+    let (audit, audit_events) = open_audit(&StorageConfig::Embedded, &config.data).await?;
+    let authority = open_authority(config.clients.as_deref(), "pennine:hub".into(), &config.data)?;
+    let config = Arc::new(config);
+    let hub = Hub::new(config.clone(), audit.clone()).map_err(|e| StartError::Client(e.to_string()))?;
+    let serving = crate::http::hub::serve_hub(hub.clone(), audit.clone(), audit_events, authority)?;
+    tracing::info!(addr = %serving.addr, regions = config.nodes.len(), "hub listening");
+    Ok(RunningHub {
+        addr: serving.addr,
+        tls: config.tls.is_some(),
+        hub,
+        serving,
+        audit,
+    })
+}
+
+/// A store of its own beside the node's: `<schema>_<suffix>` on PostgreSQL (the
+/// embedded store takes a folder of its own instead).
+fn beside(storage: &StorageConfig, suffix: &str) -> StorageConfig {
+    match storage {
+        StorageConfig::Embedded => StorageConfig::Embedded,
+        StorageConfig::Postgres { url, schema, .. } => StorageConfig::Postgres {
+            url: url.clone(),
+            schema: format!("{schema}_{suffix}"),
+            pool: 2,
+        },
+    }
+}
+
+/// Opens a store on the blocking pool.
+async fn open_store(storage: StorageConfig, data: std::path::PathBuf) -> Result<Arc<dyn Store>, StartError> {
+    let opened = tokio::task::spawn_blocking(move || -> Result<Arc<dyn Store>, StoreError> {
+        std::fs::create_dir_all(&data).map_err(|e| StoreError::Open {
+            path: data.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(match storage {
+            StorageConfig::Embedded => Arc::new(SqliteStore::open(&data)?),
+            StorageConfig::Postgres { url, schema, pool } => Arc::new(PostgresStore::open(&url, &schema, pool)?),
+        })
+    })
+    .await
+    .map_err(|e| StoreError::Open {
+        path: String::new(),
+        message: e.to_string(),
+    })??;
+    Ok(opened)
+}
+
+/// The audit trail: `audit/` in the data folder, or `<schema>_audit` on PostgreSQL;
+/// with the FHIR service that reads it (AuditEvent searches for administrators).
+async fn open_audit(storage: &StorageConfig, data: &Path) -> Result<(Arc<AuditLog>, FhirService), StartError> {
+    let store = open_store(beside(storage, "audit"), data.join("audit")).await?;
+    let service = FhirService::new(store, Arc::new(Registry::r4()), Default::default());
+    Ok((AuditLog::start(Arc::new(service.clone())), service))
+}
+
+/// The access authority: the clients file (if any) and the token key in `data`.
+fn open_authority(clients: Option<&Path>, audience: String, data: &Path) -> Result<Arc<Authority>, StartError> {
+    let clients = match clients {
+        Some(p) => Some(Clients::load(p).map_err(StartError::Access)?),
+        None => {
+            tracing::warn!(
+                "no --clients file: every protected route answers 401. Register clients in a TOML file \
+                 ([[client]] id, roles, region, secret_sha256 or jwks) and pass --clients <file>"
+            );
+            None
+        }
+    };
+    std::fs::create_dir_all(data).map_err(|e| StartError::Access(format!("{}: {e}", data.display())))?;
+    Ok(Arc::new(
+        Authority::open(clients, audience, &data.join("token-key")).map_err(StartError::Access)?,
+    ))
+}
+
+/// The node's record-key secret (`cell-key.secret` in the data folder), made on
+/// first start. It must stay the same across restarts, so that the noise of a
+/// figure does not change with the process; nodes sharing one PostgreSQL
+/// database should share the file.
+fn record_keys(data: &Path) -> Result<crate::federation::RecordKeys, StartError> {
+    let path = data.join("cell-key.secret");
+    let fail = |e: std::io::Error| StartError::Secret {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let hex = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data).map_err(fail)?;
+            let secret: String = uuid::Uuid::new_v4()
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            std::fs::write(&path, &secret).map_err(fail)?;
+            secret
+        }
+        Err(e) => return Err(fail(e)),
+    };
+    let mut secret = [0u8; 16];
+    if hex.len() != 32 || !hex.is_ascii() {
+        return Err(fail(std::io::Error::other("expected 32 hexadecimal digits")));
+    }
+    for (i, b) in secret.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| fail(std::io::Error::other(e.to_string())))?;
+    }
+    Ok(crate::federation::RecordKeys::from_secret(secret))
+}
