@@ -15,9 +15,9 @@ use super::hl7v2::{self, ack, AckCode, Finding, Translation};
 use crate::error::Error;
 use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
 use crate::fhir::time::{format_instant, now_millis};
-use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
-use crate::node::{BundleKind, Entry, EntryRequest, FhirService};
-use crate::store::Stored;
+use crate::fhir::types::{ENCOUNTER, PATIENT};
+use crate::fhir::{self, outcome::operation_outcome, Identifier, Issue, IssueCode, ResourceType};
+use crate::node::{BundleKind, Entry, EntryRequest, FhirService, Found};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -350,7 +350,7 @@ impl Feeds {
         if let Some(pk) = &t.patient {
             let found = self.find_patient(pk)?;
             let survivor_id = match &found {
-                Some(s) => s.id.clone(),
+                Some(f) => f.stored.id.clone(),
                 None => pk.id.clone(),
             };
             if survivor_id != pk.id {
@@ -358,27 +358,26 @@ impl Feeds {
             }
             let idx = position(&resources, "Patient", &pk.id);
             if let (Some(existing), Some(i)) = (&found, idx) {
-                let old = stored_json(existing)?;
-                resources[i] = merge_resource(&old, &resources[i], "Patient");
+                resources[i] = merge_resource(&existing.json, &resources[i], "Patient");
                 resources[i]["id"] = json!(survivor_id);
-                if_match.insert(format!("Patient/{survivor_id}"), existing.version);
+                if_match.insert(format!("Patient/{survivor_id}"), existing.stored.version);
             }
             if !t.merged.is_empty() {
-                let prior = self.find_by_tokens("Patient", &t.merged, Some(&survivor_id))?;
+                let prior = self.find_one(PATIENT, &t.merged, Some(&survivor_id))?;
                 if let Some(i) = idx {
                     let mut old_ids: Vec<Value> = Vec::new();
                     match &prior {
                         Some(p) => {
-                            let mut pj = stored_json(p)?;
+                            let mut pj = p.json.clone();
                             for id in pj["identifier"].as_array().cloned().unwrap_or_default() {
                                 old_ids.push(id);
                             }
                             pj.as_object_mut().map(|o| o.remove("meta"));
                             pj["active"] = json!(false);
                             push_link(&mut pj, &format!("Patient/{survivor_id}"), "replaced-by");
-                            if_match.insert(format!("Patient/{}", p.id), p.version);
+                            if_match.insert(format!("Patient/{}", p.stored.id), p.stored.version);
                             extra.push(pj);
-                            push_link(&mut resources[i], &format!("Patient/{}", p.id), "replaces");
+                            push_link(&mut resources[i], &format!("Patient/{}", p.stored.id), "replaces");
                         }
                         None => {
                             notes.push(Finding {
@@ -386,19 +385,12 @@ impl Feeds {
                                     IssueCode::NotFound,
                                     format!(
                                         "no stored patient has the prior identifier(s) {}; their identifiers are added to the surviving patient",
-                                        t.merged.join(", ")
+                                        t.merged.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
                                     ),
                                 ),
                                 location: None,
                             });
-                            for token in &t.merged {
-                                let (system, value) = token.split_once('|').unwrap_or(("", token));
-                                let mut id = json!({ "value": value });
-                                if !system.is_empty() {
-                                    id["system"] = json!(system);
-                                }
-                                old_ids.push(id);
-                            }
+                            old_ids.extend(t.merged.iter().map(Identifier::to_json));
                         }
                     }
                     let ids = resources[i]["identifier"].as_array_mut();
@@ -417,26 +409,28 @@ impl Feeds {
         }
         if let Some(ek) = &t.encounter {
             let found = match &ek.visit {
-                Some(v) => self.find_by_tokens("Encounter", std::slice::from_ref(v), None)?,
+                Some(v) => self.find_one(ENCOUNTER, std::slice::from_ref(v), None)?,
                 None => None,
             };
             if let Some(existing) = found {
                 let idx = position(&resources, "Encounter", &ek.id);
-                if existing.id != ek.id {
-                    renames.insert(format!("Encounter/{}", ek.id), format!("Encounter/{}", existing.id));
+                if existing.stored.id != ek.id {
+                    renames.insert(
+                        format!("Encounter/{}", ek.id),
+                        format!("Encounter/{}", existing.stored.id),
+                    );
                 }
                 if let Some(i) = idx {
-                    let old = stored_json(&existing)?;
                     let cancel_discharge = t.header.trigger == "A13";
-                    let mut merged = merge_resource(&old, &resources[i], "Encounter");
+                    let mut merged = merge_resource(&existing.json, &resources[i], "Encounter");
                     if cancel_discharge {
                         if let Some(p) = merged.get_mut("period").and_then(Value::as_object_mut) {
                             p.remove("end");
                         }
                     }
-                    merged["id"] = json!(existing.id);
+                    merged["id"] = json!(existing.stored.id);
                     resources[i] = merged;
-                    if_match.insert(format!("Encounter/{}", existing.id), existing.version);
+                    if_match.insert(format!("Encounter/{}", existing.stored.id), existing.stored.version);
                 }
             }
         }
@@ -460,13 +454,11 @@ impl Feeds {
             })
             .collect();
         let source = format!("hl7v2:{}|{}", t.header.sending_application, t.header.sending_facility);
-        let applied = crate::node::quality::with_source(&source, || {
-            self.service.process_entries(
-                BundleKind::Transaction,
-                entries,
-                Some(("Provenance".into(), provenance_id)),
-            )
-        });
+        let applied = self.service.for_source(&source).process_entries(
+            BundleKind::Transaction,
+            entries,
+            Some(("Provenance".into(), provenance_id)),
+        );
         match applied {
             Ok(outcome) => {
                 // What validation accepted with the write (warnings, flagged profile errors) goes
@@ -506,56 +498,45 @@ impl Feeds {
 
     /// The stored patient: by NHS number first, then by each other identifier
     /// (hospital numbers first). Inactive (merged) patients are passed over.
-    fn find_patient(&self, pk: &hl7v2::translate::PatientKey) -> Result<Option<Stored>, Error> {
+    fn find_patient(&self, pk: &hl7v2::translate::PatientKey) -> Result<Option<Found>, Error> {
         if let Some(n) = &pk.nhs_number {
-            if let Some(found) = self.find_by_tokens("Patient", &[format!("{NHS_NUMBER_SYSTEM}|{n}")], None)? {
+            let nhs = Identifier::new(Some(NHS_NUMBER_SYSTEM), n);
+            if let Some(found) = self.find_one(PATIENT, &[nhs], None)? {
                 return Ok(Some(found));
             }
         }
-        for token in &pk.others {
-            if let Some(found) = self.find_by_tokens("Patient", std::slice::from_ref(token), None)? {
+        for other in &pk.others {
+            if let Some(found) = self.find_one(PATIENT, std::slice::from_ref(other), None)? {
                 return Ok(Some(found));
             }
         }
         Ok(None)
     }
 
-    /// The one active resource with any of the identifier tokens; several are an error.
-    fn find_by_tokens(&self, rtype: &str, tokens: &[String], except: Option<&str>) -> Result<Option<Stored>, Error> {
-        let value = tokens
-            .iter()
-            .map(|t| {
-                let (system, value) = t.split_once('|').unwrap_or(("", t));
-                format!("{}|{}", escape_token(system), escape_token(value))
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        let found = self.service.find(rtype, &[("identifier".to_string(), value)], 20)?;
-        let mut active: Vec<Stored> = Vec::new();
-        let mut inactive: Vec<Stored> = Vec::new();
-        for s in found {
-            if except == Some(s.id.as_str()) {
-                continue;
-            }
-            let is_inactive = s
-                .json
-                .as_ref()
-                .and_then(|j| serde_json::from_slice::<Value>(j).ok())
-                .is_some_and(|v| v["active"] == json!(false));
-            if is_inactive {
-                inactive.push(s);
-            } else {
-                active.push(s);
-            }
-        }
+    /// The one active resource with any of `identifiers`; several are an error.
+    /// (`except`: a resource to pass over; with it, an inactive match is returned
+    /// when there is no active one.)
+    fn find_one(
+        &self,
+        rtype: ResourceType,
+        identifiers: &[Identifier],
+        except: Option<&str>,
+    ) -> Result<Option<Found>, Error> {
+        let found = self.service.find_by_identifiers(rtype, identifiers, 20)?;
+        let (inactive, mut active): (Vec<Found>, Vec<Found>) = found
+            .into_iter()
+            .filter(|f| except != Some(f.stored.id.as_str()))
+            .partition(|f| f.json["active"] == json!(false));
         match active.len() {
             0 => Ok(inactive.into_iter().next().filter(|_| except.is_some())),
             1 => Ok(active.pop()),
-            n => Err(Error::MultipleMatches(format!(
+            n => {
+                Err(Error::MultipleMatches(format!(
                 "{n} stored {rtype} resources ({}) have the identifier(s) {}: merge them (ADT^A40) before sending more",
-                active.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", "),
-                tokens.join(", ")
-            ))),
+                active.iter().map(|f| f.stored.id.as_str()).collect::<Vec<_>>().join(", "),
+                identifiers.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            )))
+            }
         }
     }
 }
@@ -570,12 +551,11 @@ fn reference_of(r: &Value) -> String {
 }
 
 /// A PUT of `r` to its own id, with `ifMatch` when the write depends on the version read.
-fn put_entry(r: Value, if_match: Option<u64>) -> Entry<'static> {
+fn put_entry(r: Value, if_match: Option<u64>) -> Entry {
     let url = reference_of(&r);
     Entry {
         full_url: Some(url.clone()),
         resource: Some(Ok(r)),
-        raw: None,
         request: Some(EntryRequest {
             method: Some("PUT".into()),
             url: Some(url),
@@ -598,25 +578,10 @@ pub fn transaction(resources: &[Value]) -> Value {
     json!({ "resourceType": "Bundle", "type": "transaction", "entry": entries })
 }
 
-fn escape_token(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace(',', "\\,")
-        .replace('|', "\\|")
-        .replace('$', "\\$")
-}
-
 fn position(resources: &[Value], rtype: &str, id: &str) -> Option<usize> {
     resources
         .iter()
         .position(|r| r["resourceType"] == rtype && r["id"] == id)
-}
-
-fn stored_json(s: &Stored) -> Result<Value, Error> {
-    let bytes = s
-        .json
-        .as_ref()
-        .ok_or_else(|| Error::Gone(s.rtype.clone(), s.id.clone()))?;
-    serde_json::from_slice(bytes).map_err(|e| Error::Store(crate::store::StoreError::Corrupt(e)))
 }
 
 fn same_identifier(a: &Value, b: &Value) -> bool {
@@ -792,10 +757,10 @@ impl Feeds {
             if entries.is_empty() {
                 continue;
             }
-            let origin = format!("csv:{mapping}");
-            let outcome = crate::node::quality::with_source(&origin, || {
-                self.service.process_entries(BundleKind::Batch, entries, None)
-            })?;
+            let outcome =
+                self.service
+                    .for_source(&format!("csv:{mapping}"))
+                    .process_entries(BundleKind::Batch, entries, None)?;
             for (result, (line, _)) in outcome.entries.iter().zip(&lines) {
                 match result {
                     crate::node::EntryResult::Failed(e) => summary.rejected.push(RowRejection {

@@ -7,8 +7,10 @@ pub mod nhs;
 pub mod outcome;
 pub mod refs;
 pub mod time;
+pub mod types;
 
 pub use outcome::{Issue, IssueCode, Severity};
+pub use types::{Id, Identifier, ResourceType};
 
 /// The FHIR version this node speaks.
 pub const FHIR_VERSION: &str = "4.0.1";

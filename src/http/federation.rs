@@ -3,7 +3,7 @@
 //! client certificate (verified by the TLS layer against the configured CA)
 //! and records an AuditEvent.
 
-use super::fhir::{blocking, check_type, json_body, parse_json, query_pairs};
+use super::fhir::{blocking, json_body, parse_json, query_pairs, TypePath};
 use super::AppState;
 use crate::audit::AuditRecord;
 use crate::error::Error;
@@ -163,10 +163,9 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, state: web::Data<App
     }
 }
 
-async fn count(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+async fn count(req: HttpRequest, path: TypePath, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     require_hub(&req, &state)?;
-    let rtype = path.into_inner();
-    check_type(&rtype)?;
+    let rtype = path.0;
     let pairs: Vec<(String, String)> = query_pairs(&req)
         .into_iter()
         .filter(|(k, _)| k != "_summary" && k != "_count" && k != "_format")

@@ -3,7 +3,8 @@
 use super::error::FHIR_JSON;
 use super::AppState;
 use crate::error::Error;
-use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
+use crate::fhir::types::AUDIT_EVENT;
+use crate::fhir::{outcome::operation_outcome, Id, Issue, IssueCode, ResourceType};
 use crate::node::{self, Conditional, WriteOutcome, WriteResult};
 use crate::search::{parse_query, SearchRequest};
 use crate::store::{HistoryQuery, HistoryScope, Stored};
@@ -91,22 +92,51 @@ pub(super) fn base_url(req: &HttpRequest, state: &AppState) -> String {
     }
 }
 
-pub(super) fn check_type(rtype: &str) -> Result<(), Error> {
-    if fhir::is_resource_type(rtype) {
-        Ok(())
-    } else {
-        Err(Error::UnknownType(rtype.to_string()))
+/// The resource type of a route's `{type}`: 404 for anything but a concrete R4 type.
+pub(super) fn resource_type(name: &str) -> Result<ResourceType, Error> {
+    ResourceType::parse(name).ok_or_else(|| Error::UnknownType(name.to_string()))
+}
+
+/// A route's `{id}`: 400 for anything but a FHIR id.
+fn resource_id(id: &str) -> Result<Id, Error> {
+    Id::parse(id).ok_or_else(|| {
+        Error::invalid(Issue::error(
+            IssueCode::Value,
+            format!("'{id}' is not a valid resource id"),
+        ))
+    })
+}
+
+/// The one extractor of `{type}` routes: the handler gets a `ResourceType`.
+pub(super) struct TypePath(pub ResourceType);
+
+impl actix_web::FromRequest for TypePath {
+    type Error = Error;
+    type Future = std::future::Ready<Result<TypePath, Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready(resource_type(req.match_info().get("type").unwrap_or_default()).map(TypePath))
     }
 }
 
-fn check_id(id: &str) -> Result<(), Error> {
-    if fhir::is_valid_id(id) {
-        Ok(())
-    } else {
-        Err(Error::invalid(Issue::error(
-            IssueCode::Value,
-            format!("'{id}' is not a valid resource id"),
-        )))
+/// The one extractor of `{type}/{id}` routes: the handler gets a parsed type and id.
+pub(super) struct InstancePath {
+    pub rtype: ResourceType,
+    pub id: Id,
+}
+
+impl actix_web::FromRequest for InstancePath {
+    type Error = Error;
+    type Future = std::future::Ready<Result<InstancePath, Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let m = req.match_info();
+        std::future::ready((|| {
+            Ok(InstancePath {
+                rtype: resource_type(m.get("type").unwrap_or_default())?,
+                id: resource_id(m.get("id").unwrap_or_default())?,
+            })
+        })())
     }
 }
 
@@ -339,17 +369,11 @@ async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(body))
 }
 
-async fn read(
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Error> {
-    let (rtype, id) = path.into_inner();
-    check_type(&rtype)?;
-    check_id(&id)?;
+async fn read(req: HttpRequest, path: InstancePath, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let InstancePath { rtype, id } = path;
     check_accept(&req)?;
-    let svc = service_for(&state, &rtype);
-    let s = blocking(move || svc.read(&rtype, &id)).await?;
+    let svc = service_for(&state, rtype);
+    let s = blocking(move || svc.read(rtype, &id)).await?;
     if let Some(inm) = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
         if inm
             .split(',')
@@ -363,14 +387,9 @@ async fn read(
     Ok(resource_response(&s))
 }
 
-async fn vread(
-    req: HttpRequest,
-    path: web::Path<(String, String, String)>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Error> {
-    let (rtype, id, vid) = path.into_inner();
-    check_type(&rtype)?;
-    check_id(&id)?;
+async fn vread(req: HttpRequest, path: InstancePath, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let InstancePath { rtype, id } = path;
+    let vid = req.match_info().get("vid").unwrap_or_default().to_string();
     check_accept(&req)?;
     let version: u64 = vid.parse().map_err(|_| {
         Error::invalid(Issue::error(
@@ -378,8 +397,8 @@ async fn vread(
             format!("'{vid}' is not a version number"),
         ))
     })?;
-    let svc = service_for(&state, &rtype);
-    let s = blocking(move || svc.vread(&rtype, &id, version)).await?;
+    let svc = service_for(&state, rtype);
+    let s = blocking(move || svc.vread(rtype, &id, version)).await?;
     Ok(resource_response(&s))
 }
 
@@ -425,19 +444,16 @@ fn if_match(req: &HttpRequest) -> Result<Option<u64>, Error> {
 
 async fn create(
     req: HttpRequest,
-    path: web::Path<String>,
+    TypePath(rtype): TypePath,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
-    let rtype = path.into_inner();
-    check_type(&rtype)?;
     let body = json_body(&req, payload, &state).await?;
     let cond = if_none_exist(&req, &state, &rtype)?;
-    let svc = state.service.clone();
-    let source = source_of(&req);
+    let svc = state.service.for_source(&source_of(&req));
     let result = blocking(move || {
-        let (value, text) = parse_json(&body)?;
-        node::quality::with_source(&source, || svc.create(&rtype, value, Some(text), cond))
+        let (value, _) = parse_json(&body)?;
+        svc.create(rtype, value, cond)
     })
     .await?;
     Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state), &req))
@@ -453,20 +469,17 @@ pub(super) fn source_of(req: &HttpRequest) -> String {
 
 async fn update(
     req: HttpRequest,
-    path: web::Path<(String, String)>,
+    path: InstancePath,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
-    let (rtype, id) = path.into_inner();
-    check_type(&rtype)?;
-    check_id(&id)?;
+    let InstancePath { rtype, id } = path;
     let body = json_body(&req, payload, &state).await?;
     let version = if_match(&req)?;
-    let svc = state.service.clone();
-    let source = source_of(&req);
+    let svc = state.service.for_source(&source_of(&req));
     let result = blocking(move || {
-        let (value, text) = parse_json(&body)?;
-        node::quality::with_source(&source, || svc.update(&rtype, &id, value, Some(text), version))
+        let (value, _) = parse_json(&body)?;
+        svc.update(rtype, &id, value, version)
     })
     .await?;
     Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state), &req))
@@ -485,44 +498,34 @@ fn conditional_query(req: &HttpRequest, state: &AppState, rtype: &str) -> Result
 
 async fn conditional_update(
     req: HttpRequest,
-    path: web::Path<String>,
+    TypePath(rtype): TypePath,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
-    let rtype = path.into_inner();
-    check_type(&rtype)?;
     let query = conditional_query(&req, &state, &rtype)?;
     let body = json_body(&req, payload, &state).await?;
     let version = if_match(&req)?;
-    let svc = state.service.clone();
+    let svc = state.service.for_source(&source_of(&req));
     let result = blocking(move || {
-        let (value, text) = parse_json(&body)?;
-        svc.conditional_update(&rtype, query, value, Some(text), version)
+        let (value, _) = parse_json(&body)?;
+        svc.conditional_update(rtype, query, value, version)
     })
     .await?;
     Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state), &req))
 }
 
-async fn delete(
-    req: HttpRequest,
-    path: web::Path<(String, String)>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Error> {
-    let (rtype, id) = path.into_inner();
-    check_type(&rtype)?;
-    check_id(&id)?;
+async fn delete(req: HttpRequest, path: InstancePath, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let InstancePath { rtype, id } = path;
     let svc = state.service.clone();
-    let result = blocking(move || svc.delete(&rtype, &id)).await?;
+    let result = blocking(move || svc.delete(rtype, &id)).await?;
     Ok(write_response(result, prefer(&req).ret, &base_url(&req, &state), &req))
 }
 
 async fn conditional_delete(
     req: HttpRequest,
-    path: web::Path<String>,
+    TypePath(rtype): TypePath,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
-    let rtype = path.into_inner();
-    check_type(&rtype)?;
     let query = conditional_query(&req, &state, &rtype)?;
     let svc = state.service.clone();
     let result = blocking(move || svc.conditional_delete(query)).await?;
@@ -547,10 +550,9 @@ fn self_query(rtype: &str, pairs: &[(String, String)], parsed: &SearchRequest) -
 async fn run_search(
     req: &HttpRequest,
     state: &AppState,
-    rtype: String,
+    rtype: ResourceType,
     pairs: Vec<(String, String)>,
 ) -> Result<HttpResponse, Error> {
-    check_type(&rtype)?;
     check_accept(req)?;
     let strict = prefer(req).strict;
     let parsed = parse_query(
@@ -564,23 +566,19 @@ async fn run_search(
         base: base_url(req, state),
         self_query: self_query(&rtype, &pairs, &parsed),
     };
-    let svc = service_for(state, &rtype);
+    let svc = service_for(state, rtype);
     let bytes = blocking(move || svc.search_bytes(parsed, &ctx)).await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
 }
 
-async fn search_get(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Error> {
+async fn search_get(req: HttpRequest, path: TypePath, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     let pairs = query_pairs(&req);
-    run_search(&req, &state, path.into_inner(), pairs).await
+    run_search(&req, &state, path.0, pairs).await
 }
 
 async fn search_post(
     req: HttpRequest,
-    path: web::Path<String>,
+    path: TypePath,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
@@ -597,7 +595,7 @@ async fn search_post(
     }
     let mut pairs = query_pairs(&req);
     pairs.extend(form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())));
-    run_search(&req, &state, path.into_inner(), pairs).await
+    run_search(&req, &state, path.0, pairs).await
 }
 
 async fn system_get(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
@@ -622,8 +620,8 @@ async fn system_get(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
 }
 
 /// The FHIR service that holds `rtype`: AuditEvents live in the audit trail's own store.
-fn service_for(state: &AppState, rtype: &str) -> node::FhirService {
-    if rtype == "AuditEvent" {
+fn service_for(state: &AppState, rtype: ResourceType) -> node::FhirService {
+    if rtype == AUDIT_EVENT {
         state.audit_events.clone()
     } else {
         state.service.clone()
@@ -671,15 +669,14 @@ async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     // Resources come back in the response only to clients who may read every type.
     let representation =
         prefer(&req).ret == Return::Representation && req.headers().contains_key("prefer") && may_read(&req, "*");
-    let svc = state.service.clone();
+    let svc = state.service.for_source(&source_of(&req));
     let principal = super::access::principal_of(&req);
-    let source = source_of(&req);
     let outcome = blocking(move || {
         let text = body_text(&body).map_err(Error::invalid)?;
         if let Some(p) = &principal {
             check_bundle_entries(p, text)?;
         }
-        node::quality::with_source(&source, || svc.process_bundle(text))
+        svc.process_bundle(text)
     })
     .await?;
     let reply = node::response_bundle(&outcome, representation);
@@ -704,8 +701,14 @@ fn history_query(req: &HttpRequest, state: &AppState, scope: HistoryScope) -> Re
                     .map_err(|_| bad("not a number"))?
                     .clamp(1, state.service.settings.max_count)
             }
-            "_since" => q.since = Some(fhir::time::parse_range(v).ok_or_else(|| bad("not an instant"))?.0),
-            "_at" => q.at_or_before = Some(fhir::time::parse_range(v).ok_or_else(|| bad("not a date"))?.1),
+            "_since" => {
+                q.since = Some(
+                    crate::fhir::time::parse_range(v)
+                        .ok_or_else(|| bad("not an instant"))?
+                        .0,
+                )
+            }
+            "_at" => q.at_or_before = Some(crate::fhir::time::parse_range(v).ok_or_else(|| bad("not a date"))?.1),
             "_getpagesoffset" => q.offset = v.parse().map_err(|_| bad("not a number"))?,
             "_getpagesbefore" => q.at_or_before = Some(v.parse().map_err(|_| bad("not a number"))?),
             "_format" | "_pretty" => {}
@@ -735,7 +738,8 @@ async fn history(req: HttpRequest, state: &AppState, scope: HistoryScope, path: 
         format!("{path}?{}", req.query_string())
     };
     let svc = match &q.scope {
-        HistoryScope::Type(t) | HistoryScope::Instance(t, _) => service_for(state, t),
+        HistoryScope::Type(t) | HistoryScope::Instance(t, _) if t == AUDIT_EVENT.as_str() => state.audit_events.clone(),
+        HistoryScope::Type(_) | HistoryScope::Instance(..) => state.service.clone(),
         HistoryScope::System => state.service.clone(),
     };
     let bytes = blocking(move || svc.history(q, &ctx, &self_q)).await?;
@@ -746,32 +750,31 @@ async fn system_history(req: HttpRequest, state: web::Data<AppState>) -> Result<
     history(req, &state, HistoryScope::System, "_history".into()).await
 }
 
-async fn type_history(
-    req: HttpRequest,
-    path: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, Error> {
-    let rtype = path.into_inner();
-    check_type(&rtype)?;
+async fn type_history(req: HttpRequest, path: TypePath, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let rtype = path.0;
     let p = format!("{rtype}/_history");
-    history(req, &state, HistoryScope::Type(rtype), p).await
+    history(req, &state, HistoryScope::Type(rtype.to_string()), p).await
 }
 
 async fn instance_history(
     req: HttpRequest,
-    path: web::Path<(String, String)>,
+    path: InstancePath,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
-    let (rtype, id) = path.into_inner();
-    check_type(&rtype)?;
-    check_id(&id)?;
+    let InstancePath { rtype, id } = path;
     let svc = state.service.clone();
-    let (t2, i2) = (rtype.clone(), id.clone());
+    let i2 = id.clone();
     // History of something never written is a 404, as for read.
-    let exists = blocking(move || Ok(svc.store.read(&t2, &i2)?.is_some())).await?;
+    let exists = blocking(move || Ok(svc.store.read(&rtype, &i2)?.is_some())).await?;
     if !exists {
-        return Err(Error::NotFound(rtype, id));
+        return Err(Error::NotFound(rtype.to_string(), id.to_string()));
     }
     let p = format!("{rtype}/{id}/_history");
-    history(req, &state, HistoryScope::Instance(rtype, id), p).await
+    history(
+        req,
+        &state,
+        HistoryScope::Instance(rtype.to_string(), id.to_string()),
+        p,
+    )
+    .await
 }

@@ -143,7 +143,7 @@ async fn search(
     audit_events: web::Data<AuditEvents>,
 ) -> Result<HttpResponse, Error> {
     let rtype = path.into_inner();
-    super::fhir::check_type(&rtype)?;
+    let rtype = super::fhir::resource_type(&rtype)?;
     check_accept(&req)?;
     let pairs = query_pairs(&req);
     let summary_count = pairs.iter().any(|(k, v)| k == "_summary" && v == "count");
@@ -163,7 +163,7 @@ async fn search(
         hub.remember(key, &Answer::Count(bundle.clone()));
         return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bundle.to_string()));
     }
-    if rtype == "AuditEvent" {
+    if rtype == crate::fhir::types::AUDIT_EVENT {
         // The hub's own audit trail (administrators; access control guards it).
         let svc = audit_events.0.clone();
         let parsed = parse_query(&svc.registry, &rtype, &pairs, false, svc.settings.max_count)?;

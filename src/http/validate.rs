@@ -4,11 +4,11 @@
 //! an OperationOutcome with every issue (200), as the operation defines.
 
 use super::error::FHIR_JSON;
-use super::fhir::{blocking, check_type, json_body, parse_json, query_pairs};
+use super::fhir::{blocking, json_body, parse_json, query_pairs, InstancePath, TypePath};
 use super::AppState;
 use crate::auth::NODE_ROUTES;
 use crate::error::Error;
-use crate::fhir::{outcome::operation_outcome, Issue, IssueCode};
+use crate::fhir::{outcome::operation_outcome, Id, Issue, IssueCode, ResourceType};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -33,21 +33,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn type_level(
     req: HttpRequest,
-    path: web::Path<String>,
+    path: TypePath,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
-    run(req, path.into_inner(), None, payload, state).await
+    run(req, path.0, None, payload, state).await
 }
 
 async fn instance_level(
     req: HttpRequest,
-    path: web::Path<(String, String)>,
+    path: InstancePath,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
-    let (rtype, id) = path.into_inner();
-    run(req, rtype, Some(id), payload, state).await
+    run(req, path.rtype, Some(path.id), payload, state).await
 }
 
 /// What a `$validate` request asks.
@@ -89,12 +88,11 @@ fn parse_request(body: Value, query: &[(String, String)]) -> Request {
 
 async fn run(
     req: HttpRequest,
-    rtype: String,
-    id: Option<String>,
+    rtype: ResourceType,
+    id: Option<Id>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, Error> {
-    check_type(&rtype)?;
     let body = json_body(&req, payload, &state).await?;
     let query = query_pairs(&req);
     let service = state.service.clone();
@@ -129,7 +127,7 @@ async fn run(
             // Nothing in this node's rules forbids a deletion; say whether there is anything to delete.
             match &id {
                 Some(id) => {
-                    service.read(&rtype, id)?;
+                    service.read(rtype, id)?;
                 }
                 None => {
                     return Err(Error::invalid(Issue::error(
@@ -147,7 +145,7 @@ async fn run(
             )));
         };
         let found = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
-        if found != rtype {
+        if found != rtype.as_str() {
             issues.push(
                 Issue::error(
                     IssueCode::Invalid,
@@ -162,7 +160,7 @@ async fn run(
                 (None, _) => issues.push(
                     Issue::error(IssueCode::Required, "an update needs the resource's id").at(format!("{rtype}.id")),
                 ),
-                (Some(b), Some(u)) if b != u => issues.push(
+                (Some(b), Some(u)) if b != u.as_str() => issues.push(
                     Issue::error(
                         IssueCode::Invalid,
                         format!("the resource id '{b}' does not match the URL id '{u}'"),

@@ -11,7 +11,7 @@ use super::crud::{
     create_fresh, delete_version, existing, new_id, put_version, single_match, WriteOutcome, WriteResult,
 };
 use super::{Error, FhirService, Prepared};
-use crate::fhir::{self, outcome::operation_outcome, Issue, IssueCode};
+use crate::fhir::{self, outcome::operation_outcome, Id, Issue, IssueCode, ResourceType};
 use crate::search::{parse_query, SearchRequest};
 use crate::store::WriteTxn;
 use serde::Deserialize;
@@ -58,13 +58,10 @@ pub struct EntryRequest {
 /// One entry of a batch or transaction, its resource already parsed. Callers
 /// that build resources themselves (the feeds) hand these over directly, so
 /// nothing is serialised to be parsed again.
-pub struct Entry<'a> {
+pub struct Entry {
     pub full_url: Option<String>,
     /// The resource, or why its text could not be read.
     pub resource: Option<Result<Value, String>>,
-    /// The resource as the client sent it, when there is text: it spares
-    /// re-serialising the resource for the structural check.
-    pub raw: Option<&'a str>,
     pub request: Option<EntryRequest>,
 }
 
@@ -122,7 +119,7 @@ pub struct BundleOutcome {
 
 /// An entry's request URL, split into type, id (or version) and query.
 struct EntryUrl<'a> {
-    rtype: &'a str,
+    rtype: ResourceType,
     id: Option<&'a str>,
     query: Option<&'a str>,
 }
@@ -134,10 +131,10 @@ fn parse_entry_url(url: &str) -> Option<EntryUrl<'_>> {
     };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     // Absolute URLs: start at the first segment that is a resource type.
-    let start = segments.iter().position(|s| fhir::is_resource_type(s))?;
+    let start = segments.iter().position(|s| ResourceType::parse(s).is_some())?;
     let rest = &segments[start..];
     Some(EntryUrl {
-        rtype: rest[0],
+        rtype: ResourceType::parse(rest[0])?,
         id: rest.get(1).copied(),
         query,
     })
@@ -205,17 +202,14 @@ impl FhirService {
             None => None,
         };
         let resource = |rtype: &str| -> Result<Prepared, Error> {
-            let raw = e.raw;
             let value = value
                 .clone()
                 .ok_or_else(|| entry_error(index, format!("a {method} entry needs a resource")))?;
-            let found = self
-                .check_resource(&value, if self.settings.structural_check { raw } else { None })
-                .map_err(|err| match err {
-                    Error::Unprocessable(issues) => Error::Unprocessable(prefix_issues(issues, index)),
-                    Error::Invalid(issues) => Error::Invalid(prefix_issues(issues, index)),
-                    other => other,
-                })?;
+            let found = self.check_resource(&value).map_err(|err| match err {
+                Error::Unprocessable(issues) => Error::Unprocessable(prefix_issues(issues, index)),
+                Error::Invalid(issues) => Error::Invalid(prefix_issues(issues, index)),
+                other => other,
+            })?;
             if found.rtype != rtype {
                 return Err(entry_error(
                     index,
@@ -230,11 +224,11 @@ impl FhirService {
                     return Err(entry_error(index, "a POST entry's url must be a resource type"));
                 }
                 let if_none_exist = match &req.if_none_exist {
-                    Some(q) => Some(self.search_request(parsed.rtype, q.trim_start_matches('?'))?),
+                    Some(q) => Some(self.search_request(&parsed.rtype, q.trim_start_matches('?'))?),
                     None => None,
                 };
                 Action::Create {
-                    prepared: resource(parsed.rtype)?,
+                    prepared: resource(&parsed.rtype)?,
                     id: new,
                     if_none_exist,
                 }
@@ -242,10 +236,10 @@ impl FhirService {
             "PUT" => {
                 let target = match (parsed.id, parsed.query) {
                     (Some(id), None) if fhir::is_valid_id(id) => Target::Id(id.to_string()),
-                    (None, Some(q)) => Target::Search(self.search_request(parsed.rtype, q)?),
+                    (None, Some(q)) => Target::Search(self.search_request(&parsed.rtype, q)?),
                     _ => return Err(entry_error(index, "a PUT entry's url must be Type/id or Type?search")),
                 };
-                let prepared = resource(parsed.rtype)?;
+                let prepared = resource(&parsed.rtype)?;
                 if let (Target::Id(id), Some(body)) = (&target, &prepared.body_id) {
                     if id != body {
                         return Err(entry_error(
@@ -266,7 +260,7 @@ impl FhirService {
             "DELETE" => {
                 let target = match (parsed.id, parsed.query) {
                     (Some(id), None) => Target::Id(id.to_string()),
-                    (None, Some(q)) => Target::Search(self.search_request(parsed.rtype, q)?),
+                    (None, Some(q)) => Target::Search(self.search_request(&parsed.rtype, q)?),
                     _ => {
                         return Err(entry_error(
                             index,
@@ -336,7 +330,6 @@ impl FhirService {
                 resource: e
                     .resource
                     .map(|raw| serde_json::from_str::<Value>(raw.get()).map_err(|err| err.to_string())),
-                raw: e.resource.map(RawValue::get),
                 request: e.request,
             })
             .collect();
@@ -433,7 +426,7 @@ impl FhirService {
         }
         for (r, slot) in conditional_refs.iter_mut() {
             let parsed = parse_entry_url(r).expect("checked when collected");
-            *slot = Some(self.search_request(parsed.rtype, parsed.query.unwrap_or(""))?);
+            *slot = Some(self.search_request(&parsed.rtype, parsed.query.unwrap_or(""))?);
         }
 
         // 3. The unit of work: resolve what needs the database, then write.
@@ -646,22 +639,28 @@ impl FhirService {
             .filter(|s| !s.is_empty())
             .collect();
         let stored = match (parsed.id, parsed.query) {
-            (Some(id), _) => {
-                let pos = segments.iter().position(|s| *s == id).unwrap_or(0);
+            (Some(raw_id), _) => {
+                let pos = segments.iter().position(|s| *s == raw_id).unwrap_or(0);
+                let id = Id::parse(raw_id).ok_or_else(|| {
+                    Error::invalid(Issue::error(
+                        IssueCode::Value,
+                        format!("'{raw_id}' is not a valid resource id"),
+                    ))
+                })?;
                 match (segments.get(pos + 1), segments.get(pos + 2)) {
                     (Some(&"_history"), Some(v)) => {
                         let v: u64 = v
                             .parse()
                             .map_err(|_| Error::invalid(Issue::error(IssueCode::Invalid, "bad version")))?;
-                        self.vread(parsed.rtype, id, v)?
+                        self.vread(parsed.rtype, &id, v)?
                     }
-                    _ => self.read(parsed.rtype, id)?,
+                    _ => self.read(parsed.rtype, &id)?,
                 }
             }
             (None, q) => {
                 let req = parse_query(
                     &self.registry,
-                    parsed.rtype,
+                    &parsed.rtype,
                     &query_pairs(q.unwrap_or("")),
                     false,
                     self.settings.max_count,

@@ -2,7 +2,7 @@
 //! conditional forms. Each write is one unit of work in the store.
 
 use super::{Error, FhirService, Prepared};
-use crate::fhir::{Issue, IssueCode};
+use crate::fhir::{Id, Identifier, Issue, IssueCode, ResourceType};
 use crate::search::SearchRequest;
 use crate::store::{Method, NewVersion, Stored, WriteTxn};
 use serde_json::Value;
@@ -219,9 +219,9 @@ impl FhirService {
         crate::store::run_unit(&*self.store, f)
     }
 
-    fn expect_type(&self, rtype: &str, value: &Value, raw: Option<&str>) -> Result<super::Checked, Error> {
-        let found = self.check_resource(value, raw)?;
-        if found.rtype != rtype {
+    fn expect_type(&self, rtype: ResourceType, value: &Value) -> Result<super::Checked, Error> {
+        let found = self.check_resource(value)?;
+        if found.rtype != rtype.as_str() {
             return Err(Error::invalid(
                 Issue::error(
                     IssueCode::Invalid,
@@ -234,14 +234,8 @@ impl FhirService {
     }
 
     /// `POST [type]`, optionally conditional (`If-None-Exist`).
-    pub fn create(
-        &self,
-        rtype: &str,
-        value: Value,
-        raw: Option<&str>,
-        if_none_exist: Conditional,
-    ) -> Result<WriteResult, Error> {
-        let checked = self.expect_type(rtype, &value, raw)?;
+    pub fn create(&self, rtype: ResourceType, value: Value, if_none_exist: Conditional) -> Result<WriteResult, Error> {
+        let checked = self.expect_type(rtype, &value)?;
         let prepared = self.prepare(checked, value);
         let id = new_id();
         let result = self.run(move |txn| {
@@ -268,16 +262,15 @@ impl FhirService {
     /// `PUT [type]/[id]` (create-on-update), with an optional `If-Match` version.
     pub fn update(
         &self,
-        rtype: &str,
-        id: &str,
+        rtype: ResourceType,
+        id: &Id,
         value: Value,
-        raw: Option<&str>,
         if_match: Option<u64>,
     ) -> Result<WriteResult, Error> {
-        let checked = self.expect_type(rtype, &value, raw)?;
+        let checked = self.expect_type(rtype, &value)?;
         // Check the id before indexing: a rejected request should cost no more than it must.
         match value.get("id").and_then(Value::as_str) {
-            Some(b) if b == id => {}
+            Some(b) if b == id.as_str() => {}
             Some(b) => {
                 return Err(Error::invalid(
                     Issue::error(
@@ -295,7 +288,7 @@ impl FhirService {
             }
         }
         let prepared = self.prepare(checked, value);
-        let id = id.to_string();
+        let id = id.clone();
         let result = self.run(move |txn| put_version(txn, &prepared, &id, if_match))?;
         self.count_written(&result);
         Ok(result)
@@ -304,13 +297,12 @@ impl FhirService {
     /// `PUT [type]?[search]`: update the single match, or create if none.
     pub fn conditional_update(
         &self,
-        rtype: &str,
+        rtype: ResourceType,
         query: SearchRequest,
         value: Value,
-        raw: Option<&str>,
         if_match: Option<u64>,
     ) -> Result<WriteResult, Error> {
-        let checked = self.expect_type(rtype, &value, raw)?;
+        let checked = self.expect_type(rtype, &value)?;
         let prepared = self.prepare(checked, value);
         let result = self.run(move |txn| {
             let id = match (single_match(txn, &query)?, &prepared.body_id) {
@@ -334,8 +326,8 @@ impl FhirService {
     }
 
     /// `DELETE [type]/[id]`: logical delete; deleting what is absent is not an error.
-    pub fn delete(&self, rtype: &str, id: &str) -> Result<WriteResult, Error> {
-        let (rtype, id) = (rtype.to_string(), id.to_string());
+    pub fn delete(&self, rtype: ResourceType, id: &Id) -> Result<WriteResult, Error> {
+        let id = id.clone();
         self.run(move |txn| delete_version(txn, &rtype, &id))
     }
 
@@ -348,29 +340,48 @@ impl FhirService {
     }
 
     /// `GET [type]/[id]`.
-    pub fn read(&self, rtype: &str, id: &str) -> Result<Stored, Error> {
-        match self.store.read(rtype, id)? {
-            None => Err(Error::NotFound(rtype.into(), id.into())),
-            Some(s) if s.deleted() => Err(Error::Gone(rtype.into(), id.into())),
+    pub fn read(&self, rtype: ResourceType, id: &Id) -> Result<Stored, Error> {
+        match self.store.read(&rtype, id)? {
+            None => Err(Error::NotFound(rtype.to_string(), id.to_string())),
+            Some(s) if s.deleted() => Err(Error::Gone(rtype.to_string(), id.to_string())),
             Some(s) => Ok(s),
         }
     }
 
     /// `GET [type]/[id]/_history/[vid]`.
-    pub fn vread(&self, rtype: &str, id: &str, version: u64) -> Result<Stored, Error> {
-        match self.store.vread(rtype, id, version)? {
-            None => Err(Error::NotFound(rtype.into(), format!("{id}/_history/{version}"))),
-            Some(s) if s.deleted() => Err(Error::Gone(rtype.into(), format!("{id}/_history/{version}"))),
+    pub fn vread(&self, rtype: ResourceType, id: &Id, version: u64) -> Result<Stored, Error> {
+        match self.store.vread(&rtype, id, version)? {
+            None => Err(Error::NotFound(rtype.to_string(), format!("{id}/_history/{version}"))),
+            Some(s) if s.deleted() => Err(Error::Gone(rtype.to_string(), format!("{id}/_history/{version}"))),
             Some(s) => Ok(s),
         }
     }
 }
 
 impl FhirService {
-    /// Current resources of `rtype` matching query `pairs` (strict parsing), at most `limit`.
-    pub fn find(&self, rtype: &str, pairs: &[(String, String)], limit: usize) -> Result<Vec<Stored>, Error> {
-        let req = crate::search::parse_query(&self.registry, rtype, pairs, true, usize::MAX)?;
+    /// Current resources of `rtype` with any of `identifiers`, at most `limit`,
+    /// each with its JSON parsed once.
+    pub fn find_by_identifiers(
+        &self,
+        rtype: ResourceType,
+        identifiers: &[Identifier],
+        limit: usize,
+    ) -> Result<Vec<Found>, Error> {
+        let req = SearchRequest::by_identifiers(&self.registry, &rtype, identifiers)?;
         let keys = self.store.search(&req, limit)?;
-        Ok(self.store.fetch(&keys)?)
+        let mut found = Vec::new();
+        for stored in self.store.fetch(&keys)? {
+            let Some(bytes) = &stored.json else { continue };
+            let json = serde_json::from_slice(bytes).map_err(|e| Error::Store(crate::store::StoreError::Corrupt(e)))?;
+            found.push(Found { stored, json });
+        }
+        Ok(found)
     }
+}
+
+/// A stored resource with its JSON.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub stored: Stored,
+    pub json: Value,
 }

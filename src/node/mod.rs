@@ -13,7 +13,7 @@ mod searchset;
 use crate::error::Error;
 pub use bundle::{response_bundle, BundleKind, BundleOutcome, Entry, EntryRequest, EntryResult};
 pub use capability::capability_statement;
-pub use crud::{Conditional, WriteOutcome, WriteResult};
+pub use crud::{Conditional, Found, WriteOutcome, WriteResult};
 pub use prepare::{Checked, Prepared};
 pub use searchset::SearchContext;
 
@@ -119,9 +119,25 @@ pub struct FhirService {
     pub quality: Arc<quality::Book>,
     /// The secret behind the record keys of federated answers (cell-key noise).
     pub record_keys: Arc<crate::federation::RecordKeys>,
+    /// Who writes through this handle (a client, a feed's sender), for the quality
+    /// figures: the write context, set with `for_source`.
+    source: Option<Arc<str>>,
 }
 
 impl FhirService {
+    /// This service, writing on behalf of `source` (`client:<id>`, `hl7v2:<app>|<facility>`, `csv:<mapping>`).
+    pub fn for_source(&self, source: &str) -> FhirService {
+        FhirService {
+            source: Some(source.into()),
+            ..self.clone()
+        }
+    }
+
+    /// Who writes through this handle (`unattributed` when nobody said).
+    pub fn source(&self) -> &str {
+        self.source.as_deref().unwrap_or("unattributed")
+    }
+
     pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, settings: ServiceSettings) -> FhirService {
         FhirService {
             store,
@@ -131,6 +147,7 @@ impl FhirService {
             profiles: built_in_profiles(),
             quality: Arc::default(),
             record_keys: Arc::new(crate::federation::RecordKeys::random()),
+            source: None,
         }
     }
 
@@ -160,7 +177,8 @@ pub fn built_in_profiles() -> Arc<crate::profiles::ProfileSet> {
 /// through the ordinary write path, so they are indexed and searchable.
 impl crate::audit::AuditSink for FhirService {
     fn write_one(&self, event: serde_json::Value) -> Result<(), Error> {
-        self.create("AuditEvent", event, None, Conditional::None).map(|_| ())
+        self.create(crate::fhir::types::AUDIT_EVENT, event, Conditional::None)
+            .map(|_| ())
     }
 
     fn write_batch(&self, events: Vec<serde_json::Value>) -> Result<(), Error> {

@@ -128,10 +128,8 @@ fn empty_elements(value: &Value, path: &mut String, issues: &mut Vec<Issue>) {
 impl FhirService {
     /// Checks that `value` is a resource this node accepts: a JSON object with a
     /// known `resourceType`, a valid `id` if present, no empty elements, and (if
-    /// enabled) the R4 base definitions and the regional profiles. `_raw` (the same
-    /// resource as text, when the caller has it) is no longer needed since the
-    /// text-based fhirbolt parse left the write path.
-    pub fn check_resource(&self, value: &Value, _raw: Option<&str>) -> Result<Checked, Error> {
+    /// enabled) the R4 base definitions and the regional profiles.
+    pub fn check_resource(&self, value: &Value) -> Result<Checked, Error> {
         let Some(obj) = value.as_object() else {
             return Err(Error::invalid(Issue::error(
                 IssueCode::Structure,
@@ -235,7 +233,14 @@ impl FhirService {
             }
         }
         judged.extend(issues.iter().cloned());
-        let facts = super::quality::Facts::of(&rtype, value, &judged, must_support, fhir::time::now_millis());
+        let facts = super::quality::Facts::of(
+            self.source(),
+            &rtype,
+            value,
+            &judged,
+            must_support,
+            fhir::time::now_millis(),
+        );
         if issues.is_empty() {
             // Counted once written (the stored id tells patients apart).
             Ok(Checked {

@@ -7,38 +7,20 @@
 //! look like an already-known one by identifier or by demographics) and
 //! timeliness (delay from the clinical event to receipt).
 //!
-//! The source of a write is set by whoever calls the service (`with_source`):
-//! the HTTP layer gives the client, feeds the sending application. Figures live
+//! The source of a write is the service handle's write context
+//! (`FhirService::for_source`): the HTTP layer gives the client, feeds the
+//! sending application or mapping. Figures live
 //! in memory: a restarted node starts counting again (they say since when).
 
 use crate::fhir::{Issue, Severity};
 use serde_json::{json, Value};
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
-
-thread_local! {
-    static SOURCE: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` with `source` as the source of every write it makes on this thread.
-pub fn with_source<T>(source: &str, f: impl FnOnce() -> T) -> T {
-    let before = SOURCE.with(|s| s.replace(Some(source.to_string())));
-    let out = f();
-    SOURCE.with(|s| *s.borrow_mut() = before);
-    out
-}
-
-fn current_source() -> String {
-    SOURCE
-        .with(|s| s.borrow().clone())
-        .unwrap_or_else(|| "unattributed".into())
-}
 
 /// What one resource tells about quality, worked out when it is checked.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
-    /// Who sent it (see `with_source`), taken when the resource was checked.
+    /// Who sent it (`FhirService::for_source`), taken when the resource was checked.
     pub source: String,
     pub rtype: String,
     pub errors: usize,
@@ -69,9 +51,9 @@ const RANGES: &[(&str, f64, f64, &str, &str)] = &[
 
 impl Facts {
     /// The facts of `v` (a resource of type `rtype`) with the issues found and the must-support paths.
-    pub fn of(rtype: &str, v: &Value, issues: &[Issue], must_support: &[String], now_ms: i64) -> Facts {
+    pub fn of(source: &str, rtype: &str, v: &Value, issues: &[Issue], must_support: &[String], now_ms: i64) -> Facts {
         let mut f = Facts {
-            source: current_source(),
+            source: source.to_string(),
             rtype: rtype.to_string(),
             ..Facts::default()
         };

@@ -187,6 +187,36 @@ impl SearchRequest {
             total_accurate: false,
         }
     }
+
+    /// Resources of `rtype` with any of `identifiers` (the `identifier` token
+    /// parameter), built from the values themselves: nothing is formatted into a
+    /// query string and parsed back. An identifier without a system matches only
+    /// stored identifiers without one (`|value`).
+    pub fn by_identifiers(
+        registry: &Registry,
+        rtype: &str,
+        identifiers: &[fhir::Identifier],
+    ) -> Result<SearchRequest, QueryError> {
+        let p = registry
+            .get(rtype, "identifier")
+            .ok_or_else(|| QueryError::UnknownParameter(format!("{rtype}.identifier")))?;
+        let mut req = SearchRequest::new(rtype);
+        req.conditions.push(Condition::Token {
+            key: p.key.clone(),
+            not: false,
+            values: identifiers
+                .iter()
+                .map(|i| TokenValue {
+                    system: match &i.system {
+                        Some(s) => SystemMatch::Is(s.clone()),
+                        None => SystemMatch::Absent,
+                    },
+                    code: Some(i.value.clone()),
+                })
+                .collect(),
+        });
+        Ok(req)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -151,7 +151,12 @@ impl Cx {
         self.type_code.eq_ignore_ascii_case("NH") || self.authority.eq_ignore_ascii_case("NHS")
     }
 
-    /// `system|value` (the FHIR token form, for search and keys).
+    /// The identifier it carries, for matching stored resources.
+    pub fn identifier(&self) -> crate::fhir::Identifier {
+        crate::fhir::Identifier::new(self.system.as_deref(), &self.value)
+    }
+
+    /// `system|value`: the seed of deterministic resource ids (and a dedup key).
     pub fn token(&self) -> String {
         format!("{}|{}", self.system.as_deref().unwrap_or(""), self.value)
     }

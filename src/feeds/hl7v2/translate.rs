@@ -17,7 +17,7 @@ use super::datatypes::{self as dt, comp, Cx};
 use super::dtm::{self, Dtm};
 use super::er7::{self, Message};
 use crate::fhir::nhs;
-use crate::fhir::{Issue, IssueCode};
+use crate::fhir::{Identifier, Issue, IssueCode};
 use serde_json::{json, Map, Value};
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
@@ -119,16 +119,16 @@ pub struct PatientKey {
     pub id: String,
     /// A valid NHS number, if the message has one.
     pub nhs_number: Option<String>,
-    /// Other identifiers as `system|value` tokens (MRNs first).
-    pub others: Vec<String>,
+    /// Other identifiers (MRNs first).
+    pub others: Vec<Identifier>,
 }
 
 /// The identity facts of the message's encounter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncounterKey {
     pub id: String,
-    /// The visit number (PV1-19) as a `system|value` token.
-    pub visit: Option<String>,
+    /// The visit number (PV1-19).
+    pub visit: Option<Identifier>,
 }
 
 /// A translated message.
@@ -139,8 +139,8 @@ pub struct Translation {
     pub resources: Vec<Value>,
     pub patient: Option<PatientKey>,
     pub encounter: Option<EncounterKey>,
-    /// A40: identifiers (`system|value`) of the patient merged into `patient`.
-    pub merged: Vec<String>,
+    /// A40: identifiers of the patient merged into `patient`.
+    pub merged: Vec<Identifier>,
     /// Information and warnings (never errors).
     pub findings: Vec<Finding>,
 }
@@ -890,7 +890,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
         Some(PatientKey {
             id,
             nhs_number,
-            others: others.iter().map(|c| c.token()).collect(),
+            others: others.iter().map(|c| c.identifier()).collect(),
         })
     }
 
@@ -1089,7 +1089,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
         out.push(Value::Object(e));
         Some(EncounterKey {
             id,
-            visit: visit.map(|v| v.token()),
+            visit: visit.map(|v| v.identifier()),
         })
     }
 
@@ -1312,7 +1312,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
         out.push(c);
     }
 
-    fn merge(&self, si: usize) -> Vec<String> {
+    fn merge(&self, si: usize) -> Vec<Identifier> {
         let mut out = Vec::new();
         for rep in self.reps(si, 1) {
             if let Some(c) = dt::cx(self.m, rep) {
@@ -1325,7 +1325,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                     );
                     continue;
                 }
-                out.push(c.token());
+                out.push(c.identifier());
             }
         }
         out
