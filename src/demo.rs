@@ -284,22 +284,6 @@ pub fn demo_clients(path: &std::path::Path, regions: &[&str]) -> std::io::Result
     Ok(clients)
 }
 
-/// Gets an access token with `client_secret_basic`.
-pub async fn token(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> anyhow::Result<String> {
-    let res = http
-        .post(format!("{base}/auth/token"))
-        .basic_auth(id, Some(secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await?;
-    let status = res.status();
-    let body: Value = res.json().await?;
-    match body["access_token"].as_str() {
-        Some(t) if status.is_success() => Ok(t.to_string()),
-        _ => anyhow::bail!("token request for {id} failed: {status} {body}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,7 +109,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         config.storage = storage.clone();
         let m = rt.block_on(measure(config, &clients, &bodies, &args, resources))?;
         if let StorageConfig::Postgres { url, schema, .. } = storage {
-            drop_schema(url, schema);
+            if let Err(e) = crate::store::postgres::drop_schema(&url, &schema) {
+                eprintln!("could not drop the benchmark's schema {schema}: {e}");
+            }
         }
         println!();
         println!("### {name}");
@@ -264,15 +266,6 @@ fn stages(bodies: &[Arc<Vec<u8>>], resources: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn drop_schema(url: String, schema: String) {
-    let _ = std::thread::spawn(move || {
-        if let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
-        }
-    })
-    .join();
-}
-
 struct Measured {
     ingest_rate: f64,
     ingest_secs: f64,
@@ -310,8 +303,8 @@ async fn measure(
                 .unwrap_or_default()
         };
         let root = node.base_url();
-        let client = with_token(crate::demo::token(&plain, &root, "bench-vendor", &secret("bench-vendor")).await?)?;
-        let reader = with_token(crate::demo::token(&plain, &root, "bench-analyst", &secret("bench-analyst")).await?)?;
+        let client = with_token(super::token(&plain, &root, "bench-vendor", &secret("bench-vendor")).await?)?;
+        let reader = with_token(super::token(&plain, &root, "bench-analyst", &secret("bench-analyst")).await?)?;
 
         // Ingest: every bundle as a transaction, `concurrency` at a time.
         let started = Instant::now();

@@ -97,7 +97,7 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
     let mut vendor_tokens = Vec::new();
     for (node, r) in nodes.iter().zip(REGIONS) {
         let id = format!("{r}-vendor");
-        let token = crate::demo::token(&client, &node.base_url(), &id, &secret_of(&id)).await?;
+        let token = super::token(&client, &node.base_url(), &id, &secret_of(&id)).await?;
         vendor_tokens.push(token.clone());
         let bundles = crate::demo::bundles(r, 7, patients, args.per_bundle, false);
         let url = format!("{}/fhir", node.base_url());
@@ -139,7 +139,7 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
                          {"name": "patients", "function": "count_distinct", "column": "patient"},
                          {"name": "deceased", "function": "mean", "column": "deceased"}]})
     };
-    let partner = crate::demo::token(&client, &hub.base_url(), "demo-partner", &secret_of("demo-partner")).await?;
+    let partner = super::token(&client, &hub.base_url(), "demo-partner", &secret_of("demo-partner")).await?;
     let ask = |q: Value| {
         let client = client.clone();
         let partner = partner.clone();

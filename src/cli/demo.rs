@@ -105,7 +105,7 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
             .iter()
             .find(|c| c.id == format!("{region}-vendor"))
             .context("demo vendor")?;
-        let token = crate::demo::token(&client, &node.base_url(), &vendor.id, &vendor.secret).await?;
+        let token = super::token(&client, &node.base_url(), &vendor.id, &vendor.secret).await?;
         for bundle in crate::demo::bundles(region, args.seed, args.patients, 100, true) {
             resources += bundle["entry"].as_array().map_or(0, Vec::len);
             let res = client
@@ -135,7 +135,7 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
         .iter()
         .find(|c| c.id == "demo-partner")
         .context("demo partner")?;
-    let partner_token = crate::demo::token(&client, &hub.base_url(), &partner.id, &partner.secret).await?;
+    let partner_token = super::token(&client, &hub.base_url(), &partner.id, &partner.secret).await?;
     run_queries(&client, &hub, &partner_token).await?;
 
     let hub_url = hub.base_url();
@@ -154,7 +154,7 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
         };
         let show = c.region.as_deref().is_none_or(|r| r == "nenc");
         if show {
-            let token = crate::demo::token(&client, &server, &c.id, &c.secret).await?;
+            let token = super::token(&client, &server, &c.id, &c.secret).await?;
             println!(
                 "  {:<14} {:<8} secret {}  at {server}\n    token {token}",
                 c.id, c.roles, c.secret

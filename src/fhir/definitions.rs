@@ -33,7 +33,7 @@ pub struct SearchParamDefinition {
 pub struct Definitions {
     pub resource_types: HashSet<String>,
     pub resource_type_list: Vec<String>,
-    pub choice: crate::fhirpath::ChoiceModel,
+    pub choice: super::choice::ChoiceModel,
     pub search_parameters: Vec<SearchParamDefinition>,
     /// Top-level elements marked `isSummary`, per resource type (choice names without `[x]`).
     pub summary_elements: std::collections::HashMap<String, Vec<String>>,
@@ -45,7 +45,7 @@ pub fn get() -> &'static Definitions {
         let raw: Raw = serde_json::from_str(R4_CORE).expect("profiles/r4-core.json is compiled in and well-formed");
         let mut type_names: Vec<&str> = raw.data_types.iter().map(String::as_str).collect();
         type_names.extend(raw.resource_types.iter().map(String::as_str));
-        let choice = crate::fhirpath::ChoiceModel::new(raw.choice_elements.iter().map(String::as_str), type_names);
+        let choice = super::choice::ChoiceModel::new(raw.choice_elements.iter().map(String::as_str), type_names);
         Definitions {
             resource_types: raw.resource_types.iter().cloned().collect(),
             resource_type_list: raw.resource_types,

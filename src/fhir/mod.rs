@@ -1,6 +1,7 @@
 //! The FHIR R4 domain: definitions the node carries, resource identity,
 //! OperationOutcome, FHIR date arithmetic and the structural check. No I/O.
 
+pub mod choice;
 pub mod definitions;
 pub mod model;
 pub mod nhs;

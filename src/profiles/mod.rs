@@ -11,9 +11,9 @@
 
 pub mod build;
 mod check;
-pub mod snapshot;
 
 use crate::validation::invariants::{self, Invariant, RawInvariant, Skipped};
+use crate::validation::snapshot;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

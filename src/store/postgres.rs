@@ -805,6 +805,22 @@ impl Store for PostgresStore {
     }
 }
 
+/// Drops a schema and everything in it (benchmarks clean up after themselves).
+/// On a thread of its own: the synchronous client must not run on an async worker.
+pub fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+    if !valid_schema(schema) {
+        return Err(StoreError::Internal(format!("'{schema}' is not a schema name")));
+    }
+    let (url, schema) = (url.to_string(), schema.to_string());
+    std::thread::spawn(move || -> Result<(), StoreError> {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).map_err(db_err)?;
+        c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .map_err(db_err)
+    })
+    .join()
+    .map_err(|_| StoreError::Internal("the schema-dropping thread panicked".into()))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 //! slicing), invariants (FHIRPath constraints) and references' targets.
 //! Pure: no I/O; the definitions are compiled into the binary.
 
+use crate::fhir::choice::upper_first;
 use crate::fhir::{Issue, IssueCode};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
@@ -21,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 pub mod invariants;
+pub mod snapshot;
 
 use invariants::{Invariant, RawInvariant, Skipped};
 
@@ -355,7 +357,7 @@ impl Validator {
             return; // a base this node does not have: nothing to say
         };
         let types = |t: &str| self.base_elements(t);
-        if let Err(e) = crate::profiles::snapshot::generate(sd, base, &types) {
+        if let Err(e) = snapshot::generate(sd, base, &types) {
             out.push(err(
                 IssueCode::Structure,
                 format!("the differential does not fit its base: {e}"),
@@ -1291,14 +1293,6 @@ fn nhs_number(obj: &Map<String, Value>, expr: &str, out: &mut Vec<Issue>) {
 
 fn err(code: IssueCode, text: impl Into<String>, at: &str) -> Issue {
     Issue::error(code, text).at(at)
-}
-
-fn upper_first(s: &str) -> String {
-    let mut c = s.chars();
-    match c.next() {
-        Some(f) => f.to_uppercase().chain(c).collect(),
-        None => String::new(),
-    }
 }
 
 fn truncate(s: &str) -> String {

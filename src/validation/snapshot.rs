@@ -171,7 +171,7 @@ impl Snapshot<'_> {
         let at = self.find(&format!("{parent}.{name}[x]"))?;
         let allows = type_codes(&self.elements[at])
             .into_iter()
-            .any(|code| crate::fhirpath::upper_first(code) == suffix);
+            .any(|code| crate::fhir::choice::upper_first(code) == suffix);
         allows.then_some(at)
     }
 
