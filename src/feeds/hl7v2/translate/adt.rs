@@ -1,0 +1,621 @@
+//! Patient administration (ADT): PID → Patient, PV1/PV2 → Encounter, NK1 →
+//! RelatedPerson, AL1 → AllergyIntolerance, DG1 → Condition, IN1 → Coverage, and
+//! MRG (A40 merges).
+
+use super::*;
+
+impl<'m, 'a> Ctx<'m, 'a> {
+    pub(super) fn patient(&self, out: &mut Out, si: usize) -> Option<PatientKey> {
+        let m = self.m;
+        let mut identifiers: Vec<Cx> = Vec::new();
+        for n in [3, 2, 4] {
+            for (i, rep) in self.reps(si, n).into_iter().enumerate() {
+                let Some(c) = dt::cx(m, rep) else { continue };
+                if c.is_nhs_number() {
+                    match nhs::check(&c.value) {
+                        Ok(digits) => {
+                            let mut c = c;
+                            c.value = digits.clone();
+                            c.json["value"] = json!(digits);
+                            identifiers.push(c);
+                        }
+                        Err(e) => self.warn(
+                            si,
+                            n,
+                            IssueCode::Value,
+                            format!("repetition {}: {e}; it is not used as the NHS number", i + 1),
+                        ),
+                    }
+                } else {
+                    identifiers.push(c);
+                }
+            }
+        }
+        if identifiers.is_empty() {
+            self.errors.borrow_mut().push(self.error_at(
+                si,
+                3,
+                IssueCode::Required,
+                "PID-3 has no usable patient identifier: the patient cannot be identified",
+            ));
+            return None;
+        }
+        let nhs_number = identifiers.iter().find(|c| c.is_nhs_number()).map(|c| c.value.clone());
+        let mut others: Vec<&Cx> = identifiers.iter().filter(|c| !c.is_nhs_number()).collect();
+        others.sort_by_key(|c| c.type_code != "MR");
+        // The id comes from the hospital number when there is one: messages from
+        // one trust always carry it, while the NHS number may arrive later.
+        let key = match (others.first(), &nhs_number) {
+            (Some(c), _) => c.token(),
+            (None, Some(n)) => format!("{}|{n}", nhs::NHS_NUMBER_SYSTEM),
+            (None, None) => unreachable!("identifiers is not empty"),
+        };
+        let id = hash_id(&["Patient", &key]);
+        let mut p = Map::new();
+        p.insert("resourceType".into(), json!("Patient"));
+        p.insert("id".into(), json!(id));
+        let mut seen = HashSet::new();
+        let ids: Vec<Value> = identifiers
+            .iter()
+            .filter(|c| seen.insert(c.token()))
+            .map(|c| c.json.clone())
+            .collect();
+        p.insert("identifier".into(), Value::Array(ids));
+        p.insert("active".into(), json!(true));
+        let mut names: Vec<Value> = self.reps(si, 5).iter().filter_map(|r| dt::xpn(m, r)).collect();
+        // PID-9: other names the patient is known by.
+        names.extend(self.reps(si, 9).iter().filter_map(|r| {
+            let mut n = dt::xpn(m, r)?;
+            if n.get("use").is_none() {
+                n["use"] = json!("usual");
+            }
+            Some(n)
+        }));
+        if !names.is_empty() {
+            p.insert("name".into(), Value::Array(names));
+        }
+        let mut telecom: Vec<Value> = self
+            .reps(si, 13)
+            .iter()
+            .filter_map(|r| dt::xtn(m, r, Some("home")))
+            .collect();
+        telecom.extend(self.reps(si, 14).iter().filter_map(|r| dt::xtn(m, r, Some("work"))));
+        if !telecom.is_empty() {
+            p.insert("telecom".into(), Value::Array(telecom));
+        }
+        let gender = self.v(si, 8);
+        if !gender.is_empty() {
+            let g = match gender.to_ascii_uppercase().as_str() {
+                "M" => Some("male"),
+                "F" => Some("female"),
+                "O" | "A" | "N" | "X" => Some("other"),
+                "U" => Some("unknown"),
+                _ => None,
+            };
+            match g {
+                Some(g) => {
+                    p.insert("gender".into(), json!(g));
+                }
+                None => self.warn(
+                    si,
+                    8,
+                    IssueCode::Value,
+                    format!("PID-8 '{gender}' is not an administrative sex code (HL7 table 0001); not stored"),
+                ),
+            }
+        }
+        if let Some(b) = self.dtm(si, 7) {
+            p.insert("birthDate".into(), json!(b.date()));
+            if b.has_time {
+                p.insert(
+                    "_birthDate".into(),
+                    json!({"extension": [{
+                        "url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                        "valueDateTime": b.fhir
+                    }]}),
+                );
+            }
+        }
+        let deceased_time = self.dtm(si, 29);
+        let deceased_flag = self.v(si, 30);
+        if let Some(d) = deceased_time {
+            p.insert("deceasedDateTime".into(), json!(d.fhir));
+        } else if deceased_flag == "Y" || deceased_flag == "N" {
+            p.insert("deceasedBoolean".into(), json!(deceased_flag == "Y"));
+        }
+        let addresses: Vec<Value> = self.reps(si, 11).iter().filter_map(|r| dt::xad(m, r)).collect();
+        if !addresses.is_empty() {
+            p.insert("address".into(), Value::Array(addresses));
+        }
+        if let Some(ms) = self.reps(si, 16).first() {
+            let code = comp(m, ms, 1);
+            let known = ["A", "D", "I", "L", "M", "P", "S", "T", "U", "W"];
+            if known.contains(&code.as_str()) {
+                let mut cc = dt::coded("http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", &code, None);
+                let text = comp(m, ms, 2);
+                if !text.is_empty() {
+                    cc["text"] = json!(text);
+                }
+                p.insert("maritalStatus".into(), cc);
+            } else if let Some(cc) = self.cwe(ms) {
+                p.insert("maritalStatus".into(), cc);
+            }
+        }
+        let multiple = self.v(si, 24);
+        let order = self.v(si, 25);
+        if let Ok(n) = order.parse::<u32>() {
+            p.insert("multipleBirthInteger".into(), json!(n));
+        } else if multiple == "Y" || multiple == "N" {
+            p.insert("multipleBirthBoolean".into(), json!(multiple == "Y"));
+        }
+        if let Some(lang) = self.cwe_field(si, 15) {
+            p.insert("communication".into(), json!([{ "language": lang }]));
+        }
+        let mut gps = Vec::new();
+        if let Some(pd1) = self.first("PD1") {
+            for r in self.reps(pd1, 3) {
+                if let Some(o) = self.xon_org(out, r) {
+                    gps.push(json!({ "reference": o }));
+                }
+            }
+            for r in self.reps(pd1, 4) {
+                if let Some(pr) = self.practitioner(out, r) {
+                    gps.push(json!({ "reference": pr }));
+                }
+            }
+        }
+        if !gps.is_empty() {
+            p.insert("generalPractitioner".into(), Value::Array(gps));
+        }
+        out.push(Value::Object(p));
+        Some(PatientKey {
+            id,
+            nhs_number,
+            others: others.iter().map(|c| c.identifier()).collect(),
+        })
+    }
+
+    pub(super) fn encounter(
+        &self,
+        out: &mut Out,
+        si: usize,
+        trigger: &str,
+        patient_ref: &str,
+        patient_key: &str,
+        service_provider: Option<&str>,
+    ) -> Option<EncounterKey> {
+        let m = self.m;
+        let visit = self.reps(si, 19).first().and_then(|r| dt::cx(m, r));
+        let start = self.dtm(si, 44);
+        // A cancelled discharge (A13) or pending discharge (A25) leaves the encounter open.
+        let end = self.dtm(si, 45).filter(|_| !matches!(trigger, "A13" | "A25"));
+        let class_code = self.v(si, 2);
+        let key = match &visit {
+            Some(v) => v.token(),
+            None => {
+                let when = start.as_ref().map(|d| d.fhir.clone()).unwrap_or_default();
+                if when.is_empty() {
+                    self.warn(
+                        si,
+                        19,
+                        IssueCode::Incomplete,
+                        "no visit number (PV1-19) and no admit time (PV1-44): later messages cannot update this encounter",
+                    );
+                    format!("message|{}", self.v(0, 10))
+                } else {
+                    format!("admit|{class_code}|{when}")
+                }
+            }
+        };
+        let id = hash_id(&["Encounter", patient_key, &key]);
+        let mut e = Map::new();
+        e.insert("resourceType".into(), json!("Encounter"));
+        e.insert("id".into(), json!(id));
+        if let Some(v) = &visit {
+            e.insert("identifier".into(), json!([v.json]));
+        }
+        let status = match trigger {
+            "A05" | "A14" => "planned",
+            "A11" | "A27" => "cancelled",
+            "A03" => "finished",
+            _ if end.is_some() && trigger != "A13" => "finished",
+            _ => "in-progress",
+        };
+        e.insert("status".into(), json!(status));
+        let class = match class_code.as_str() {
+            "E" => Some(("EMER", "emergency")),
+            "I" => Some(("IMP", "inpatient encounter")),
+            "O" | "R" | "C" => Some(("AMB", "ambulatory")),
+            "P" => Some(("PRENC", "pre-admission")),
+            "B" => Some(("IMP", "inpatient encounter")),
+            _ => None,
+        };
+        let class = match class {
+            Some((code, display)) => json!({
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code, "display": display
+            }),
+            None => {
+                if !class_code.is_empty() && class_code != "U" && class_code != "N" {
+                    self.warn(
+                        si,
+                        2,
+                        IssueCode::Value,
+                        format!(
+                            "PV1-2 '{class_code}' is not a patient class (HL7 table 0004); class stored as unknown"
+                        ),
+                    );
+                }
+                json!({"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK", "display": "unknown"})
+            }
+        };
+        e.insert("class".into(), class);
+        let admission_type = self.v(si, 4);
+        if !admission_type.is_empty() {
+            e.insert(
+                "type".into(),
+                json!([dt::coded(
+                    "http://terminology.hl7.org/CodeSystem/v2-0007",
+                    &admission_type,
+                    None
+                )]),
+            );
+        }
+        let service = self.v(si, 10);
+        if !service.is_empty() {
+            e.insert(
+                "serviceType".into(),
+                dt::coded("http://terminology.hl7.org/CodeSystem/v2-0069", &service, None),
+            );
+        }
+        e.insert("subject".into(), json!({ "reference": patient_ref }));
+        let mut participants = Vec::new();
+        for (n, code, display) in [
+            (7, "ATND", "attender"),
+            (8, "REF", "referrer"),
+            (9, "CON", "consultant"),
+            (17, "ADM", "admitter"),
+        ] {
+            for r in self.reps(si, n) {
+                if let Some(pr) = self.practitioner(out, r) {
+                    participants.push(json!({
+                        "type": [dt::coded("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", code, Some(display))],
+                        "individual": { "reference": pr }
+                    }));
+                }
+            }
+        }
+        if !participants.is_empty() {
+            e.insert("participant".into(), Value::Array(participants));
+        }
+        let mut period = Map::new();
+        if let Some(s) = &start {
+            period.insert("start".into(), json!(s.fhir));
+        }
+        if let Some(x) = &end {
+            period.insert("end".into(), json!(x.fhir));
+        }
+        if !period.is_empty() {
+            e.insert("period".into(), Value::Object(period));
+        }
+        let mut locations = Vec::new();
+        if let Some(raw) = self.reps(si, 3).first() {
+            if let Some(l) = self.location_ref(out, raw) {
+                let st = match status {
+                    "planned" => "planned",
+                    "finished" | "cancelled" => "completed",
+                    _ => "active",
+                };
+                locations.push(json!({ "location": { "reference": l }, "status": st }));
+            }
+        }
+        if let Some(raw) = self.reps(si, 6).first() {
+            if let Some(l) = self.location_ref(out, raw) {
+                locations.push(json!({ "location": { "reference": l }, "status": "completed" }));
+            }
+        }
+        if !locations.is_empty() {
+            e.insert("location".into(), Value::Array(locations));
+        }
+        let mut hosp = Map::new();
+        if let Some(pre) = self.reps(si, 5).first().and_then(|r| dt::cx(m, r)) {
+            hosp.insert("preAdmissionIdentifier".into(), pre.json);
+        }
+        let readmission = self.v(si, 13);
+        if !readmission.is_empty() {
+            hosp.insert(
+                "reAdmission".into(),
+                dt::coded("http://terminology.hl7.org/CodeSystem/v2-0092", &readmission, None),
+            );
+        }
+        let source = self.v(si, 14);
+        if !source.is_empty() {
+            hosp.insert(
+                "admitSource".into(),
+                dt::coded("http://terminology.hl7.org/CodeSystem/v2-0023", &source, None),
+            );
+        }
+        if let Some(dd) = self.cwe_field(si, 36) {
+            hosp.insert("dischargeDisposition".into(), dd);
+        }
+        if !hosp.is_empty() {
+            e.insert("hospitalization".into(), Value::Object(hosp));
+        }
+        if let Some(pv2) = self.first("PV2") {
+            if let Some(reason) = self.cwe_field(pv2, 3) {
+                e.insert("reasonCode".into(), json!([reason]));
+            }
+            // Expected admit and discharge times: the R5 planned dates, as the V2-to-FHIR IG maps them.
+            let mut ext = Vec::new();
+            for (n, url) in [
+                (
+                    8,
+                    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedStartDate",
+                ),
+                (
+                    9,
+                    "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.plannedEndDate",
+                ),
+            ] {
+                if let Some(d) = self.dtm(pv2, n) {
+                    ext.push(json!({ "url": url, "valueDateTime": d.fhir }));
+                }
+            }
+            if !ext.is_empty() {
+                e.insert("extension".into(), Value::Array(ext));
+            }
+        }
+        if let Some(sp) = service_provider {
+            e.insert("serviceProvider".into(), json!({ "reference": sp }));
+        }
+        out.push(Value::Object(e));
+        Some(EncounterKey {
+            id,
+            visit: visit.map(|v| v.identifier()),
+        })
+    }
+
+    pub(super) fn related_person(&self, out: &mut Out, si: usize, patient_ref: &str, patient_key: &str) {
+        let m = self.m;
+        let names: Vec<Value> = self.reps(si, 2).iter().filter_map(|r| dt::xpn(m, r)).collect();
+        let relationship = self.cwe_field(si, 3);
+        let set_id = self.v(si, 1);
+        let id = hash_id(&[
+            "RelatedPerson",
+            patient_key,
+            &self
+                .reps(si, 2)
+                .first()
+                .map(|r| m.unescape(r).into_owned())
+                .unwrap_or(set_id),
+            &self.code_key(si, 3),
+        ]);
+        let mut r = json!({"resourceType": "RelatedPerson", "id": id, "patient": {"reference": patient_ref}});
+        if !names.is_empty() {
+            r["name"] = Value::Array(names);
+        }
+        if let Some(rel) = relationship {
+            r["relationship"] = json!([rel]);
+        }
+        let addresses: Vec<Value> = self.reps(si, 4).iter().filter_map(|x| dt::xad(m, x)).collect();
+        if !addresses.is_empty() {
+            r["address"] = Value::Array(addresses);
+        }
+        let mut telecom: Vec<Value> = self
+            .reps(si, 5)
+            .iter()
+            .filter_map(|x| dt::xtn(m, x, Some("home")))
+            .collect();
+        telecom.extend(self.reps(si, 6).iter().filter_map(|x| dt::xtn(m, x, Some("work"))));
+        if !telecom.is_empty() {
+            r["telecom"] = Value::Array(telecom);
+        }
+        match self.v(si, 15).as_str() {
+            "M" => r["gender"] = json!("male"),
+            "F" => r["gender"] = json!("female"),
+            "O" | "A" | "N" => r["gender"] = json!("other"),
+            "U" => r["gender"] = json!("unknown"),
+            _ => {}
+        }
+        if let Some(b) = self.dtm(si, 16) {
+            r["birthDate"] = json!(b.date());
+        }
+        out.push(r);
+    }
+
+    pub(super) fn allergy(&self, out: &mut Out, si: usize, patient_ref: &str, patient_key: &str) {
+        let Some(code) = self.cwe_field(si, 3) else {
+            self.warn(
+                si,
+                3,
+                IssueCode::Required,
+                "AL1-3 (allergen) is empty; the allergy was not stored",
+            );
+            return;
+        };
+        let id = hash_id(&["AllergyIntolerance", patient_key, &self.code_key(si, 3)]);
+        let mut a = json!({
+            "resourceType": "AllergyIntolerance", "id": id,
+            "clinicalStatus": dt::coded("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active", Some("Active")),
+            "code": code, "patient": {"reference": patient_ref}
+        });
+        let category = match self.v(si, 2).as_str() {
+            "DA" | "MA" => Some("medication"),
+            "FA" => Some("food"),
+            "EA" | "AA" | "PA" | "LA" => Some("environment"),
+            _ => None,
+        };
+        if let Some(c) = category {
+            a["category"] = json!([c]);
+        }
+        match self.v(si, 4).as_str() {
+            "SV" => a["criticality"] = json!("high"),
+            "MO" | "MI" => a["criticality"] = json!("low"),
+            "U" => a["criticality"] = json!("unable-to-assess"),
+            _ => {}
+        }
+        let reactions: Vec<Value> = self
+            .reps(si, 5)
+            .iter()
+            .map(|r| {
+                let text = comp(self.m, r, 1);
+                json!({"manifestation": [{"text": text}]})
+            })
+            .collect();
+        if !reactions.is_empty() {
+            a["reaction"] = Value::Array(reactions);
+        }
+        if let Some(d) = self.dtm(si, 6) {
+            a["onsetDateTime"] = json!(d.fhir);
+        }
+        out.push(a);
+    }
+
+    pub(super) fn condition(
+        &self,
+        out: &mut Out,
+        si: usize,
+        patient_ref: &str,
+        patient_key: &str,
+        encounter: Option<&str>,
+    ) {
+        let code = self.cwe_field(si, 3).or_else(|| {
+            let text = self.v(si, 4);
+            (!text.is_empty()).then(|| json!({ "text": text }))
+        });
+        let Some(code) = code else {
+            self.warn(
+                si,
+                3,
+                IssueCode::Required,
+                "DG1-3 and DG1-4 are empty; the diagnosis was not stored",
+            );
+            return;
+        };
+        let onset = self.dtm(si, 5);
+        let ident = self.reps(si, 20).first().and_then(|r| dt::ei(self.m, r));
+        let id = match &ident {
+            Some(_) => hash_id(&["Condition", patient_key, "id", &self.ei_key(si, 20)]),
+            None => hash_id(&[
+                "Condition",
+                patient_key,
+                &format!("{}|{}", self.code_key(si, 3), self.v(si, 4)),
+                onset.as_ref().map(|d| d.fhir.as_str()).unwrap_or(""),
+            ]),
+        };
+        let mut c = json!({
+            "resourceType": "Condition", "id": id,
+            "category": [dt::coded("http://terminology.hl7.org/CodeSystem/condition-category", "encounter-diagnosis", Some("Encounter Diagnosis"))],
+            "code": code, "subject": {"reference": patient_ref}
+        });
+        if let Some(i) = ident {
+            c["identifier"] = json!([i]);
+        }
+        match self.v(si, 6).as_str() {
+            "F" => {
+                c["verificationStatus"] = dt::coded(
+                    "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                    "confirmed",
+                    Some("Confirmed"),
+                )
+            }
+            "W" | "A" => {
+                c["verificationStatus"] = dt::coded(
+                    "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                    "provisional",
+                    Some("Provisional"),
+                )
+            }
+            _ => {}
+        }
+        if let Some(e) = encounter {
+            c["encounter"] = json!({ "reference": e });
+        }
+        if let Some(d) = onset {
+            c["onsetDateTime"] = json!(d.fhir);
+        }
+        if let Some(d) = self.dtm(si, 19) {
+            c["recordedDate"] = json!(d.fhir);
+        }
+        out.push(c);
+    }
+
+    pub(super) fn coverage(&self, out: &mut Out, si: usize, patient_ref: &str, patient_key: &str) {
+        let m = self.m;
+        let payor = {
+            let company_id = self.reps(si, 3).first().map(|r| comp(m, r, 1)).unwrap_or_default();
+            let company_name = self.reps(si, 4).first().map(|r| comp(m, r, 1)).unwrap_or_default();
+            if company_id.is_empty() && company_name.is_empty() {
+                None
+            } else {
+                let id = hash_id(&["Organization", "payer", &company_id, &company_name]);
+                let mut o = json!({"resourceType": "Organization", "id": id});
+                if !company_id.is_empty() {
+                    o["identifier"] = json!([{ "value": company_id }]);
+                }
+                if !company_name.is_empty() {
+                    o["name"] = json!(company_name);
+                }
+                out.push(o);
+                Some(format!("Organization/{id}"))
+            }
+        };
+        let Some(payor) = payor else {
+            self.warn(
+                si,
+                3,
+                IssueCode::Required,
+                "IN1-3 and IN1-4 (insurer) are empty; the coverage was not stored",
+            );
+            return;
+        };
+        let plan = self.v(si, 2);
+        let policy = self.v(si, 36);
+        let id = hash_id(&["Coverage", patient_key, &payor, &plan, &policy]);
+        let mut c = json!({
+            "resourceType": "Coverage", "id": id, "status": "active",
+            "beneficiary": {"reference": patient_ref}, "payor": [{"reference": payor}]
+        });
+        if !policy.is_empty() {
+            c["identifier"] = json!([{ "value": policy }]);
+        }
+        if !plan.is_empty() {
+            c["class"] = json!([{
+                "type": dt::coded("http://terminology.hl7.org/CodeSystem/coverage-class", "plan", Some("Plan")),
+                "value": plan
+            }]);
+        }
+        let mut period = Map::new();
+        if let Some(d) = self.dtm(si, 12) {
+            period.insert("start".into(), json!(d.fhir));
+        }
+        if let Some(d) = self.dtm(si, 13) {
+            period.insert("end".into(), json!(d.fhir));
+        }
+        if !period.is_empty() {
+            c["period"] = Value::Object(period);
+        }
+        if let Some(t) = self.cwe_field(si, 15) {
+            c["type"] = t;
+        }
+        out.push(c);
+    }
+
+    pub(super) fn merge(&self, si: usize) -> Vec<Identifier> {
+        let mut out = Vec::new();
+        for rep in self.reps(si, 1) {
+            if let Some(c) = dt::cx(self.m, rep) {
+                if c.is_nhs_number() && nhs::check(&c.value).is_err() {
+                    self.warn(
+                        si,
+                        1,
+                        IssueCode::Value,
+                        format!("MRG-1 '{}' is not a valid NHS number", c.value),
+                    );
+                    continue;
+                }
+                out.push(c.identifier());
+            }
+        }
+        out
+    }
+}
