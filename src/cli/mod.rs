@@ -29,13 +29,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a regional node: FHIR R4 store and REST API.
-    Node(node::NodeArgs),
+    Node(Box<node::NodeArgs>),
     /// Measure federated aggregate latency: four nodes and a hub, N synthetic patients per node.
     BenchFederation(bench_federation::BenchFederationArgs),
     /// Run the whole gateway on loopback: four nodes, a hub, synthetic data and learning queries.
     Demo(demo::DemoArgs),
     /// Run the federation hub: pooled aggregates across the regional nodes.
-    Hub(hub::HubArgs),
+    Hub(Box<hub::HubArgs>),
     /// Write a development CA and TLS certificates for the hub and the regions.
     DevCerts(dev_certs::DevCertsArgs),
     /// Apply PostgreSQL schema migrations for a node and exit.
@@ -73,9 +73,9 @@ pub fn main() -> ExitCode {
         "info"
     });
     let result = match cli.command {
-        Command::Node(args) => node::run(args),
+        Command::Node(args) => node::run(*args),
         Command::Bench(args) => bench::run(args),
-        Command::Hub(args) => hub::run(args),
+        Command::Hub(args) => hub::run(*args),
         Command::Demo(args) => demo::run(args),
         Command::BenchFederation(args) => bench_federation::run(args),
         Command::DevCerts(args) => dev_certs::run(args),

@@ -189,7 +189,7 @@ async fn count(req: HttpRequest, path: TypePath, state: web::Data<AppState>) -> 
     let audit = state.audit.clone();
     let config = state.config.clone();
     let query = format!("{rtype}?{}", req.query_string());
-    let rtype_for_quality = rtype.clone();
+    let rtype_for_quality = rtype;
     let body: NodeCount = blocking(move || {
         let matched = svc.store.search(&parsed, svc.settings.max_results)?;
         let n = if matched.len() < svc.settings.max_results {
