@@ -180,20 +180,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<std::process::ExitCode> {
         let http = builder.build()?;
         let token = match (&args.token, &args.client_id, &args.client_secret) {
             (Some(t), _, _) => Some(t.clone()),
-            (None, Some(id), Some(secret)) => {
-                let res = http
-                    .post(format!("{root}/auth/token"))
-                    .basic_auth(id, Some(secret))
-                    .form(&[("grant_type", "client_credentials")])
-                    .send()
-                    .await?;
-                let status = res.status();
-                let body: serde_json::Value = res.json().await?;
-                if !status.is_success() {
-                    bail!("the node refused a token: {body}");
-                }
-                body["access_token"].as_str().map(str::to_string)
-            }
+            (None, Some(id), Some(secret)) => Some(super::token(&http, &root, id, secret).await?),
             _ => None,
         };
         let mut tally = Tally::default();
