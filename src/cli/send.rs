@@ -31,7 +31,8 @@ pub struct PushArgs {
     /// Files or folders: *.hl7/*.er7 go to /feeds/hl7v2, *.csv to /feeds/csv/<mapping>, *.json Bundles to /fhir.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Mapping prefix for CSV files: <prefix>-<file stem> (patients.csv -> synthea-patients).
+    /// Mapping prefix for CSV files: <prefix>-<file stem> (patients.csv -> synthea-patients);
+    /// a file named after a shipped mapping (sus-apc.csv) uses that mapping.
     #[arg(long, default_value = "synthea")]
     csv_mapping: String,
     /// An access token (or use --client-id and --client-secret).
@@ -191,7 +192,13 @@ pub fn push(args: PushArgs) -> anyhow::Result<std::process::ExitCode> {
                 Some("hl7v2") => (format!("{root}/feeds/hl7v2"), "x-application/hl7-v2+er7"),
                 Some("csv") => {
                     let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-                    (format!("{root}/feeds/csv/{}-{stem}", args.csv_mapping), "text/csv")
+                    // A file named after a shipped mapping (sus-apc.csv) uses it; else <prefix>-<stem>.
+                    let mapping = if crate::feeds::csv::shipped(stem).is_some() {
+                        stem.to_string()
+                    } else {
+                        format!("{}-{stem}", args.csv_mapping)
+                    };
+                    (format!("{root}/feeds/csv/{mapping}"), "text/csv")
                 }
                 _ => (format!("{root}/fhir"), "application/fhir+json"),
             };

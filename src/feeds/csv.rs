@@ -7,6 +7,15 @@
 //! optional condition on another column. Values are checked against their
 //! type; a row with a bad value is refused with the column named, and empty
 //! values leave their element out (never an empty element).
+//!
+//! A row may become several resources (`also`): a part is a resource of its own
+//! (a Patient keyed on the NHS number), and a part with `each` is repeated for every
+//! non-empty column of a list (one Condition per diagnosis position), with the
+//! column's value as a virtual column (`each.as`) and its 1-based position in the
+//! list as `<as>_POSITION`. Templates of parts and of the primary can name the
+//! primary's id as `{@parent}`, a part's own id as `{@id}`, and the id of a single
+//! (not repeated) part by its type, `{@Patient}`. A part's `link` appends an element
+//! to an array of the primary (`Encounter.diagnosis`) for each of its resources.
 
 use crate::fhir::{Issue, IssueCode};
 use serde::Deserialize;
@@ -14,7 +23,7 @@ use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 
 /// The mappings shipped in the binary (`profiles/mappings/csv/`).
-const SHIPPED: [(&str, &str); 4] = [
+const SHIPPED: [(&str, &str); 5] = [
     (
         "synthea-patients",
         include_str!("../../profiles/mappings/csv/synthea-patients.json"),
@@ -31,6 +40,7 @@ const SHIPPED: [(&str, &str); 4] = [
         "synthea-observations",
         include_str!("../../profiles/mappings/csv/synthea-observations.json"),
     ),
+    ("sus-apc", include_str!("../../profiles/mappings/csv/sus-apc.json")),
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +54,42 @@ pub struct Mapping {
     /// Columns that must exist in the header and be non-empty in every row.
     #[serde(default)]
     pub required: Vec<String>,
+    pub elements: Vec<Element>,
+    /// Further resources made from the same row (see the module documentation).
+    #[serde(default)]
+    pub also: Vec<Part>,
+}
+
+/// A further resource made from a row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Part {
+    pub resource_type: String,
+    pub id: IdRule,
+    /// Repeat the part for each non-empty column of this list.
+    #[serde(default)]
+    pub each: Option<Each>,
+    pub elements: Vec<Element>,
+    /// What the primary resource gains for each of this part's resources.
+    #[serde(default)]
+    pub link: Option<Link>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Each {
+    pub columns: Vec<String>,
+    /// The virtual column that holds the value (and `<as>_POSITION` its position).
+    #[serde(rename = "as")]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Link {
+    /// An array element of the primary resource (`diagnosis`).
+    pub path: String,
+    /// The element appended to it, built like a resource's elements.
     pub elements: Vec<Element>,
 }
 
@@ -86,7 +132,81 @@ pub struct When {
     pub not_equals: Option<String>,
 }
 
-const TYPES: [&str; 7] = ["string", "code", "date", "dateTime", "decimal", "integer", "boolean"];
+const TYPES: [&str; 9] = [
+    "string",
+    "code",
+    "date",
+    "dateTime",
+    "decimal",
+    "integer",
+    "positiveInt",
+    "boolean",
+    "icd10",
+];
+
+/// Checks a list of elements (for the resource `what`).
+fn check_elements(what: &str, elements: &[Element]) -> Result<(), String> {
+    for e in elements {
+        let sources = e.column.is_some() as u8 + e.value.is_some() as u8 + e.template.is_some() as u8;
+        if sources != 1 {
+            return Err(format!(
+                "{what} element {}: needs exactly one of column, value, template",
+                e.path
+            ));
+        }
+        if let Some(k) = &e.kind {
+            if !TYPES.contains(&k.as_str()) {
+                return Err(format!(
+                    "{what} element {}: unknown type '{k}' (known: {})",
+                    e.path,
+                    TYPES.join(", ")
+                ));
+            }
+        }
+        parse_path(&e.path).map_err(|err| format!("{what} element {}: {err}", e.path))?;
+    }
+    Ok(())
+}
+
+/// Whether `column` is one the engine provides rather than the CSV.
+fn is_virtual(column: &str, parts: &[Part]) -> bool {
+    column.starts_with('@')
+        || parts
+            .iter()
+            .filter_map(|p| p.each.as_ref())
+            .any(|e| column == e.name || column.strip_prefix(e.name.as_str()) == Some("_POSITION"))
+}
+
+/// Normalises an ICD-10 code as extracts write it (`J44.1`, `J441`, `J40`, `J40X`,
+/// `J40-`, with a dagger or asterisk mark `D`/`A` after the fourth character) to the
+/// 4-character form without a dot, 3-character codes padded with `X` (`J441`, `J40X`).
+pub fn normalise_icd10(raw: &str) -> Option<String> {
+    let mut s: String = raw.trim().to_ascii_uppercase();
+    if let Some(i) = s.find('.') {
+        s.remove(i);
+    }
+    let s = s.trim_end_matches(['-', '*', '+']);
+    let b = s.as_bytes();
+    let stem_ok = b.len() >= 3 && b[0].is_ascii_uppercase() && b[1].is_ascii_digit() && b[2].is_ascii_digit();
+    if !stem_ok {
+        return None;
+    }
+    match b.len() {
+        3 => Some(format!("{s}X")),
+        4 if b[3].is_ascii_digit() || b[3] == b'X' => Some(s.to_string()),
+        // A fifth character: a dagger/asterisk mark or a national fifth digit; the
+        // algorithms read the first four.
+        5 | 6
+            if (b[3].is_ascii_digit() || b[3] == b'X')
+                && b[4..]
+                    .iter()
+                    .all(|c| c.is_ascii_digit() || matches!(c, b'A' | b'D' | b'X')) =>
+        {
+            Some(s[..4].to_string())
+        }
+        _ => None,
+    }
+}
 
 impl Mapping {
     /// Parses and checks a mapping file.
@@ -98,34 +218,50 @@ impl Mapping {
         if m.id.column.is_none() == m.id.hash.is_empty() {
             return Err("id needs exactly one of column or hash".into());
         }
-        for e in &m.elements {
-            let sources = e.column.is_some() as u8 + e.value.is_some() as u8 + e.template.is_some() as u8;
-            if sources != 1 {
+        check_elements(&m.resource_type, &m.elements)?;
+        let mut singles = std::collections::HashSet::new();
+        for p in &m.also {
+            if !crate::fhir::is_resource_type(&p.resource_type) {
+                return Err(format!("part: '{}' is not a resource type", p.resource_type));
+            }
+            if !p.id.hash.is_empty() == p.id.column.is_some() || p.id.column.is_some() {
+                return Err(format!("part {}: its id must be a hash of columns", p.resource_type));
+            }
+            if p.each.is_none() && !singles.insert(p.resource_type.clone()) {
                 return Err(format!(
-                    "element {}: needs exactly one of column, value, template",
-                    e.path
+                    "part {}: two single parts of one type cannot be told apart in templates",
+                    p.resource_type
                 ));
             }
-            if let Some(k) = &e.kind {
-                if !TYPES.contains(&k.as_str()) {
-                    return Err(format!(
-                        "element {}: unknown type '{k}' (known: {})",
-                        e.path,
-                        TYPES.join(", ")
-                    ));
-                }
+            if p.link.is_some() && p.each.is_none() {
+                return Err(format!("part {}: a link needs each", p.resource_type));
             }
-            parse_path(&e.path).map_err(|err| format!("element {}: {err}", e.path))?;
+            check_elements(&p.resource_type, &p.elements)?;
+            if let Some(l) = &p.link {
+                parse_path(&l.path).map_err(|err| format!("link {}: {err}", l.path))?;
+                check_elements(&format!("{} link", p.resource_type), &l.elements)?;
+            }
         }
         Ok(m)
     }
 
-    /// Every column the mapping reads.
+    /// Every column the mapping reads from the CSV (virtual columns left out).
     fn columns(&self) -> Vec<String> {
         let mut out: Vec<String> = self.required.clone();
         out.extend(self.id.column.iter().cloned());
         out.extend(self.id.hash.iter().cloned());
-        for e in &self.elements {
+        let mut lists: Vec<&Vec<Element>> = vec![&self.elements];
+        for p in &self.also {
+            out.extend(p.id.hash.iter().cloned());
+            if let Some(e) = &p.each {
+                out.extend(e.columns.iter().cloned());
+            }
+            lists.push(&p.elements);
+            if let Some(l) = &p.link {
+                lists.push(&l.elements);
+            }
+        }
+        for e in lists.into_iter().flatten() {
             out.extend(e.column.iter().cloned());
             if let Some(w) = &e.when {
                 out.push(w.column.clone());
@@ -134,6 +270,7 @@ impl Mapping {
                 out.extend(template_columns(t));
             }
         }
+        out.retain(|c| !is_virtual(c, &self.also));
         out.sort();
         out.dedup();
         out
@@ -295,6 +432,13 @@ fn typed(kind: &str, raw: &str, column: &str) -> Result<Value, Issue> {
             }
         }
         "integer" => raw.parse::<i32>().map(|n| json!(n)).map_err(|_| bad("integer")),
+        "positiveInt" => match raw.parse::<i32>() {
+            Ok(n) if n > 0 => Ok(json!(n)),
+            _ => Err(bad("positive integer")),
+        },
+        "icd10" => normalise_icd10(raw)
+            .map(Value::String)
+            .ok_or_else(|| bad("ICD-10 code (such as J44.1, J441, J40, J40X or J40-)")),
         "boolean" => match raw {
             "true" | "TRUE" | "Y" | "1" => Ok(json!(true)),
             "false" | "FALSE" | "N" | "0" => Ok(json!(false)),
@@ -304,34 +448,12 @@ fn typed(kind: &str, raw: &str, column: &str) -> Result<Value, Issue> {
     }
 }
 
-/// One row into a resource, or the reasons it cannot be one.
-pub fn map_row(m: &Mapping, row: &HashMap<&str, &str>) -> Result<Value, Vec<Issue>> {
-    let get = |c: &str| row.get(c).map(|v| v.trim()).unwrap_or("");
-    let mut issues = Vec::new();
-    for r in &m.required {
-        if get(r).is_empty() {
-            issues.push(Issue::error(IssueCode::Required, format!("column {r} is empty")));
-        }
-    }
-    let id = match &m.id.column {
-        Some(c) => get(c).to_string(),
-        None => {
-            let mut parts = vec!["csv", m.name.as_str()];
-            parts.extend(m.id.hash.iter().map(|c| get(c)));
-            super::hl7v2::translate::hash_id(&parts)
-        }
-    };
-    if !crate::fhir::is_valid_id(&id) {
-        issues.push(Issue::error(
-            IssueCode::Value,
-            format!("'{id}' is not a valid resource id"),
-        ));
-    }
-    let mut out = json!({ "resourceType": m.resource_type, "id": id });
-    for e in &m.elements {
+/// The elements of one resource (or link element) from a row, into `out`.
+fn fill(out: &mut Value, elements: &[Element], get: &dyn Fn(&str) -> String, issues: &mut Vec<Issue>) {
+    for e in elements {
         if let Some(w) = &e.when {
             let v = get(&w.column);
-            if w.equals.as_ref().is_some_and(|x| x != v) || w.not_equals.as_ref().is_some_and(|x| x == v) {
+            if w.equals.as_ref().is_some_and(|x| *x != v) || w.not_equals.as_ref().is_some_and(|x| *x == v) {
                 continue;
             }
         }
@@ -340,14 +462,19 @@ pub fn map_row(m: &Mapping, row: &HashMap<&str, &str>) -> Result<Value, Vec<Issu
             if raw.is_empty() {
                 continue;
             }
+            // A virtual column is reported by the CSV column it came from.
+            let shown = match get(&format!("#{c}")) {
+                s if s.is_empty() => c.clone(),
+                s => s,
+            };
             let raw = match &e.map {
-                Some(map) => match map.get(raw) {
-                    Some(v) => v.as_str(),
+                Some(map) => match map.get(&raw) {
+                    Some(v) => v.clone(),
                     None => {
                         issues.push(Issue::error(
                             IssueCode::Value,
                             format!(
-                                "column {c}: '{raw}' is not one of {}",
+                                "column {shown}: '{raw}' is not one of {}",
                                 map.keys().cloned().collect::<Vec<_>>().join(", ")
                             ),
                         ));
@@ -356,7 +483,7 @@ pub fn map_row(m: &Mapping, row: &HashMap<&str, &str>) -> Result<Value, Vec<Issu
                 },
                 None => raw,
             };
-            match typed(e.kind.as_deref().unwrap_or("string"), raw, c) {
+            match typed(e.kind.as_deref().unwrap_or("string"), &raw, &shown) {
                 Ok(v) => v,
                 Err(i) => {
                     issues.push(i);
@@ -373,18 +500,145 @@ pub fn map_row(m: &Mapping, row: &HashMap<&str, &str>) -> Result<Value, Vec<Issu
             }
             let mut s = t.to_string();
             for c in cols {
-                s = s.replace(&format!("{{{c}}}"), get(&c));
+                s = s.replace(&format!("{{{c}}}"), &get(&c));
             }
             Value::String(s)
         };
         let steps = parse_path(&e.path).expect("checked when the mapping was parsed");
-        set_path(&mut out, &steps, value);
+        set_path(out, &steps, value);
     }
-    compact(&mut out);
+}
+
+/// The id of a resource from a hash of columns (`kind` keeps parts apart from the primary).
+fn hash_of(m: &Mapping, kind: Option<&str>, columns: &[String], get: &dyn Fn(&str) -> String) -> String {
+    let values: Vec<String> = columns.iter().map(|c| get(c)).collect();
+    let mut parts = vec!["csv", m.name.as_str()];
+    parts.extend(kind);
+    parts.extend(values.iter().map(String::as_str));
+    super::hl7v2::translate::hash_id(&parts)
+}
+
+/// One row into its resources (the primary first), or the reasons it cannot be.
+pub fn map_row(m: &Mapping, row: &HashMap<&str, &str>) -> Result<Vec<Value>, Vec<Issue>> {
+    let mut issues = Vec::new();
+    for r in &m.required {
+        if row.get(r.as_str()).map(|v| v.trim()).unwrap_or("").is_empty() {
+            issues.push(Issue::error(IssueCode::Required, format!("column {r} is empty")));
+        }
+    }
+    // Virtual columns: the ids of single parts, then the primary's.
+    let mut virtuals: HashMap<String, String> = HashMap::new();
+    {
+        let get = |c: &str| row.get(c).map(|v| v.trim().to_string()).unwrap_or_default();
+        for p in m.also.iter().filter(|p| p.each.is_none()) {
+            virtuals.insert(
+                format!("@{}", p.resource_type),
+                hash_of(m, Some(&p.resource_type), &p.id.hash, &get),
+            );
+        }
+    }
+    let lookup = |c: &str, extra: &HashMap<String, String>| -> String {
+        extra
+            .get(c)
+            .or_else(|| virtuals.get(c))
+            .cloned()
+            .unwrap_or_else(|| row.get(c).map(|v| v.trim().to_string()).unwrap_or_default())
+    };
+    let none = HashMap::new();
+    let get = |c: &str| lookup(c, &none);
+    let id = match &m.id.column {
+        Some(c) => get(c),
+        None => hash_of(m, None, &m.id.hash, &get),
+    };
+    if !crate::fhir::is_valid_id(&id) {
+        issues.push(Issue::error(
+            IssueCode::Value,
+            format!("'{id}' is not a valid resource id"),
+        ));
+    }
+    let mut primary = json!({ "resourceType": m.resource_type, "id": id });
+    let primary_get = |c: &str| {
+        if c == "@parent" || c == "@id" {
+            id.clone()
+        } else {
+            get(c)
+        }
+    };
+    fill(&mut primary, &m.elements, &primary_get, &mut issues);
+    let mut out = vec![primary];
+    for p in &m.also {
+        // One context per resource of the part: each non-empty column of `each`, or the row once.
+        let contexts: Vec<HashMap<String, String>> = match &p.each {
+            None => vec![HashMap::new()],
+            Some(each) => each
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !get(c).is_empty())
+                .map(|(i, c)| {
+                    HashMap::from([
+                        (each.name.clone(), get(c)),
+                        (format!("#{}", each.name), c.clone()),
+                        (format!("{}_POSITION", each.name), (i + 1).to_string()),
+                    ])
+                })
+                .collect(),
+        };
+        for mut ctx in contexts {
+            ctx.insert("@parent".into(), id.clone());
+            let part_id = hash_of(m, Some(&p.resource_type), &p.id.hash, &|c: &str| lookup(c, &ctx));
+            ctx.insert("@id".into(), part_id.clone());
+            let part_get = |c: &str| lookup(c, &ctx);
+            let mut resource = json!({ "resourceType": p.resource_type, "id": part_id });
+            fill(&mut resource, &p.elements, &part_get, &mut issues);
+            compact(&mut resource);
+            if let Some(link) = &p.link {
+                let mut element = json!({});
+                fill(&mut element, &link.elements, &part_get, &mut issues);
+                compact(&mut element);
+                let steps = parse_path(&link.path).expect("checked when the mapping was parsed");
+                append_at(&mut out[0], &steps, element);
+            }
+            out.push(resource);
+        }
+    }
+    compact(&mut out[0]);
     if issues.is_empty() {
         Ok(out)
     } else {
         Err(issues)
+    }
+}
+
+/// Appends `v` to the array at `steps` (made when absent).
+fn append_at(root: &mut Value, steps: &[Step], v: Value) {
+    let mut cur = root;
+    for step in steps {
+        cur = match step {
+            Step::Key(k) => {
+                if !cur.is_object() {
+                    *cur = Value::Object(Map::new());
+                }
+                cur.as_object_mut()
+                    .expect("made an object")
+                    .entry(k.clone())
+                    .or_insert(Value::Null)
+            }
+            Step::Index(n) => {
+                if !cur.is_array() {
+                    *cur = Value::Array(Vec::new());
+                }
+                let arr = cur.as_array_mut().expect("made an array");
+                while arr.len() <= *n {
+                    arr.push(Value::Null);
+                }
+                &mut arr[*n]
+            }
+        };
+    }
+    match cur {
+        Value::Array(a) => a.push(v),
+        other => *other = Value::Array(vec![v]),
     }
 }
 
@@ -450,6 +704,121 @@ mod tests {
     }
 
     #[test]
+    fn icd10_codes_are_normalised_as_the_algorithms_read_them() {
+        for (sent, want) in [
+            ("J44.1", "J441"),
+            ("J441", "J441"),
+            ("J40", "J40X"),
+            ("J40X", "J40X"),
+            ("J40-", "J40X"),
+            ("j44.1", "J441"),
+            (" K70.3 ", "K703"),
+            ("G409D", "G409"),
+            ("M0600A", "M060"),
+        ] {
+            assert_eq!(normalise_icd10(sent).as_deref(), Some(want), "{sent}");
+        }
+        for bad in ["", "J4", "44.1", "J4X1", "JJ441", "J441Q", "J44.1.2", "R56.8.9"] {
+            assert_eq!(normalise_icd10(bad), None, "{bad}");
+        }
+    }
+
+    fn sus_row<'a>(diags: &[(&'a str, &'a str)]) -> HashMap<&'a str, &'a str> {
+        let mut row: HashMap<&str, &str> = HashMap::from([
+            ("spell_id", "S1"),
+            ("episode_number", "2"),
+            ("last_episode_in_spell", "1"),
+            ("nhs_number", "9434765870"),
+            ("sex", "2"),
+            ("age_on_admission", "71"),
+            ("provider_code", "RTD"),
+            ("admission_method", "21"),
+            ("treatment_function_code", "340"),
+            ("admission_date", "2025-03-01"),
+            ("discharge_date", "2025-03-09"),
+            ("episode_start_date", "2025-03-02"),
+            ("episode_end_date", "2025-03-09"),
+            ("discharge_method", "4"),
+        ]);
+        for (k, v) in diags {
+            row.insert(k, v);
+        }
+        row
+    }
+
+    #[test]
+    fn a_sus_episode_becomes_an_encounter_with_ranked_diagnoses() {
+        let m = shipped("sus-apc").unwrap();
+        let row = sus_row(&[("diag_01", "J44.1"), ("diag_02", ""), ("diag_03", "J40")]);
+        let out = map_row(m, &row).unwrap();
+        let (enc, patient) = (&out[0], &out[1]);
+        assert_eq!(enc["resourceType"], "Encounter");
+        assert_eq!(patient["resourceType"], "Patient");
+        assert_eq!(patient["gender"], "female");
+        assert_eq!(
+            enc["subject"]["reference"],
+            format!("Patient/{}", patient["id"].as_str().unwrap())
+        );
+        let conditions: Vec<&Value> = out.iter().filter(|r| r["resourceType"] == "Condition").collect();
+        assert_eq!(conditions.len(), 2, "empty positions make no Condition");
+        let dx = enc["diagnosis"].as_array().unwrap();
+        assert_eq!(dx.len(), 2);
+        // Position 2 was empty: the second diagnosis keeps rank 3.
+        assert_eq!(dx[0]["rank"], json!(1));
+        assert_eq!(dx[1]["rank"], json!(3));
+        let third = conditions
+            .iter()
+            .find(|c| format!("Condition/{}", c["id"].as_str().unwrap()) == dx[1]["condition"]["reference"])
+            .unwrap();
+        assert_eq!(third["code"]["coding"][0]["code"], "J40X");
+        assert_eq!(third["code"]["text"], "J40", "the code as sent is kept");
+        assert_eq!(
+            third["encounter"]["reference"],
+            format!("Encounter/{}", enc["id"].as_str().unwrap())
+        );
+        let ext = |url: &str| {
+            enc["extension"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["url"].as_str().unwrap().ends_with(url))
+                .cloned()
+        };
+        assert_eq!(
+            ext("AdmissionMethod").unwrap()["valueCodeableConcept"]["coding"][0]["code"],
+            "21"
+        );
+        assert_eq!(
+            ext("DischargeMethod").unwrap()["valueCodeableConcept"]["coding"][0]["code"],
+            "4"
+        );
+        assert_eq!(ext("last-episode-in-spell").unwrap()["valueBoolean"], json!(true));
+        assert_eq!(ext("age-on-admission").unwrap()["valueInteger"], json!(71));
+        assert_eq!(enc["serviceProvider"]["identifier"]["value"], "RTD");
+        // Same row, same ids: re-sending changes nothing.
+        let again = map_row(m, &row).unwrap();
+        assert_eq!(out, again);
+        // An unreadable code is a row error naming its column.
+        let bad = map_row(m, &sus_row(&[("diag_01", "J44.1"), ("diag_04", "44J")])).unwrap_err();
+        assert!(bad.iter().any(|i| i.diagnostics.contains("column diag_04")), "{bad:?}");
+        // No discharge method on an episode that is not the last: no empty extension.
+        let mut mid = sus_row(&[("diag_01", "J441")]);
+        mid.insert("discharge_method", "");
+        mid.insert("last_episode_in_spell", "2");
+        let enc = map_row(m, &mid).unwrap().remove(0);
+        assert!(enc["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| !e["url"].as_str().unwrap().ends_with("DischargeMethod")));
+        assert!(enc["extension"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e.as_object().unwrap().len() == 2));
+    }
+
+    #[test]
     fn maps_rows_and_names_bad_columns() {
         let m = shipped("synthea-observations").unwrap();
         let mut row: HashMap<&str, &str> = HashMap::new();
@@ -462,7 +831,7 @@ mod tests {
         row.insert("VALUE", "127.9");
         row.insert("UNITS", "cm");
         row.insert("TYPE", "numeric");
-        let o = map_row(m, &row).unwrap();
+        let o = map_row(m, &row).unwrap().remove(0);
         assert_eq!(o["valueQuantity"]["value"], json!(127.9));
         assert_eq!(o["subject"]["reference"], "Patient/p1");
         assert!(o.get("valueString").is_none());
@@ -470,7 +839,7 @@ mod tests {
         let e = map_row(m, &row).unwrap_err();
         assert!(e[0].diagnostics.contains("column VALUE"), "{e:?}");
         row.insert("TYPE", "text");
-        assert_eq!(map_row(m, &row).unwrap()["valueString"], "tall");
+        assert_eq!(map_row(m, &row).unwrap()[0]["valueString"], "tall");
         row.insert("DATE", "10/10/2023");
         assert!(map_row(m, &row).unwrap_err()[0].diagnostics.contains("column DATE"));
     }

@@ -483,9 +483,12 @@ impl Feeds {
     /// Whether `r` is an Organization, Location or Practitioner stored with exactly this content.
     fn unchanged_reference_data(&self, r: &Value) -> bool {
         let rtype = r["resourceType"].as_str().unwrap_or_default();
-        if !matches!(rtype, "Organization" | "Location" | "Practitioner") {
-            return false;
-        }
+        matches!(rtype, "Organization" | "Location" | "Practitioner") && self.unchanged(r)
+    }
+
+    /// Whether `r` is stored with exactly this content (meta aside).
+    fn unchanged(&self, r: &Value) -> bool {
+        let rtype = r["resourceType"].as_str().unwrap_or_default();
         let Ok(Some(stored)) = self.service.store.read(rtype, r["id"].as_str().unwrap_or_default()) else {
             return false;
         };
@@ -737,14 +740,33 @@ impl Feeds {
             rejected: Vec::new(),
         };
         let header: Vec<&str> = table.header.iter().map(String::as_str).collect();
+        let writer = self.service.for_source(&format!("csv:{mapping}"));
         for chunk in table.rows.chunks(CSV_CHUNK) {
             let mut entries = Vec::new();
             let mut lines = Vec::new();
             for (line, row) in chunk {
                 let fields: HashMap<&str, &str> = header.iter().copied().zip(row.iter().map(String::as_str)).collect();
                 match c::map_row(m, &fields) {
-                    Ok(resource) => {
-                        entries.push(put_entry(resource, None));
+                    // A row of several resources is stored whole or not at all; a row
+                    // stored before with the same content is left as it is (no new versions).
+                    Ok(resources) if resources.len() > 1 => {
+                        let changed: Vec<Value> = resources.into_iter().filter(|r| !self.unchanged(r)).collect();
+                        if changed.is_empty() {
+                            summary.stored += 1;
+                            continue;
+                        }
+                        let row_entries: Vec<Entry> = changed.into_iter().map(|r| put_entry(r, None)).collect();
+                        match writer.process_entries(BundleKind::Transaction, row_entries, None) {
+                            Ok(_) => summary.stored += 1,
+                            Err(e) => summary.rejected.push(RowRejection {
+                                line: *line,
+                                issues: e.issues(),
+                                dead_letter: None,
+                            }),
+                        }
+                    }
+                    Ok(resources) => {
+                        entries.extend(resources.into_iter().map(|r| put_entry(r, None)));
                         lines.push((*line, row));
                     }
                     Err(issues) => summary.rejected.push(RowRejection {
@@ -757,10 +779,7 @@ impl Feeds {
             if entries.is_empty() {
                 continue;
             }
-            let outcome =
-                self.service
-                    .for_source(&format!("csv:{mapping}"))
-                    .process_entries(BundleKind::Batch, entries, None)?;
+            let outcome = writer.process_entries(BundleKind::Batch, entries, None)?;
             for (result, (line, _)) in outcome.entries.iter().zip(&lines) {
                 match result {
                     crate::node::EntryResult::Failed(e) => summary.rejected.push(RowRejection {

@@ -919,3 +919,114 @@ async fn cli_translate_send_and_push() {
     assert_eq!(node.total("Patient").await, 4);
     node.stop().await;
 }
+
+/// The SUS admitted-patient-care header, as the `sus-apc` mapping names it.
+pub(crate) fn sus_header() -> String {
+    let mut h = vec![
+        "spell_id",
+        "episode_number",
+        "last_episode_in_spell",
+        "nhs_number",
+        "sex",
+        "age_on_admission",
+        "provider_code",
+        "admission_method",
+        "treatment_function_code",
+        "admission_date",
+        "discharge_date",
+        "episode_start_date",
+        "episode_end_date",
+        "discharge_method",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect::<Vec<_>>();
+    h.extend((1..=20).map(|i| format!("diag_{i:02}")));
+    h.join(",")
+}
+
+#[tokio::test]
+async fn sus_extract_keeps_diagnosis_positions_and_resending_changes_nothing() {
+    let node = spawn_node().await;
+    let pad = |diags: &[&str]| {
+        let mut d: Vec<String> = diags.iter().map(|s| s.to_string()).collect();
+        d.resize(20, String::new());
+        d.join(",")
+    };
+    let body = format!(
+        "{}\n\
+         S1,1,2,9434765870,1,67,RTD,21,300,2025-01-03,2025-01-10,2025-01-03,2025-01-05,,{}\n\
+         S1,2,1,9434765870,1,67,RTD,21,340,2025-01-03,2025-01-10,2025-01-05,2025-01-10,4,{}\n\
+         S2,1,1,9434765870,1,67,RTD,21,340,2025-02-03,2025-02-04,2025-02-03,2025-02-04,1,{}\n",
+        sus_header(),
+        pad(&["R06.0"]),
+        pad(&["J22", "", "J44.1", "I10X"]),
+        pad(&["J44.9-", "J40"]),
+    );
+    let res = post_csv(&node, "sus-apc", body.clone()).await;
+    assert_eq!(res.status(), 200);
+    let summary: Value = res.json().await.unwrap();
+    assert_eq!(summary["stored"], 3, "{summary}");
+    assert_eq!(summary["rejected"], json!([]), "{summary}");
+    assert_eq!(node.total("Encounter").await, 3);
+    assert_eq!(node.total("Patient").await, 1, "one patient, keyed on the NHS number");
+    assert_eq!(node.total("Condition").await, 6, "one Condition per non-empty position");
+
+    // The spell's last episode: positions kept (the empty second one is absent), codes normalised.
+    let found = node
+        .get_json("Encounter?identifier=https://pennine.nhs.example/fhir/sid/sus-episode|S1/2")
+        .await;
+    let enc = &found["entry"][0]["resource"];
+    let ranks: Vec<u64> = enc["diagnosis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["rank"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ranks, vec![1, 3, 4]);
+    let third = node
+        .get_json(enc["diagnosis"][1]["condition"]["reference"].as_str().unwrap())
+        .await;
+    assert_eq!(third["code"]["coding"][0]["system"], "http://hl7.org/fhir/sid/icd-10");
+    assert_eq!(third["code"]["coding"][0]["code"], "J441");
+    assert_eq!(third["code"]["text"], "J44.1");
+    // ICD-10 codes are searchable in the 4-character form.
+    assert_eq!(
+        node.total("Condition?code=http://hl7.org/fhir/sid/icd-10|J40X").await,
+        1
+    );
+
+    // The same extract again: every row matches what is stored, nothing new.
+    let enc_ref = format!("Encounter/{}", enc["id"].as_str().unwrap());
+    let version = node.get_json(&enc_ref).await["meta"]["versionId"].clone();
+    let res = post_csv(&node, "sus-apc", body).await;
+    let summary: Value = res.json().await.unwrap();
+    assert_eq!(summary["stored"], 3, "{summary}");
+    assert_eq!(node.total("Encounter").await, 3);
+    assert_eq!(node.total("Condition").await, 6);
+    assert_eq!(
+        node.get_json(&enc_ref).await["meta"]["versionId"],
+        version,
+        "no new version"
+    );
+
+    // An unreadable code refuses its row with the line and the column; the row is kept.
+    let bad = format!(
+        "{}\nS3,1,1,9434765870,2,80,RTD,21,300,2025-03-01,2025-03-02,2025-03-01,2025-03-02,1,{}\n",
+        sus_header(),
+        pad(&["J44.1", "44J"])
+    );
+    let summary: Value = post_csv(&node, "sus-apc", bad).await.json().await.unwrap();
+    assert_eq!(summary["stored"], 0, "{summary}");
+    let rejected = &summary["rejected"][0];
+    assert_eq!(rejected["line"], 2);
+    let why = rejected["outcome"]["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(why.contains("diag_02") && why.contains("44J"), "{why}");
+    assert!(rejected["deadLetter"].is_string());
+    assert_eq!(
+        node.total("Encounter").await,
+        3,
+        "nothing of the refused row was stored"
+    );
+    node.stop().await;
+}
