@@ -15,6 +15,7 @@ pub mod fhirpath;
 pub mod http;
 pub mod hub;
 pub mod node;
+pub mod pathways;
 pub mod profiles;
 pub mod search;
 pub mod startup;

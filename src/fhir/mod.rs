@@ -3,6 +3,7 @@
 
 pub mod choice;
 pub mod definitions;
+pub mod icd10;
 pub mod model;
 pub mod nhs;
 pub mod outcome;

@@ -1,0 +1,641 @@
+//! Pathways: the regions' published coding algorithms (COPD, ARLD, epilepsy) as
+//! versioned definitions that every node runs identically. Pure: no I/O.
+//!
+//! A pathway file (`profiles/pathways/<id>.json`) holds a FHIR `Measure` and its
+//! rules in Pennine's rule form:
+//!
+//! - `cohort`: the initial population's filters — `admissionMethod` and (optionally)
+//!   `treatmentFunction` are ValueSet URLs, `lastEpisode` keeps only a spell's last
+//!   episode (whose diagnoses are the spell's);
+//! - `lists`: short names for the code-list ValueSets the rules use;
+//! - `categories`: named conjunctions of conditions on diagnosis positions
+//!   (`P` the primary, `S1`…`S12` the secondaries; later positions are never read):
+//!   `{"at": "S1", "in": [lists], "notIn": [lists], "codes": [codes]}` (every member
+//!   given must hold; an empty position is in no list, so `notIn` holds for it) and
+//!   `{"anyOf": "S2-S12", "in": [lists]}` (some position in the range is in a list);
+//! - `groups`: each MeasureReport group (`admissions`, `primary`, …) as the categories
+//!   that put an episode in it (`any`) and those that keep it out (`none`).
+//!
+//! Every measure also has the group `mortality`: deaths in hospital (discharge
+//! method 4) among the `admissions` group. ValueSets come from
+//! `profiles/pathways/valuesets.json`; a new pathway is a file, not a release.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The highest position the algorithms read: the primary and twelve secondaries.
+pub const POSITIONS: usize = 13;
+
+const BUILT_IN: [(&str, &str); 3] = [
+    ("chc-copd.json", include_str!("../../profiles/pathways/chc-copd.json")),
+    ("chc-arld.json", include_str!("../../profiles/pathways/chc-arld.json")),
+    (
+        "chc-epilepsy.json",
+        include_str!("../../profiles/pathways/chc-epilepsy.json"),
+    ),
+];
+const BUILT_IN_VALUESETS: &str = include_str!("../../profiles/pathways/valuesets.json");
+
+/// The group every measure has besides its rule groups.
+pub const MORTALITY: &str = "mortality";
+/// The rule group whose members the mortality group follows.
+pub const ADMISSIONS: &str = "admissions";
+
+pub const GROUP_SYSTEM: &str = "https://pennine.nhs.example/fhir/CodeSystem/pathway-group";
+pub const STRATIFIER_SYSTEM: &str = "https://pennine.nhs.example/fhir/CodeSystem/pathway-stratifier";
+const POPULATION_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/measure-population";
+
+/// The stratifiers of every report (the hub adds `region`).
+pub const STRATIFIERS: [&str; 4] = ["provider", "age-band", "sex", "month"];
+
+/// A pathway file that cannot be used, with the file and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("pathway {file}: {reason}")]
+pub struct PathwayError {
+    pub file: String,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    measure: Value,
+    rules: RawRules,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRules {
+    cohort: RawCohort,
+    lists: BTreeMap<String, String>,
+    categories: BTreeMap<String, RawCategory>,
+    groups: BTreeMap<String, RawGroup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCohort {
+    admission_method: String,
+    #[serde(default)]
+    treatment_function: Option<String>,
+    #[serde(default)]
+    last_episode: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCategory {
+    all: Vec<RawCondition>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawCondition {
+    #[serde(default)]
+    at: Option<String>,
+    #[serde(default)]
+    any_of: Option<String>,
+    #[serde(default, rename = "in")]
+    in_lists: Vec<String>,
+    #[serde(default)]
+    not_in: Vec<String>,
+    #[serde(default)]
+    codes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    any: Vec<String>,
+    #[serde(default)]
+    none: Vec<String>,
+}
+
+type CodeSet = Arc<HashSet<String>>;
+
+/// One condition on the diagnosis positions.
+#[derive(Debug, Clone)]
+enum Condition {
+    /// The code at `pos` is in one of `in_lists` (when given), in none of `not_in`,
+    /// and one of `codes` (when given).
+    At {
+        pos: usize,
+        in_lists: Vec<CodeSet>,
+        not_in: Vec<CodeSet>,
+        codes: Option<HashSet<String>>,
+    },
+    /// Some position from `from` to `to` holds a code in one of `in_lists`.
+    AnyOf {
+        from: usize,
+        to: usize,
+        in_lists: Vec<CodeSet>,
+    },
+}
+
+fn in_any(code: Option<&str>, lists: &[CodeSet]) -> bool {
+    code.is_some_and(|c| lists.iter().any(|l| l.contains(c)))
+}
+
+impl Condition {
+    fn holds(&self, dx: &[Option<String>; POSITIONS]) -> bool {
+        match self {
+            Condition::At {
+                pos,
+                in_lists,
+                not_in,
+                codes,
+            } => {
+                let code = dx[*pos].as_deref();
+                (in_lists.is_empty() || in_any(code, in_lists))
+                    && !in_any(code, not_in)
+                    && codes.as_ref().is_none_or(|set| code.is_some_and(|c| set.contains(c)))
+            }
+            Condition::AnyOf { from, to, in_lists } => dx[*from..=*to].iter().any(|c| in_any(c.as_deref(), in_lists)),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Group {
+    code: String,
+    any: Vec<usize>,
+    none: Vec<usize>,
+}
+
+/// A compiled pathway.
+#[derive(Debug, Clone)]
+pub struct Pathway {
+    pub id: String,
+    pub version: String,
+    pub url: String,
+    /// The Measure resource, as served.
+    pub measure: Value,
+    admission_methods: HashSet<String>,
+    treatment_functions: Option<HashSet<String>>,
+    last_episode: bool,
+    categories: Vec<(String, Vec<Condition>)>,
+    groups: Vec<Group>,
+}
+
+/// One admitted patient care episode, as the algorithms read it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Episode {
+    /// The provider's ODS code (`unknown` when absent).
+    pub provider: String,
+    pub admission_method: Option<String>,
+    pub treatment_function: Option<String>,
+    /// Whether this is the last episode of its spell.
+    pub last_episode: bool,
+    /// The spell's discharge date, `YYYY-MM-DD`.
+    pub discharge_date: Option<String>,
+    /// Discharge method 4: died in hospital.
+    pub died: bool,
+    pub age: Option<u32>,
+    /// `male`, `female`, `other`, `unknown`.
+    pub sex: Option<String>,
+    /// ICD-10 codes in the 4-character form by position: 0 = primary, 1..=12 = S1..S12.
+    pub diagnoses: [Option<String>; POSITIONS],
+}
+
+/// The position index of `P`, `S1` … `S12`.
+fn position(name: &str) -> Option<usize> {
+    match name {
+        "P" => Some(0),
+        s => s
+            .strip_prefix('S')
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| (1..POSITIONS).contains(n)),
+    }
+}
+
+/// ValueSets by URL: the codes of their `compose.include[].concept[]`.
+pub fn value_sets(bundle: &Value) -> Result<HashMap<String, CodeSet>, String> {
+    let mut out = HashMap::new();
+    for e in bundle["entry"].as_array().ok_or("a Bundle of ValueSets is expected")? {
+        let vs = &e["resource"];
+        let url = vs["url"].as_str().ok_or("a ValueSet without url")?;
+        let mut codes = HashSet::new();
+        for inc in vs["compose"]["include"].as_array().into_iter().flatten() {
+            for c in inc["concept"].as_array().into_iter().flatten() {
+                codes.insert(c["code"].as_str().ok_or("a concept without code")?.to_string());
+            }
+        }
+        out.insert(url.to_string(), Arc::new(codes));
+    }
+    Ok(out)
+}
+
+impl Pathway {
+    /// Compiles one pathway file against the ValueSets.
+    pub fn compile(file: &str, text: &str, sets: &HashMap<String, CodeSet>) -> Result<Pathway, PathwayError> {
+        let fail = |reason: String| PathwayError {
+            file: file.to_string(),
+            reason,
+        };
+        let f: File = serde_json::from_str(text).map_err(|e| fail(e.to_string()))?;
+        let m = &f.measure;
+        if m["resourceType"] != "Measure" {
+            return Err(fail("`measure` must be a Measure resource".into()));
+        }
+        let text_of = |k: &str| {
+            m[k].as_str()
+                .map(str::to_string)
+                .ok_or_else(|| fail(format!("the Measure has no {k}")))
+        };
+        let (id, version, url) = (text_of("id")?, text_of("version")?, text_of("url")?);
+        if !crate::fhir::is_valid_id(&id) {
+            return Err(fail(format!("'{id}' is not a valid id")));
+        }
+        let set = |url: &str| sets.get(url).cloned().ok_or_else(|| fail(format!("no ValueSet {url}")));
+        let lists: HashMap<String, CodeSet> = f
+            .rules
+            .lists
+            .iter()
+            .map(|(k, u)| Ok((k.clone(), set(u)?)))
+            .collect::<Result<_, PathwayError>>()?;
+        let list = |k: &str| lists.get(k).cloned().ok_or_else(|| fail(format!("no list named {k}")));
+        let mut categories = Vec::new();
+        for (name, cat) in &f.rules.categories {
+            let mut conds = Vec::new();
+            for c in &cat.all {
+                let in_lists = c.in_lists.iter().map(|l| list(l)).collect::<Result<Vec<_>, _>>()?;
+                let cond = match (&c.at, &c.any_of) {
+                    (Some(at), None) => Condition::At {
+                        pos: position(at).ok_or_else(|| fail(format!("{name}: '{at}' is not P or S1..S12")))?,
+                        in_lists,
+                        not_in: c.not_in.iter().map(|l| list(l)).collect::<Result<Vec<_>, _>>()?,
+                        codes: (!c.codes.is_empty()).then(|| c.codes.iter().cloned().collect()),
+                    },
+                    (None, Some(range)) => {
+                        let (a, b) = range
+                            .split_once('-')
+                            .and_then(|(a, b)| Some((position(a)?, position(b)?)))
+                            .filter(|(a, b)| a <= b)
+                            .ok_or_else(|| fail(format!("{name}: '{range}' is not a range such as S2-S12")))?;
+                        if in_lists.is_empty() || !c.not_in.is_empty() || !c.codes.is_empty() {
+                            return Err(fail(format!("{name}: anyOf takes `in` lists only")));
+                        }
+                        Condition::AnyOf {
+                            from: a,
+                            to: b,
+                            in_lists,
+                        }
+                    }
+                    _ => return Err(fail(format!("{name}: each condition needs exactly one of at, anyOf"))),
+                };
+                conds.push(cond);
+            }
+            if conds.is_empty() {
+                return Err(fail(format!("category {name} has no conditions")));
+            }
+            categories.push((name.clone(), conds));
+        }
+        let index = |n: &str| {
+            categories
+                .iter()
+                .position(|(c, _)| c == n)
+                .ok_or_else(|| fail(format!("no category named {n}")))
+        };
+        let mut groups = Vec::new();
+        for (code, g) in &f.rules.groups {
+            if code == MORTALITY {
+                return Err(fail("the mortality group is built in; do not define it".into()));
+            }
+            groups.push(Group {
+                code: code.clone(),
+                any: g.any.iter().map(|n| index(n)).collect::<Result<_, _>>()?,
+                none: g.none.iter().map(|n| index(n)).collect::<Result<_, _>>()?,
+            });
+        }
+        if !groups.iter().any(|g| g.code == ADMISSIONS) {
+            return Err(fail("a pathway needs an `admissions` group".into()));
+        }
+        // The Measure's groups and the rules' must agree, mortality included.
+        let declared: Vec<String> = m["group"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g["code"]["coding"][0]["code"].as_str().map(str::to_string))
+            .collect();
+        let mut expected: Vec<String> = groups.iter().map(|g| g.code.clone()).collect();
+        expected.push(MORTALITY.into());
+        let (mut a, mut b) = (declared.clone(), expected.clone());
+        a.sort();
+        b.sort();
+        if a != b {
+            return Err(fail(format!(
+                "the Measure's groups ({}) differ from the rules' ({})",
+                declared.join(", "),
+                expected.join(", ")
+            )));
+        }
+        // Report groups in the Measure's order.
+        groups.sort_by_key(|g| declared.iter().position(|d| *d == g.code));
+        let set_codes = |u: &str| set(u).map(|s| (*s).clone());
+        Ok(Pathway {
+            id,
+            version,
+            url,
+            measure: f.measure.clone(),
+            admission_methods: set_codes(&f.rules.cohort.admission_method)?,
+            treatment_functions: f
+                .rules
+                .cohort
+                .treatment_function
+                .as_deref()
+                .map(set_codes)
+                .transpose()?,
+            last_episode: f.rules.cohort.last_episode,
+            categories,
+            groups,
+        })
+    }
+
+    /// The group codes of a report, in order (mortality last).
+    pub fn group_codes(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.groups.iter().map(|g| g.code.as_str()).collect();
+        v.push(MORTALITY);
+        v
+    }
+
+    /// Whether `e` passes the cohort's filters (the period aside).
+    pub fn in_cohort(&self, e: &Episode) -> bool {
+        (!self.last_episode || e.last_episode)
+            && e.admission_method
+                .as_ref()
+                .is_some_and(|m| self.admission_methods.contains(m))
+            && self
+                .treatment_functions
+                .as_ref()
+                .is_none_or(|tf| e.treatment_function.as_ref().is_some_and(|t| tf.contains(t)))
+    }
+
+    /// The categories `e`'s diagnoses fall in, by name.
+    pub fn categories_of(&self, e: &Episode) -> Vec<&str> {
+        self.categories
+            .iter()
+            .filter(|(_, conds)| conds.iter().all(|c| c.holds(&e.diagnoses)))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+
+    /// For each rule group (in report order), whether `e` is in it.
+    fn membership(&self, e: &Episode) -> Vec<bool> {
+        let hits: Vec<bool> = self
+            .categories
+            .iter()
+            .map(|(_, conds)| conds.iter().all(|c| c.holds(&e.diagnoses)))
+            .collect();
+        self.groups
+            .iter()
+            .map(|g| g.any.iter().any(|&i| hits[i]) && !g.none.iter().any(|&i| hits[i]))
+            .collect()
+    }
+
+    /// Counts over `episodes` discharged within [`start`, `end`] (`YYYY-MM-DD`, inclusive).
+    pub fn count<'a>(&self, episodes: impl IntoIterator<Item = &'a Episode>, start: &str, end: &str) -> Counts {
+        let codes = self.group_codes();
+        let mut counts = Counts {
+            groups: codes.iter().map(|c| (c.to_string(), GroupCounts::default())).collect(),
+        };
+        let admissions = self.groups.iter().position(|g| g.code == ADMISSIONS).unwrap_or(0);
+        for e in episodes {
+            let Some(d) = e.discharge_date.as_deref() else { continue };
+            if d < start || d > end || !self.in_cohort(e) {
+                continue;
+            }
+            let member = self.membership(e);
+            let strata = strata_of(e);
+            for (gi, g) in counts.groups.iter_mut().enumerate() {
+                let (in_population, in_numerator) = if gi < member.len() {
+                    (true, member[gi])
+                } else {
+                    // Mortality: deaths among the admissions group.
+                    (member[admissions], member[admissions] && e.died)
+                };
+                if !in_population {
+                    continue;
+                }
+                g.1.total.add(in_numerator);
+                for (s, v) in &strata {
+                    g.1.strata
+                        .entry(((*s).to_string(), v.clone()))
+                        .or_default()
+                        .add(in_numerator);
+                }
+            }
+        }
+        counts
+    }
+}
+
+/// The stratum values of an episode.
+fn strata_of(e: &Episode) -> [(&'static str, String); 4] {
+    [
+        ("provider", e.provider.clone()),
+        ("age-band", e.age.map_or("unknown".into(), |a| age_band(a).to_string())),
+        ("sex", e.sex.clone().unwrap_or_else(|| "unknown".into())),
+        (
+            "month",
+            e.discharge_date
+                .as_deref()
+                .and_then(|d| d.get(..7))
+                .unwrap_or("unknown")
+                .to_string(),
+        ),
+    ]
+}
+
+/// The published age bands.
+pub fn age_band(age: u32) -> &'static str {
+    match age {
+        0..=44 => "0-44",
+        45..=64 => "45-64",
+        65..=74 => "65-74",
+        75..=84 => "75-84",
+        _ => "85+",
+    }
+}
+
+/// Population and numerator of one cell (the denominator is the population).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cell {
+    pub population: u64,
+    pub numerator: u64,
+}
+
+impl Cell {
+    fn add(&mut self, numerator: bool) {
+        self.population += 1;
+        self.numerator += numerator as u64;
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupCounts {
+    pub total: Cell,
+    /// (stratifier, value) → cell.
+    #[serde(with = "strata_as_list")]
+    pub strata: BTreeMap<(String, String), Cell>,
+}
+
+/// Exact counts of one evaluation, per group in report order.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub groups: Vec<(String, GroupCounts)>,
+}
+
+mod strata_as_list {
+    use super::Cell;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<(String, String), Cell>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().map(|((k, v), c)| (k, v, c)).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<(String, String), Cell>, D::Error> {
+        let v: Vec<(String, String, Cell)> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(|(k, s, c)| ((k, s), c)).collect())
+    }
+}
+
+fn coding(system: &str, code: &str) -> Value {
+    json!({"coding": [{"system": system, "code": code}]})
+}
+
+fn populations(c: &Cell) -> Value {
+    json!([
+        {"code": coding(POPULATION_SYSTEM, "initial-population"), "count": c.population},
+        {"code": coding(POPULATION_SYSTEM, "denominator"), "count": c.population},
+        {"code": coding(POPULATION_SYSTEM, "numerator"), "count": c.numerator},
+    ])
+}
+
+fn score(c: &Cell) -> Option<Value> {
+    (c.population > 0).then(|| json!({"value": c.numerator as f64 / c.population as f64}))
+}
+
+/// A summary MeasureReport of exact counts (a node's own data, for its analysts).
+pub fn measure_report(p: &Pathway, counts: &Counts, start: &str, end: &str, reporter: &str, now: &str) -> Value {
+    let groups: Vec<Value> = counts
+        .groups
+        .iter()
+        .map(|(code, g)| {
+            let mut stratifiers = Vec::new();
+            for s in STRATIFIERS {
+                let strata: Vec<Value> = g
+                    .strata
+                    .iter()
+                    .filter(|((k, _), _)| k == s)
+                    .map(|((_, v), c)| {
+                        let mut stratum = json!({"value": {"text": v}, "population": populations(c)});
+                        if let Some(sc) = score(c) {
+                            stratum["measureScore"] = sc;
+                        }
+                        stratum
+                    })
+                    .collect();
+                stratifiers.push(json!({"code": [coding(STRATIFIER_SYSTEM, s)], "stratum": strata}));
+            }
+            let mut group = json!({
+                "code": coding(GROUP_SYSTEM, code),
+                "population": populations(&g.total),
+                "stratifier": stratifiers,
+            });
+            if let Some(sc) = score(&g.total) {
+                group["measureScore"] = sc;
+            }
+            group
+        })
+        .collect();
+    json!({
+        "resourceType": "MeasureReport",
+        "status": "complete",
+        "type": "summary",
+        "measure": format!("{}|{}", p.url, p.version),
+        "date": now,
+        "reporter": {"display": reporter},
+        "period": {"start": start, "end": end},
+        "group": groups,
+    })
+}
+
+/// The pathways a server runs: the built-in set, or a folder's.
+#[derive(Debug, Clone)]
+pub struct Library {
+    pub origin: String,
+    pathways: Vec<Arc<Pathway>>,
+}
+
+impl Library {
+    /// The pathways compiled into the binary (`profiles/pathways/`).
+    pub fn built_in() -> Arc<Library> {
+        static LIB: std::sync::OnceLock<Arc<Library>> = std::sync::OnceLock::new();
+        LIB.get_or_init(|| {
+            let sets = value_sets(&serde_json::from_str(BUILT_IN_VALUESETS).expect("valuesets.json is well-formed"))
+                .expect("built-in value sets are checked by a test");
+            let pathways = BUILT_IN
+                .iter()
+                .map(|(f, t)| {
+                    Pathway::compile(f, t, &sets)
+                        .map(Arc::new)
+                        .expect("built-in pathways are checked by a test")
+                })
+                .collect();
+            Arc::new(Library {
+                origin: "built-in".into(),
+                pathways,
+            })
+        })
+        .clone()
+    }
+
+    /// Every `*.json` pathway file of `dir`, with its `valuesets.json`. A broken
+    /// file stops the load, naming the file and the reason.
+    pub fn load_dir(dir: &Path) -> Result<Library, PathwayError> {
+        let fail = |file: &Path, reason: String| PathwayError {
+            file: file.display().to_string(),
+            reason,
+        };
+        let vs_path = dir.join("valuesets.json");
+        let vs_text = std::fs::read_to_string(&vs_path).map_err(|e| fail(&vs_path, e.to_string()))?;
+        let vs_json: Value = serde_json::from_str(&vs_text).map_err(|e| fail(&vs_path, e.to_string()))?;
+        let sets = value_sets(&vs_json).map_err(|e| fail(&vs_path, e))?;
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| fail(dir, e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json") && p.file_name().is_some_and(|n| n != "valuesets.json")
+            })
+            .collect();
+        files.sort();
+        let mut pathways: Vec<Arc<Pathway>> = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|e| fail(&f, e.to_string()))?;
+            let p = Pathway::compile(&f.display().to_string(), &text, &sets)?;
+            if pathways.iter().any(|q| q.id == p.id) {
+                return Err(fail(&f, format!("a second pathway with id {}", p.id)));
+            }
+            pathways.push(Arc::new(p));
+        }
+        Ok(Library {
+            origin: dir.display().to_string(),
+            pathways,
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Pathway>> {
+        self.pathways.iter().find(|p| p.id == id)
+    }
+
+    pub fn all(&self) -> &[Arc<Pathway>] {
+        &self.pathways
+    }
+}
+
+#[cfg(test)]
+mod tests;
