@@ -150,6 +150,10 @@ layered_settings! {
         /// default: the set built into the binary. A broken profile stops the node at start-up.
         #[arg(long, env = "PENNINE_PROFILES")]
         pub profiles: Option<PathBuf>,
+        /// Folder of pathways (Measure + rules files and their valuesets.json); default: the
+        /// set built into the binary. A broken pathway stops the node at start-up.
+        #[arg(long, env = "PENNINE_PATHWAYS")]
+        pub pathways: Option<PathBuf>,
         /// What errors against the regional profiles do: flag (accept and report; the default) or reject.
         #[arg(long, env = "PENNINE_PROFILE_POLICY")]
         pub profile_policy: Option<String>,
@@ -390,6 +394,7 @@ impl NodeConfig {
                 p
             },
             profiles_dir: s.profiles,
+            pathways_dir: s.pathways,
         };
         if service.default_count == 0 || service.default_count > service.max_count {
             return Err(ConfigError::Invalid(format!(

@@ -31,6 +31,8 @@ pub enum StartError {
     Access(String),
     #[error(transparent)]
     Profiles(#[from] crate::profiles::ProfileError),
+    #[error(transparent)]
+    Pathways(#[from] crate::pathways::PathwayError),
     #[error("record-key secret {path}: {message}")]
     Secret { path: String, message: String },
     #[error("the hub's HTTPS client: {0}")]
@@ -129,6 +131,11 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         policy = config.service.profile_policy.default.as_str(),
         "regional profiles loaded"
     );
+    let pathways = match &config.service.pathways_dir {
+        Some(dir) => Arc::new(crate::pathways::Library::load_dir(dir)?),
+        None => crate::pathways::Library::built_in(),
+    };
+    tracing::info!(origin = %pathways.origin, pathways = pathways.all().len(), "pathways loaded");
     let store = open_store(config.storage.clone(), config.data.clone()).await?;
     let (audit, audit_events) = open_audit(&config.storage, &config.data).await?;
     let authority = open_authority(
@@ -138,6 +145,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
     )?;
     let service = FhirService::new(store.clone(), Arc::new(Registry::r4()), config.service.clone())
         .with_profiles(profiles)
+        .with_pathways(pathways)
         .with_record_keys(record_keys(&config.data)?);
     let dead_letters = open_store(beside(&config.storage, "deadletters"), config.data.join("dead-letters")).await?;
     let feeds = Feeds::new(service.clone(), DeadLetters::new(dead_letters.clone()));

@@ -27,6 +27,9 @@ pub enum Rule {
     ViewRun,
     /// The hub's `$aggregate`.
     Aggregate,
+    /// `Measure/{id}/$evaluate-measure`: a pathway over a region's data (its analysts, at
+    /// the node) or pooled through the gate (analysts and partners, at the hub).
+    EvaluateMeasure,
     /// A search at the hub: `_summary=count` for partners, `AuditEvent` for administrators.
     HubSearch,
     /// Feeds that are not FHIR (HL7 v2, CSV): the `pennine/feed` operation, in the client's region.
@@ -64,6 +67,10 @@ pub const NODE_ROUTES: &[RouteRule] = &[
     r("GET", "/federation/quality", Rule::HubCertificate),
     r("GET", "/federation/count/{type}", Rule::HubCertificate),
     r("POST", "/fhir/ViewDefinition/$run", Rule::ViewRun),
+    r("GET", "/fhir/Measure", Rule::Public),
+    r("GET", "/fhir/Measure/{id}", Rule::Public),
+    r("GET", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),
+    r("POST", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),
     r("POST", "/fhir", Rule::Bundle),
     r("GET", "/fhir", Rule::Search),
     r("POST", "/fhir/", Rule::Bundle),
@@ -200,6 +207,10 @@ pub fn decide(server: &Server, rule: Rule, p: &Principal, f: &Facts) -> Result<(
         }
         (Server::Node { .. }, Rule::ViewRun) => {
             need(has_op(p, "run"), "run views over this region's rows")?;
+            region_ok()
+        }
+        (Server::Node { .. }, Rule::EvaluateMeasure) => {
+            need(has_op(p, "run"), "evaluate measures over this region's data")?;
             region_ok()
         }
         (Server::Node { .. }, Rule::Feed) => {

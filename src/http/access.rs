@@ -143,6 +143,7 @@ pub fn action(rule: Rule) -> &'static str {
         Rule::Bundle => "transaction",
         Rule::ViewRun => "view-run",
         Rule::Aggregate => "aggregate",
+        Rule::EvaluateMeasure => "evaluate-measure",
         Rule::HubSearch => "count",
         Rule::Feed => "feed",
         Rule::FeedAdmin => "dead-letters",

@@ -8,6 +8,7 @@ pub mod federation;
 mod feeds;
 pub mod fhir;
 pub mod hub;
+pub mod pathways;
 mod validate;
 mod views;
 
@@ -262,6 +263,7 @@ pub fn serve_node(parts: NodeParts) -> Result<Serving, ServeError> {
                 route(cfg, NODE_ROUTES, "POST", "/auth/token", web::post().to(access::token));
             })
             .configure(views::configure)
+            .configure(pathways::configure)
             .configure(feeds::configure)
             .configure(validate::configure)
             .configure(federation::configure)

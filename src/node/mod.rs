@@ -6,6 +6,7 @@ pub mod analytics;
 mod bundle;
 mod capability;
 mod crud;
+pub mod pathways;
 mod prepare;
 pub mod quality;
 mod searchset;
@@ -36,6 +37,8 @@ pub struct ServiceSettings {
     pub profile_policy: ProfilePolicy,
     /// Where the regional profiles come from (None: the set built into the binary).
     pub profiles_dir: Option<std::path::PathBuf>,
+    /// Where the pathways come from (None: the set built into the binary).
+    pub pathways_dir: Option<std::path::PathBuf>,
     /// The evaluation budget of a view (`$run`, federated aggregates): rows it
     /// may produce over the node's data, and seconds it may take.
     pub max_view_rows: usize,
@@ -102,6 +105,7 @@ impl Default for ServiceSettings {
             structural_check: true,
             profile_policy: ProfilePolicy::default(),
             profiles_dir: None,
+            pathways_dir: None,
         }
     }
 }
@@ -119,6 +123,8 @@ pub struct FhirService {
     pub quality: Arc<quality::Book>,
     /// The secret behind the record keys of federated answers (cell-key noise).
     pub record_keys: Arc<crate::federation::RecordKeys>,
+    /// The pathways this node runs (`profiles/pathways`, or `--pathways`).
+    pub pathways: Arc<crate::pathways::Library>,
     /// Who writes through this handle (a client, a feed's sender), for the quality
     /// figures: the write context, set with `for_source`.
     source: Option<Arc<str>>,
@@ -147,8 +153,15 @@ impl FhirService {
             profiles: built_in_profiles(),
             quality: Arc::default(),
             record_keys: Arc::new(crate::federation::RecordKeys::random()),
+            pathways: crate::pathways::Library::built_in(),
             source: None,
         }
+    }
+
+    /// The same service running these pathways.
+    pub fn with_pathways(mut self, pathways: Arc<crate::pathways::Library>) -> FhirService {
+        self.pathways = pathways;
+        self
     }
 
     /// The same service with the node's persistent record-key secret.

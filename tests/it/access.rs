@@ -173,6 +173,24 @@ fn node_sample(method: &'static str, path: &str, id: &str) -> Sample {
             Some((patient.clone(), fhir_json)),
             Some("Patient"),
         ),
+        ("GET", "/fhir/Measure") => (path.into(), None, None),
+        ("GET", "/fhir/Measure/{id}") => ("/fhir/Measure/chc-copd".into(), None, None),
+        ("GET", "/fhir/Measure/{id}/$evaluate-measure") => (
+            "/fhir/Measure/chc-copd/$evaluate-measure?periodStart=2025&periodEnd=2025".into(),
+            None,
+            None,
+        ),
+        ("POST", "/fhir/Measure/{id}/$evaluate-measure") => (
+            "/fhir/Measure/chc-arld/$evaluate-measure".into(),
+            Some((
+                json!({"resourceType": "Parameters", "parameter": [
+                    {"name": "periodStart", "valueDate": "2025-01-01"},
+                    {"name": "periodEnd", "valueDate": "2025-12-31"}]})
+                .to_string(),
+                fhir_json,
+            )),
+            None,
+        ),
         ("GET", "/feeds/dead-letters") => (path.into(), None, None),
         ("GET", "/feeds/dead-letters/{id}") => ("/feeds/dead-letters/none".into(), None, None),
         ("POST", "/feeds/dead-letters/{id}/$replay") => ("/feeds/dead-letters/none/$replay".into(), None, None),

@@ -13,6 +13,7 @@ mod federation;
 mod feeds;
 mod helpers;
 mod multiprocess;
+mod pathways;
 mod profiles;
 mod quality;
 mod search;

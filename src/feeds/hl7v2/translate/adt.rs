@@ -4,6 +4,12 @@
 
 use super::*;
 
+/// The admission methods of the NHS Data Dictionary (UK Core AdmissionMethodEngland).
+const NHS_ADMISSION_METHODS: [&str; 20] = [
+    "11", "12", "13", "21", "22", "23", "24", "25", "2A", "2B", "2C", "2D", "28", "31", "32", "81", "82", "83", "98",
+    "99",
+];
+
 impl<'m, 'a> Ctx<'m, 'a> {
     pub(super) fn patient(&self, out: &mut Out, si: usize) -> Option<PatientKey> {
         let m = self.m;
@@ -259,13 +265,34 @@ impl<'m, 'a> Ctx<'m, 'a> {
                     None
                 )]),
             );
+            // Senders on NHS codes put the admission method here (21 = emergency, A&E).
+            if NHS_ADMISSION_METHODS.contains(&admission_type.as_str()) {
+                e.insert(
+                    "extension".into(),
+                    json!([{
+                        "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-AdmissionMethod",
+                        "valueCodeableConcept": dt::coded(
+                            "https://fhir.hl7.org.uk/CodeSystem/UKCore-AdmissionMethodEngland",
+                            &admission_type,
+                            None
+                        )
+                    }]),
+                );
+            }
         }
         let service = self.v(si, 10);
         if !service.is_empty() {
-            e.insert(
-                "serviceType".into(),
-                dt::coded("http://terminology.hl7.org/CodeSystem/v2-0069", &service, None),
-            );
+            let mut service_type = dt::coded("http://terminology.hl7.org/CodeSystem/v2-0069", &service, None);
+            // A three-digit NHS treatment function code is also coded as one.
+            if service.len() == 3 && service.bytes().all(|b| b.is_ascii_digit()) {
+                if let Some(codings) = service_type["coding"].as_array_mut() {
+                    codings.push(json!({
+                        "system": "https://fhir.nhs.uk/CodeSystem/NHSDataModelAndDictionary-TreatmentFunction",
+                        "code": service
+                    }));
+                }
+            }
+            e.insert("serviceType".into(), service_type);
         }
         e.insert("subject".into(), json!({ "reference": patient_ref }));
         let mut participants = Vec::new();
@@ -361,7 +388,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 }
             }
             if !ext.is_empty() {
-                e.insert("extension".into(), Value::Array(ext));
+                match e.get_mut("extension").and_then(Value::as_array_mut) {
+                    Some(existing) => existing.extend(ext),
+                    None => {
+                        e.insert("extension".into(), Value::Array(ext));
+                    }
+                }
             }
         }
         if let Some(sp) = service_provider {
@@ -470,6 +502,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
         out.push(a);
     }
 
+    /// DG1 → Condition; its id, when one was made.
     pub(super) fn condition(
         &self,
         out: &mut Out,
@@ -477,7 +510,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
         patient_ref: &str,
         patient_key: &str,
         encounter: Option<&str>,
-    ) {
+    ) -> Option<String> {
         let code = self.cwe_field(si, 3).or_else(|| {
             let text = self.v(si, 4);
             (!text.is_empty()).then(|| json!({ "text": text }))
@@ -489,7 +522,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 IssueCode::Required,
                 "DG1-3 and DG1-4 are empty; the diagnosis was not stored",
             );
-            return;
+            return None;
         };
         let onset = self.dtm(si, 5);
         let ident = self.reps(si, 20).first().and_then(|r| dt::ei(self.m, r));
@@ -537,6 +570,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             c["recordedDate"] = json!(d.fhir);
         }
         out.push(c);
+        Some(id)
     }
 
     pub(super) fn coverage(&self, out: &mut Out, si: usize, patient_ref: &str, patient_key: &str) {

@@ -561,8 +561,28 @@ impl<'m, 'a> Ctx<'m, 'a> {
             for si in self.segments("AL1") {
                 self.allergy(&mut out, si, &patient_ref, &patient_key);
             }
-            for si in self.segments("DG1") {
-                self.condition(&mut out, si, &patient_ref, &patient_key, encounter_ref.as_deref());
+            // Diagnoses keep their position: DG1-15 (priority) where sent, else DG1 order.
+            let mut ranked: Vec<(u64, String)> = Vec::new();
+            for (order, si) in self.segments("DG1").into_iter().enumerate() {
+                let priority = self.v(si, 15).parse::<u64>().ok().filter(|p| *p > 0);
+                if let Some(id) = self.condition(&mut out, si, &patient_ref, &patient_key, encounter_ref.as_deref()) {
+                    ranked.push((priority.unwrap_or(order as u64 + 1), id));
+                }
+            }
+            if let (Some(e), false) = (&encounter, ranked.is_empty()) {
+                ranked.sort();
+                ranked.dedup_by_key(|(rank, _)| *rank);
+                let diagnosis: Vec<Value> = ranked
+                    .iter()
+                    .map(|(rank, id)| json!({"condition": {"reference": format!("Condition/{id}")}, "rank": rank}))
+                    .collect();
+                if let Some(r) = out
+                    .resources
+                    .iter_mut()
+                    .find(|r| r["resourceType"] == "Encounter" && r["id"] == e.id.as_str())
+                {
+                    r["diagnosis"] = Value::Array(diagnosis);
+                }
             }
             for si in self.segments("IN1") {
                 self.coverage(&mut out, si, &patient_ref, &patient_key);

@@ -1,0 +1,373 @@
+//! Pathways at a node, through HTTP: the same episodes fed as a SUS extract at one
+//! node and as HL7 v2 A03 messages at another give the same MeasureReport, and the
+//! counts match what the episodes were designed to give (written down here, row by
+//! row, not computed by the production code).
+
+use super::feeds::sus_header;
+use super::helpers::spawn_node;
+use serde_json::Value;
+
+/// One designed episode and the groups it must fall in.
+struct Designed {
+    dx: &'static [&'static str],
+    method: &'static str,
+    treatment: &'static str,
+    discharge: &'static str,
+    age: u32,
+    sex: &'static str,
+    provider: &'static str,
+    /// copd, epilepsy, arld admissions, arld primary, arld uplift, arld comorbid.
+    flags: [bool; 6],
+    /// In the COPD/epilepsy cohort (emergency, medical, in the period) and in ARLD's.
+    medical_cohort: bool,
+    arld_cohort: bool,
+}
+
+const F: bool = false;
+const T: bool = true;
+
+fn designed() -> Vec<Designed> {
+    let d = |dx, flags, provider, age, sex| Designed {
+        dx,
+        method: "21",
+        treatment: "300",
+        discharge: "2025-06-10",
+        age,
+        sex,
+        provider,
+        flags,
+        medical_cohort: true,
+        arld_cohort: true,
+    };
+    vec![
+        d(&["J440"], [T, F, F, F, F, F], "RTD", 70, "F"),
+        d(&["J100", "J440"], [T, F, F, F, F, F], "RTD", 81, "M"),
+        d(&["R060", "J100", "J440"], [T, F, F, F, F, F], "RXN", 66, "F"),
+        d(&["J100", "I10X"], [F, F, F, F, F, F], "RXN", 50, "M"),
+        d(&["G400"], [F, T, F, F, F, F], "RTD", 30, "F"),
+        d(&["R568", "I10X", "G401"], [F, T, F, F, F, F], "RXN", 44, "M"),
+        d(&["K700"], [F, F, T, T, F, F], "RTD", 55, "M"),
+        d(&["D65X", "K700"], [F, F, T, F, T, F], "RTD", 58, "F"),
+        d(&["I10X", "K700"], [F, F, F, F, F, T], "RXN", 90, "M"),
+        // Elective: in no cohort.
+        Designed {
+            method: "11",
+            medical_cohort: false,
+            arld_cohort: false,
+            ..d(&["J440"], [F; 6], "RTD", 70, "F")
+        },
+        // A surgical specialty: not COPD's cohort, but ARLD has no specialty filter.
+        Designed {
+            treatment: "100",
+            medical_cohort: false,
+            ..d(&["J440"], [F; 6], "RTD", 70, "F")
+        },
+        // Discharged before the period.
+        Designed {
+            discharge: "2024-12-31",
+            medical_cohort: false,
+            arld_cohort: false,
+            ..d(&["J440"], [F; 6], "RTD", 70, "F")
+        },
+    ]
+}
+
+/// A valid NHS number (Modulus 11) from a 9-digit stem.
+fn nhs(stem: u32) -> String {
+    let digits: Vec<u32> = format!("{:09}", 400_000_000 + stem)
+        .chars()
+        .map(|c| c.to_digit(10).unwrap())
+        .collect();
+    let sum: u32 = digits.iter().enumerate().map(|(i, d)| d * (10 - i as u32)).sum();
+    let check = (11 - sum % 11) % 11;
+    if check == 10 {
+        return nhs(stem + 1000);
+    }
+    format!("{}{check}", digits.iter().map(|d| d.to_string()).collect::<String>())
+}
+
+fn sus_csv(episodes: &[Designed]) -> String {
+    let mut out = sus_header();
+    for (i, e) in episodes.iter().enumerate() {
+        let mut dx: Vec<String> = e.dx.iter().map(|s| s.to_string()).collect();
+        dx.resize(20, String::new());
+        let sex = if e.sex == "F" { "2" } else { "1" };
+        out.push_str(&format!(
+            "\nSP{i},1,1,{},{sex},{},{},{},{},{d},{d},{d},{d},1,{}",
+            nhs(i as u32),
+            e.age,
+            e.provider,
+            e.method,
+            e.treatment,
+            dx.join(","),
+            d = e.discharge,
+        ));
+    }
+    out.push('\n');
+    out
+}
+
+/// The same episode as an HL7 v2 A03 (discharge) from the provider's PAS.
+fn a03(i: usize, e: &Designed) -> String {
+    let mut pv1 = vec![String::new(); 46];
+    pv1[0] = "PV1".into();
+    pv1[1] = "1".into();
+    pv1[2] = "I".into();
+    pv1[4] = e.method.into();
+    pv1[10] = e.treatment.into();
+    pv1[19] = format!("V{i}");
+    pv1[44] = format!("{}100000", e.discharge.replace('-', ""));
+    pv1[45] = format!("{}120000", e.discharge.replace('-', ""));
+    let birth = format!("{}0101", 2025 - e.age);
+    let mut msg = format!(
+        "MSH|^~\\&|PAS|{p}|PENNINE|NENC|20250610120000||ADT^A03|M{i}|P|2.5\rPID|1||MRN{i}^^^{p}^MR~{n}^^^NHS^NH||Test^Pat{i}||{birth}|{s}\r{pv1}\r",
+        p = e.provider,
+        n = nhs(i as u32),
+        s = e.sex,
+        pv1 = pv1.join("|"),
+    );
+    for (k, code) in e.dx.iter().enumerate() {
+        let mut dg1 = vec![String::new(); 16];
+        dg1[0] = "DG1".into();
+        dg1[1] = (k + 1).to_string();
+        dg1[3] = format!("{code}^^I10");
+        dg1[6] = "F".into();
+        dg1[15] = (k + 1).to_string();
+        msg.push_str(&dg1.join("|"));
+        msg.push('\r');
+    }
+    msg
+}
+
+async fn evaluate(node: &super::helpers::TestNode, id: &str, query: &str) -> (u16, Value) {
+    let res = node
+        .client
+        .get(format!("{}/Measure/{id}/$evaluate-measure?{query}", node.fhir))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+/// (population, numerator) of a group of a report.
+fn group(report: &Value, code: &str) -> (u64, u64) {
+    let g = report["group"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["code"]["coding"][0]["code"] == code)
+        .unwrap_or_else(|| panic!("no group {code} in {report}"));
+    let count = |p: &str| {
+        g["population"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["code"]["coding"][0]["code"] == p)
+            .unwrap()["count"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(count("initial-population"), count("denominator"));
+    (count("denominator"), count("numerator"))
+}
+
+#[tokio::test]
+async fn pathways_count_what_the_algorithms_select_whichever_feed_brought_the_data() {
+    let episodes = designed();
+    let csv_node = spawn_node().await;
+    let res = csv_node
+        .client
+        .post(format!("{}/feeds/csv/sus-apc", csv_node.root))
+        .header("content-type", "text/csv")
+        .body(sus_csv(&episodes))
+        .send()
+        .await
+        .unwrap();
+    let summary: Value = res.json().await.unwrap();
+    assert_eq!(summary["stored"], episodes.len(), "{summary}");
+
+    let v2_node = spawn_node().await;
+    for (i, e) in episodes.iter().enumerate() {
+        let res = v2_node
+            .client
+            .post(format!("{}/feeds/hl7v2", v2_node.root))
+            .header("content-type", "x-application/hl7-v2+er7")
+            .body(a03(i, e))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["entry"][0]["response"]["status"], "201 Created", "{body}");
+    }
+
+    // The Measures are listed, with their versions.
+    let list = csv_node.get_json("Measure").await;
+    let ids: Vec<&str> = list["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["chc-copd", "chc-arld", "chc-epilepsy"]);
+    assert_eq!(list["entry"][0]["resource"]["version"], "1.0.0");
+
+    let count = |pick: &dyn Fn(&Designed) -> bool| episodes.iter().filter(|e| pick(e)).count() as u64;
+    let medical = count(&|e| e.medical_cohort);
+    let arld = count(&|e| e.arld_cohort);
+    let want = [
+        (
+            "chc-copd",
+            "admissions",
+            medical,
+            count(&|e| e.medical_cohort && e.flags[0]),
+        ),
+        (
+            "chc-epilepsy",
+            "admissions",
+            medical,
+            count(&|e| e.medical_cohort && e.flags[1]),
+        ),
+        ("chc-arld", "admissions", arld, count(&|e| e.arld_cohort && e.flags[2])),
+        ("chc-arld", "primary", arld, count(&|e| e.arld_cohort && e.flags[3])),
+        ("chc-arld", "uplift", arld, count(&|e| e.arld_cohort && e.flags[4])),
+        ("chc-arld", "comorbid", arld, count(&|e| e.arld_cohort && e.flags[5])),
+    ];
+    for (id, code, population, numerator) in want {
+        let (status, csv) = evaluate(&csv_node, id, "periodStart=2025&periodEnd=2025").await;
+        assert_eq!(status, 200, "{csv}");
+        assert_eq!(csv["resourceType"], "MeasureReport");
+        assert_eq!(csv["type"], "summary");
+        assert_eq!(
+            group(&csv, code),
+            (population, numerator),
+            "{id} {code} from the SUS extract"
+        );
+        let (_, v2) = evaluate(&v2_node, id, "periodStart=2025-01-01&periodEnd=2025-12-31").await;
+        assert_eq!(group(&v2, code), (population, numerator), "{id} {code} from HL7 v2");
+        // The whole report, strata included, is the same whichever feed brought the data.
+        assert_eq!(csv["group"], v2["group"], "{id}");
+    }
+
+    // Strata: COPD admissions by provider, age band, sex and month.
+    let (_, copd) = evaluate(&csv_node, "chc-copd", "periodStart=2025&periodEnd=2025").await;
+    let admissions = &copd["group"][0];
+    let stratum = |s: &str, v: &str| {
+        let st = admissions["stratifier"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["code"][0]["coding"][0]["code"] == s)
+            .unwrap();
+        st["stratum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["value"]["text"] == v)
+            .map(|x| x["population"][2]["count"].as_u64().unwrap())
+    };
+    assert_eq!(stratum("provider", "RTD"), Some(2));
+    assert_eq!(stratum("provider", "RXN"), Some(1));
+    assert_eq!(stratum("age-band", "75-84"), Some(1));
+    assert_eq!(stratum("sex", "female"), Some(2));
+    assert_eq!(stratum("month", "2025-06"), Some(3));
+
+    // Bad requests are OperationOutcomes.
+    let (status, body) = evaluate(&csv_node, "chc-copd", "periodStart=2025").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    let (status, _) = evaluate(&csv_node, "chc-copd", "periodStart=2025&periodEnd=2024").await;
+    assert_eq!(status, 400);
+    let (status, _) = evaluate(&csv_node, "nope", "periodStart=2025&periodEnd=2025").await;
+    assert_eq!(status, 404);
+    let (status, _) = evaluate(
+        &csv_node,
+        "chc-copd",
+        "periodStart=2025&periodEnd=2025&reportType=subject-list",
+    )
+    .await;
+    assert_eq!(status, 501, "no patient-level reports");
+    csv_node.stop().await;
+    v2_node.stop().await;
+}
+
+#[tokio::test]
+async fn mortality_counts_deaths_among_the_admissions_and_only_the_last_episode_counts() {
+    let node = spawn_node().await;
+    let mut body = sus_header();
+    let pad = |d: &[&str]| {
+        let mut v: Vec<String> = d.iter().map(|s| s.to_string()).collect();
+        v.resize(20, String::new());
+        v.join(",")
+    };
+    // Spell A: two episodes; the first (not the last) has a COPD primary, the last does not.
+    body.push_str(&format!(
+        "\nA,1,2,{n},1,70,RTD,21,300,2025-03-01,2025-03-09,2025-03-01,2025-03-04,,{}",
+        pad(&["J440"]),
+        n = nhs(1)
+    ));
+    body.push_str(&format!(
+        "\nA,2,1,{n},1,70,RTD,21,300,2025-03-01,2025-03-09,2025-03-04,2025-03-09,1,{}",
+        pad(&["I10X"]),
+        n = nhs(1)
+    ));
+    // Spell B: COPD, died. Spell C: COPD, went home. Spell D: not COPD, died.
+    for (spell, dx, method) in [("B", "J440", "4"), ("C", "J441", "1"), ("D", "I10X", "4")] {
+        body.push_str(&format!(
+            "\n{spell},1,1,{n},2,80,RTD,21,340,2025-04-01,2025-04-05,2025-04-01,2025-04-05,{method},{}",
+            pad(&[dx]),
+            n = nhs(2)
+        ));
+    }
+    body.push('\n');
+    let res = node
+        .client
+        .post(format!("{}/feeds/csv/sus-apc", node.root))
+        .header("content-type", "text/csv")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let summary: Value = res.json().await.unwrap();
+    assert_eq!(summary["stored"], 5, "{summary}");
+    let (status, report) = evaluate(&node, "chc-copd", "periodStart=2025-03&periodEnd=2025-04").await;
+    assert_eq!(status, 200, "{report}");
+    // Cohort: the last episodes of A, B, C, D; COPD: B and C (A's COPD code is on a non-last episode).
+    assert_eq!(group(&report, "admissions"), (4, 2));
+    // Mortality: among B and C, B died (D's death is not a COPD admission).
+    assert_eq!(group(&report, "mortality"), (2, 1));
+    let (_, march) = evaluate(&node, "chc-copd", "periodStart=2025-03&periodEnd=2025-03").await;
+    assert_eq!(group(&march, "admissions"), (1, 0));
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn evaluate_measure_stays_in_the_region_and_within_the_node_budget() {
+    // Resource exhaustion: the episode scan is charged to the node's view budget.
+    let node = super::helpers::spawn_node_with(|c| c.service.max_view_rows = 5).await;
+    let res = node
+        .client
+        .post(format!("{}/feeds/csv/sus-apc", node.root))
+        .header("content-type", "text/csv")
+        .body(sus_csv(&designed()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, body) = evaluate(&node, "chc-copd", "periodStart=2025&periodEnd=2025").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["issue"][0]["code"], "too-costly", "{body}");
+    // Exact counts are for the region's own analysts: not a partner, not another region.
+    for who in ["partner", "outsider", "vendor"] {
+        let client = super::helpers::authed_with(reqwest::Client::builder, &node.root, who).await;
+        let res = client
+            .get(format!(
+                "{}/Measure/chc-copd/$evaluate-measure?periodStart=2025&periodEnd=2025",
+                node.fhir
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{who}");
+    }
+    node.stop().await;
+}
