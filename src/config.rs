@@ -222,6 +222,10 @@ layered_settings! {
         /// How long an identical question gets the same released answer, in seconds (default 60).
         #[arg(long, env = "PENNINE_ANSWER_CACHE_SECONDS")]
         pub answer_cache_seconds: Option<u64>,
+        /// Folder of pathways (default: the set built into the binary); every node must run
+        /// the same versions.
+        #[arg(long, env = "PENNINE_PATHWAYS")]
+        pub pathways: Option<PathBuf>,
     }
 }
 
@@ -464,6 +468,8 @@ pub struct HubConfig {
     pub aggregate_rate: u32,
     /// How long an identical question gets the same released answer.
     pub answer_cache: std::time::Duration,
+    /// Where the pathways come from (None: the set built into the binary).
+    pub pathways_dir: Option<PathBuf>,
 }
 
 impl HubConfig {
@@ -481,6 +487,7 @@ impl HubConfig {
             clients: None,
             aggregate_rate: 30,
             answer_cache: std::time::Duration::from_secs(60),
+            pathways_dir: None,
         }
     }
 }
@@ -586,6 +593,7 @@ impl HubConfig {
                 n => n,
             },
             answer_cache: std::time::Duration::from_secs(s.answer_cache_seconds.unwrap_or(60)),
+            pathways_dir: s.pathways,
         })
     }
 }

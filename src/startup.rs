@@ -193,7 +193,13 @@ pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
     let (audit, audit_events) = open_audit(&StorageConfig::Embedded, &config.data).await?;
     let authority = open_authority(config.clients.as_deref(), "pennine:hub".into(), &config.data)?;
     let config = Arc::new(config);
-    let hub = Hub::new(config.clone(), audit.clone()).map_err(|e| StartError::Client(e.to_string()))?;
+    let pathways = match &config.pathways_dir {
+        Some(dir) => Arc::new(crate::pathways::Library::load_dir(dir)?),
+        None => crate::pathways::Library::built_in(),
+    };
+    let hub = Hub::new(config.clone(), audit.clone())
+        .map_err(|e| StartError::Client(e.to_string()))?
+        .with_pathways(pathways);
     let serving = crate::http::hub::serve_hub(hub.clone(), audit.clone(), audit_events, authority)?;
     tracing::info!(addr = %serving.addr, regions = config.nodes.len(), "hub listening");
     Ok(RunningHub {

@@ -64,6 +64,7 @@ pub const NODE_ROUTES: &[RouteRule] = &[
     r("GET", "/.well-known/smart-configuration", Rule::Public),
     r("POST", "/auth/token", Rule::Public),
     r("POST", "/federation/aggregate", Rule::HubCertificate),
+    r("POST", "/federation/measure", Rule::HubCertificate),
     r("GET", "/federation/quality", Rule::HubCertificate),
     r("GET", "/federation/count/{type}", Rule::HubCertificate),
     r("POST", "/fhir/ViewDefinition/$run", Rule::ViewRun),
@@ -107,6 +108,10 @@ pub const HUB_ROUTES: &[RouteRule] = &[
     r("POST", "/auth/token", Rule::Public),
     r("GET", "/fhir/metadata", Rule::Public),
     r("POST", "/fhir/$aggregate", Rule::Aggregate),
+    r("GET", "/fhir/Measure", Rule::Public),
+    r("GET", "/fhir/Measure/{id}", Rule::Public),
+    r("GET", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),
+    r("POST", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),
     r("GET", "/quality", Rule::HubQuality),
     r("GET", "/fhir/{type}", Rule::HubSearch),
 ];
@@ -247,6 +252,10 @@ pub fn decide(server: &Server, rule: Rule, p: &Principal, f: &Facts) -> Result<(
             "read the regions' data-quality figures",
         ),
         (Server::Hub, Rule::Aggregate) => need(has_op(p, "aggregate"), "ask aggregate questions"),
+        (Server::Hub, Rule::EvaluateMeasure) => need(
+            has_op(p, "aggregate") || p.roles.contains(&Role::Analyst),
+            "evaluate measures across the regions",
+        ),
         (Server::Hub, Rule::HubSearch) if f.summary_count => need(has_op(p, "aggregate"), "ask federated counts"),
         (Server::Hub, Rule::HubSearch) if audit => need(
             p.roles.contains(&Role::Admin) && allows(p, Some("AuditEvent"), Perms::S),

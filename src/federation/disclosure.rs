@@ -597,6 +597,206 @@ fn secondary(support: &[Vec<Option<u64>>], reason: &mut [Vec<Option<Reason>>], c
     }
 }
 
+/// One released cell of a MeasureReport: population (= denominator) and numerator
+/// as released, and the score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleasedCell {
+    pub population: u64,
+    pub numerator: u64,
+    pub score: Option<f64>,
+}
+
+/// A row of a measure release: one stratum (or the total) across every group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeasureRow {
+    /// `None` for the total; else the stratifier (`provider`, `region`, ...).
+    pub stratifier: Option<String>,
+    pub value: String,
+    /// Per group, in report order: the released cell, or `None` when the group has
+    /// no one in this stratum.
+    cells: Option<Vec<Option<ReleasedCell>>>,
+    /// Why the row is withheld.
+    withheld: Option<String>,
+}
+
+impl MeasureRow {
+    /// The released cell of group `g`, if the row is released and the group present.
+    pub fn cell(&self, g: usize) -> Option<&ReleasedCell> {
+        self.cells.as_ref()?.get(g)?.as_ref()
+    }
+
+    pub fn withheld(&self) -> Option<&str> {
+        self.withheld.as_deref()
+    }
+}
+
+/// What the gate releases of a pathway's pooled counts. Only the gate builds one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeasureRelease {
+    groups: Vec<String>,
+    rows: Vec<MeasureRow>,
+    notes: Vec<String>,
+}
+
+impl MeasureRelease {
+    pub fn groups(&self) -> &[String] {
+        &self.groups
+    }
+
+    pub fn rows(&self) -> &[MeasureRow] {
+        &self.rows
+    }
+
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+}
+
+impl Disclosure {
+    /// Releases a pathway's counts from the regions that answered with the version
+    /// asked. A row (the total, or one stratum) is released whole across the groups
+    /// or not at all: every cell needs a population of at least `min_cell`, and its
+    /// numerator and the rest of its population each 0 or at least `min_cell` (so a
+    /// proportion cannot single out a few people either way). Strata of a stratifier
+    /// add up to the total, so a stratifier never has exactly one withheld stratum
+    /// beside a released total (the smallest other is withheld with it); when the
+    /// total is withheld, nothing is released. Pooled rows need `min_regions`
+    /// answering regions of a question put to all. Counts are perturbed by their
+    /// cell keys and rounded; scores are released over released counts.
+    pub fn release_measure(
+        &self,
+        groups: &[String],
+        regions: &[(String, &crate::pathways::Counts)],
+        every_region_asked: bool,
+    ) -> MeasureRelease {
+        use crate::pathways::Cell;
+        use std::collections::BTreeMap;
+        // Pooled cells per row key: (stratifier, value) -> per group.
+        let mut pooled: BTreeMap<(Option<String>, String), Vec<Cell>> = BTreeMap::new();
+        let blank = || vec![Cell::default(); groups.len()];
+        for (region, counts) in regions {
+            for (gi, code) in groups.iter().enumerate() {
+                let Some((_, g)) = counts.groups.iter().find(|(c, _)| c == code) else {
+                    continue;
+                };
+                let total = pooled.entry((None, "total".into())).or_insert_with(blank);
+                total[gi] = total[gi].plus(g.total);
+                let by_region = pooled
+                    .entry((Some("region".into()), region.clone()))
+                    .or_insert_with(blank);
+                by_region[gi] = by_region[gi].plus(g.total);
+                for ((s, v), c) in &g.strata {
+                    let row = pooled.entry((Some(s.clone()), v.clone())).or_insert_with(blank);
+                    row[gi] = row[gi].plus(*c);
+                }
+            }
+        }
+        let pooled_allowed = every_region_asked && regions.len() >= self.min_regions;
+        let small = |n: u64| n > 0 && n < self.min_cell;
+        let mut reasons: BTreeMap<(Option<String>, String), String> = BTreeMap::new();
+        for (key, cells) in &pooled {
+            let is_region = key.0.as_deref() == Some("region");
+            if !is_region && !pooled_allowed {
+                reasons.insert(
+                    key.clone(),
+                    format!("pooled figures need at least {} answering regions", self.min_regions),
+                );
+                continue;
+            }
+            let bad = cells
+                .iter()
+                .filter(|c| c.population > 0)
+                .any(|c| c.population < self.min_cell || small(c.numerator) || small(c.population - c.numerator));
+            if bad {
+                reasons.insert(key.clone(), Reason::SmallCount.text(self));
+            }
+        }
+        // Secondary suppression within each stratifier.
+        let total_key = (None, "total".to_string());
+        if reasons.contains_key(&total_key) || !pooled.contains_key(&total_key) {
+            for key in pooled.keys() {
+                reasons
+                    .entry(key.clone())
+                    .or_insert_with(|| "the total is withheld, and with it every stratum".into());
+            }
+        } else {
+            let stratifiers: Vec<String> = pooled.keys().filter_map(|(s, _)| s.clone()).collect();
+            for s in stratifiers {
+                loop {
+                    let rows: Vec<&(Option<String>, String)> = pooled
+                        .keys()
+                        .filter(|(k, _)| k.as_deref() == Some(s.as_str()))
+                        .collect();
+                    let withheld = rows.iter().filter(|k| reasons.contains_key(**k)).count();
+                    if withheld != 1 {
+                        break;
+                    }
+                    let pick = rows
+                        .iter()
+                        .filter(|k| !reasons.contains_key(**k))
+                        .min_by_key(|k| pooled[**k].iter().map(|c| c.population).sum::<u64>())
+                        .map(|k| (*k).clone());
+                    match pick {
+                        Some(k) => {
+                            reasons.insert(k, Reason::Secondary.text(self));
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        let exact = self.exact();
+        let release = |c: &Cell| {
+            if c.population == 0 {
+                return None;
+            }
+            let population = self.release_count(c.population, c.population_key);
+            let numerator = self.release_count(c.numerator, c.numerator_key).min(population);
+            let score = if exact {
+                Some(c.numerator as f64 / c.population as f64)
+            } else {
+                (population > 0).then(|| significant(numerator as f64 / population as f64))
+            };
+            Some(ReleasedCell {
+                population,
+                numerator,
+                score,
+            })
+        };
+        let rows = pooled
+            .iter()
+            .map(|(key, cells)| {
+                let withheld = reasons.get(key).cloned();
+                MeasureRow {
+                    stratifier: key.0.clone(),
+                    value: key.1.clone(),
+                    cells: withheld.is_none().then(|| cells.iter().map(release).collect()),
+                    withheld,
+                }
+            })
+            .collect();
+        let mut notes = vec![format!(
+            "a stratum is released whole across the groups or withheld: populations below {} and numerators, or the rest of a population, from 1 to {} are withheld",
+            self.min_cell,
+            self.min_cell.saturating_sub(1)
+        )];
+        if self.noise > 0 {
+            notes.push(format!("counts are perturbed by at most {}", self.noise));
+        }
+        if self.rounding > 1 {
+            notes.push(format!(
+                "counts are rounded to the nearest {}; scores are computed from the released counts",
+                self.rounding
+            ));
+        }
+        MeasureRelease {
+            groups: groups.to_vec(),
+            rows,
+            notes,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{AggregateQuery, CellStats, MeasureStats, Moments, Plan, PooledGroup};

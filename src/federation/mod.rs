@@ -14,7 +14,7 @@ pub mod wire;
 pub use cellkey::RecordKeys;
 pub use disclosure::{Disclosure, Release};
 pub use stats::Moments;
-pub use wire::{AggregateRequest, GroupStats, NodeAggregate, NodeCount};
+pub use wire::{AggregateRequest, GroupStats, MeasureRequest, NodeAggregate, NodeCount, NodeMeasure};
 
 use crate::views::{library, ColumnInfo, ColumnRole, Row, View};
 use serde::{Deserialize, Serialize};

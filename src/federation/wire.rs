@@ -61,3 +61,33 @@ pub struct NodeCount {
     pub completeness: Option<f64>,
     pub disclosure: Disclosure,
 }
+
+/// `POST /federation/measure`: one pathway, by id and version, over a period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MeasureRequest {
+    pub measure: String,
+    /// The version the hub runs; a node with another answers with its own and no counts.
+    pub version: String,
+    /// Inclusive days, `YYYY-MM-DD`.
+    pub period_start: String,
+    pub period_end: String,
+    pub disclosure: Disclosure,
+    pub deadline_ms: u64,
+}
+
+/// A node's answer to `MeasureRequest`: exact counts (with cell keys) per group and
+/// stratum, for the hub's gate; no episode, no row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeMeasure {
+    pub region: String,
+    pub measure: String,
+    /// The version this node runs.
+    pub version: String,
+    /// `None` when the node runs another version than the hub asked for.
+    pub counts: Option<crate::pathways::Counts>,
+    pub last_updated: Option<String>,
+    pub completeness: Option<f64>,
+    pub disclosure: Disclosure,
+}

@@ -7,7 +7,9 @@ use super::fhir::{blocking, json_body, parse_json, query_pairs, TypePath};
 use super::AppState;
 use crate::audit::AuditRecord;
 use crate::error::Error;
-use crate::federation::{counts, AggregateRequest, Disclosure, NodeAggregate, NodeCount, Plan};
+use crate::federation::{
+    counts, AggregateRequest, Disclosure, MeasureRequest, NodeAggregate, NodeCount, NodeMeasure, Plan,
+};
 use crate::fhir::time::format_instant;
 use crate::fhir::{Issue, IssueCode};
 use crate::node;
@@ -26,6 +28,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     use super::access::route;
     use crate::auth::NODE_ROUTES as T;
     route(cfg, T, "POST", "/federation/aggregate", web::post().to(aggregate));
+    route(cfg, T, "POST", "/federation/measure", web::post().to(measure));
     route(cfg, T, "GET", "/federation/count/{type}", web::get().to(count));
     route(cfg, T, "GET", "/federation/quality", web::get().to(quality));
     route(cfg, T, "GET", "/quality", web::get().to(own_quality));
@@ -81,6 +84,101 @@ fn require_hub(req: &HttpRequest, state: &AppState) -> Result<(), Error> {
 
 fn last_updated(svc: &node::FhirService) -> Result<Option<String>, Error> {
     Ok(svc.store.newest()?.map(format_instant))
+}
+
+/// `POST /federation/measure`: a pathway's exact counts and cell keys for the hub's gate.
+async fn measure(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    require_hub(&req, &state)?;
+    let body = json_body(&req, payload, &state).await?;
+    let svc = state.service.clone();
+    let audit = state.audit.clone();
+    let config = state.config.clone();
+    let answer = blocking(move || {
+        let (_, text) = parse_json(&body)?;
+        let text = text.to_string();
+        let request: MeasureRequest = serde_json::from_str(&text).map_err(|e| {
+            Error::invalid(Issue::error(
+                IssueCode::Structure,
+                format!("not a measure request from a hub of this version: {e}"),
+            ))
+        })?;
+        let observer = format!("node {}", config.region);
+        let floor = config.disclosure;
+        let asked = Disclosure {
+            min_regions: floor.min_regions,
+            ..request.disclosure
+        };
+        if !asked.at_least_as_strict_as(&floor) {
+            let why = format!(
+                "this node releases only under minCell >= {}, rounding >= {} and noise >= {}",
+                floor.min_cell, floor.rounding, floor.noise
+            );
+            audit.record_now(&AuditRecord {
+                action: "evaluate-measure",
+                who: "hub (mTLS)",
+                observer: &observer,
+                outcome: Err(&why),
+                query: &text,
+                details: vec![],
+            })?;
+            return Ok(Err(why));
+        }
+        let pathway = svc
+            .pathways
+            .get(&request.measure)
+            .cloned()
+            .ok_or_else(|| Error::NotFound("Measure".into(), request.measure.clone()))?;
+        let counts = if pathway.version == request.version {
+            let period = super::pathways::period_of(
+                &[
+                    ("periodStart".into(), request.period_start.clone()),
+                    ("periodEnd".into(), request.period_end.clone()),
+                ],
+                None,
+            )?;
+            let answer_by = std::time::Instant::now() + Duration::from_millis(request.deadline_ms);
+            let episodes = svc.episodes(Budget::new(&svc.settings))?;
+            if std::time::Instant::now() > answer_by {
+                return Err(Error::TooCostly(
+                    "the hub's deadline passed while this node read its episodes".into(),
+                ));
+            }
+            Some(pathway.count(&episodes, &period.start, &period.end))
+        } else {
+            None
+        };
+        audit.record_now(&AuditRecord {
+            action: "evaluate-measure",
+            who: "hub (mTLS)",
+            observer: &observer,
+            outcome: Ok(()),
+            query: &text,
+            details: vec![(
+                "released",
+                match &counts {
+                    Some(_) => format!(
+                        "counts per group and stratum of {} {}; no episodes",
+                        pathway.id, pathway.version
+                    ),
+                    None => format!("nothing: this node runs {} {}", pathway.id, pathway.version),
+                },
+            )],
+        })?;
+        Ok(Ok(NodeMeasure {
+            region: config.region.to_string(),
+            measure: pathway.id.clone(),
+            version: pathway.version.clone(),
+            counts,
+            last_updated: last_updated(&svc)?,
+            completeness: svc.quality.completeness("Encounter"),
+            disclosure: floor,
+        }))
+    })
+    .await?;
+    match answer {
+        Ok(a) => Ok(HttpResponse::Ok().json(a)),
+        Err(why) => Err(Error::forbidden(why)),
+    }
 }
 
 async fn aggregate(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Error> {

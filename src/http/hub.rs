@@ -21,6 +21,54 @@ use std::sync::Arc;
 /// The FHIR service over the hub's audit store (AuditEvent searches).
 struct AuditEvents(FhirService);
 
+async fn measures(req: HttpRequest, hub: web::Data<Hub>) -> HttpResponse {
+    let ci = req.connection_info().clone();
+    let base = match &hub.config.public_url {
+        Some(u) => format!("{u}/fhir"),
+        None => format!("{}://{}/fhir", ci.scheme(), ci.host()),
+    };
+    HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(super::pathways::measure_bundle(&hub.pathways, &base).to_string())
+}
+
+async fn measure(path: web::Path<String>, hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
+    let id = path.into_inner();
+    let p = hub
+        .pathways
+        .get(&id)
+        .ok_or_else(|| Error::NotFound("Measure".into(), id.clone()))?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(p.measure.to_string()))
+}
+
+/// `Measure/{id}/$evaluate-measure` across the regions, through the gate.
+async fn evaluate_measure(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    hub: web::Data<Hub>,
+) -> Result<HttpResponse, Error> {
+    let id = path.into_inner();
+    if hub.pathways.get(&id).is_none() {
+        return Err(Error::NotFound("Measure".into(), id));
+    }
+    let parsed = if body.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice::<Value>(&body).map_err(Error::Json)?)
+    };
+    let period = super::pathways::period_of(&query_pairs(&req), parsed.as_ref())?;
+    admit(&hub, &req)?;
+    let raw = format!(
+        "Measure/{id}/$evaluate-measure?periodStart={}&periodEnd={}",
+        period.start, period.end
+    );
+    let report = hub
+        .evaluate_measure(&id, &period.start, &period.end, &raw, &who(&req))
+        .await?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(report.to_string()))
+}
+
 fn who(req: &HttpRequest) -> String {
     super::access::who(super::access::principal_of(req).as_ref(), req)
 }
@@ -235,6 +283,22 @@ pub fn serve_hub(
                 route(cfg, t, "POST", "/auth/token", web::post().to(token));
                 route(cfg, t, "GET", "/fhir/metadata", web::get().to(metadata));
                 route(cfg, t, "POST", "/fhir/$aggregate", web::post().to(aggregate));
+                route(cfg, t, "GET", "/fhir/Measure", web::get().to(measures));
+                route(cfg, t, "GET", "/fhir/Measure/{id}", web::get().to(measure));
+                route(
+                    cfg,
+                    t,
+                    "GET",
+                    "/fhir/Measure/{id}/$evaluate-measure",
+                    web::get().to(evaluate_measure),
+                );
+                route(
+                    cfg,
+                    t,
+                    "POST",
+                    "/fhir/Measure/{id}/$evaluate-measure",
+                    web::post().to(evaluate_measure),
+                );
                 route(cfg, t, "GET", "/quality", web::get().to(quality));
                 route(cfg, t, "GET", "/fhir/{type}", web::get().to(search));
             })

@@ -54,6 +54,8 @@ pub struct Hub {
     pub audit: Arc<AuditLog>,
     /// Released answers by canonical query, for `HubConfig::answer_cache` (identical questions get the same answer).
     answers: Arc<std::sync::Mutex<std::collections::HashMap<String, (Instant, Answer)>>>,
+    /// The pathways the hub federates (the version every node must run).
+    pub pathways: Arc<crate::pathways::Library>,
     /// Recent aggregate questions per client, for the rate limit.
     asked: Arc<std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>>,
 }
@@ -83,8 +85,15 @@ impl Hub {
             client,
             audit,
             answers: Arc::default(),
+            pathways: crate::pathways::Library::built_in(),
             asked: Arc::default(),
         })
+    }
+
+    /// The same hub federating these pathways.
+    pub fn with_pathways(mut self, pathways: Arc<crate::pathways::Library>) -> Hub {
+        self.pathways = pathways;
+        self
     }
 
     /// A released answer to the same question within the cache window, if any.
@@ -300,6 +309,86 @@ impl Hub {
         )
         .await?;
         Ok(reply)
+    }
+
+    /// `Measure/{id}/$evaluate-measure` at the hub: every node evaluates the same
+    /// version of the pathway; nodes on another version are reported, not mixed in;
+    /// the pooled counts are released through the gate as one summary MeasureReport.
+    pub async fn evaluate_measure(
+        &self,
+        id: &str,
+        period_start: &str,
+        period_end: &str,
+        raw: &str,
+        who: &str,
+    ) -> Result<Value, Error> {
+        let pathway = self
+            .pathways
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound("Measure".into(), id.to_string()))?;
+        let regions = self.regions_for(None)?;
+        let request = federation::MeasureRequest {
+            measure: pathway.id.clone(),
+            version: pathway.version.clone(),
+            period_start: period_start.to_string(),
+            period_end: period_end.to_string(),
+            disclosure: self.config.disclosure,
+            deadline_ms: self.config.deadline.as_millis() as u64,
+        };
+        let answers: Vec<(RegionReport, Option<federation::NodeMeasure>)> = self
+            .fan_out(&regions, |client, url| {
+                client.post(format!("{url}/federation/measure")).json(&request)
+            })
+            .await;
+        let mut reports = Vec::new();
+        let mut answered: Vec<(String, crate::pathways::Counts)> = Vec::new();
+        let mut versions: Vec<(String, String)> = Vec::new();
+        let mut gate = self.config.disclosure;
+        for (mut report, answer) in answers {
+            if let Some(a) = answer {
+                versions.push((a.region.clone(), a.version.clone()));
+                if a.region != report.region {
+                    report.status = RegionStatus::Error;
+                    report.detail = Some(format!("the node at this URL says it serves '{}'", a.region));
+                } else if a.version != pathway.version || a.measure != pathway.id {
+                    report.status = RegionStatus::Error;
+                    report.detail = Some(format!(
+                        "the node runs {} {}, not {}: its counts are not mixed in",
+                        a.measure, a.version, pathway.version
+                    ));
+                } else if let Some(counts) = a.counts {
+                    report.last_updated = a.last_updated.clone();
+                    report.completeness = a.completeness;
+                    gate = gate.stricter(Disclosure {
+                        min_regions: gate.min_regions,
+                        ..a.disclosure
+                    });
+                    answered.push((a.region.clone(), counts));
+                }
+            }
+            reports.push(report);
+        }
+        let groups: Vec<String> = pathway.group_codes().iter().map(|s| s.to_string()).collect();
+        let slices: Vec<(String, &crate::pathways::Counts)> = answered.iter().map(|(r, c)| (r.clone(), c)).collect();
+        let release = gate.release_measure(&groups, &slices, true);
+        let report = released_report(&pathway, &release, period_start, period_end, &reports, &versions, &gate);
+        let withheld = release.rows().iter().filter(|r| r.withheld().is_some()).count();
+        self.record(
+            "evaluate-measure",
+            who,
+            raw,
+            &reports,
+            format!(
+                "{} {}: {} stratum row(s) released; {} withheld",
+                pathway.id,
+                pathway.version,
+                release.rows().len() - withheld,
+                withheld
+            ),
+        )
+        .await?;
+        Ok(report)
     }
 
     /// `GET /quality`: the regions' quality figures (per resource type, aggregates only).
@@ -536,4 +625,127 @@ impl AggregateReply {
     pub fn to_csv(&self) -> Vec<u8> {
         self.release.csv()
     }
+}
+
+const EXT: &str = "https://pennine.nhs.example/fhir/StructureDefinition/";
+
+fn released_populations(c: &crate::federation::disclosure::ReleasedCell) -> Value {
+    let p = |code: &str, n: u64| json!({"code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/measure-population", "code": code}]}, "count": n});
+    json!([
+        p("initial-population", c.population),
+        p("denominator", c.population),
+        p("numerator", c.numerator)
+    ])
+}
+
+fn withheld_extension(why: &str) -> Value {
+    json!([{"url": format!("{EXT}withheld"), "valueString": why}])
+}
+
+/// The hub's summary MeasureReport, from what the gate released: withheld cells are
+/// absent from `population` and named in a `withheld` extension with the reason.
+pub fn released_report(
+    pathway: &crate::pathways::Pathway,
+    release: &crate::federation::disclosure::MeasureRelease,
+    start: &str,
+    end: &str,
+    regions: &[RegionReport],
+    versions: &[(String, String)],
+    gate: &Disclosure,
+) -> Value {
+    use crate::pathways::{GROUP_SYSTEM, STRATIFIERS, STRATIFIER_SYSTEM};
+    let total = release.rows().iter().find(|r| r.stratifier.is_none());
+    let groups: Vec<Value> = release
+        .groups()
+        .iter()
+        .enumerate()
+        .map(|(gi, code)| {
+            let mut group = json!({"code": {"coding": [{"system": GROUP_SYSTEM, "code": code}]}});
+            match total {
+                Some(t) if t.withheld().is_some() => {
+                    group["extension"] = withheld_extension(t.withheld().unwrap_or(""))
+                }
+                Some(t) => {
+                    if let Some(c) = t.cell(gi) {
+                        group["population"] = released_populations(c);
+                        if let Some(sc) = c.score {
+                            group["measureScore"] = json!({"value": sc});
+                        }
+                    }
+                }
+                None => group["extension"] = withheld_extension("no region answered"),
+            }
+            let stratifiers: Vec<Value> = std::iter::once("region")
+                .chain(STRATIFIERS)
+                .map(|s| {
+                    let strata: Vec<Value> = release
+                        .rows()
+                        .iter()
+                        .filter(|r| r.stratifier.as_deref() == Some(s))
+                        .filter_map(|r| {
+                            let mut stratum = json!({"value": {"text": r.value}});
+                            if let Some(why) = r.withheld() {
+                                stratum["extension"] = withheld_extension(why);
+                                return Some(stratum);
+                            }
+                            let c = r.cell(gi)?;
+                            stratum["population"] = released_populations(c);
+                            if let Some(sc) = c.score {
+                                stratum["measureScore"] = json!({"value": sc});
+                            }
+                            Some(stratum)
+                        })
+                        .collect();
+                    json!({"code": [{"coding": [{"system": STRATIFIER_SYSTEM, "code": s}]}], "stratum": strata})
+                })
+                .collect();
+            group["stratifier"] = Value::Array(stratifiers);
+            group
+        })
+        .collect();
+    let region_extensions: Vec<Value> = regions
+        .iter()
+        .map(|r| {
+            let mut parts = vec![
+                json!({"url": "region", "valueString": r.region}),
+                json!({"url": "status", "valueCode": serde_json::to_value(r.status).unwrap_or_default()}),
+                json!({"url": "latencyMs", "valueInteger": r.latency_ms}),
+            ];
+            if let Some((_, v)) = versions.iter().find(|(reg, _)| *reg == r.region) {
+                parts.push(json!({"url": "version", "valueString": v}));
+            }
+            if let Some(d) = &r.detail {
+                parts.push(json!({"url": "detail", "valueString": d}));
+            }
+            if let Some(u) = &r.last_updated {
+                parts.push(json!({"url": "lastUpdated", "valueString": u}));
+            }
+            if let Some(c) = r.completeness {
+                parts.push(json!({"url": "completeness", "valueDecimal": c}));
+            }
+            json!({"url": format!("{EXT}region-status"), "extension": parts})
+        })
+        .collect();
+    let mut extensions = region_extensions;
+    extensions.push(json!({"url": format!("{EXT}disclosure"), "extension": [
+        {"url": "minCell", "valueInteger": gate.min_cell},
+        {"url": "rounding", "valueInteger": gate.rounding},
+        {"url": "noise", "valueInteger": gate.noise},
+        {"url": "minRegions", "valueInteger": gate.min_regions},
+    ]}));
+    for n in release.notes() {
+        extensions.push(json!({"url": format!("{EXT}disclosure-note"), "valueString": n}));
+    }
+    let complete = regions.iter().all(|r| r.status == RegionStatus::Ok);
+    json!({
+        "resourceType": "MeasureReport",
+        "extension": extensions,
+        "status": if complete { "complete" } else { "pending" },
+        "type": "summary",
+        "measure": format!("{}|{}", pathway.url, pathway.version),
+        "date": crate::fhir::time::format_instant(crate::fhir::time::now_millis()),
+        "reporter": {"display": "Pennine hub"},
+        "period": {"start": start, "end": end},
+        "group": groups,
+    })
 }

@@ -61,7 +61,7 @@ fn age_at(birth: &str, on: &str) -> Option<u32> {
 
 impl FhirService {
     /// Calls `f` with each current resource of `rtype`, parsed.
-    fn each_resource(&self, rtype: &str, budget: &Budget, mut f: impl FnMut(&str, Value)) -> Result<(), Error> {
+    fn each_resource(&self, rtype: &str, budget: &Budget, mut f: impl FnMut(&str, i64, Value)) -> Result<(), Error> {
         let mut after = 0;
         let mut seen = 0;
         loop {
@@ -69,7 +69,7 @@ impl FhirService {
             for s in &batch {
                 let Some(json) = &s.json else { continue };
                 match serde_json::from_slice::<Value>(json) {
-                    Ok(v) => f(&s.id, v),
+                    Ok(v) => f(&s.id, s.key, v),
                     Err(e) => tracing::error!(rtype, id = %s.id, error = %e, "stored JSON does not parse"),
                 }
             }
@@ -85,7 +85,7 @@ impl FhirService {
     /// Every admitted-care episode of this node that has ranked diagnoses.
     pub fn episodes(&self, budget: Budget) -> Result<Vec<Episode>, Error> {
         let mut codes: HashMap<String, String> = HashMap::new();
-        self.each_resource("Condition", &budget, |id, c| {
+        self.each_resource("Condition", &budget, |id, _, c| {
             let icd = c["code"]["coding"]
                 .as_array()
                 .into_iter()
@@ -98,7 +98,7 @@ impl FhirService {
             }
         })?;
         let mut patients: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
-        self.each_resource("Patient", &budget, |id, p| {
+        self.each_resource("Patient", &budget, |id, _, p| {
             patients.insert(
                 id.to_string(),
                 (
@@ -109,7 +109,7 @@ impl FhirService {
         })?;
         // Providers by their ODS code (HL7 v2 encounters point at an Organization).
         let mut providers: HashMap<String, String> = HashMap::new();
-        self.each_resource("Organization", &budget, |id, o| {
+        self.each_resource("Organization", &budget, |id, _, o| {
             let ods = o["identifier"]
                 .as_array()
                 .into_iter()
@@ -121,8 +121,10 @@ impl FhirService {
             }
         })?;
         let mut out = Vec::new();
-        self.each_resource("Encounter", &budget, |_, e| {
-            if let Some(ep) = episode(&e, &codes, &patients, &providers) {
+        let keys = &self.record_keys;
+        self.each_resource("Encounter", &budget, |_, key, e| {
+            if let Some(mut ep) = episode(&e, &codes, &patients, &providers) {
+                ep.key = keys.record(key, 0);
                 out.push(ep);
             }
         })?;
@@ -203,6 +205,7 @@ fn episode(
         age,
         sex: patient.and_then(|p| p.0.clone()),
         diagnoses,
+        key: 0,
     })
 }
 

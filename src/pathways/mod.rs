@@ -198,6 +198,8 @@ pub struct Episode {
     pub sex: Option<String>,
     /// ICD-10 codes in the 4-character form by position: 0 = primary, 1..=12 = S1..S12.
     pub diagnoses: [Option<String>; POSITIONS],
+    /// The episode's record key (cell-key noise; `federation::cellkey`).
+    pub key: u64,
 }
 
 /// The position index of `P`, `S1` … `S12`.
@@ -419,12 +421,12 @@ impl Pathway {
                 if !in_population {
                     continue;
                 }
-                g.1.total.add(in_numerator);
+                g.1.total.add(in_numerator, e.key);
                 for (s, v) in &strata {
                     g.1.strata
                         .entry(((*s).to_string(), v.clone()))
                         .or_default()
-                        .add(in_numerator);
+                        .add(in_numerator, e.key);
                 }
             }
         }
@@ -460,17 +462,37 @@ pub fn age_band(age: u32) -> &'static str {
     }
 }
 
-/// Population and numerator of one cell (the denominator is the population).
+/// Population and numerator of one cell (the denominator is the population), with
+/// the cell keys of each (wrapping sums of their episodes' record keys).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Cell {
     pub population: u64,
     pub numerator: u64,
+    #[serde(default)]
+    pub population_key: u64,
+    #[serde(default)]
+    pub numerator_key: u64,
 }
 
 impl Cell {
-    fn add(&mut self, numerator: bool) {
+    fn add(&mut self, numerator: bool, key: u64) {
         self.population += 1;
-        self.numerator += numerator as u64;
+        self.population_key = self.population_key.wrapping_add(key);
+        if numerator {
+            self.numerator += 1;
+            self.numerator_key = self.numerator_key.wrapping_add(key);
+        }
+    }
+
+    /// The sum of two cells (pooling regions).
+    pub fn plus(self, o: Cell) -> Cell {
+        Cell {
+            population: self.population + o.population,
+            numerator: self.numerator + o.numerator,
+            population_key: self.population_key.wrapping_add(o.population_key),
+            numerator_key: self.numerator_key.wrapping_add(o.numerator_key),
+        }
     }
 }
 

@@ -88,6 +88,16 @@ fn node_sample(method: &'static str, path: &str, id: &str) -> Sample {
             )),
             None,
         ),
+        ("POST", "/federation/measure") => (
+            path.into(),
+            Some((
+                json!({"measure": "chc-copd", "version": "1.0.0", "periodStart": "2025-01-01", "periodEnd": "2025-12-31",
+                "disclosure": {"minCell": 10, "rounding": 5, "noise": 2, "minRegions": 3}, "deadlineMs": 5000})
+                .to_string(),
+                "application/json",
+            )),
+            None,
+        ),
         ("GET", "/federation/count/{type}") => {
             ("/federation/count/Patient?_summary=count".into(), None, Some("Patient"))
         }
@@ -239,6 +249,23 @@ fn hub_sample(method: &'static str, path: &str) -> Vec<Sample> {
             None,
         )],
         ("GET", "/quality") => vec![s(path, None, None)],
+        ("GET", "/fhir/Measure") => vec![s(path, None, None)],
+        ("GET", "/fhir/Measure/{id}") => vec![s("/fhir/Measure/chc-arld", None, None)],
+        ("GET", "/fhir/Measure/{id}/$evaluate-measure") => vec![s(
+            "/fhir/Measure/chc-epilepsy/$evaluate-measure?periodStart=2025&periodEnd=2025",
+            None,
+            None,
+        )],
+        ("POST", "/fhir/Measure/{id}/$evaluate-measure") => vec![s(
+            "/fhir/Measure/chc-copd/$evaluate-measure",
+            Some((
+                json!({"resourceType": "Parameters", "parameter": [
+                    {"name": "periodStart", "valueDate": "2025"}, {"name": "periodEnd", "valueDate": "2025"}]})
+                .to_string(),
+                "application/fhir+json",
+            )),
+            None,
+        )],
         // One route, three kinds of question.
         ("GET", "/fhir/{type}") => vec![
             s("/fhir/Patient?_summary=count", None, Some("Patient")),

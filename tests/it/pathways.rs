@@ -5,6 +5,7 @@
 
 use super::feeds::sus_header;
 use super::helpers::spawn_node;
+use pennine::federation::Disclosure;
 use serde_json::Value;
 
 /// One designed episode and the groups it must fall in.
@@ -370,4 +371,272 @@ async fn evaluate_measure_stays_in_the_region_and_within_the_node_budget() {
         assert_eq!(res.status(), 403, "{who}");
     }
     node.stop().await;
+}
+
+/// A deterministic stream of numbers (xorshift).
+struct Stream(u64);
+
+impl Stream {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// `n` SUS episodes for a region: three providers, mixed ages, sexes, codes and deaths.
+fn region_extract(region: usize, n: usize) -> String {
+    let mut r = Stream(0x5eed + region as u64 * 7919);
+    let providers = [
+        ["RTD", "RXN", "RBN"],
+        ["RCF", "RAE", "RWY"],
+        ["R0A", "RMC", "RM3"],
+        ["REM", "RBL", "RVY"],
+    ][region];
+    let primaries = [
+        "J440", "J441", "J100", "R060", "G400", "R568", "K700", "K703", "D65X", "I10X", "F019",
+    ];
+    let seconds = ["J440", "G401", "K700", "F100", "I10X", ""];
+    let mut out = sus_header();
+    for i in 0..n {
+        let mut dx = vec![
+            primaries[r.next(primaries.len() as u64) as usize].to_string(),
+            seconds[r.next(seconds.len() as u64) as usize].to_string(),
+        ];
+        dx.resize(20, String::new());
+        let month = 1 + r.next(12);
+        let day = format!("2025-{month:02}-1{}", r.next(9));
+        out.push_str(&format!(
+            "\nR{region}S{i},1,1,{},{},{},{},21,{},{day},{day},{day},{day},{},{}",
+            nhs((region * 10_000 + i) as u32),
+            1 + r.next(2),
+            20 + r.next(75),
+            providers[r.next(3) as usize],
+            ["300", "340", "400"][r.next(3) as usize],
+            if r.next(8) == 0 { "4" } else { "1" },
+            dx.join(","),
+        ));
+    }
+    out.push('\n');
+    out
+}
+
+/// A copy of the built-in pathways with COPD at another version.
+fn copd_at(version: &str, dir: &std::path::Path) {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles/pathways");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        let mut text = std::fs::read_to_string(&f).unwrap();
+        if f.file_name().unwrap() == "chc-copd.json" {
+            let mut v: Value = serde_json::from_str(&text).unwrap();
+            v["measure"]["version"] = Value::from(version);
+            text = v.to_string();
+        }
+        std::fs::write(dir.join(f.file_name().unwrap()), text).unwrap();
+    }
+}
+
+/// A stratum as released: its value, (denominator, numerator) or why it is withheld.
+type Stratum = (String, Option<(u64, u64)>, Option<String>);
+
+/// Every stratum of a group's stratifier `s`.
+fn strata(report: &Value, group: &str, s: &str) -> Vec<Stratum> {
+    let g = report["group"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["code"]["coding"][0]["code"] == group)
+        .unwrap();
+    let st = g["stratifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["code"][0]["coding"][0]["code"] == s)
+        .unwrap();
+    st["stratum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            let counts = x["population"]
+                .as_array()
+                .map(|p| (p[1]["count"].as_u64().unwrap(), p[2]["count"].as_u64().unwrap()));
+            let withheld = x["extension"][0]["valueString"].as_str().map(str::to_string);
+            (x["value"]["text"].as_str().unwrap().to_string(), counts, withheld)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_hub_pools_pathways_exactly_reports_other_versions_and_withholds_small_strata() {
+    use super::federation::{as_client, hub, node, OPEN, REGIONS};
+    use pennine::config::NodeConfig;
+    use pennine::tls::{dev_certs, TlsFiles};
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path(), &["nenc", "yh", "gm", "nwc"], &[]).unwrap();
+    let mut nodes = Vec::new();
+    for r in &REGIONS[..3] {
+        nodes.push(node(r, certs.path(), OPEN).await);
+    }
+    // nwc runs COPD 1.1.0: reported, not mixed in.
+    let nwc_dir = tempfile::tempdir().unwrap();
+    let pathways = tempfile::tempdir().unwrap();
+    copd_at("1.1.0", pathways.path());
+    let mut config = NodeConfig::local("nwc", nwc_dir.path());
+    config.clients = Some(super::helpers::write_clients(nwc_dir.path(), "nwc"));
+    config.tls = Some(TlsFiles::in_dir(certs.path(), "nwc"));
+    config.disclosure = OPEN;
+    config.service.pathways_dir = Some(pathways.path().to_path_buf());
+    let nwc = pennine::startup::start_node(config).await.expect("nwc starts");
+
+    let roots: Vec<String> = nodes
+        .iter()
+        .map(|n| n.node.base_url())
+        .chain(std::iter::once(nwc.base_url()))
+        .collect();
+    let sizes = [400, 250, 7, 300];
+    for (i, root) in roots.iter().enumerate() {
+        let client = as_client(certs.path(), root, "tester").await;
+        let res = client
+            .post(format!("{root}/feeds/csv/sus-apc"))
+            .header("content-type", "text/csv")
+            .body(region_extract(i, sizes[i]))
+            .send()
+            .await
+            .unwrap();
+        let summary: Value = res.json().await.unwrap();
+        assert_eq!(summary["stored"], sizes[i], "{summary}");
+    }
+    // Each region's own exact report.
+    let mut local = Vec::new();
+    for (i, root) in roots.iter().enumerate() {
+        let client = as_client(certs.path(), root, "tester").await;
+        let report: Value = client
+            .get(format!(
+                "{root}/fhir/Measure/chc-copd/$evaluate-measure?periodStart=2025&periodEnd=2025"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        local.push((REGIONS[i], report));
+    }
+    let all: Vec<(&str, String)> = REGIONS.iter().zip(&roots).map(|(r, u)| (*r, u.clone())).collect();
+
+    // An open gate releases exact counts: the pooled report is the sum of the node-local
+    // reports of the regions on the same version, before the gate.
+    let (open_hub, _d1) = hub(&all, certs.path(), OPEN, std::time::Duration::from_secs(20)).await;
+    let analyst = as_client(certs.path(), &open_hub.base_url(), "analyst").await;
+    let pooled: Value = analyst
+        .get(format!(
+            "{}/fhir/Measure/chc-copd/$evaluate-measure?periodStart=2025&periodEnd=2025",
+            open_hub.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pooled["resourceType"], "MeasureReport", "{pooled}");
+    assert_eq!(
+        pooled["status"], "pending",
+        "a region on another version makes the report incomplete"
+    );
+    let nwc_status = pooled["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["extension"][0]["valueString"] == "nwc")
+        .unwrap();
+    assert!(nwc_status.to_string().contains("1.1.0"), "{nwc_status}");
+    for g in ["admissions", "mortality"] {
+        let sum = local[..3].iter().fold((0, 0), |acc, (_, r)| {
+            let (p, n) = group(r, g);
+            (acc.0 + p, acc.1 + n)
+        });
+        assert_eq!(group(&pooled, g), sum, "{g}: pooled = sum of the same-version regions");
+        let by_region = strata(&pooled, g, "region");
+        // nwc is not mixed in; a region with no one in the group has no stratum.
+        let mut present: Vec<&str> = local[..3]
+            .iter()
+            .filter(|(_, r)| group(r, g).0 > 0)
+            .map(|(r, _)| *r)
+            .collect();
+        present.sort();
+        let mut got: Vec<&str> = by_region.iter().map(|(r, _, _)| r.as_str()).collect();
+        got.sort();
+        assert_eq!(got, present, "{g}");
+        for (region, report) in local[..3].iter().filter(|(r, _)| present.contains(r)) {
+            let (_, counts, _) = by_region.iter().find(|(r, _, _)| r == region).unwrap();
+            assert_eq!(*counts, Some(group(report, g)), "{region} {g}");
+        }
+    }
+
+    // The default gate: small strata are withheld with their reason, never alone in a
+    // stratifier beside a released total, and counts are rounded.
+    let (gated_hub, _d2) = hub(
+        &all,
+        certs.path(),
+        Disclosure::default(),
+        std::time::Duration::from_secs(20),
+    )
+    .await;
+    let partner = as_client(certs.path(), &gated_hub.base_url(), "partner").await;
+    let gated: Value = partner
+        .get(format!(
+            "{}/fhir/Measure/chc-copd/$evaluate-measure?periodStart=2025&periodEnd=2025",
+            gated_hub.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let regions = strata(&gated, "admissions", "region");
+    let gm = regions.iter().find(|(r, _, _)| r == "gm").unwrap();
+    assert!(gm.1.is_none() && gm.2.is_some(), "gm's 7 episodes are withheld: {gm:?}");
+    let mut released = 0;
+    for g in ["admissions", "mortality"] {
+        for s in ["region", "provider", "age-band", "sex", "month"] {
+            let rows = strata(&gated, g, s);
+            let withheld = rows.iter().filter(|(_, c, _)| c.is_none()).count();
+            assert_ne!(
+                withheld, 1,
+                "{g}/{s}: one withheld stratum could be recovered from the total: {rows:?}"
+            );
+            for (_, c, why) in &rows {
+                match c {
+                    Some((p, n)) => {
+                        released += 1;
+                        assert!(*p >= 10 && p % 5 == 0 && n % 5 == 0, "{g}/{s}: {p} {n}");
+                        assert!(*n == 0 || *n >= 10, "{g}/{s}: numerator {n}");
+                    }
+                    None => assert!(why.is_some(), "a withheld stratum says why"),
+                }
+            }
+        }
+    }
+    assert!(released > 0, "the gate released something: {gated}");
+    // Partners may ask at the hub; a vendor may not.
+    let vendor = as_client(certs.path(), &gated_hub.base_url(), "vendor").await;
+    let res = vendor
+        .get(format!(
+            "{}/fhir/Measure/chc-copd/$evaluate-measure?periodStart=2025&periodEnd=2025",
+            gated_hub.base_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    open_hub.stop().await;
+    gated_hub.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+    nwc.stop().await;
 }
