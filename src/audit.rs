@@ -55,7 +55,7 @@ pub fn audit_event(r: &AuditRecord) -> Value {
         Err(why) => ("4", Some(why)),
     };
     let event_type = match r.action {
-        "aggregate" | "count" | "view-run" | "evaluate-measure" => {
+        "aggregate" | "count" | "view-run" | "evaluate-measure" | "benchmark" => {
             json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110112", "display": "Query"})
         }
         "token" => {

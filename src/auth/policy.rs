@@ -112,6 +112,8 @@ pub const HUB_ROUTES: &[RouteRule] = &[
     r("GET", "/fhir/Measure/{id}", Rule::Public),
     r("GET", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),
     r("POST", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),
+    r("GET", "/fhir/Measure/{id}/$benchmark", Rule::EvaluateMeasure),
+    r("POST", "/fhir/Measure/{id}/$benchmark", Rule::EvaluateMeasure),
     r("GET", "/quality", Rule::HubQuality),
     r("GET", "/fhir/{type}", Rule::HubSearch),
 ];

@@ -797,6 +797,171 @@ impl Disclosure {
     }
 }
 
+/// One provider row of a released benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchmarkRow {
+    provider: String,
+    region: String,
+    figures: Option<Value>,
+    withheld: Option<String>,
+}
+
+/// What the gate releases of a benchmark. Only the gate builds one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchmarkRelease {
+    rows: Vec<BenchmarkRow>,
+    funnel: Vec<crate::pathways::benchmark::FunnelPoint>,
+    notes: Vec<String>,
+}
+
+impl BenchmarkRelease {
+    /// The provider table: released rows with their figures, withheld rows with
+    /// provider, region and the reason only.
+    pub fn providers_json(&self) -> Value {
+        Value::Array(
+            self.rows
+                .iter()
+                .map(|r| {
+                    let mut o = Map::new();
+                    o.insert("provider".into(), Value::from(r.provider.clone()));
+                    o.insert("region".into(), Value::from(r.region.clone()));
+                    if let Some(Value::Object(f)) = &r.figures {
+                        o.extend(f.clone());
+                    }
+                    o.insert(
+                        "withheld".into(),
+                        r.withheld.clone().map(Value::from).unwrap_or(Value::Null),
+                    );
+                    Value::Object(o)
+                })
+                .collect(),
+        )
+    }
+
+    pub fn funnel_json(&self) -> Value {
+        Value::Array(
+            self.funnel
+                .iter()
+                .map(|p| {
+                    serde_json::json!({"expected": p.expected, "lower95": p.lower95, "upper95": p.upper95,
+                        "lower998": p.lower998, "upper998": p.upper998})
+                })
+                .collect(),
+        )
+    }
+
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    pub fn released(&self) -> usize {
+        self.rows.iter().filter(|r| r.figures.is_some()).count()
+    }
+
+    pub fn withheld(&self) -> usize {
+        self.rows.len() - self.released()
+    }
+
+    /// The provider table as CSV (withheld rows keep provider, region and the reason).
+    pub fn csv(&self) -> Vec<u8> {
+        let mut w = ::csv::Writer::from_writer(Vec::new());
+        let cols = ["n", "observed", "expected", "smr", "flag95", "flag998"];
+        let _ = w.write_record(
+            ["provider", "region"]
+                .iter()
+                .chain(cols.iter())
+                .chain(["withheld"].iter()),
+        );
+        for r in &self.rows {
+            let mut rec = vec![r.provider.clone(), r.region.clone()];
+            for c in cols {
+                rec.push(match r.figures.as_ref().map(|f| &f[c]) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => String::new(),
+                    Some(v) => v.to_string(),
+                });
+            }
+            rec.push(r.withheld.clone().unwrap_or_default());
+            let _ = w.write_record(&rec);
+        }
+        w.into_inner().unwrap_or_default()
+    }
+}
+
+impl Disclosure {
+    /// Releases providers' risk-adjusted figures. A provider's row is released only
+    /// when its cohort, its deaths (the numerator) and its survivors are each at least
+    /// `min_cell`, and the pooled rates behind `expected` come from at least
+    /// `min_regions` regions; otherwise the provider is named with the reason and no
+    /// figure. `n` and `observed` are released as counts (perturbed and rounded as
+    /// the settings say); the ratio and the flags are computed from the exact values;
+    /// the pooled rates themselves are never released.
+    pub fn release_benchmark(
+        &self,
+        figures: &[crate::pathways::benchmark::ProviderFigures],
+        regions_answering: usize,
+    ) -> BenchmarkRelease {
+        use crate::pathways::benchmark::{flag, funnel};
+        let pooled_ok = regions_answering >= self.min_regions;
+        let exact = self.exact();
+        let mut rows = Vec::new();
+        let mut spans: Vec<f64> = Vec::new();
+        for f in figures {
+            let survivors = f.n - f.observed;
+            let withheld = if !pooled_ok {
+                Some(format!(
+                    "expected counts need pooled rates from at least {} answering regions",
+                    self.min_regions
+                ))
+            } else if f.n < self.min_cell || f.observed < self.min_cell || survivors < self.min_cell {
+                Some(format!(
+                    "the cohort, its deaths and its survivors must each be at least {}",
+                    self.min_cell
+                ))
+            } else {
+                None
+            };
+            let figures = withheld.is_none().then(|| {
+                spans.push(f.expected);
+                let smr = f.ratio();
+                let shown = |x: f64| if exact { x } else { significant(x) };
+                serde_json::json!({
+                    "n": self.release_count(f.n, f.n_key),
+                    "observed": self.release_count(f.observed, f.observed_key),
+                    "expected": shown(f.expected),
+                    "smr": smr.map(shown),
+                    "flag95": flag(f.observed, f.expected, 0.05),
+                    "flag998": flag(f.observed, f.expected, 0.002),
+                })
+            });
+            rows.push(BenchmarkRow {
+                provider: f.provider.clone(),
+                region: f.region.clone(),
+                figures,
+                withheld,
+            });
+        }
+        let lo = spans.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = spans.iter().cloned().fold(0.0, f64::max);
+        let funnel = if spans.is_empty() {
+            funnel(1.0, 10.0, 12)
+        } else {
+            funnel(lo, hi, 12)
+        };
+        let mut notes = vec![format!(
+            "a provider is released when its cohort, deaths and survivors are each at least {}; expected counts use the pooled rate of each age band and sex across the answering regions, which is not released",
+            self.min_cell
+        )];
+        if !exact {
+            notes.push(format!(
+                "n and observed are released perturbed (at most {}) and rounded to {}; expected, smr and the flags are computed from the exact values (3 significant figures)",
+                self.noise, self.rounding
+            ));
+        }
+        BenchmarkRelease { rows, funnel, notes }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{AggregateQuery, CellStats, MeasureStats, Moments, Plan, PooledGroup};

@@ -69,6 +69,59 @@ async fn evaluate_measure(
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(report.to_string()))
 }
 
+/// `Measure/{id}/$benchmark?periodStart=&periodEnd=&group=mortality` (`_format=csv`: the provider table).
+async fn benchmark(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    hub: web::Data<Hub>,
+) -> Result<HttpResponse, Error> {
+    let id = path.into_inner();
+    if hub.pathways.get(&id).is_none() {
+        return Err(Error::NotFound("Measure".into(), id));
+    }
+    let mut pairs = query_pairs(&req);
+    let take = |pairs: &mut Vec<(String, String)>, k: &str| {
+        let v = pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        pairs.retain(|(n, _)| n != k);
+        v
+    };
+    let format = take(&mut pairs, "_format");
+    let group = take(&mut pairs, "group").unwrap_or_else(|| crate::pathways::MORTALITY.to_string());
+    let parsed = if body.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice::<Value>(&body).map_err(Error::Json)?)
+    };
+    let period = super::pathways::period_of(&pairs, parsed.as_ref())?;
+    let csv = match format.as_deref() {
+        None | Some("json") | Some("application/json") => false,
+        Some("csv") | Some("text/csv") => true,
+        Some(other) => {
+            return Err(Error::NotAcceptable(format!(
+                "_format '{other}': $benchmark answers json or csv"
+            )))
+        }
+    };
+    admit(&hub, &req)?;
+    let raw = format!(
+        "Measure/{id}/$benchmark?periodStart={}&periodEnd={}&group={group}",
+        period.start, period.end
+    );
+    let (reply, release) = hub
+        .benchmark(&id, &period.start, &period.end, &group, &raw, &who(&req))
+        .await?;
+    Ok(if csv {
+        HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .body(release.csv())
+    } else {
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(reply.to_string())
+    })
+}
+
 fn who(req: &HttpRequest) -> String {
     super::access::who(super::access::principal_of(req).as_ref(), req)
 }
@@ -298,6 +351,14 @@ pub fn serve_hub(
                     "POST",
                     "/fhir/Measure/{id}/$evaluate-measure",
                     web::post().to(evaluate_measure),
+                );
+                route(cfg, t, "GET", "/fhir/Measure/{id}/$benchmark", web::get().to(benchmark));
+                route(
+                    cfg,
+                    t,
+                    "POST",
+                    "/fhir/Measure/{id}/$benchmark",
+                    web::post().to(benchmark),
                 );
                 route(cfg, t, "GET", "/quality", web::get().to(quality));
                 route(cfg, t, "GET", "/fhir/{type}", web::get().to(search));

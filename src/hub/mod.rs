@@ -311,22 +311,24 @@ impl Hub {
         Ok(reply)
     }
 
-    /// `Measure/{id}/$evaluate-measure` at the hub: every node evaluates the same
-    /// version of the pathway; nodes on another version are reported, not mixed in;
-    /// the pooled counts are released through the gate as one summary MeasureReport.
-    pub async fn evaluate_measure(
+    /// Every node's exact counts of `pathway` over the period: the regions' reports,
+    /// the versions they run, the counts of those on the hub's version, and the gate
+    /// (the stricter of the hub's settings and each answering node's floor).
+    #[allow(clippy::type_complexity)]
+    async fn measure_counts(
         &self,
-        id: &str,
+        pathway: &crate::pathways::Pathway,
         period_start: &str,
         period_end: &str,
-        raw: &str,
-        who: &str,
-    ) -> Result<Value, Error> {
-        let pathway = self
-            .pathways
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound("Measure".into(), id.to_string()))?;
+    ) -> Result<
+        (
+            Vec<RegionReport>,
+            Vec<(String, String)>,
+            Vec<(String, crate::pathways::Counts)>,
+            Disclosure,
+        ),
+        Error,
+    > {
         let regions = self.regions_for(None)?;
         let request = federation::MeasureRequest {
             measure: pathway.id.clone(),
@@ -369,6 +371,29 @@ impl Hub {
             }
             reports.push(report);
         }
+        Ok((reports, versions, answered, gate))
+    }
+
+    fn pathway(&self, id: &str) -> Result<Arc<crate::pathways::Pathway>, Error> {
+        self.pathways
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound("Measure".into(), id.to_string()))
+    }
+
+    /// `Measure/{id}/$evaluate-measure` at the hub: every node evaluates the same
+    /// version of the pathway; nodes on another version are reported, not mixed in;
+    /// the pooled counts are released through the gate as one summary MeasureReport.
+    pub async fn evaluate_measure(
+        &self,
+        id: &str,
+        period_start: &str,
+        period_end: &str,
+        raw: &str,
+        who: &str,
+    ) -> Result<Value, Error> {
+        let pathway = self.pathway(id)?;
+        let (reports, versions, answered, gate) = self.measure_counts(&pathway, period_start, period_end).await?;
         let groups: Vec<String> = pathway.group_codes().iter().map(|s| s.to_string()).collect();
         let slices: Vec<(String, &crate::pathways::Counts)> = answered.iter().map(|(r, c)| (r.clone(), c)).collect();
         let release = gate.release_measure(&groups, &slices, true);
@@ -389,6 +414,65 @@ impl Hub {
         )
         .await?;
         Ok(report)
+    }
+
+    /// `Measure/{id}/$benchmark`: indirectly standardised ratios per provider across
+    /// the regions, with flags and funnel limits, through the gate.
+    pub async fn benchmark(
+        &self,
+        id: &str,
+        period_start: &str,
+        period_end: &str,
+        group: &str,
+        raw: &str,
+        who: &str,
+    ) -> Result<(Value, crate::federation::disclosure::BenchmarkRelease), Error> {
+        let pathway = self.pathway(id)?;
+        if !pathway.group_codes().contains(&group) {
+            return Err(bad(
+                format!(
+                    "{id} has no group '{group}' (its groups: {})",
+                    pathway.group_codes().join(", ")
+                ),
+                Some("group"),
+            ));
+        }
+        let (reports, _versions, answered, gate) = self.measure_counts(&pathway, period_start, period_end).await?;
+        let slices: Vec<(String, &crate::pathways::Counts)> = answered.iter().map(|(r, c)| (r.clone(), c)).collect();
+        let figures = crate::pathways::benchmark::providers(&slices, group);
+        let release = gate.release_benchmark(&figures, answered.len());
+        self.record(
+            "benchmark",
+            who,
+            raw,
+            &reports,
+            format!(
+                "{} {} {group}: {} provider(s) released; {} withheld",
+                pathway.id,
+                pathway.version,
+                release.released(),
+                release.withheld()
+            ),
+        )
+        .await?;
+        let reply = json!({
+            "measure": pathway.id,
+            "version": pathway.version,
+            "group": group,
+            "period": {"start": period_start, "end": period_end},
+            "status": if reports.iter().all(|r| r.status == RegionStatus::Ok) { "complete" } else { "partial" },
+            "regions": reports,
+            "providers": release.providers_json(),
+            "funnel": release.funnel_json(),
+            "disclosure": {
+                "minCell": gate.min_cell,
+                "rounding": gate.rounding,
+                "noise": gate.noise,
+                "minRegions": gate.min_regions,
+                "notes": release.notes(),
+            },
+        });
+        Ok((reply, release))
     }
 
     /// `GET /quality`: the regions' quality figures (per resource type, aggregates only).

@@ -422,6 +422,10 @@ impl Pathway {
                     continue;
                 }
                 g.1.total.add(in_numerator, e.key);
+                g.1.cross
+                    .entry((e.provider.clone(), strata[1].1.clone(), strata[2].1.clone()))
+                    .or_default()
+                    .add(in_numerator, e.key);
                 for (s, v) in &strata {
                     g.1.strata
                         .entry(((*s).to_string(), v.clone()))
@@ -502,6 +506,29 @@ pub struct GroupCounts {
     /// (stratifier, value) → cell.
     #[serde(with = "strata_as_list")]
     pub strata: BTreeMap<(String, String), Cell>,
+    /// (provider, age band, sex) → cell: what risk adjustment needs (`benchmark`).
+    #[serde(default, with = "cross_as_list")]
+    pub cross: BTreeMap<(String, String, String), Cell>,
+}
+
+mod cross_as_list {
+    use super::Cell;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    type Key = (String, String, String);
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<Key, Cell>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter()
+            .map(|((p, a, x), c)| (p, a, x, c))
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Key, Cell>, D::Error> {
+        let v: Vec<(String, String, String, Cell)> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(|(p, a, x, c)| ((p, a, x), c)).collect())
+    }
 }
 
 /// Exact counts of one evaluation, per group in report order.
@@ -658,6 +685,8 @@ impl Library {
         &self.pathways
     }
 }
+
+pub mod benchmark;
 
 #[cfg(test)]
 mod tests;

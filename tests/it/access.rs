@@ -266,6 +266,21 @@ fn hub_sample(method: &'static str, path: &str) -> Vec<Sample> {
             )),
             None,
         )],
+        ("GET", "/fhir/Measure/{id}/$benchmark") => vec![s(
+            "/fhir/Measure/chc-copd/$benchmark?periodStart=2025&periodEnd=2025",
+            None,
+            None,
+        )],
+        ("POST", "/fhir/Measure/{id}/$benchmark") => vec![s(
+            "/fhir/Measure/chc-arld/$benchmark?group=admissions",
+            Some((
+                json!({"resourceType": "Parameters", "parameter": [
+                    {"name": "periodStart", "valueDate": "2025"}, {"name": "periodEnd", "valueDate": "2025"}]})
+                .to_string(),
+                "application/fhir+json",
+            )),
+            None,
+        )],
         // One route, three kinds of question.
         ("GET", "/fhir/{type}") => vec![
             s("/fhir/Patient?_summary=count", None, Some("Patient")),

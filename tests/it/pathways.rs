@@ -576,6 +576,83 @@ async fn the_hub_pools_pathways_exactly_reports_other_versions_and_withholds_sma
         }
     }
 
+    // $benchmark under the open gate, against a reference computed here from the
+    // extracts themselves (COPD rule, pooled death rates by age band and sex, Poisson
+    // tails by direct summation).
+    let bench: Value = analyst
+        .get(format!(
+            "{}/fhir/Measure/chc-copd/$benchmark?periodStart=2025&periodEnd=2025&group=mortality",
+            open_hub.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reference = reference_benchmark(&[(0, sizes[0]), (1, sizes[1]), (2, sizes[2])]);
+    let providers = bench["providers"].as_array().unwrap();
+    assert_eq!(providers.len(), reference.len(), "{bench}");
+    let mut flagged = 0;
+    for (provider, region, n, observed, expected) in &reference {
+        let row = providers
+            .iter()
+            .find(|p| p["provider"] == provider.as_str() && p["region"] == region.as_str())
+            .unwrap_or_else(|| panic!("{provider} missing: {bench}"));
+        let survivors = n - observed;
+        if *observed == 0 || survivors == 0 {
+            assert!(row["withheld"].is_string(), "{row}");
+            assert!(row.get("n").is_none() && row.get("smr").is_none(), "no figures: {row}");
+            continue;
+        }
+        assert_eq!(row["n"], *n, "{row}");
+        assert_eq!(row["observed"], *observed, "{row}");
+        assert!(
+            (row["expected"].as_f64().unwrap() - expected).abs() < 1e-9,
+            "{row} vs {expected}"
+        );
+        assert!((row["smr"].as_f64().unwrap() - *observed as f64 / expected).abs() < 1e-9);
+        let want = |alpha: f64| {
+            let upper = 1.0 - poisson_cdf_by_sum(observed - 1, *expected);
+            let lower = poisson_cdf_by_sum(*observed, *expected);
+            if upper < alpha / 2.0 {
+                "high"
+            } else if lower < alpha / 2.0 {
+                "low"
+            } else {
+                "none"
+            }
+        };
+        assert_eq!(row["flag95"], want(0.05), "{row}");
+        assert_eq!(row["flag998"], want(0.002), "{row}");
+        flagged += (row["flag95"] != "none") as usize;
+    }
+    let _ = flagged;
+    let funnel = bench["funnel"].as_array().unwrap();
+    assert!(funnel.len() >= 10);
+    let released: Vec<f64> = providers.iter().filter_map(|p| p["expected"].as_f64()).collect();
+    let lo = released.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = released.iter().cloned().fold(0.0, f64::max);
+    assert!(funnel[0]["expected"].as_f64().unwrap() <= lo);
+    assert!(funnel[funnel.len() - 1]["expected"].as_f64().unwrap() >= hi);
+    // CSV: the provider table.
+    let csv = analyst
+        .get(format!(
+            "{}/fhir/Measure/chc-copd/$benchmark?periodStart=2025&periodEnd=2025&_format=csv",
+            open_hub.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        csv.starts_with("provider,region,n,observed,expected,smr,flag95,flag998,withheld"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), providers.len() + 1);
+
     // The default gate: small strata are withheld with their reason, never alone in a
     // stratifier beside a released total, and counts are rounded.
     let (gated_hub, _d2) = hub(
@@ -622,6 +699,34 @@ async fn the_hub_pools_pathways_exactly_reports_other_versions_and_withholds_sma
         }
     }
     assert!(released > 0, "the gate released something: {gated}");
+    // The benchmark under the default gate: small providers are named, with the reason and no figure.
+    let bench: Value = partner
+        .get(format!(
+            "{}/fhir/Measure/chc-copd/$benchmark?periodStart=2025&periodEnd=2025",
+            gated_hub.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = bench["providers"].as_array().unwrap();
+    assert!(!rows.is_empty(), "{bench}");
+    for row in rows {
+        assert!(row["provider"].is_string() && row["region"].is_string(), "{row}");
+        match row["withheld"].as_str() {
+            Some(why) => {
+                assert!(why.contains("at least 10"), "{why}");
+                assert!(row.get("observed").is_none() && row.get("expected").is_none(), "{row}");
+            }
+            None => {
+                let (n, o) = (row["n"].as_u64().unwrap(), row["observed"].as_u64().unwrap());
+                assert!(n >= 10 && o >= 10 && n % 5 == 0 && o % 5 == 0, "{row}");
+            }
+        }
+    }
+    assert_eq!(bench["disclosure"]["minCell"], 10);
     // Partners may ask at the hub; a vendor may not.
     let vendor = as_client(certs.path(), &gated_hub.base_url(), "vendor").await;
     let res = vendor
@@ -639,4 +744,75 @@ async fn the_hub_pools_pathways_exactly_reports_other_versions_and_withholds_sma
         n.stop().await;
     }
     nwc.stop().await;
+}
+
+/// P(X <= k), X ~ Poisson(mu), by summing the terms.
+fn poisson_cdf_by_sum(k: u64, mu: f64) -> f64 {
+    let mut term = (-mu).exp();
+    let mut sum = term;
+    for i in 1..=k {
+        term *= mu / i as f64;
+        sum += term;
+    }
+    sum
+}
+
+/// The COPD mortality benchmark of the extracts of `regions`, computed from the CSV
+/// rows: (provider, region, n, observed, expected) per provider.
+fn reference_benchmark(regions: &[(usize, usize)]) -> Vec<(String, String, u64, u64, f64)> {
+    struct Row {
+        provider: String,
+        region: String,
+        band: &'static str,
+        sex: String,
+        died: bool,
+    }
+    let mut rows = Vec::new();
+    for (region, n) in regions {
+        let text = region_extract(*region, *n);
+        for line in text.lines().skip(1).filter(|l| !l.is_empty()) {
+            let f: Vec<&str> = line.split(',').collect();
+            let (p, s1) = (f[14], f[15]);
+            let copd = matches!(p, "J440" | "J441") || (matches!(p, "J100" | "R060") && s1 == "J440");
+            if !copd {
+                continue;
+            }
+            let age: u32 = f[5].parse().unwrap();
+            let band = match age {
+                0..=44 => "0-44",
+                45..=64 => "45-64",
+                65..=74 => "65-74",
+                75..=84 => "75-84",
+                _ => "85+",
+            };
+            rows.push(Row {
+                provider: f[6].to_string(),
+                region: super::federation::REGIONS[*region].to_string(),
+                band,
+                sex: f[4].to_string(),
+                died: f[13] == "4",
+            });
+        }
+    }
+    let mut rate: std::collections::HashMap<(&str, String), (f64, f64)> = std::collections::HashMap::new();
+    for r in &rows {
+        let e = rate.entry((r.band, r.sex.clone())).or_default();
+        e.0 += 1.0;
+        e.1 += r.died as u64 as f64;
+    }
+    let mut out: Vec<(String, String, u64, u64, f64)> = Vec::new();
+    for r in &rows {
+        let (n, d) = rate[&(r.band, r.sex.clone())];
+        let i = match out.iter().position(|o| o.0 == r.provider && o.1 == r.region) {
+            Some(i) => i,
+            None => {
+                out.push((r.provider.clone(), r.region.clone(), 0, 0, 0.0));
+                out.len() - 1
+            }
+        };
+        out[i].2 += 1;
+        out[i].3 += r.died as u64;
+        out[i].4 += d / n;
+    }
+    out
 }
