@@ -143,7 +143,7 @@ async fn measure(req: HttpRequest, payload: web::Payload, state: web::Data<AppSt
                     "the hub's deadline passed while this node read its episodes".into(),
                 ));
             }
-            Some(pathway.count(&episodes, &period.start, &period.end))
+            Some(pathway.count(episodes.iter(), &period.start, &period.end))
         } else {
             None
         };

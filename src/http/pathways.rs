@@ -197,7 +197,7 @@ async fn evaluate(
     let reporter = format!("node {}", state.config.region);
     let report = blocking(move || {
         let episodes = svc.episodes(budget)?;
-        let counts = pathway.count(&episodes, &period.start, &period.end);
+        let counts = pathway.count(episodes.iter(), &period.start, &period.end);
         let now = crate::fhir::time::format_instant(crate::fhir::time::now_millis());
         Ok(crate::pathways::measure_report(
             &pathway,

@@ -125,6 +125,8 @@ pub struct FhirService {
     pub record_keys: Arc<crate::federation::RecordKeys>,
     /// The pathways this node runs (`profiles/pathways`, or `--pathways`).
     pub pathways: Arc<crate::pathways::Library>,
+    /// The node's episodes as of a store change marker (`pathways::episodes`).
+    episodes: Arc<std::sync::Mutex<Option<(i64, Arc<Vec<crate::pathways::Episode>>)>>>,
     /// Who writes through this handle (a client, a feed's sender), for the quality
     /// figures: the write context, set with `for_source`.
     source: Option<Arc<str>>,
@@ -154,6 +156,7 @@ impl FhirService {
             quality: Arc::default(),
             record_keys: Arc::new(crate::federation::RecordKeys::random()),
             pathways: crate::pathways::Library::built_in(),
+            episodes: Arc::default(),
             source: None,
         }
     }

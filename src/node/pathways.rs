@@ -10,6 +10,7 @@ use crate::fhir::icd10;
 use crate::pathways::{Episode, POSITIONS};
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 const SCAN_BATCH: usize = 2000;
 
@@ -82,8 +83,23 @@ impl FhirService {
         }
     }
 
-    /// Every admitted-care episode of this node that has ranked diagnoses.
-    pub fn episodes(&self, budget: Budget) -> Result<Vec<Episode>, Error> {
+    /// Every admitted-care episode of this node that has ranked diagnoses, read once
+    /// and kept until the store changes (the change marker is read before the data,
+    /// so a write during the read is caught by the next call).
+    pub fn episodes(&self, budget: Budget) -> Result<Arc<Vec<Episode>>, Error> {
+        let mut cached = self.episodes.lock().unwrap_or_else(|p| p.into_inner());
+        let marker = self.store.change_marker()?;
+        if let Some((m, e)) = cached.as_ref() {
+            if *m == marker {
+                return Ok(e.clone());
+            }
+        }
+        let fresh = Arc::new(self.read_episodes(budget)?);
+        *cached = Some((marker, fresh.clone()));
+        Ok(fresh)
+    }
+
+    fn read_episodes(&self, budget: Budget) -> Result<Vec<Episode>, Error> {
         let mut codes: HashMap<String, String> = HashMap::new();
         self.each_resource("Condition", &budget, |id, _, c| {
             let icd = c["code"]["coding"]

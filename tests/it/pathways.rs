@@ -338,6 +338,24 @@ async fn mortality_counts_deaths_among_the_admissions_and_only_the_last_episode_
     assert_eq!(group(&report, "mortality"), (2, 1));
     let (_, march) = evaluate(&node, "chc-copd", "periodStart=2025-03&periodEnd=2025-03").await;
     assert_eq!(group(&march, "admissions"), (1, 0));
+    // A new extract is seen by the next evaluation (the episode cache follows the store).
+    let more = format!(
+        "{}\nE,1,1,{n},1,60,RTD,21,300,2025-04-02,2025-04-03,2025-04-02,2025-04-03,1,{}\n",
+        sus_header(),
+        pad(&["J44.0"]),
+        n = nhs(3)
+    );
+    let res = node
+        .client
+        .post(format!("{}/feeds/csv/sus-apc", node.root))
+        .header("content-type", "text/csv")
+        .body(more)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, again) = evaluate(&node, "chc-copd", "periodStart=2025-03&periodEnd=2025-04").await;
+    assert_eq!(group(&again, "admissions"), (5, 3));
     node.stop().await;
 }
 
