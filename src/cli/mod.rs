@@ -8,6 +8,7 @@ mod dev_certs;
 mod hub;
 mod migrate;
 mod node;
+mod pathway;
 mod profiles;
 mod send;
 mod translate;
@@ -52,6 +53,8 @@ enum Command {
     Push(send::PushArgs),
     /// Build the regional profile set from UK Core, or check a folder of profiles.
     Profiles(profiles::ProfilesArgs),
+    /// List the pathways, or run one over a SUS extract here or at a node or the hub.
+    Pathway(pathway::PathwayArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Migrate(args) => migrate::run(args),
         Command::BenchFeeds(args) => bench_feeds::run(args),
         Command::Profiles(args) => profiles::run(args),
+        Command::Pathway(args) => pathway::run(args),
         Command::Send(args) => match send::send(args) {
             Ok(code) => return code,
             Err(e) => Err(e),

@@ -126,7 +126,7 @@ pub struct FhirService {
     /// The pathways this node runs (`profiles/pathways`, or `--pathways`).
     pub pathways: Arc<crate::pathways::Library>,
     /// The node's episodes as of a store change marker (`pathways::episodes`).
-    episodes: Arc<std::sync::Mutex<Option<(i64, Arc<Vec<crate::pathways::Episode>>)>>>,
+    episodes: Arc<std::sync::Mutex<Option<pathways::CachedEpisodes>>>,
     /// Who writes through this handle (a client, a feed's sender), for the quality
     /// figures: the write context, set with `for_source`.
     source: Option<Arc<str>>,

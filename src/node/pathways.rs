@@ -14,6 +14,9 @@ use std::sync::Arc;
 
 const SCAN_BATCH: usize = 2000;
 
+/// A node's episodes as of a store change marker.
+pub type CachedEpisodes = (i64, Arc<Vec<Episode>>);
+
 pub const ADMISSION_METHOD: &str = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-AdmissionMethod";
 pub const DISCHARGE_METHOD: &str = "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-DischargeMethod";
 pub const TREATMENT_FUNCTION: &str = "https://fhir.nhs.uk/CodeSystem/NHSDataModelAndDictionary-TreatmentFunction";
@@ -146,6 +149,58 @@ impl FhirService {
         })?;
         Ok(out)
     }
+}
+
+/// The episodes in a set of resources (a translated extract, without a store):
+/// the same reading as a node's, so offline and stored evaluations agree.
+pub fn episodes_in<'a>(resources: impl IntoIterator<Item = &'a Value>) -> Vec<Episode> {
+    let mut codes = HashMap::new();
+    let mut patients = HashMap::new();
+    let mut providers = HashMap::new();
+    let mut encounters = Vec::new();
+    for r in resources {
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        match r["resourceType"].as_str() {
+            Some("Condition") => {
+                let icd = r["code"]["coding"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|x| x["system"] == icd10::SYSTEM)
+                    .and_then(|x| x["code"].as_str())
+                    .and_then(icd10::normalise);
+                if let Some(code) = icd {
+                    codes.insert(id, code);
+                }
+            }
+            Some("Patient") => {
+                patients.insert(
+                    id,
+                    (
+                        r["gender"].as_str().map(str::to_string),
+                        r["birthDate"].as_str().map(str::to_string),
+                    ),
+                );
+            }
+            Some("Organization") => {
+                if let Some(ods) = r["identifier"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|i| i["system"] == crate::fhir::nhs::ODS_SYSTEM)
+                    .and_then(|i| i["value"].as_str())
+                {
+                    providers.insert(format!("Organization/{id}"), ods.to_string());
+                }
+            }
+            Some("Encounter") => encounters.push(r),
+            _ => {}
+        }
+    }
+    encounters
+        .into_iter()
+        .filter_map(|e| episode(e, &codes, &patients, &providers))
+        .collect()
 }
 
 /// The episode an Encounter describes, if it has ranked diagnoses.

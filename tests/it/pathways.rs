@@ -834,3 +834,81 @@ fn reference_benchmark(regions: &[(usize, usize)]) -> Vec<(String, String, u64, 
     }
     out
 }
+
+#[tokio::test]
+async fn the_cli_lists_pathways_and_runs_one_over_an_extract_or_at_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sus-apc.csv");
+    std::fs::write(&file, sus_csv(&designed())).unwrap();
+    let bin = env!("CARGO_BIN_EXE_pennine");
+    let out = std::process::Command::new(bin)
+        .args(["pathway", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for id in ["chc-copd", "chc-arld", "chc-epilepsy"] {
+        assert!(text.contains(id), "{text}");
+    }
+    // Offline over the extract: the same report as the node's over the same rows.
+    let out = std::process::Command::new(bin)
+        .args([
+            "pathway", "run", "chc-arld", "--period", "2025", "--format", "json", "--input",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let node = spawn_node().await;
+    let res = node
+        .client
+        .post(format!("{}/feeds/csv/sus-apc", node.root))
+        .header("content-type", "text/csv")
+        .body(sus_csv(&designed()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, stored) = evaluate(&node, "chc-arld", "periodStart=2025&periodEnd=2025").await;
+    assert_eq!(offline["group"], stored["group"]);
+    // At the node, as a table.
+    let out = std::process::Command::new(bin)
+        .args(["pathway", "run", "chc-arld", "--period", "2025", "--server", &node.root])
+        .args(["--client-id", "tester", "--client-secret", super::helpers::TEST_SECRET])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let uplift = table
+        .lines()
+        .find(|l| l.starts_with("uplift") && l.contains("(total)"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let (population, numerator) = group(&stored, "uplift");
+    assert!(
+        uplift.contains(&format!(" {population} ")) && uplift.contains(&format!(" {numerator} ")),
+        "{uplift}"
+    );
+    // A bad row stops the offline run with its line.
+    std::fs::write(
+        &file,
+        format!(
+            "{}\nX,1,1,9434765870,1,70,RTD,21,300,2025-01-01,2025-01-02,2025-01-01,2025-01-02,1,J4Q{}\n",
+            sus_header(),
+            ",".repeat(19)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["pathway", "run", "chc-copd", "--period", "2025", "--input"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.stop().await;
+}
