@@ -240,6 +240,90 @@ pub struct DemoClient {
     pub secret: String,
 }
 
+/// Providers (ODS codes) of each demo region; the first of `nwc` has a higher death
+/// rate after COPD admissions, so the demo's benchmark has a provider to flag.
+fn providers(region: &str) -> [&'static str; 3] {
+    match region {
+        "nenc" => ["RTD", "RXP", "RR7"],
+        "yh" => ["RCF", "RAE", "RWY"],
+        "gm" => ["R0A", "RMC", "RM3"],
+        _ => ["REM", "RBL", "RVY"],
+    }
+}
+
+/// A seeded SUS admitted-patient-care extract (the `sus-apc` header) of `episodes`
+/// emergency and elective spells of one episode each, discharged in 2025: COPD,
+/// ARLD and epilepsy admissions among others, deaths rising with age.
+pub fn sus_extract(region: &str, seed: u64, episodes: usize) -> String {
+    let mut rng = Rng::new(
+        seed ^ 0x5e5
+            ^ region
+                .bytes()
+                .fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64)),
+    );
+    let providers = providers(region);
+    let mut out = String::from(
+        "spell_id,episode_number,last_episode_in_spell,nhs_number,sex,age_on_admission,provider_code,admission_method,treatment_function_code,admission_date,discharge_date,episode_start_date,episode_end_date,discharge_method",
+    );
+    for i in 1..=20 {
+        out.push_str(&format!(",diag_{i:02}"));
+    }
+    // (primary, first secondary) by kind of admission.
+    let copd = [
+        ("J44.1", ""),
+        ("J44.0", "J45.9"),
+        ("J22", "J44.9"),
+        ("R06.0", "J44.1"),
+        ("J18.9", "J43.9"),
+    ];
+    let arld = [
+        ("K70.3", ""),
+        ("K70.4", "F10.2"),
+        ("I85.9", "K70.3"),
+        ("R18", "K70.1"),
+        ("I10", "K70.0"),
+    ];
+    let epilepsy = [("G40.9", ""), ("G41.0", ""), ("R56.8", "G40.3"), ("F01.9", "G40.6")];
+    let other = [
+        ("I21.9", "I10"),
+        ("N39.0", ""),
+        ("S72.0", "W19"),
+        ("I63.9", "I48"),
+        ("E11.9", ""),
+    ];
+    for n in 0..episodes {
+        let age = 18 + rng.below(80) as u32;
+        let sex = 1 + rng.below(2);
+        let provider = providers[rng.below(3) as usize];
+        let (p, s1) = match rng.below(10) {
+            0..=3 => copd[rng.below(copd.len() as u64) as usize],
+            4..=5 => arld[rng.below(arld.len() as u64) as usize],
+            6 => epilepsy[rng.below(epilepsy.len() as u64) as usize],
+            _ => other[rng.below(other.len() as u64) as usize],
+        };
+        let is_copd = copd.iter().any(|(cp, _)| *cp == p);
+        let mut risk = 0.04 + 0.004 * (age.saturating_sub(40)) as f64;
+        if is_copd && region == "nwc" && provider == providers[0] {
+            risk *= 2.5;
+        }
+        let died = rng.unit() < risk;
+        let elective = rng.below(8) == 0;
+        let month = 1 + rng.below(12);
+        let admitted = format!("2025-{month:02}-{:02}", 1 + rng.below(20));
+        let discharged = format!("2025-{month:02}-{:02}", 21 + rng.below(7));
+        out.push_str(&format!(
+            "\n{region}-{n},1,1,{},{sex},{age},{provider},{},{},{admitted},{discharged},{admitted},{discharged},{},{p},{s1}{}",
+            nhs_number(&mut rng),
+            if elective { "11" } else { "21" },
+            ["300", "340", "430", "100"][rng.below(4) as usize],
+            if died { "4" } else { "1" },
+            ",".repeat(18),
+        ));
+    }
+    out.push('\n');
+    out
+}
+
 /// Writes a clients file for the demo's own clients: a vendor and an analyst per
 /// region, a partner and an administrator, each with a fresh random secret.
 pub fn demo_clients(path: &std::path::Path, regions: &[&str]) -> std::io::Result<Vec<DemoClient>> {

@@ -23,6 +23,9 @@ pub struct DemoArgs {
     /// Synthetic patients per region.
     #[arg(long, default_value_t = 600)]
     patients: usize,
+    /// Synthetic hospital episodes (SUS extract rows) per region.
+    #[arg(long, default_value_t = 1500)]
+    episodes: usize,
     /// Keep the data and certificates in this folder instead of a temporary one.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -137,6 +140,35 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
         .context("demo partner")?;
     let partner_token = super::token(&client, &hub.base_url(), &partner.id, &partner.secret).await?;
     run_queries(&client, &hub, &partner_token).await?;
+    println!(
+        "\nLoading each region's hospital episodes (SUS admitted patient care extracts, POST /feeds/csv/sus-apc):"
+    );
+    for (node, (region, _)) in nodes.iter().zip(REGIONS) {
+        let started = Instant::now();
+        let vendor = clients
+            .iter()
+            .find(|c| c.id == format!("{region}-vendor"))
+            .context("demo vendor")?;
+        let token = super::token(&client, &node.base_url(), &vendor.id, &vendor.secret).await?;
+        let res = client
+            .post(format!("{}/feeds/csv/sus-apc", node.base_url()))
+            .bearer_auth(&token)
+            .header("content-type", "text/csv")
+            .body(crate::demo::sus_extract(region, args.seed, args.episodes))
+            .send()
+            .await?;
+        let summary: Value = res.json().await?;
+        if summary["rejected"].as_array().is_some_and(|r| !r.is_empty()) {
+            bail!("the {region} extract was not stored whole: {summary}");
+        }
+        println!(
+            "  {region:<5} {:>6} episodes in {:.1} s",
+            summary["stored"],
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    run_pathways(&client, &hub, &partner_token).await?;
 
     let hub_url = hub.base_url();
     println!("\nDemo clients (development only; tokens last 5 minutes, get fresh ones with curl -u <id>:<secret> --data grant_type=client_credentials <server>/auth/token):");
@@ -193,6 +225,111 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
     hub.stop().await;
     for n in nodes {
         n.stop().await;
+    }
+    Ok(())
+}
+
+async fn hub_get(client: &reqwest::Client, hub: &RunningHub, token: &str, path: &str) -> anyhow::Result<Value> {
+    let res = client
+        .get(format!("{}/fhir/{path}", hub.base_url()))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let status = res.status();
+    let body: Value = res.json().await?;
+    if !status.is_success() {
+        bail!("the hub refused {path}: {status} {body}");
+    }
+    Ok(body)
+}
+
+/// The released count of a MeasureReport group's region stratum, or why it is withheld.
+fn region_cell(group: &Value, region: &str) -> String {
+    let Some(stratum) = group["stratifier"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["code"][0]["coding"][0]["code"] == "region")
+        .and_then(|s| s["stratum"].as_array())
+        .and_then(|st| st.iter().find(|x| x["value"]["text"] == region))
+    else {
+        return "0".into();
+    };
+    match stratum["population"][2]["count"].as_u64() {
+        Some(n) => n.to_string(),
+        None => "withheld".into(),
+    }
+}
+
+/// The three pathways' admissions per region, and the COPD mortality benchmark.
+async fn run_pathways(client: &reqwest::Client, hub: &RunningHub, token: &str) -> anyhow::Result<()> {
+    println!("\n7. Pathway admissions in 2025 by region (CHC North West Coast algorithms 1.0, $evaluate-measure):");
+    println!(
+        "  {:<13} {:<11} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "pathway", "group", "nenc", "yh", "gm", "nwc", "all"
+    );
+    for (id, groups) in [
+        ("chc-copd", &["admissions", "mortality"][..]),
+        ("chc-arld", &["admissions", "primary", "uplift", "comorbid"][..]),
+        ("chc-epilepsy", &["admissions"][..]),
+    ] {
+        let report = hub_get(
+            client,
+            hub,
+            token,
+            &format!("Measure/{id}/$evaluate-measure?periodStart=2025&periodEnd=2025"),
+        )
+        .await?;
+        for code in groups {
+            let Some(g) = report["group"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|g| g["code"]["coding"][0]["code"] == *code)
+            else {
+                continue;
+            };
+            let all = g["population"][2]["count"]
+                .as_u64()
+                .map_or("withheld".into(), |n| n.to_string());
+            let cells: Vec<String> = REGIONS.iter().map(|(r, _)| region_cell(g, r)).collect();
+            println!(
+                "  {id:<13} {code:<11} {:>8} {:>8} {:>8} {:>8} {all:>8}",
+                cells[0], cells[1], cells[2], cells[3]
+            );
+        }
+    }
+    let bench = hub_get(
+        client,
+        hub,
+        token,
+        "Measure/chc-copd/$benchmark?periodStart=2025&periodEnd=2025&group=mortality",
+    )
+    .await?;
+    println!("\n8. COPD in-hospital mortality by provider, risk-adjusted for age band and sex ($benchmark; flags from exact Poisson limits):");
+    println!(
+        "  {:<8} {:<6} {:>6} {:>9} {:>9} {:>6}  {:<7} {:<7}",
+        "provider", "region", "n", "observed", "expected", "SMR", "95%", "99.8%"
+    );
+    for p in bench["providers"].as_array().into_iter().flatten() {
+        match p["withheld"].as_str() {
+            Some(why) => println!(
+                "  {:<8} {:<6} withheld: {why}",
+                p["provider"].as_str().unwrap_or(""),
+                p["region"].as_str().unwrap_or("")
+            ),
+            None => println!(
+                "  {:<8} {:<6} {:>6} {:>9} {:>9.1} {:>6.2}  {:<7} {:<7}",
+                p["provider"].as_str().unwrap_or(""),
+                p["region"].as_str().unwrap_or(""),
+                p["n"].as_u64().unwrap_or(0),
+                p["observed"].as_u64().unwrap_or(0),
+                p["expected"].as_f64().unwrap_or(0.0),
+                p["smr"].as_f64().unwrap_or(0.0),
+                p["flag95"].as_str().unwrap_or(""),
+                p["flag998"].as_str().unwrap_or(""),
+            ),
+        }
     }
     Ok(())
 }

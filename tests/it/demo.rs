@@ -36,5 +36,16 @@ fn demo_runs_the_whole_gateway_and_prints_pooled_answers() {
             "{region}: 120 patients received: {stdout}"
         );
     }
+    // The learning results: the three pathways per region, and a benchmark that flags a provider.
+    assert!(stdout.contains("7. Pathway admissions in 2025 by region"), "{stdout}");
+    for id in ["chc-copd", "chc-arld", "chc-epilepsy"] {
+        assert!(stdout.contains(id), "{id}: {stdout}");
+    }
+    let flagged = stdout
+        .lines()
+        .skip_while(|l| !l.contains("8. COPD in-hospital mortality"))
+        .filter(|l| l.contains(" high ") || l.contains(" low "))
+        .count();
+    assert!(flagged >= 1, "a provider flagged: {stdout}");
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }
