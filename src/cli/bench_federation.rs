@@ -24,6 +24,10 @@ pub struct BenchFederationArgs {
     /// Patients per transaction bundle while loading.
     #[arg(long, default_value_t = 500)]
     per_bundle: usize,
+    /// Hospital episodes (SUS extract rows) per node for the pathway measurements
+    /// ($evaluate-measure and $benchmark at the hub); 0 skips them.
+    #[arg(long, default_value_t = 0)]
+    episodes: usize,
 }
 
 const REGIONS: [&str; 4] = ["nenc", "yh", "gm", "nwc"];
@@ -214,9 +218,99 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
         percentile(&totals, 0.95),
         percentile(&overheads, 0.95)
     );
+    if args.episodes > 0 {
+        pathways(&client, &hub, &nodes, &vendor_tokens, &secret_of("demo-partner"), args).await?;
+    }
     hub.stop().await;
     for n in nodes {
         n.stop().await;
     }
+    Ok(())
+}
+
+/// Loads `args.episodes` SUS rows per node (all nodes at once, 5,000 rows per upload),
+/// then times the hub's `$evaluate-measure` (cold, then warm over the three pathways)
+/// and `$benchmark`.
+async fn pathways(
+    client: &reqwest::Client,
+    hub: &crate::startup::RunningHub,
+    nodes: &[crate::startup::RunningNode],
+    tokens: &[String],
+    partner_secret: &str,
+    args: &BenchFederationArgs,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let loads = nodes.iter().zip(tokens).zip(REGIONS).map(|((node, token), r)| {
+        let extract = crate::demo::sus_extract(r, 7, args.episodes);
+        let url = format!("{}/feeds/csv/sus-apc", node.base_url());
+        async move {
+            let mut lines = extract.lines();
+            let header = lines.next().unwrap_or_default().to_string();
+            let rows: Vec<&str> = lines.collect();
+            for chunk in rows.chunks(5000) {
+                let body = format!("{header}\n{}\n", chunk.join("\n"));
+                let res = client
+                    .post(&url)
+                    .bearer_auth(token)
+                    .header("content-type", "text/csv")
+                    .body(body)
+                    .send()
+                    .await?;
+                let summary: Value = res.json().await?;
+                if summary["rejected"].as_array().is_some_and(|r| !r.is_empty()) {
+                    bail!("{r}: rows refused: {summary}");
+                }
+            }
+            anyhow::Ok(())
+        }
+    });
+    for r in futures_util::future::join_all(loads).await {
+        r?;
+    }
+    println!(
+        "{} episodes per node x 4 loaded in {:.1} s",
+        args.episodes,
+        started.elapsed().as_secs_f64()
+    );
+    // A fresh token: loading may take longer than a token lives.
+    let partner = super::token(client, &hub.base_url(), "demo-partner", partner_secret).await?;
+    let time = |path: String| {
+        let client = client.clone();
+        let partner = partner.clone();
+        let url = format!("{}/fhir/{path}", hub.base_url());
+        async move {
+            let t = Instant::now();
+            let res = client.get(url).bearer_auth(&partner).send().await?;
+            let status = res.status();
+            let body: Value = res.json().await?;
+            if !status.is_success() {
+                bail!("{status}: {body}");
+            }
+            anyhow::Ok(t.elapsed().as_secs_f64() * 1000.0)
+        }
+    };
+    let ids = ["chc-copd", "chc-arld", "chc-epilepsy"];
+    let evaluate = |id: &str| format!("Measure/{id}/$evaluate-measure?periodStart=2025&periodEnd=2025");
+    let cold = time(evaluate(ids[0])).await?;
+    println!("$evaluate-measure cold (every node reads its episodes): {cold:.0} ms");
+    let mut warm = Vec::new();
+    for i in 0..args.queries {
+        warm.push(time(evaluate(ids[i % 3])).await?);
+    }
+    warm.sort_by(f64::total_cmp);
+    let mut bench = Vec::new();
+    for _ in 0..(args.queries / 2).max(5) {
+        bench.push(time("Measure/chc-copd/$benchmark?periodStart=2025&periodEnd=2025".into()).await?);
+    }
+    bench.sort_by(f64::total_cmp);
+    println!(
+        "$evaluate-measure warm ({} questions over the three pathways): p50 {:.1} ms p95 {:.1} ms; $benchmark ({} questions): p50 {:.1} ms p95 {:.1} ms",
+        warm.len(),
+        percentile(&warm, 0.5),
+        percentile(&warm, 0.95),
+        bench.len(),
+        percentile(&bench, 0.5),
+        percentile(&bench, 0.95)
+    );
     Ok(())
 }
