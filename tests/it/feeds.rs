@@ -990,6 +990,19 @@ async fn sus_extract_keeps_diagnosis_positions_and_resending_changes_nothing() {
     assert_eq!(third["code"]["coding"][0]["system"], "http://hl7.org/fhir/sid/icd-10");
     assert_eq!(third["code"]["coding"][0]["code"], "J441");
     assert_eq!(third["code"]["text"], "J44.1");
+    // The episode's extensions are defined in the regional profile set: nothing is left unchecked.
+    let outcome: Value = node
+        .client
+        .post(format!("{}/Encounter/$validate", node.fhir))
+        .header("content-type", "application/fhir+json")
+        .body(enc.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!outcome.to_string().contains("is not known to this node"), "{outcome}");
     // ICD-10 codes are searchable in the 4-character form.
     assert_eq!(
         node.total("Condition?code=http://hl7.org/fhir/sid/icd-10|J40X").await,
