@@ -50,6 +50,26 @@ fn designed() -> Vec<Designed> {
         d(&["K700"], [F, F, T, T, F, F], "RTD", 55, "M"),
         d(&["D65X", "K700"], [F, F, T, F, T, F], "RTD", 58, "F"),
         d(&["I10X", "K700"], [F, F, F, F, F, T], "RXN", 90, "M"),
+        // Every other ARLD category (A K700, C D65X, N K710, L F100), and near misses.
+        d(&["D65X", "K710", "I10X", "K700"], [F, F, T, F, T, F], "RTD", 61, "F"),
+        d(&["K710", "F100", "K700"], [F, F, T, F, T, F], "RTD", 62, "M"),
+        d(&["D65X", "I10X", "K700"], [F, F, T, F, T, F], "RXN", 63, "F"),
+        d(&["D65X", "", "I10X", "K700"], [F, F, T, F, T, F], "RXN", 64, "M"),
+        d(&["F100", "D65X", "K700"], [F, F, T, F, T, F], "RTD", 65, "F"),
+        d(&["K710", "D65X", "F100"], [F, F, T, F, T, F], "RTD", 66, "M"),
+        d(&["D65X", "K710", "I10X", "F100"], [F, F, T, F, T, F], "RXN", 67, "F"),
+        d(&["K710", "I10X", "I10X", "F100"], [F, F, T, F, T, F], "RXN", 68, "M"),
+        d(&["F100", "I10X", "K700"], [F, F, T, F, T, F], "RTD", 69, "F"),
+        d(&["D65X", "I10X"], [F, F, F, F, F, F], "RTD", 70, "M"),
+        d(&["K710", "D65X", "I10X"], [F, F, F, F, F, F], "RXN", 71, "F"),
+        // Epilepsy: an associated primary with G40/G41 in a secondary position, and misses.
+        d(&["F019", "I10X", "G400"], [F, T, F, F, F, F], "RTD", 40, "M"),
+        d(&["F019", "I10X"], [F, F, F, F, F, F], "RTD", 41, "F"),
+        d(&["I10X", "G400"], [F, F, F, F, F, F], "RXN", 42, "M"),
+        d(&["R568", "I10X"], [F, F, F, F, F, F], "RXN", 43, "F"),
+        // COPD misses.
+        d(&["J100", "", "J440"], [F, F, F, F, F, F], "RTD", 72, "M"),
+        d(&["J100", "R060", "J100", "J440"], [F, F, F, F, F, F], "RXN", 73, "F"),
         // Elective: in no cohort.
         Designed {
             method: "11",
