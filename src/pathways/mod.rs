@@ -312,6 +312,9 @@ impl Pathway {
                 none: g.none.iter().map(|n| index(n)).collect::<Result<_, _>>()?,
             });
         }
+        if groups.len() > 60 {
+            return Err(fail("at most 60 groups".into()));
+        }
         if !groups.iter().any(|g| g.code == ADMISSIONS) {
             return Err(fail("a pathway needs an `admissions` group".into()));
         }
@@ -404,55 +407,65 @@ impl Pathway {
             groups: codes.iter().map(|c| (c.to_string(), GroupCounts::default())).collect(),
         };
         let admissions = self.groups.iter().position(|g| g.code == ADMISSIONS).unwrap_or(0);
+        // First the episodes by what the report tells apart (strata, groups, death), with
+        // borrowed keys; then one cell update per distinct combination, not per episode.
+        type Combination<'e> = (&'e str, &'static str, &'e str, &'e str, u64, bool);
+        let mut combos: HashMap<Combination<'a>, (u64, u64)> = HashMap::new();
         for e in episodes {
             let Some(d) = e.discharge_date.as_deref() else { continue };
             if d < start || d > end || !self.in_cohort(e) {
                 continue;
             }
-            let member = self.membership(e);
-            let strata = strata_of(e);
+            let bits = self
+                .membership(e)
+                .iter()
+                .enumerate()
+                .fold(0u64, |b, (i, m)| b | ((*m as u64) << i));
+            let key = (
+                e.provider.as_str(),
+                e.age.map_or("unknown", age_band),
+                e.sex.as_deref().unwrap_or("unknown"),
+                d.get(..7).unwrap_or("unknown"),
+                bits,
+                e.died,
+            );
+            let c = combos.entry(key).or_default();
+            c.0 += 1;
+            c.1 = c.1.wrapping_add(e.key);
+        }
+        let rules = self.groups.len();
+        for ((provider, band, sex, month, bits, died), (n, keys)) in combos {
+            let member = |i: usize| bits & (1 << i) != 0;
             for (gi, g) in counts.groups.iter_mut().enumerate() {
-                let (in_population, in_numerator) = if gi < member.len() {
-                    (true, member[gi])
+                let (in_population, in_numerator) = if gi < rules {
+                    (true, member(gi))
                 } else {
                     // Mortality: deaths among the admissions group.
-                    (member[admissions], member[admissions] && e.died)
+                    (member(admissions), member(admissions) && died)
                 };
                 if !in_population {
                     continue;
                 }
-                g.1.total.add(in_numerator, e.key);
+                g.1.total.add_many(in_numerator, n, keys);
                 g.1.cross
-                    .entry((e.provider.clone(), strata[1].1.clone(), strata[2].1.clone()))
+                    .entry((provider.to_string(), band.to_string(), sex.to_string()))
                     .or_default()
-                    .add(in_numerator, e.key);
-                for (s, v) in &strata {
+                    .add_many(in_numerator, n, keys);
+                for (s, v) in [
+                    ("provider", provider),
+                    ("age-band", band),
+                    ("sex", sex),
+                    ("month", month),
+                ] {
                     g.1.strata
-                        .entry(((*s).to_string(), v.clone()))
+                        .entry((s.to_string(), v.to_string()))
                         .or_default()
-                        .add(in_numerator, e.key);
+                        .add_many(in_numerator, n, keys);
                 }
             }
         }
         counts
     }
-}
-
-/// The stratum values of an episode.
-fn strata_of(e: &Episode) -> [(&'static str, String); 4] {
-    [
-        ("provider", e.provider.clone()),
-        ("age-band", e.age.map_or("unknown".into(), |a| age_band(a).to_string())),
-        ("sex", e.sex.clone().unwrap_or_else(|| "unknown".into())),
-        (
-            "month",
-            e.discharge_date
-                .as_deref()
-                .and_then(|d| d.get(..7))
-                .unwrap_or("unknown")
-                .to_string(),
-        ),
-    ]
 }
 
 /// The published age bands.
@@ -480,12 +493,13 @@ pub struct Cell {
 }
 
 impl Cell {
-    fn add(&mut self, numerator: bool, key: u64) {
-        self.population += 1;
-        self.population_key = self.population_key.wrapping_add(key);
+    /// Adds `n` episodes whose record keys sum to `keys`.
+    fn add_many(&mut self, numerator: bool, n: u64, keys: u64) {
+        self.population += n;
+        self.population_key = self.population_key.wrapping_add(keys);
         if numerator {
-            self.numerator += 1;
-            self.numerator_key = self.numerator_key.wrapping_add(key);
+            self.numerator += n;
+            self.numerator_key = self.numerator_key.wrapping_add(keys);
         }
     }
 
