@@ -68,8 +68,6 @@ pub const NODE_ROUTES: &[RouteRule] = &[
     r("GET", "/federation/quality", Rule::HubCertificate),
     r("GET", "/federation/count/{type}", Rule::HubCertificate),
     r("POST", "/fhir/ViewDefinition/$run", Rule::ViewRun),
-    r("GET", "/fhir/Measure", Rule::Public),
-    r("GET", "/fhir/Measure/{id}", Rule::Public),
     r("GET", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),
     r("POST", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),
     r("POST", "/fhir", Rule::Bundle),

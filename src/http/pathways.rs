@@ -1,8 +1,8 @@
-//! The pathways on a node: `GET /fhir/Measure` (the Measures this node runs),
-//! `GET /fhir/Measure/{id}`, and `GET|POST /fhir/Measure/{id}/$evaluate-measure`
-//! (a summary MeasureReport of exact counts over the region's own data, for its
-//! analysts). Measures are definitions, served from the loaded pathways, not from
-//! the store.
+//! The pathways on a node: `GET|POST /fhir/Measure/{id}/$evaluate-measure` (a
+//! summary MeasureReport of exact counts over the region's own data, for its
+//! analysts). `GET /fhir/Measure` on a node stays the ordinary search of stored
+//! Measures (clients may store their own); the pathways' Measures are listed by the
+//! hub (`measure_bundle`) and by `pennine pathway list`.
 
 use super::error::FHIR_JSON;
 use super::fhir::{blocking, query_pairs, read_body};
@@ -16,8 +16,6 @@ use serde_json::{json, Value};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use super::access::route;
     use crate::auth::NODE_ROUTES as T;
-    route(cfg, T, "GET", "/fhir/Measure", web::get().to(list));
-    route(cfg, T, "GET", "/fhir/Measure/{id}", web::get().to(read));
     route(
         cfg,
         T,
@@ -48,23 +46,6 @@ pub fn measure_bundle(pathways: &crate::pathways::Library, base: &str) -> Value 
         })
         .collect();
     json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries})
-}
-
-async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let base = super::fhir::base_url(&req, &state);
-    HttpResponse::Ok()
-        .content_type(FHIR_JSON)
-        .body(measure_bundle(&state.service.pathways, &base).to_string())
-}
-
-async fn read(path: web::Path<String>, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
-    let id = path.into_inner();
-    let p = state
-        .service
-        .pathways
-        .get(&id)
-        .ok_or_else(|| Error::NotFound("Measure".into(), id.clone()))?;
-    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(p.measure.to_string()))
 }
 
 /// The reporting period of `$evaluate-measure`, as inclusive days.

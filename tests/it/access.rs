@@ -183,8 +183,6 @@ fn node_sample(method: &'static str, path: &str, id: &str) -> Sample {
             Some((patient.clone(), fhir_json)),
             Some("Patient"),
         ),
-        ("GET", "/fhir/Measure") => (path.into(), None, None),
-        ("GET", "/fhir/Measure/{id}") => ("/fhir/Measure/chc-copd".into(), None, None),
         ("GET", "/fhir/Measure/{id}/$evaluate-measure") => (
             "/fhir/Measure/chc-copd/$evaluate-measure?periodStart=2025&periodEnd=2025".into(),
             None,

@@ -221,17 +221,6 @@ async fn pathways_count_what_the_algorithms_select_whichever_feed_brought_the_da
         assert_eq!(body["entry"][0]["response"]["status"], "201 Created", "{body}");
     }
 
-    // The Measures are listed, with their versions.
-    let list = csv_node.get_json("Measure").await;
-    let ids: Vec<&str> = list["entry"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["resource"]["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["chc-copd", "chc-arld", "chc-epilepsy"]);
-    assert_eq!(list["entry"][0]["resource"]["version"], "1.0.0");
-
     let count = |pick: &dyn Fn(&Designed) -> bool| episodes.iter().filter(|e| pick(e)).count() as u64;
     let medical = count(&|e| e.medical_cohort);
     let arld = count(&|e| e.arld_cohort);
@@ -580,6 +569,23 @@ async fn the_hub_pools_pathways_exactly_reports_other_versions_and_withholds_sma
         .await
         .unwrap();
     assert_eq!(pooled["resourceType"], "MeasureReport", "{pooled}");
+    // The hub lists the Measures it federates, with their versions.
+    let list: Value = analyst
+        .get(format!("{}/fhir/Measure", open_hub.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = list["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["chc-copd", "chc-arld", "chc-epilepsy"]);
+    assert_eq!(list["entry"][0]["resource"]["version"], "1.0.0");
     assert_eq!(
         pooled["status"], "pending",
         "a region on another version makes the report incomplete"
