@@ -83,7 +83,8 @@ pub fn parse(raw: &str) -> Result<Dtm, String> {
         Some((w, f)) => (w, Some(f)),
         None => (body, None),
     };
-    if !matches!(whole.len(), 4 | 6 | 8 | 10 | 12 | 14) {
+    // Digits only, so that the slices below never fall inside a multi-byte character.
+    if !matches!(whole.len(), 4 | 6 | 8 | 10 | 12 | 14) || !whole.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
             "'{raw}' is not a v2 date/time (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])"
         ));
@@ -224,5 +225,20 @@ mod tests {
         }
         assert!(parse("20240229").is_ok());
         assert!(parse("20230229").is_err());
+    }
+
+    #[test]
+    fn a_multi_byte_character_is_an_error_not_a_panic() {
+        // Found by the hl7v2 fuzz target: in "202é010" (8 bytes) the year slice [..4] ends inside "é".
+        for raw in [
+            "20\u{e9}4",
+            "2\u{e9}0101",
+            "202401\u{e9}1",
+            "2024\u{e9}\u{e9}",
+            "202\u{e9}010",
+        ] {
+            assert!(parse(raw).is_err(), "{raw}");
+        }
+        assert!(parse("20240101").is_ok());
     }
 }
