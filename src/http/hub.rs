@@ -52,12 +52,7 @@ async fn evaluate_measure(
     if hub.pathways.get(&id).is_none() {
         return Err(Error::NotFound("Measure".into(), id));
     }
-    let parsed = if body.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_slice::<Value>(&body).map_err(Error::Json)?)
-    };
-    let period = super::pathways::period_of(&query_pairs(&req), parsed.as_ref())?;
+    let period = super::pathways::period_of_request(&query_pairs(&req), &body)?;
     admit(&hub, &req)?;
     let raw = format!(
         "Measure/{id}/$evaluate-measure?periodStart={}&periodEnd={}",
@@ -88,12 +83,7 @@ async fn benchmark(
     };
     let format = take(&mut pairs, "_format");
     let group = take(&mut pairs, "group").unwrap_or_else(|| crate::pathways::MORTALITY.to_string());
-    let parsed = if body.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_slice::<Value>(&body).map_err(Error::Json)?)
-    };
-    let period = super::pathways::period_of(&pairs, parsed.as_ref())?;
+    let period = super::pathways::period_of_request(&pairs, &body)?;
     let csv = match format.as_deref() {
         None | Some("json") | Some("application/json") => false,
         Some("csv") | Some("text/csv") => true,

@@ -98,6 +98,16 @@ fn bound(name: &str, v: &str, end: bool) -> Result<String, Error> {
     })
 }
 
+/// The period of a request: its query string and, when sent, its Parameters body.
+pub(super) fn period_of_request(pairs: &[(String, String)], body: &[u8]) -> Result<Period, Error> {
+    let parsed = if body.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_slice::<Value>(body).map_err(Error::Json)?)
+    };
+    period_of(pairs, parsed.as_ref())
+}
+
 /// The operation's parameters, from the query string and (POST) a Parameters body.
 pub fn period_of(pairs: &[(String, String)], body: Option<&Value>) -> Result<Period, Error> {
     let mut values: Vec<(String, String)> = pairs.to_vec();
@@ -167,12 +177,7 @@ async fn evaluate(
         .cloned()
         .ok_or_else(|| Error::NotFound("Measure".into(), id.clone()))?;
     let body = read_body(&req, payload, state.config.max_body_bytes).await?;
-    let parsed = if body.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_slice::<Value>(&body).map_err(Error::Json)?)
-    };
-    let period = period_of(&query_pairs(&req), parsed.as_ref())?;
+    let period = period_of_request(&query_pairs(&req), &body)?;
     let svc = state.service.clone();
     let budget = Budget::new(&svc.settings);
     let reporter = format!("node {}", state.config.region);
