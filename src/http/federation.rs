@@ -86,6 +86,21 @@ fn last_updated(svc: &node::FhirService) -> Result<Option<String>, Error> {
     Ok(svc.store.newest()?.map(format_instant))
 }
 
+/// Why the hub's settings are laxer than this node's floor, if they are (the number of
+/// regions is the hub's business, not the node's).
+fn below_floor(floor: &Disclosure, asked: &Disclosure) -> Option<String> {
+    let asked_here = Disclosure {
+        min_regions: floor.min_regions,
+        ..*asked
+    };
+    (!asked_here.at_least_as_strict_as(floor)).then(|| {
+        format!(
+            "this node releases only under minCell >= {}, rounding >= {} and noise >= {}; the hub asked for minCell {}, rounding {} and noise {}",
+            floor.min_cell, floor.rounding, floor.noise, asked.min_cell, asked.rounding, asked.noise
+        )
+    })
+}
+
 /// `POST /federation/measure`: a pathway's exact counts and cell keys for the hub's gate.
 async fn measure(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     require_hub(&req, &state)?;
@@ -104,15 +119,7 @@ async fn measure(req: HttpRequest, payload: web::Payload, state: web::Data<AppSt
         })?;
         let observer = format!("node {}", config.region);
         let floor = config.disclosure;
-        let asked = Disclosure {
-            min_regions: floor.min_regions,
-            ..request.disclosure
-        };
-        if !asked.at_least_as_strict_as(&floor) {
-            let why = format!(
-                "this node releases only under minCell >= {}, rounding >= {} and noise >= {}",
-                floor.min_cell, floor.rounding, floor.noise
-            );
+        if let Some(why) = below_floor(&floor, &request.disclosure) {
             audit.record_now(&AuditRecord {
                 action: "evaluate-measure",
                 who: "hub (mTLS)",
@@ -199,15 +206,7 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, state: web::Data<App
         let observer = format!("node {}", config.region);
         let floor = config.disclosure;
         let asked = request.disclosure;
-        let asked_here = Disclosure {
-            min_regions: floor.min_regions,
-            ..asked
-        };
-        if !asked_here.at_least_as_strict_as(&floor) {
-            let why = format!(
-                "this node releases only under minCell >= {}, rounding >= {} and noise >= {}; the hub asked for minCell {}, rounding {} and noise {}",
-                floor.min_cell, floor.rounding, floor.noise, asked.min_cell, asked.rounding, asked.noise
-            );
+        if let Some(why) = below_floor(&floor, &asked) {
             audit.record_now(&AuditRecord {
                 action: "aggregate",
                 who: "hub (mTLS)",
