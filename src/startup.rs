@@ -197,6 +197,8 @@ pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
         Some(dir) => Arc::new(crate::pathways::Library::load_dir(dir)?),
         None => crate::pathways::Library::built_in(),
     };
+    // The audit store's service also serves the pathways' Measures (it stores none).
+    let audit_events = audit_events.with_pathways(pathways.clone());
     let hub = Hub::new(config.clone(), audit.clone())
         .map_err(|e| StartError::Client(e.to_string()))?
         .with_pathways(pathways);

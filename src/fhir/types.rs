@@ -28,6 +28,7 @@ impl ResourceType {
 pub const PATIENT: ResourceType = ResourceType("Patient");
 pub const ENCOUNTER: ResourceType = ResourceType("Encounter");
 pub const AUDIT_EVENT: ResourceType = ResourceType("AuditEvent");
+pub const MEASURE: ResourceType = ResourceType("Measure");
 
 impl fmt::Display for ResourceType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -265,7 +265,7 @@ fn http_date(ms: i64) -> String {
     header::HttpDate::from(t).to_string()
 }
 
-fn resource_response(s: &Stored) -> HttpResponse {
+pub(super) fn resource_response(s: &Stored) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .insert_header((header::ETAG, etag(s.version)))

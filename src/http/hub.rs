@@ -21,24 +21,45 @@ use std::sync::Arc;
 /// The FHIR service over the hub's audit store (AuditEvent searches).
 struct AuditEvents(FhirService);
 
-async fn measures(req: HttpRequest, hub: web::Data<Hub>) -> HttpResponse {
-    let ci = req.connection_info().clone();
-    let base = match &hub.config.public_url {
-        Some(u) => format!("{u}/fhir"),
-        None => format!("{}://{}/fhir", ci.scheme(), ci.host()),
+/// `GET /fhir/Measure`: the pathways the hub runs, searched as a node searches
+/// (the audit store's service serves them; it stores no Measure).
+async fn measures(
+    req: HttpRequest,
+    hub: web::Data<Hub>,
+    audit_events: web::Data<AuditEvents>,
+) -> Result<HttpResponse, Error> {
+    let svc = audit_events.0.clone();
+    let parsed = parse_query(
+        &svc.registry,
+        "Measure",
+        &query_pairs(&req),
+        false,
+        svc.settings.max_count,
+    )?;
+    let ctx = crate::node::SearchContext {
+        base: hub_base(&req, &hub),
+        self_query: format!("Measure?{}", req.query_string()),
     };
-    HttpResponse::Ok()
-        .content_type(FHIR_JSON)
-        .body(super::pathways::measure_bundle(&hub.pathways, &base).to_string())
+    let bytes = super::fhir::blocking(move || svc.search_bytes(parsed, &ctx)).await?;
+    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
 }
 
-async fn measure(path: web::Path<String>, hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
-    let id = path.into_inner();
-    let p = hub
-        .pathways
-        .get(&id)
-        .ok_or_else(|| Error::NotFound("Measure".into(), id.clone()))?;
-    Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(p.measure.to_string()))
+async fn measure(path: web::Path<String>, audit_events: web::Data<AuditEvents>) -> Result<HttpResponse, Error> {
+    let raw = path.into_inner();
+    let id = crate::fhir::Id::parse(&raw).ok_or_else(|| Error::NotFound("Measure".into(), raw.clone()))?;
+    let svc = audit_events.0.clone();
+    let s = super::fhir::blocking(move || svc.read(crate::fhir::types::MEASURE, &id)).await?;
+    Ok(super::fhir::resource_response(&s))
+}
+
+fn hub_base(req: &HttpRequest, hub: &Hub) -> String {
+    match &hub.config.public_url {
+        Some(u) => format!("{u}/fhir"),
+        None => {
+            let ci = req.connection_info();
+            format!("{}://{}/fhir", ci.scheme(), ci.host())
+        }
+    }
 }
 
 /// `Measure/{id}/$evaluate-measure` across the regions, through the gate.

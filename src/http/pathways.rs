@@ -1,8 +1,7 @@
 //! The pathways on a node: `GET|POST /fhir/Measure/{id}/$evaluate-measure` (a
 //! summary MeasureReport of exact counts over the region's own data, for its
-//! analysts). `GET /fhir/Measure` on a node stays the ordinary search of stored
-//! Measures (clients may store their own); the pathways' Measures are listed by the
-//! hub (`measure_bundle`) and by `pennine pathway list`.
+//! analysts). The pathways' Measures are served beside stored Measures by the
+//! ordinary read and search (`node::builtin`).
 
 use super::error::FHIR_JSON;
 use super::fhir::{blocking, query_pairs, read_body};
@@ -11,7 +10,7 @@ use crate::error::Error;
 use crate::fhir::{Issue, IssueCode};
 use crate::node::analytics::Budget;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use super::access::route;
@@ -30,22 +29,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/fhir/Measure/{id}/$evaluate-measure",
         web::post().to(evaluate),
     );
-}
-
-/// A searchset Bundle of the Measures a server runs.
-pub fn measure_bundle(pathways: &crate::pathways::Library, base: &str) -> Value {
-    let entries: Vec<Value> = pathways
-        .all()
-        .iter()
-        .map(|p| {
-            json!({
-                "fullUrl": format!("{base}/Measure/{}", p.id),
-                "resource": p.measure,
-                "search": {"mode": "match"}
-            })
-        })
-        .collect();
-    json!({"resourceType": "Bundle", "type": "searchset", "total": entries.len(), "entry": entries})
 }
 
 /// The reporting period of `$evaluate-measure`, as inclusive days.

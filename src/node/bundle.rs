@@ -558,7 +558,10 @@ impl FhirService {
                             prepared,
                             target: Target::Id(id),
                             if_match,
-                        } => Some(put_version(txn, prepared, id, *if_match)?),
+                        } => {
+                            service.refuse_builtin(&prepared.rtype, id)?;
+                            Some(put_version(txn, prepared, id, *if_match)?)
+                        }
                         Action::Update { .. } => unreachable!("resolved above"),
                         Action::Delete { rtype, target } => {
                             let id = match target {
@@ -566,7 +569,10 @@ impl FhirService {
                                 Target::Search(q) => single_match(txn, q)?,
                             };
                             match id {
-                                Some(id) => Some(delete_version(txn, rtype, &id)?),
+                                Some(id) => {
+                                    service.refuse_builtin(rtype, &id)?;
+                                    Some(delete_version(txn, rtype, &id)?)
+                                }
                                 None => Some(WriteResult::nothing_to_delete(rtype)),
                             }
                         }

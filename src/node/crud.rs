@@ -287,6 +287,7 @@ impl FhirService {
                 ))
             }
         }
+        self.refuse_builtin(&rtype, id)?;
         let prepared = self.prepare(checked, value);
         let id = id.clone();
         let result = self.run(move |txn| put_version(txn, &prepared, &id, if_match))?;
@@ -304,6 +305,7 @@ impl FhirService {
     ) -> Result<WriteResult, Error> {
         let checked = self.expect_type(rtype, &value)?;
         let prepared = self.prepare(checked, value);
+        let this = self.clone();
         let result = self.run(move |txn| {
             let id = match (single_match(txn, &query)?, &prepared.body_id) {
                 (Some(found), Some(body)) if &found != body => {
@@ -319,6 +321,7 @@ impl FhirService {
                 (None, Some(body)) => body.clone(),
                 (None, None) => new_id(),
             };
+            this.refuse_builtin(&prepared.rtype, &id)?;
             put_version(txn, &prepared, &id, if_match)
         })?;
         self.count_written(&result);
@@ -327,14 +330,19 @@ impl FhirService {
 
     /// `DELETE [type]/[id]`: logical delete; deleting what is absent is not an error.
     pub fn delete(&self, rtype: ResourceType, id: &Id) -> Result<WriteResult, Error> {
+        self.refuse_builtin(&rtype, id)?;
         let id = id.clone();
         self.run(move |txn| delete_version(txn, &rtype, &id))
     }
 
     /// `DELETE [type]?[search]`: delete the single match.
     pub fn conditional_delete(&self, query: SearchRequest) -> Result<WriteResult, Error> {
+        let this = self.clone();
         self.run(move |txn| match single_match(txn, &query)? {
-            Some(id) => delete_version(txn, &query.rtype, &id),
+            Some(id) => {
+                this.refuse_builtin(&query.rtype, &id)?;
+                delete_version(txn, &query.rtype, &id)
+            }
             None => Ok(WriteResult::nothing_to_delete(&query.rtype)),
         })
     }
@@ -342,7 +350,9 @@ impl FhirService {
     /// `GET [type]/[id]`.
     pub fn read(&self, rtype: ResourceType, id: &Id) -> Result<Stored, Error> {
         match self.store.read(&rtype, id)? {
-            None => Err(Error::NotFound(rtype.to_string(), id.to_string())),
+            None => self
+                .builtin(&rtype, id)
+                .ok_or_else(|| Error::NotFound(rtype.to_string(), id.to_string())),
             Some(s) if s.deleted() => Err(Error::Gone(rtype.to_string(), id.to_string())),
             Some(s) => Ok(s),
         }
@@ -351,7 +361,10 @@ impl FhirService {
     /// `GET [type]/[id]/_history/[vid]`.
     pub fn vread(&self, rtype: ResourceType, id: &Id, version: u64) -> Result<Stored, Error> {
         match self.store.vread(&rtype, id, version)? {
-            None => Err(Error::NotFound(rtype.to_string(), format!("{id}/_history/{version}"))),
+            None => self
+                .builtin(&rtype, id)
+                .filter(|b| b.version == version && self.store.read(&rtype, id).ok().flatten().is_none())
+                .ok_or_else(|| Error::NotFound(rtype.to_string(), format!("{id}/_history/{version}"))),
             Some(s) if s.deleted() => Err(Error::Gone(rtype.to_string(), format!("{id}/_history/{version}"))),
             Some(s) => Ok(s),
         }

@@ -3,6 +3,7 @@
 //! top of any `Store`. It knows FHIR semantics and nothing about HTTP or SQL.
 
 pub mod analytics;
+mod builtin;
 mod bundle;
 mod capability;
 mod crud;
@@ -127,6 +128,8 @@ pub struct FhirService {
     pub pathways: Arc<crate::pathways::Library>,
     /// The node's episodes as of a store change marker (`pathways::episodes`).
     episodes: Arc<std::sync::Mutex<Option<pathways::CachedEpisodes>>>,
+    /// What the node serves without storing it: the pathways' Measures.
+    builtins: Arc<builtin::Builtins>,
     /// Who writes through this handle (a client, a feed's sender), for the quality
     /// figures: the write context, set with `for_source`.
     source: Option<Arc<str>>,
@@ -147,7 +150,9 @@ impl FhirService {
     }
 
     pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, settings: ServiceSettings) -> FhirService {
+        let pathways = crate::pathways::Library::built_in();
         FhirService {
+            builtins: Arc::new(builtin::Builtins::of_pathways(&pathways, &registry)),
             store,
             registry,
             settings: Arc::new(settings),
@@ -155,7 +160,7 @@ impl FhirService {
             profiles: built_in_profiles(),
             quality: Arc::default(),
             record_keys: Arc::new(crate::federation::RecordKeys::random()),
-            pathways: crate::pathways::Library::built_in(),
+            pathways,
             episodes: Arc::default(),
             source: None,
         }
@@ -163,6 +168,7 @@ impl FhirService {
 
     /// The same service running these pathways.
     pub fn with_pathways(mut self, pathways: Arc<crate::pathways::Library>) -> FhirService {
+        self.builtins = Arc::new(builtin::Builtins::of_pathways(&pathways, &self.registry));
         self.pathways = pathways;
         self
     }

@@ -175,20 +175,23 @@ impl FhirService {
 
     /// Runs a search and renders its first page as JSON bytes.
     pub fn search_bytes(&self, req: SearchRequest, ctx: &SearchContext) -> Result<Vec<u8>, Error> {
+        let builtin = self.builtin_matches(&req)?;
         if req.summary == Summary::Count {
-            let total = self.store.count(&req)?;
+            let total = self.store.count(&req)? + builtin.len() as u64;
             let links = [("self", format!("{}/{}", ctx.base, ctx.self_query))];
             let mut w = BundleWriter::new("searchset", Some(total), &links);
             self.ignored_outcome(&mut w, &req);
             return Ok(w.finish());
         }
         let max = self.settings.max_results;
-        let mut keys = self.store.search(&req, max + 1)?;
+        let mut keys = builtin;
+        keys.extend(self.store.search(&req, max + 1)?);
         let total = if keys.len() > max {
             keys.truncate(max);
             // Beyond what is kept for paging, count only when asked (`_total=accurate`).
             if req.total_accurate {
-                Some(self.store.count(&req)?)
+                let builtin = keys.iter().filter(|k| **k < 0).count() as u64;
+                Some(self.store.count(&req)? + builtin)
             } else {
                 None
             }
@@ -295,7 +298,7 @@ impl FhirService {
             }
         }
         let mut w = BundleWriter::new("searchset", cached.total, &links);
-        let matches = self.store.fetch(page)?;
+        let matches = self.fetch_keys(page)?;
         let trimming = req.elements.is_some() || matches!(req.summary, Summary::True | Summary::Text | Summary::Data);
         let mut seen: HashSet<i64> = page.iter().copied().collect();
         for s in &matches {

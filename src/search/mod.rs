@@ -2,6 +2,7 @@
 //! parsing of search queries into typed requests for the store.
 
 pub mod index;
+pub mod matcher;
 pub mod params;
 pub mod query;
 

@@ -400,6 +400,131 @@ async fn evaluate_measure_stays_in_the_region_and_within_the_node_budget() {
     node.stop().await;
 }
 
+#[tokio::test]
+async fn a_node_lists_its_pathways_beside_stored_measures_and_keeps_them_read_only() {
+    let node = spawn_node().await;
+    let get = |q: &str| {
+        let url = format!("{}/{q}", node.fhir);
+        let client = node.client.clone();
+        async move {
+            let res = client.get(url).send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    let ids = |b: &Value| -> Vec<String> {
+        b["entry"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // A client's own Measure is stored as any resource is.
+    let own =
+        serde_json::json!({"resourceType": "Measure", "id": "local-audit", "status": "draft", "name": "LocalAudit"});
+    let res = node
+        .client
+        .put(format!("{}/Measure/local-audit", node.fhir))
+        .json(&own)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    let (status, all) = get("Measure").await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["total"], 4, "{all}");
+    assert_eq!(ids(&all), ["chc-copd", "chc-arld", "chc-epilepsy", "local-audit"]);
+    assert_eq!(all["entry"][0]["resource"]["version"], "1.0.0");
+    assert!(all["entry"][0]["fullUrl"]
+        .as_str()
+        .unwrap()
+        .ends_with("/fhir/Measure/chc-copd"));
+    // Search parameters mean for the pathways what they mean for stored Measures.
+    for (q, want) in [
+        ("Measure?_id=chc-arld", vec!["chc-arld"]),
+        ("Measure?status=draft", vec!["local-audit"]),
+        ("Measure?status:not=draft", vec!["chc-copd", "chc-arld", "chc-epilepsy"]),
+        (
+            "Measure?url=https://pennine.nhs.example/fhir/Measure/chc-epilepsy",
+            vec!["chc-epilepsy"],
+        ),
+        ("Measure?version=2.0.0", vec![]),
+    ] {
+        let (status, b) = get(q).await;
+        assert_eq!(status, 200, "{q}: {b}");
+        assert_eq!(ids(&b), want, "{q}");
+        assert_eq!(b["total"], want.len(), "{q}");
+    }
+    let (_, count) = get("Measure?_summary=count").await;
+    assert_eq!(count["total"], 4);
+    // Pages run through the pathways and on into stored Measures.
+    let (_, first) = get("Measure?_count=3").await;
+    assert_eq!(ids(&first), ["chc-copd", "chc-arld", "chc-epilepsy"]);
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let second: Value = node.client.get(next).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ids(&second), ["local-audit"]);
+    // Read and vread.
+    let (status, m) = get("Measure/chc-copd").await;
+    assert_eq!(status, 200);
+    assert_eq!(m["id"], "chc-copd");
+    assert_eq!(get("Measure/chc-copd/_history/1").await.0, 200);
+    assert_eq!(get("Measure/chc-copd/_history/2").await.0, 404);
+    // The definitions change with the pathway files, never through the API.
+    let res = node
+        .client
+        .put(format!("{}/Measure/chc-copd", node.fhir))
+        .json(&serde_json::json!({"resourceType": "Measure", "id": "chc-copd", "status": "retired"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    let res = node
+        .client
+        .delete(format!("{}/Measure/chc-copd", node.fhir))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    let tx = serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+        "resource": {"resourceType": "Measure", "id": "chc-arld", "status": "retired"},
+        "request": {"method": "PUT", "url": "Measure/chc-arld"}
+    }]});
+    let res = node.client.post(&node.fhir).json(&tx).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    let res = node
+        .client
+        .put(format!("{}/Measure?name:exact=chc_copd", node.fhir))
+        .json(&serde_json::json!({"resourceType": "Measure", "status": "retired"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status().as_u16(),
+        201,
+        "a conditional update matches stored Measures only"
+    );
+    let (_, m) = get("Measure/chc-copd").await;
+    assert_eq!(m["status"], "active", "{m}");
+    // Nothing of it is stored: the system history holds only what clients wrote.
+    let (_, history) = get("_history").await;
+    assert_eq!(history["total"], 2, "{history}");
+    node.stop().await;
+}
+
 /// A deterministic stream of numbers (xorshift).
 struct Stream(u64);
 
@@ -586,6 +711,32 @@ async fn the_hub_pools_pathways_exactly_reports_other_versions_and_withholds_sma
         .collect();
     assert_eq!(ids, ["chc-copd", "chc-arld", "chc-epilepsy"]);
     assert_eq!(list["entry"][0]["resource"]["version"], "1.0.0");
+    // Searched as a node searches them, and read one by one.
+    let found: Value = analyst
+        .get(format!(
+            "{}/fhir/Measure?_id=chc-arld,chc-epilepsy&status=active",
+            open_hub.base_url()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["total"], 2, "{found}");
+    let read = analyst
+        .get(format!("{}/fhir/Measure/chc-arld", open_hub.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.json::<Value>().await.unwrap()["id"], "chc-arld");
+    let missing = analyst
+        .get(format!("{}/fhir/Measure/chc-nothing", open_hub.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
     assert_eq!(
         pooled["status"], "pending",
         "a region on another version makes the report incomplete"
