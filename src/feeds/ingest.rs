@@ -742,32 +742,22 @@ impl Feeds {
         let header: Vec<&str> = table.header.iter().map(String::as_str).collect();
         let writer = self.service.for_source(&format!("csv:{mapping}"));
         for chunk in table.rows.chunks(CSV_CHUNK) {
-            let mut entries = Vec::new();
+            // Each row is a group stored whole or not at all; a chunk of rows is one
+            // commit. A row stored before with the same content is left as it is (no
+            // new versions).
+            let mut groups = Vec::new();
             let mut lines = Vec::new();
             for (line, row) in chunk {
                 let fields: HashMap<&str, &str> = header.iter().copied().zip(row.iter().map(String::as_str)).collect();
                 match c::map_row(m, &fields) {
-                    // A row of several resources is stored whole or not at all; a row
-                    // stored before with the same content is left as it is (no new versions).
-                    Ok(resources) if resources.len() > 1 => {
+                    Ok(resources) => {
                         let changed: Vec<Value> = resources.into_iter().filter(|r| !self.unchanged(r)).collect();
                         if changed.is_empty() {
                             summary.stored += 1;
                             continue;
                         }
-                        let row_entries: Vec<Entry> = changed.into_iter().map(|r| put_entry(r, None)).collect();
-                        match writer.process_entries(BundleKind::Transaction, row_entries, None) {
-                            Ok(_) => summary.stored += 1,
-                            Err(e) => summary.rejected.push(RowRejection {
-                                line: *line,
-                                issues: e.issues(),
-                                dead_letter: None,
-                            }),
-                        }
-                    }
-                    Ok(resources) => {
-                        entries.extend(resources.into_iter().map(|r| put_entry(r, None)));
-                        lines.push((*line, row));
+                        groups.push(changed);
+                        lines.push(*line);
                     }
                     Err(issues) => summary.rejected.push(RowRejection {
                         line: *line,
@@ -776,18 +766,17 @@ impl Feeds {
                     }),
                 }
             }
-            if entries.is_empty() {
+            if groups.is_empty() {
                 continue;
             }
-            let outcome = writer.process_entries(BundleKind::Batch, entries, None)?;
-            for (result, (line, _)) in outcome.entries.iter().zip(&lines) {
+            for (result, line) in writer.put_groups(groups)?.into_iter().zip(lines) {
                 match result {
-                    crate::node::EntryResult::Failed(e) => summary.rejected.push(RowRejection {
-                        line: *line,
+                    Ok(_) => summary.stored += 1,
+                    Err(e) => summary.rejected.push(RowRejection {
+                        line,
                         issues: e.issues(),
                         dead_letter: None,
                     }),
-                    _ => summary.stored += 1,
                 }
             }
         }

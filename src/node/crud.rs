@@ -398,3 +398,83 @@ pub struct Found {
     pub stored: Stored,
     pub json: Value,
 }
+
+/// A group of resources for `put_groups`: each is written by its id, and the
+/// group is stored whole or not at all.
+pub type PutGroup = Vec<Value>;
+
+impl FhirService {
+    /// Writes many groups in one unit of work (one commit), each group in its own
+    /// nested savepoint: a group that fails (a resource the profiles refuse, a
+    /// write the store refuses) is undone alone and reported, the others are kept.
+    /// This is `PUT [type]/[id]` of every resource, group by group, at the cost of
+    /// one commit: the CSV feed writes an extract's multi-resource rows this way.
+    /// A resource identical to one an earlier group of the same call wrote (a
+    /// patient on several rows) is not written again.
+    pub fn put_groups(&self, groups: Vec<PutGroup>) -> Result<Vec<Result<Vec<WriteResult>, Error>>, Error> {
+        let planned: Vec<Result<Vec<(Prepared, String, String)>, Error>> = groups
+            .into_iter()
+            .map(|group| group.into_iter().map(|value| self.plan_put(value)).collect())
+            .collect();
+        let results = self.run(move |txn| {
+            let mut written: std::collections::HashMap<(String, String), String> = std::collections::HashMap::new();
+            let mut out = Vec::with_capacity(planned.len());
+            for group in planned {
+                let group = match group {
+                    Ok(g) => g,
+                    Err(e) => {
+                        out.push(Err(e));
+                        continue;
+                    }
+                };
+                let mut result: Result<Vec<WriteResult>, Error> = Ok(Vec::new());
+                txn.nested(&mut |t| {
+                    let mut done = Vec::with_capacity(group.len());
+                    for (prepared, id, content) in &group {
+                        if written.get(&(prepared.rtype.clone(), id.clone())) == Some(content) {
+                            continue;
+                        }
+                        match put_version(t, prepared, id, None) {
+                            Ok(r) => done.push(r),
+                            Err(e) => {
+                                result = Err(e);
+                                return false;
+                            }
+                        }
+                    }
+                    result = Ok(done);
+                    true
+                })?;
+                if result.is_ok() {
+                    for (prepared, id, content) in &group {
+                        written.insert((prepared.rtype.clone(), id.clone()), content.clone());
+                    }
+                }
+                out.push(result);
+            }
+            Ok::<_, Error>(out)
+        })?;
+        for r in results.iter().flatten().flatten() {
+            self.count_written(r);
+        }
+        Ok(results)
+    }
+
+    /// One resource of a group: checked, prepared, with its id and its content.
+    fn plan_put(&self, value: Value) -> Result<(Prepared, String, String), Error> {
+        let checked = self.check_resource(&value)?;
+        let id = value
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(Id::parse)
+            .ok_or_else(|| {
+                Error::invalid(
+                    Issue::error(IssueCode::Required, "a resource written by its id needs a valid id")
+                        .at(format!("{}.id", checked.rtype)),
+                )
+            })?;
+        self.refuse_builtin(&checked.rtype, id.as_str())?;
+        let content = value.to_string();
+        Ok((self.prepare(checked, value), id.as_str().to_string(), content))
+    }
+}

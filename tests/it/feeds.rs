@@ -1041,5 +1041,37 @@ async fn sus_extract_keeps_diagnosis_positions_and_resending_changes_nothing() {
         3,
         "nothing of the refused row was stored"
     );
+
+    // Rows are written many to a commit, each whole or not at all: a row the profiles
+    // refuse (an NHS number failing its check digit) is undone alone; a patient on two
+    // rows of one upload gets one version, not two.
+    let rows = format!(
+        "{}\nS4,1,1,4010232137,1,70,RTD,21,300,2025-04-01,2025-04-03,2025-04-01,2025-04-03,1,{}\nS5,1,1,9434765871,1,70,RTD,21,300,2025-04-01,2025-04-03,2025-04-01,2025-04-03,1,{}\nS6,1,1,4010232137,1,70,RTD,21,300,2025-05-01,2025-05-03,2025-05-01,2025-05-03,1,{}\n",
+        sus_header(),
+        pad(&["J44.1"]),
+        pad(&["J44.1", "I10"]),
+        pad(&["J20.9"])
+    );
+    let summary: Value = post_csv(&node, "sus-apc", rows).await.json().await.unwrap();
+    assert_eq!(summary["stored"], 2, "{summary}");
+    let rejected = &summary["rejected"][0];
+    assert_eq!(rejected["line"], 3, "{summary}");
+    assert!(rejected.to_string().contains("NHS"), "{rejected}");
+    assert_eq!(node.total("Encounter").await, 5);
+    assert_eq!(
+        node.total("Condition").await,
+        8,
+        "the refused row's diagnoses were undone"
+    );
+    assert_eq!(
+        node.total("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|9434765871")
+            .await,
+        0
+    );
+    let patient = node
+        .get_json("Patient?identifier=https://fhir.nhs.uk/Id/nhs-number|4010232137")
+        .await;
+    assert_eq!(patient["total"], 1);
+    assert_eq!(patient["entry"][0]["resource"]["meta"]["versionId"], "1");
     node.stop().await;
 }
