@@ -403,6 +403,9 @@ pub struct Found {
 /// group is stored whole or not at all.
 pub type PutGroup = Vec<Value>;
 
+/// A resource of a group, ready to write: prepared, its id, and its content as sent.
+type PlannedPut = (Prepared, String, String);
+
 impl FhirService {
     /// Writes many groups in one unit of work (one commit), each group in its own
     /// nested savepoint: a group that fails (a resource the profiles refuse, a
@@ -412,7 +415,7 @@ impl FhirService {
     /// A resource identical to one an earlier group of the same call wrote (a
     /// patient on several rows) is not written again.
     pub fn put_groups(&self, groups: Vec<PutGroup>) -> Result<Vec<Result<Vec<WriteResult>, Error>>, Error> {
-        let planned: Vec<Result<Vec<(Prepared, String, String)>, Error>> = groups
+        let planned: Vec<Result<Vec<PlannedPut>, Error>> = groups
             .into_iter()
             .map(|group| group.into_iter().map(|value| self.plan_put(value)).collect())
             .collect();
@@ -461,7 +464,7 @@ impl FhirService {
     }
 
     /// One resource of a group: checked, prepared, with its id and its content.
-    fn plan_put(&self, value: Value) -> Result<(Prepared, String, String), Error> {
+    fn plan_put(&self, value: Value) -> Result<PlannedPut, Error> {
         let checked = self.check_resource(&value)?;
         let id = value
             .get("id")
