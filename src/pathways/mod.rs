@@ -116,45 +116,73 @@ struct RawGroup {
 
 type CodeSet = Arc<HashSet<String>>;
 
-/// One condition on the diagnosis positions.
+/// One condition on the diagnosis positions, over code-list bits: each code list
+/// (and each explicit code set) of a pathway is one bit, and a code's mask has the
+/// bits of the lists it is in (`Pathway::masks`), so a condition is a few bit
+/// operations, not a set lookup per list and position.
 #[derive(Debug, Clone)]
 enum Condition {
-    /// The code at `pos` is in one of `in_lists` (when given), in none of `not_in`,
-    /// and one of `codes` (when given).
+    /// The code at `pos` is in one of the `in_lists` (when non-zero), in none of
+    /// `not_in`, and in `codes` (when non-zero).
     At {
         pos: usize,
-        in_lists: Vec<CodeSet>,
-        not_in: Vec<CodeSet>,
-        codes: Option<HashSet<String>>,
+        in_lists: u64,
+        not_in: u64,
+        codes: u64,
     },
     /// Some position from `from` to `to` holds a code in one of `in_lists`.
-    AnyOf {
-        from: usize,
-        to: usize,
-        in_lists: Vec<CodeSet>,
-    },
-}
-
-fn in_any(code: Option<&str>, lists: &[CodeSet]) -> bool {
-    code.is_some_and(|c| lists.iter().any(|l| l.contains(c)))
+    AnyOf { from: usize, to: usize, in_lists: u64 },
 }
 
 impl Condition {
-    fn holds(&self, dx: &[Option<String>; POSITIONS]) -> bool {
-        match self {
+    fn holds(&self, masks: &[u64; POSITIONS]) -> bool {
+        match *self {
             Condition::At {
                 pos,
                 in_lists,
                 not_in,
                 codes,
             } => {
-                let code = dx[*pos].as_deref();
-                (in_lists.is_empty() || in_any(code, in_lists))
-                    && !in_any(code, not_in)
-                    && codes.as_ref().is_none_or(|set| code.is_some_and(|c| set.contains(c)))
+                let m = masks[pos];
+                (in_lists == 0 || m & in_lists != 0) && m & not_in == 0 && (codes == 0 || m & codes != 0)
             }
-            Condition::AnyOf { from, to, in_lists } => dx[*from..=*to].iter().any(|c| in_any(c.as_deref(), in_lists)),
+            Condition::AnyOf { from, to, in_lists } => masks[from..=to].iter().any(|m| m & in_lists != 0),
         }
+    }
+}
+
+/// The code lists of a pathway as bits, in order of first use.
+#[derive(Default)]
+struct ListBits(Vec<CodeSet>);
+
+impl ListBits {
+    fn bit(&mut self, set: &CodeSet) -> Result<u64, String> {
+        let i = match self.0.iter().position(|s| Arc::ptr_eq(s, set)) {
+            Some(i) => i,
+            None => {
+                self.0.push(set.clone());
+                self.0.len() - 1
+            }
+        };
+        if i >= 64 {
+            return Err("a pathway may use at most 64 code lists and code sets".into());
+        }
+        Ok(1 << i)
+    }
+
+    fn mask(&mut self, sets: &[CodeSet]) -> Result<u64, String> {
+        sets.iter().try_fold(0, |m, s| Ok(m | self.bit(s)?))
+    }
+
+    /// Each code's mask: the bits of the lists it is in.
+    fn code_masks(&self) -> HashMap<String, u64> {
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for (i, set) in self.0.iter().enumerate() {
+            for code in set.iter() {
+                *out.entry(code.clone()).or_default() |= 1 << i;
+            }
+        }
+        out
     }
 }
 
@@ -178,6 +206,8 @@ pub struct Pathway {
     last_episode: bool,
     categories: Vec<(String, Vec<Condition>)>,
     groups: Vec<Group>,
+    /// ICD-10 code → the bits of the pathway's lists it is in (`ListBits`).
+    code_masks: HashMap<String, u64>,
 }
 
 /// One admitted patient care episode, as the algorithms read it.
@@ -259,17 +289,26 @@ impl Pathway {
             .map(|(k, u)| Ok((k.clone(), set(u)?)))
             .collect::<Result<_, PathwayError>>()?;
         let list = |k: &str| lists.get(k).cloned().ok_or_else(|| fail(format!("no list named {k}")));
+        let mut bits = ListBits::default();
         let mut categories = Vec::new();
         for (name, cat) in &f.rules.categories {
             let mut conds = Vec::new();
             for c in &cat.all {
-                let in_lists = c.in_lists.iter().map(|l| list(l)).collect::<Result<Vec<_>, _>>()?;
+                let in_sets = c.in_lists.iter().map(|l| list(l)).collect::<Result<Vec<_>, _>>()?;
+                let in_lists = bits.mask(&in_sets).map_err(fail)?;
                 let cond = match (&c.at, &c.any_of) {
                     (Some(at), None) => Condition::At {
                         pos: position(at).ok_or_else(|| fail(format!("{name}: '{at}' is not P or S1..S12")))?,
                         in_lists,
-                        not_in: c.not_in.iter().map(|l| list(l)).collect::<Result<Vec<_>, _>>()?,
-                        codes: (!c.codes.is_empty()).then(|| c.codes.iter().cloned().collect()),
+                        not_in: {
+                            let sets = c.not_in.iter().map(|l| list(l)).collect::<Result<Vec<_>, _>>()?;
+                            bits.mask(&sets).map_err(fail)?
+                        },
+                        codes: if c.codes.is_empty() {
+                            0
+                        } else {
+                            bits.bit(&Arc::new(c.codes.iter().cloned().collect())).map_err(fail)?
+                        },
                     },
                     (None, Some(range)) => {
                         let (a, b) = range
@@ -277,7 +316,7 @@ impl Pathway {
                             .and_then(|(a, b)| Some((position(a)?, position(b)?)))
                             .filter(|(a, b)| a <= b)
                             .ok_or_else(|| fail(format!("{name}: '{range}' is not a range such as S2-S12")))?;
-                        if in_lists.is_empty() || !c.not_in.is_empty() || !c.codes.is_empty() {
+                        if in_sets.is_empty() || !c.not_in.is_empty() || !c.codes.is_empty() {
                             return Err(fail(format!("{name}: anyOf takes `in` lists only")));
                         }
                         Condition::AnyOf {
@@ -311,6 +350,9 @@ impl Pathway {
                 any: g.any.iter().map(|n| index(n)).collect::<Result<_, _>>()?,
                 none: g.none.iter().map(|n| index(n)).collect::<Result<_, _>>()?,
             });
+        }
+        if categories.len() > 128 {
+            return Err(fail("at most 128 categories".into()));
         }
         if groups.len() > 60 {
             return Err(fail("at most 60 groups".into()));
@@ -356,7 +398,19 @@ impl Pathway {
             last_episode: f.rules.cohort.last_episode,
             categories,
             groups,
+            code_masks: bits.code_masks(),
         })
+    }
+
+    /// Each position's mask (`ListBits`): 0 for an empty position or a code in no list.
+    fn masks(&self, e: &Episode) -> [u64; POSITIONS] {
+        let mut out = [0; POSITIONS];
+        for (m, code) in out.iter_mut().zip(&e.diagnoses) {
+            if let Some(c) = code {
+                *m = self.code_masks.get(c.as_str()).copied().unwrap_or(0);
+            }
+        }
+        out
     }
 
     /// The group codes of a report, in order (mortality last).
@@ -380,24 +434,31 @@ impl Pathway {
 
     /// The categories `e`'s diagnoses fall in, by name.
     pub fn categories_of(&self, e: &Episode) -> Vec<&str> {
+        let masks = self.masks(e);
         self.categories
             .iter()
-            .filter(|(_, conds)| conds.iter().all(|c| c.holds(&e.diagnoses)))
+            .filter(|(_, conds)| conds.iter().all(|c| c.holds(&masks)))
             .map(|(n, _)| n.as_str())
             .collect()
     }
 
-    /// For each rule group (in report order), whether `e` is in it.
-    fn membership(&self, e: &Episode) -> Vec<bool> {
-        let hits: Vec<bool> = self
-            .categories
-            .iter()
-            .map(|(_, conds)| conds.iter().all(|c| c.holds(&e.diagnoses)))
-            .collect();
-        self.groups
-            .iter()
-            .map(|g| g.any.iter().any(|&i| hits[i]) && !g.none.iter().any(|&i| hits[i]))
-            .collect()
+    /// For each rule group (in report order), whether `e` is in it, as bits.
+    fn membership(&self, e: &Episode) -> u64 {
+        let masks = self.masks(e);
+        let mut hits = 0u128;
+        for (i, (_, conds)) in self.categories.iter().enumerate() {
+            if conds.iter().all(|c| c.holds(&masks)) {
+                hits |= 1 << i;
+            }
+        }
+        let hit = |i: &usize| hits & (1 << i) != 0;
+        self.groups.iter().enumerate().fold(0, |bits, (gi, g)| {
+            if g.any.iter().any(hit) && !g.none.iter().any(hit) {
+                bits | (1 << gi)
+            } else {
+                bits
+            }
+        })
     }
 
     /// Counts over `episodes` discharged within [`start`, `end`] (`YYYY-MM-DD`, inclusive).
@@ -416,11 +477,7 @@ impl Pathway {
             if d < start || d > end || !self.in_cohort(e) {
                 continue;
             }
-            let bits = self
-                .membership(e)
-                .iter()
-                .enumerate()
-                .fold(0u64, |b, (i, m)| b | ((*m as u64) << i));
+            let bits = self.membership(e);
             let key = (
                 e.provider.as_str(),
                 e.age.map_or("unknown", age_band),
