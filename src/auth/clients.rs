@@ -14,6 +14,8 @@ pub enum Role {
     Analyst,
     Partner,
     Admin,
+    /// A person at a provider, bound to its region: the hub's web view only.
+    Clinician,
 }
 
 impl Role {
@@ -23,6 +25,7 @@ impl Role {
             Role::Analyst => "analyst",
             Role::Partner => "partner",
             Role::Admin => "admin",
+            Role::Clinician => "clinician",
         }
     }
 
@@ -39,6 +42,8 @@ impl Role {
                 s("pennine/quality"),
                 s("pennine/clients"),
             ],
+            // People who read the web view; no API scope.
+            Role::Clinician => vec![],
         }
     }
 
@@ -69,6 +74,8 @@ pub struct Client {
 #[derive(Debug, Default, Clone)]
 pub struct Clients {
     pub clients: Vec<Client>,
+    /// People with local accounts for the hub's web view (`[[user]]`).
+    pub users: Vec<super::users::User>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +83,8 @@ pub struct Clients {
 struct ClientsFile {
     #[serde(default)]
     client: Vec<ClientEntry>,
+    #[serde(default)]
+    user: Vec<super::users::UserEntry>,
 }
 
 #[derive(Deserialize)]
@@ -170,7 +179,15 @@ impl Clients {
                 credential,
             });
         }
-        Ok(Clients { clients })
+        let mut users: Vec<super::users::User> = Vec::new();
+        for e in file.user {
+            let u = super::users::User::from_entry(e)?;
+            if users.iter().any(|x| x.name == u.name) {
+                return Err(format!("user '{}': names must be unique", u.name));
+            }
+            users.push(u);
+        }
+        Ok(Clients { clients, users })
     }
 
     pub fn get(&self, id: &str) -> Option<&Client> {

@@ -219,7 +219,15 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
         percentile(&overheads, 0.95)
     );
     if args.episodes > 0 {
-        pathways(&client, &hub, &nodes, &vendor_tokens, &secret_of("demo-partner"), args).await?;
+        let vendors: Vec<(String, String)> = REGIONS
+            .iter()
+            .map(|r| {
+                let id = format!("{r}-vendor");
+                let secret = secret_of(&id);
+                (id, secret)
+            })
+            .collect();
+        pathways(&client, &hub, &nodes, &vendors, &secret_of("demo-partner"), args).await?;
     }
     hub.stop().await;
     for n in nodes {
@@ -235,12 +243,12 @@ async fn pathways(
     client: &reqwest::Client,
     hub: &crate::startup::RunningHub,
     nodes: &[crate::startup::RunningNode],
-    tokens: &[String],
+    vendors: &[(String, String)],
     partner_secret: &str,
     args: &BenchFederationArgs,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let loads = nodes.iter().zip(tokens).zip(REGIONS).map(|((node, token), r)| {
+    let loads = nodes.iter().zip(vendors).zip(REGIONS).map(|((node, (id, secret)), r)| {
         let extract = crate::demo::sus_extract(r, 7, args.episodes);
         let url = format!("{}/feeds/csv/sus-apc", node.base_url());
         async move {
@@ -249,14 +257,20 @@ async fn pathways(
             let rows: Vec<&str> = lines.collect();
             for chunk in rows.chunks(5000) {
                 let body = format!("{header}\n{}\n", chunk.join("\n"));
+                // A token per upload: loading outlasts a token's life.
+                let token = super::token(client, &node.base_url(), id, secret).await?;
                 let res = client
                     .post(&url)
-                    .bearer_auth(token)
+                    .bearer_auth(&token)
                     .header("content-type", "text/csv")
                     .body(body)
                     .send()
                     .await?;
+                let status = res.status();
                 let summary: Value = res.json().await?;
+                if !status.is_success() {
+                    bail!("{r}: upload refused ({status}): {summary}");
+                }
                 if summary["rejected"].as_array().is_some_and(|r| !r.is_empty()) {
                     bail!("{r}: rows refused: {summary}");
                 }
