@@ -226,6 +226,10 @@ layered_settings! {
         /// the same versions.
         #[arg(long, env = "PENNINE_PATHWAYS")]
         pub pathways: Option<PathBuf>,
+        /// How the web view shows other providers on a benchmark: named (default) or
+        /// anonymous (letters; a clinician's own provider is always named).
+        #[arg(long, env = "PENNINE_BENCHMARK_LABELS")]
+        pub benchmark_labels: Option<String>,
     }
 }
 
@@ -470,6 +474,8 @@ pub struct HubConfig {
     pub answer_cache: std::time::Duration,
     /// Where the pathways come from (None: the set built into the binary).
     pub pathways_dir: Option<PathBuf>,
+    /// How the web view shows other providers on a benchmark.
+    pub benchmark_labels: crate::web::pages::Labels,
 }
 
 impl HubConfig {
@@ -488,6 +494,7 @@ impl HubConfig {
             aggregate_rate: 30,
             answer_cache: std::time::Duration::from_secs(60),
             pathways_dir: None,
+            benchmark_labels: crate::web::pages::Labels::Named,
         }
     }
 }
@@ -594,6 +601,15 @@ impl HubConfig {
             },
             answer_cache: std::time::Duration::from_secs(s.answer_cache_seconds.unwrap_or(60)),
             pathways_dir: s.pathways,
+            benchmark_labels: match s.benchmark_labels.as_deref() {
+                None | Some("named") => crate::web::pages::Labels::Named,
+                Some("anonymous") => crate::web::pages::Labels::Anonymous,
+                Some(other) => {
+                    return Err(ConfigError::Invalid(format!(
+                        "benchmark_labels '{other}': give named or anonymous"
+                    )))
+                }
+            },
         })
     }
 }

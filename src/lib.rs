@@ -23,3 +23,4 @@ pub mod store;
 pub mod tls;
 pub mod validation;
 pub mod views;
+pub mod web;

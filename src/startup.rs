@@ -84,6 +84,8 @@ pub struct RunningHub {
     pub addr: SocketAddr,
     pub tls: bool,
     pub hub: Hub,
+    /// Local accounts and web sessions (the web view).
+    pub people: Arc<crate::auth::People>,
     serving: crate::http::Serving,
     audit: Arc<AuditLog>,
 }
@@ -96,6 +98,12 @@ impl RunningHub {
     pub async fn stop(self) {
         self.serving.stop().await;
         close(self.audit, Vec::new()).await;
+    }
+
+    /// A one-time sign-in link to the web view for the local account `name`.
+    pub fn sign_in_link(&self, name: &str) -> Option<String> {
+        let token = self.people.link_for(name)?;
+        Some(format!("{}/app/login/once/{token}", self.base_url()))
     }
 
     pub async fn wait(self) -> std::io::Result<()> {
@@ -202,12 +210,15 @@ pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
     let hub = Hub::new(config.clone(), audit.clone())
         .map_err(|e| StartError::Client(e.to_string()))?
         .with_pathways(pathways);
-    let serving = crate::http::hub::serve_hub(hub.clone(), audit.clone(), audit_events, authority)?;
+    let users = authority.clients.as_ref().map(|c| c.users.clone()).unwrap_or_default();
+    let people = Arc::new(crate::auth::People::new(users));
+    let serving = crate::http::hub::serve_hub(hub.clone(), audit.clone(), audit_events, authority, people.clone())?;
     tracing::info!(addr = %serving.addr, regions = config.nodes.len(), "hub listening");
     Ok(RunningHub {
         addr: serving.addr,
         tls: config.tls.is_some(),
         hub,
+        people,
         serving,
         audit,
     })

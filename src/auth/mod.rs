@@ -6,12 +6,12 @@
 pub mod clients;
 pub mod policy;
 pub mod scopes;
-pub mod tokens;
 pub mod sessions;
+pub mod tokens;
 pub mod users;
 
 pub use clients::{Client, Clients, Role};
 pub use policy::{decide, Facts, RouteRule, Rule, Server, HUB_ROUTES, NODE_ROUTES};
 pub use scopes::Scope;
 pub use tokens::{Authority, OAuthError, Principal};
-pub use users::{Accounts, Person, User};
+pub use users::{Accounts, People, Person, User};

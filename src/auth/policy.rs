@@ -43,6 +43,10 @@ pub enum Rule {
     Quality,
     /// The hub's data-quality figures of every region: administrators, analysts and partners.
     HubQuality,
+    /// A page of the hub's web view for a signed-in person (a session cookie, not a
+    /// token): the handler resolves the session and asks `decide_page`; without a
+    /// session it sends the browser to sign in.
+    Page,
 }
 
 /// One route: method, actix path pattern, rule.
@@ -114,7 +118,51 @@ pub const HUB_ROUTES: &[RouteRule] = &[
     r("POST", "/fhir/Measure/{id}/$benchmark", Rule::EvaluateMeasure),
     r("GET", "/quality", Rule::HubQuality),
     r("GET", "/fhir/{type}", Rule::HubSearch),
+    r("GET", "/app", Rule::Public),
+    r("GET", "/app/static/pennine.css", Rule::Public),
+    r("GET", "/app/login", Rule::Public),
+    r("POST", "/app/login", Rule::Public),
+    r("GET", "/app/login/once/{token}", Rule::Public),
+    r("POST", "/app/logout", Rule::Page),
+    r("GET", "/app/", Rule::Page),
+    r("GET", "/app/pathways/{measure}", Rule::Page),
+    r("GET", "/app/pathways/{measure}/benchmark.csv", Rule::Page),
+    r("GET", "/app/providers/{ods}", Rule::Page),
+    r("GET", "/app/quality", Rule::Page),
+    r("GET", "/transparency", Rule::Public),
 ];
+
+/// What a page shows, for `decide_page`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageKind<'a> {
+    /// The pathways, their funnel plots and the quality figures: every signed-in person.
+    Results,
+    /// One provider's report; the provider's region as the benchmark names it.
+    Provider { region: &'a str },
+}
+
+/// Whether a signed-in person may see a page. Clinicians and analysts see every
+/// region's pooled figures but only their own region's provider reports; partners
+/// and administrators see every provider's.
+pub fn decide_page(person: &super::Person, page: PageKind) -> Result<(), String> {
+    if person.roles.is_empty() || person.roles.iter().all(|r| *r == Role::Vendor) {
+        return Err("this account has no role that may use the web view".into());
+    }
+    match page {
+        PageKind::Results => Ok(()),
+        PageKind::Provider { region } => {
+            if person.roles.iter().any(|r| matches!(r, Role::Partner | Role::Admin)) {
+                return Ok(());
+            }
+            match &person.region {
+                Some(mine) if mine.as_str() == region => Ok(()),
+                _ => Err(format!(
+                    "provider reports of region {region} are for that region's staff, partners and administrators"
+                )),
+            }
+        }
+    }
+}
 
 /// Which server is deciding.
 #[derive(Debug, Clone, PartialEq, Eq)]

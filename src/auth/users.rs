@@ -216,7 +216,8 @@ impl Accounts {
         // Bounded: names nobody has are counted too (so that guessing names costs
         // the same), but the table never grows past this.
         if failures.len() > 10_000 {
-            failures.retain(|_, f| now.duration_since(f.first) < FAILURE_WINDOW || f.locked_until.is_some_and(|u| u > now));
+            failures
+                .retain(|_, f| now.duration_since(f.first) < FAILURE_WINDOW || f.locked_until.is_some_and(|u| u > now));
         }
         let f = failures.entry(name.to_string()).or_insert(Failures {
             count: 0,
@@ -236,6 +237,27 @@ impl Accounts {
             return SignInError::Locked(LOCKOUT);
         }
         SignInError::Invalid
+    }
+}
+
+/// The people side of a hub: local accounts and web sessions.
+pub struct People {
+    pub accounts: Accounts,
+    pub sessions: super::sessions::Sessions,
+}
+
+impl People {
+    pub fn new(users: Vec<User>) -> People {
+        People {
+            accounts: Accounts::new(users),
+            sessions: super::sessions::Sessions::default(),
+        }
+    }
+
+    /// A one-time sign-in link's token for the local account `name`.
+    pub fn link_for(&self, name: &str) -> Option<String> {
+        let person = self.accounts.get(name)?.person();
+        Some(self.sessions.link(person))
     }
 }
 
@@ -275,12 +297,24 @@ mod tests {
     fn entries_are_checked() {
         let hash = hash_password("x").unwrap();
         for (text, why) in [
-            ("name = \"a\"\npassword = \"x\"\npassword_hash = \"{h}\"\nroles = [\"admin\"]", "plain"),
-            ("name = \"a\"\npassword_hash = \"nothash\"\nroles = [\"admin\"]", "password_hash"),
+            (
+                "name = \"a\"\npassword = \"x\"\npassword_hash = \"{h}\"\nroles = [\"admin\"]",
+                "plain",
+            ),
+            (
+                "name = \"a\"\npassword_hash = \"nothash\"\nroles = [\"admin\"]",
+                "password_hash",
+            ),
             ("name = \"a\"\npassword_hash = \"{h}\"\nroles = []", "role"),
             ("name = \"a\"\npassword_hash = \"{h}\"\nroles = [\"vendor\"]", "systems"),
-            ("name = \"a\"\npassword_hash = \"{h}\"\nroles = [\"clinician\"]\nregion = \"gm\"", "provider"),
-            ("name = \"a\"\npassword_hash = \"{h}\"\nroles = [\"clinician\"]\nprovider = \"RXL\"", "region"),
+            (
+                "name = \"a\"\npassword_hash = \"{h}\"\nroles = [\"clinician\"]\nregion = \"gm\"",
+                "provider",
+            ),
+            (
+                "name = \"a\"\npassword_hash = \"{h}\"\nroles = [\"clinician\"]\nprovider = \"RXL\"",
+                "region",
+            ),
             (
                 "name = \"a\"\npassword_hash = \"{h}\"\nroles = [\"clinician\"]\nregion = \"gm\"\nprovider = \"R-1\"",
                 "ODS",
@@ -290,6 +324,9 @@ mod tests {
             assert!(err.contains(why), "{text}: {err}");
         }
         let bcrypt = "$2b$12$R9h/cIPz0gi.URNNX3kh2OPST9/PgBkqquzi.Ss7KIUgO2t0jWMUW";
-        assert!(entry(&format!("name = \"a\"\npassword_hash = \"{bcrypt}\"\nroles = [\"admin\"]")).is_err());
+        assert!(entry(&format!(
+            "name = \"a\"\npassword_hash = \"{bcrypt}\"\nroles = [\"admin\"]"
+        ))
+        .is_err());
     }
 }

@@ -101,7 +101,7 @@ pub fn check(access: &Access, req: &ServiceRequest) -> Result<Checked, Error> {
             principal: None,
         });
     };
-    if matches!(rule, Rule::Public | Rule::HubCertificate) {
+    if matches!(rule, Rule::Public | Rule::HubCertificate | Rule::Page) {
         return Ok(Checked {
             rule: Some(rule),
             principal: None,
@@ -149,6 +149,7 @@ pub fn action(rule: Rule) -> &'static str {
         Rule::FeedAdmin => "dead-letters",
         Rule::Validate => "validate",
         Rule::Quality | Rule::HubQuality => "quality",
+        Rule::Page => "page",
     }
 }
 

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// The FHIR service over the hub's audit store (AuditEvent searches).
-struct AuditEvents(FhirService);
+pub(super) struct AuditEvents(pub(super) FhirService);
 
 /// `GET /fhir/Measure`: the pathways the hub runs, searched as a node searches
 /// (the audit store's service serves them; it stores no Measure).
@@ -308,8 +308,13 @@ pub fn serve_hub(
     audit: Arc<AuditLog>,
     audit_events: FhirService,
     authority: Arc<Authority>,
+    people: Arc<crate::auth::People>,
 ) -> Result<Serving, ServeError> {
     let config = hub.config.clone();
+    let web_state = web::Data::new(super::app::WebState {
+        people,
+        labels: config.benchmark_labels,
+    });
     let access = web::Data::new(super::access::Access::new(
         authority,
         Server::Hub,
@@ -324,6 +329,7 @@ pub fn serve_hub(
         App::new()
             .app_data(data.clone())
             .app_data(audit_events.clone())
+            .app_data(web_state.clone())
             .app_data(access.clone())
             .wrap_fn({
                 let access = access.clone();
@@ -373,6 +379,7 @@ pub fn serve_hub(
                 );
                 route(cfg, t, "GET", "/quality", web::get().to(quality));
                 route(cfg, t, "GET", "/fhir/{type}", web::get().to(search));
+                super::app::configure(cfg);
             })
             .default_service(web::to(no_route))
     })

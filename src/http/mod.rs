@@ -3,6 +3,7 @@
 //! the parts the composition root (`crate::startup`) opened, and serve it.
 
 pub mod access;
+mod app;
 pub mod error;
 pub mod federation;
 mod feeds;

@@ -19,3 +19,4 @@ mod quality;
 mod search;
 mod validation;
 mod views;
+mod web;

@@ -538,7 +538,7 @@ impl Stream {
 }
 
 /// `n` SUS episodes for a region: three providers, mixed ages, sexes, codes and deaths.
-fn region_extract(region: usize, n: usize) -> String {
+pub(crate) fn region_extract(region: usize, n: usize) -> String {
     let mut r = Stream(0x5eed + region as u64 * 7919);
     let providers = [
         ["RTD", "RXN", "RBN"],
