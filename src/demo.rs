@@ -364,6 +364,19 @@ pub fn demo_clients(path: &std::path::Path, regions: &[&str]) -> std::io::Result
             crate::auth::clients::sha256_hex(&c.secret)
         ));
     }
+    // People for the web view: they sign in with the one-time links the demo prints
+    // (their passwords are random and never shown).
+    let clinician_region = regions.last().copied().unwrap_or("nwc");
+    for (name, role, region, provider) in [
+        ("demo-clinician", "clinician", clinician_region, Some(providers(clinician_region)[0])),
+        ("demo-analyst", "analyst", regions.first().copied().unwrap_or("nenc"), None),
+    ] {
+        let hash = crate::auth::users::hash_password(&secret()).map_err(std::io::Error::other)?;
+        toml.push_str(&format!(
+            "\n[[user]]\nname = \"{name}\"\npassword_hash = \"{hash}\"\nroles = [\"{role}\"]\nregion = \"{region}\"\n{}",
+            provider.map(|p| format!("provider = \"{p}\"\n")).unwrap_or_default()
+        ));
+    }
     std::fs::write(path, toml)?;
     Ok(clients)
 }

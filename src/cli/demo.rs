@@ -197,6 +197,13 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
         "  (and yh-, gm-, nwc-vendor/analyst: secrets in {})",
         clients_file.display()
     );
+    println!("\nWeb view for people (one-time sign-in links, valid for 15 minutes):");
+    for name in ["demo-clinician", "demo-analyst"] {
+        if let Some(link) = hub.sign_in_link(name) {
+            println!("  {name:<15} {link}");
+        }
+    }
+    println!("  transparency (public): {hub_url}/transparency");
     println!("\nServing:");
     println!("  hub   {hub_url}/fhir   (POST /fhir/$aggregate, GET /fhir/<type>?_summary=count)");
     for (n, (region, _)) in nodes.iter().zip(REGIONS) {

@@ -47,5 +47,13 @@ fn demo_runs_the_whole_gateway_and_prints_pooled_answers() {
         .filter(|l| l.contains(" high ") || l.contains(" low "))
         .count();
     assert!(flagged >= 1, "a provider flagged: {stdout}");
+    // One-time sign-in links to the web view for a demo clinician and a demo analyst.
+    for who in ["demo-clinician", "demo-analyst"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(who) && l.contains("/app/login/once/"))
+            .unwrap_or_else(|| panic!("no sign-in link for {who}: {stdout}"));
+        assert!(line.contains("https://127.0.0.1:"), "{line}");
+    }
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }
