@@ -368,8 +368,18 @@ pub fn demo_clients(path: &std::path::Path, regions: &[&str]) -> std::io::Result
     // (their passwords are random and never shown).
     let clinician_region = regions.last().copied().unwrap_or("nwc");
     for (name, role, region, provider) in [
-        ("demo-clinician", "clinician", clinician_region, Some(providers(clinician_region)[0])),
-        ("demo-analyst", "analyst", regions.first().copied().unwrap_or("nenc"), None),
+        (
+            "demo-clinician",
+            "clinician",
+            clinician_region,
+            Some(providers(clinician_region)[0]),
+        ),
+        (
+            "demo-analyst",
+            "analyst",
+            regions.first().copied().unwrap_or("nenc"),
+            None,
+        ),
     ] {
         let hash = crate::auth::users::hash_password(&secret()).map_err(std::io::Error::other)?;
         toml.push_str(&format!(

@@ -107,6 +107,11 @@ fn nhs(stem: u32) -> String {
     format!("{}{check}", digits.iter().map(|d| d.to_string()).collect::<String>())
 }
 
+/// Every third designed episode ends in death (discharge method 4).
+fn dies(i: usize) -> bool {
+    i % 3 == 0
+}
+
 fn sus_csv(episodes: &[Designed]) -> String {
     let mut out = sus_header();
     for (i, e) in episodes.iter().enumerate() {
@@ -114,12 +119,13 @@ fn sus_csv(episodes: &[Designed]) -> String {
         dx.resize(20, String::new());
         let sex = if e.sex == "F" { "2" } else { "1" };
         out.push_str(&format!(
-            "\nSP{i},1,1,{},{sex},{},{},{},{},{d},{d},{d},{d},1,{}",
+            "\nSP{i},1,1,{},{sex},{},{},{},{},{d},{d},{d},{d},{},{}",
             nhs(i as u32),
             e.age,
             e.provider,
             e.method,
             e.treatment,
+            if dies(i) { "4" } else { "1" },
             dx.join(","),
             d = e.discharge,
         ));
@@ -137,6 +143,12 @@ fn a03(i: usize, e: &Designed) -> String {
     pv1[4] = e.method.into();
     pv1[10] = e.treatment.into();
     pv1[19] = format!("V{i}");
+    // PV1-36: NHS discharge method 4, or HL7 table 0112's 20 (expired), both "died".
+    pv1[36] = match (dies(i), i % 2) {
+        (true, 0) => "4".into(),
+        (true, _) => "20".into(),
+        (false, _) => "1".into(),
+    };
     pv1[44] = format!("{}100000", e.discharge.replace('-', ""));
     pv1[45] = format!("{}120000", e.discharge.replace('-', ""));
     let birth = format!("{}0101", 2025 - e.age);
@@ -257,6 +269,16 @@ async fn pathways_count_what_the_algorithms_select_whichever_feed_brought_the_da
         // The whole report, strata included, is the same whichever feed brought the data.
         assert_eq!(csv["group"], v2["group"], "{id}");
     }
+    // Deaths come through both feeds (SUS discharge_method 4; HL7 v2 PV1-36 4 or 20):
+    // mortality is among the groups compared above, and it is not empty.
+    let (_, copd) = evaluate(&v2_node, "chc-copd", "periodStart=2025&periodEnd=2025").await;
+    let expected_deaths = episodes
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| e.medical_cohort && e.flags[0] && dies(*i))
+        .count() as u64;
+    assert!(expected_deaths > 0);
+    assert_eq!(group(&copd, "mortality").1, expected_deaths, "COPD deaths from HL7 v2");
 
     // Strata: COPD admissions by provider, age band, sex and month.
     let (_, copd) = evaluate(&csv_node, "chc-copd", "periodStart=2025&periodEnd=2025").await;

@@ -10,6 +10,17 @@ const NHS_ADMISSION_METHODS: [&str; 20] = [
     "99",
 ];
 
+/// The NHS discharge method a PV1-36 value stands for: the Data Dictionary's own
+/// one-digit codes (as NHS ITK senders use the field), or HL7 table 0112's `20`
+/// (expired), which is method 4 (died).
+fn nhs_discharge_method(v: &str) -> Option<&str> {
+    match v {
+        "1" | "2" | "3" | "4" | "5" | "8" | "9" => Some(v),
+        "20" => Some("4"),
+        _ => None,
+    }
+}
+
 impl<'m, 'a> Ctx<'m, 'a> {
     pub(super) fn patient(&self, out: &mut Out, si: usize) -> Option<PatientKey> {
         let m = self.m;
@@ -363,6 +374,23 @@ impl<'m, 'a> Ctx<'m, 'a> {
         }
         if let Some(dd) = self.cwe_field(si, 36) {
             hosp.insert("dischargeDisposition".into(), dd);
+        }
+        // The discharge method the pathways count deaths by, as a SUS extract carries it.
+        if let Some(method) = nhs_discharge_method(&self.v(si, 36)) {
+            let ext = json!({
+                "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-DischargeMethod",
+                "valueCodeableConcept": dt::coded(
+                    "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeMethodEngland",
+                    method,
+                    None
+                )
+            });
+            match e.get_mut("extension").and_then(Value::as_array_mut) {
+                Some(list) => list.push(ext),
+                None => {
+                    e.insert("extension".into(), json!([ext]));
+                }
+            }
         }
         if !hosp.is_empty() {
             e.insert("hospitalization".into(), Value::Object(hosp));
