@@ -10,6 +10,14 @@ use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// How the web view shows other providers on a benchmark (`benchmark_labels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BenchmarkLabels {
+    #[default]
+    Named,
+    Anonymous,
+}
+
 /// A region slug such as `nenc`: lower-case letters, digits and dashes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Region(String);
@@ -475,7 +483,7 @@ pub struct HubConfig {
     /// Where the pathways come from (None: the set built into the binary).
     pub pathways_dir: Option<PathBuf>,
     /// How the web view shows other providers on a benchmark.
-    pub benchmark_labels: crate::web::pages::Labels,
+    pub benchmark_labels: BenchmarkLabels,
 }
 
 impl HubConfig {
@@ -494,7 +502,7 @@ impl HubConfig {
             aggregate_rate: 30,
             answer_cache: std::time::Duration::from_secs(60),
             pathways_dir: None,
-            benchmark_labels: crate::web::pages::Labels::Named,
+            benchmark_labels: BenchmarkLabels::Named,
         }
     }
 }
@@ -602,8 +610,8 @@ impl HubConfig {
             answer_cache: std::time::Duration::from_secs(s.answer_cache_seconds.unwrap_or(60)),
             pathways_dir: s.pathways,
             benchmark_labels: match s.benchmark_labels.as_deref() {
-                None | Some("named") => crate::web::pages::Labels::Named,
-                Some("anonymous") => crate::web::pages::Labels::Anonymous,
+                None | Some("named") => BenchmarkLabels::Named,
+                Some("anonymous") => BenchmarkLabels::Anonymous,
                 Some(other) => {
                     return Err(ConfigError::Invalid(format!(
                         "benchmark_labels '{other}': give named or anonymous"

@@ -150,6 +150,15 @@ fn reader(req: &HttpRequest, state: &WebState) -> Result<Session, Box<HttpRespon
     Ok(s)
 }
 
+/// `reader`, with the period the page asks about.
+fn asking(req: &HttpRequest, state: &WebState) -> Result<(Session, String, String), Box<HttpResponse>> {
+    let s = reader(req, state)?;
+    match period(req) {
+        Ok((start, end)) => Ok((s, start, end)),
+        Err(e) => Err(Box::new(failed(&s, &e))),
+    }
+}
+
 fn chrome<'a>(title: &'a str, s: &'a Session) -> Chrome<'a> {
     Chrome {
         title,
@@ -415,13 +424,9 @@ async fn overview(
     state: aw::Data<WebState>,
     access: aw::Data<Access>,
 ) -> HttpResponse {
-    let s = match reader(&req, &state) {
-        Ok(s) => s,
+    let (s, start, end) = match asking(&req, &state) {
+        Ok(x) => x,
         Err(r) => return *r,
-    };
-    let (start, end) = match period(&req) {
-        Ok(p) => p,
-        Err(e) => return failed(&s, &e),
     };
     let mut reports = Vec::new();
     for p in hub.pathways.all() {
@@ -481,15 +486,11 @@ async fn pathway(
     state: aw::Data<WebState>,
     access: aw::Data<Access>,
 ) -> HttpResponse {
-    let s = match reader(&req, &state) {
-        Ok(s) => s,
+    let (s, start, end) = match asking(&req, &state) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let id = path.into_inner();
-    let (start, end) = match period(&req) {
-        Ok(p) => p,
-        Err(e) => return failed(&s, &e),
-    };
     let (p, report, benchmark, _) = match figures(&hub, &id, &start, &end, &s).await {
         Ok(x) => x,
         Err(e) => return failed(&s, &e),
@@ -519,15 +520,11 @@ async fn pathway_csv(
     state: aw::Data<WebState>,
     access: aw::Data<Access>,
 ) -> HttpResponse {
-    let s = match reader(&req, &state) {
-        Ok(s) => s,
+    let (s, start, end) = match asking(&req, &state) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let id = path.into_inner();
-    let (start, end) = match period(&req) {
-        Ok(p) => p,
-        Err(e) => return failed(&s, &e),
-    };
     if state.labels == pages::Labels::Anonymous {
         return refused(
             &s,
@@ -556,18 +553,14 @@ async fn provider(
     state: aw::Data<WebState>,
     access: aw::Data<Access>,
 ) -> HttpResponse {
-    let s = match reader(&req, &state) {
-        Ok(s) => s,
+    let (s, start, end) = match asking(&req, &state) {
+        Ok(x) => x,
         Err(r) => return *r,
     };
     let ods = path.into_inner().to_ascii_uppercase();
     if !crate::auth::users::is_ods_code(&ods) {
         return failed(&s, &Error::NotFound("provider".into(), ods.chars().take(16).collect()));
     }
-    let (start, end) = match period(&req) {
-        Ok(p) => p,
-        Err(e) => return failed(&s, &e),
-    };
     let mut all = Vec::new();
     for p in hub.pathways.all() {
         match figures(&hub, &p.id, &start, &end, &s).await {

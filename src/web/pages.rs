@@ -8,14 +8,7 @@ use serde_json::Value;
 
 const EXT: &str = "https://pennine.nhs.example/fhir/StructureDefinition/";
 
-/// How other providers are shown on a benchmark (`benchmark_labels`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Labels {
-    #[default]
-    Named,
-    Anonymous,
-}
+pub use crate::config::BenchmarkLabels as Labels;
 
 /// A group of a MeasureReport by its code.
 fn group<'a>(report: &'a Value, code: &str) -> Option<&'a Value> {

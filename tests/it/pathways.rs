@@ -109,7 +109,7 @@ fn nhs(stem: u32) -> String {
 
 /// Every third designed episode ends in death (discharge method 4).
 fn dies(i: usize) -> bool {
-    i % 3 == 0
+    i.is_multiple_of(3)
 }
 
 fn sus_csv(episodes: &[Designed]) -> String {
