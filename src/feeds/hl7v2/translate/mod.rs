@@ -243,8 +243,8 @@ pub fn translate(text: &str, recorded: &str) -> Result<Translation, Refused> {
     }
     if !(header.version.starts_with("2."))
         || !matches!(
-            &header.version[..3.min(header.version.len())],
-            "2.3" | "2.4" | "2.5" | "2.6" | "2.7" | "2.8"
+            header.version.get(..3),
+            Some("2.3" | "2.4" | "2.5" | "2.6" | "2.7" | "2.8")
         )
     {
         return Err(refuse(
@@ -687,5 +687,12 @@ mod tests {
         // Stored resources carry these ids: the function may never change its output.
         // (Python: sha256(b"Patient\x1furn:x|1\x1f").hexdigest()[:32], dashed as a UUID.)
         assert_eq!(hash_id(&["Patient", "urn:x|1"]), "d9243fd5-b62a-917c-8998-1b259f3a66ec");
+    }
+
+    #[test]
+    fn a_version_with_a_multi_byte_character_is_refused_not_a_panic() {
+        // The shape of the hl7v2 fuzz target's crash input: MSH-12 "2." and a two-byte character.
+        let msg = "MSH|^~\\&|LAB|GHH|OE|BLDG4|200202150930||ORU^R01|CNTRL-3456|P|2.\u{203}\rPID|||555-44-4444||EVE^E\r";
+        assert!(super::translate(msg, "2025-01-01T00:00:00Z").is_err());
     }
 }
