@@ -534,8 +534,13 @@ async fn pathway_csv(
             "this hub shows other providers anonymously, so the named provider table is not offered",
         );
     }
-    match figures(&hub, &id, &start, &end, &s).await {
-        Ok((_, _, _, release)) => {
+    // The table needs the benchmark only: one question to the regions, not two.
+    let raw = format!("Measure/{id}/$benchmark?periodStart={start}&periodEnd={end}&group=mortality");
+    match hub
+        .benchmark(&id, &start, &end, crate::pathways::MORTALITY, &raw, &asker(&s))
+        .await
+    {
+        Ok((_, release)) => {
             viewed(&access, &s, &req);
             secure(HttpResponse::Ok())
                 .content_type("text/csv; charset=utf-8")
