@@ -238,6 +238,35 @@ layered_settings! {
         /// anonymous (letters; a clinician's own provider is always named).
         #[arg(long, env = "PENNINE_BENCHMARK_LABELS")]
         pub benchmark_labels: Option<String>,
+        /// OpenID Connect sign-in for the web view: the identity provider's issuer URL
+        /// (https://, or http:// on a loopback address for tests).
+        #[arg(long, env = "PENNINE_OIDC_ISSUER")]
+        pub oidc_issuer: Option<String>,
+        /// The hub's client id at the identity provider.
+        #[arg(long, env = "PENNINE_OIDC_CLIENT_ID")]
+        pub oidc_client_id: Option<String>,
+        /// The hub's client secret at the identity provider (prefer the environment to a flag).
+        #[arg(long, env = "PENNINE_OIDC_CLIENT_SECRET", hide_env_values = true)]
+        pub oidc_client_secret: Option<String>,
+        /// Scopes asked for (default "openid profile").
+        #[arg(long, env = "PENNINE_OIDC_SCOPES")]
+        pub oidc_scopes: Option<String>,
+        /// Claim holding the person's roles, a list or space-separated (default "roles";
+        /// a dotted path such as realm_access.roles reaches into objects).
+        #[arg(long, env = "PENNINE_OIDC_ROLES_CLAIM")]
+        pub oidc_roles_claim: Option<String>,
+        /// Claim holding the person's region (default "region").
+        #[arg(long, env = "PENNINE_OIDC_REGION_CLAIM")]
+        pub oidc_region_claim: Option<String>,
+        /// Claim holding the ODS code of the person's provider (default "provider").
+        #[arg(long, env = "PENNINE_OIDC_PROVIDER_CLAIM")]
+        pub oidc_provider_claim: Option<String>,
+        /// The sign-in button's wording (default "Sign in with your organisation").
+        #[arg(long, env = "PENNINE_OIDC_LABEL")]
+        pub oidc_label: Option<String>,
+        /// CA certificate (PEM) to trust for the identity provider besides the public roots.
+        #[arg(long, env = "PENNINE_OIDC_CA")]
+        pub oidc_ca: Option<PathBuf>,
     }
 }
 
@@ -484,6 +513,87 @@ pub struct HubConfig {
     pub pathways_dir: Option<PathBuf>,
     /// How the web view shows other providers on a benchmark.
     pub benchmark_labels: BenchmarkLabels,
+    /// OpenID Connect sign-in for the web view, when configured.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// The hub's OpenID Connect relying party: who the identity provider is, how the
+/// hub is known to it, and which claims say a person's roles, region and provider.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// The issuer exactly as its discovery document and ID tokens give it.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scopes: String,
+    pub roles_claim: String,
+    pub region_claim: String,
+    pub provider_claim: String,
+    pub label: String,
+    pub ca: Option<PathBuf>,
+}
+
+impl OidcConfig {
+    /// The configuration from the settings, if an issuer is given; every part checked.
+    fn from_settings(s: &HubSettings) -> Result<Option<OidcConfig>, ConfigError> {
+        let Some(issuer) = s.oidc_issuer.as_deref() else {
+            if s.oidc_client_id.is_some() || s.oidc_client_secret.is_some() {
+                return Err(ConfigError::Invalid(
+                    "oidc_client_id and oidc_client_secret need oidc_issuer".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        let issuer = issuer.trim().to_string();
+        if !secure_or_loopback(&issuer) {
+            return Err(ConfigError::Invalid(format!(
+                "oidc_issuer '{issuer}' must be an https:// URL (http:// only on a loopback address)"
+            )));
+        }
+        let need = |v: &Option<String>, name: &str| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| ConfigError::Invalid(format!("oidc_issuer is set: {name} is needed too")))
+        };
+        let scopes = s.oidc_scopes.clone().unwrap_or_else(|| "openid profile".into());
+        if !scopes.split_whitespace().any(|x| x == "openid") {
+            return Err(ConfigError::Invalid(format!(
+                "oidc_scopes '{scopes}' must include openid"
+            )));
+        }
+        Ok(Some(OidcConfig {
+            issuer,
+            client_id: need(&s.oidc_client_id, "oidc_client_id")?,
+            client_secret: need(&s.oidc_client_secret, "oidc_client_secret")?,
+            scopes,
+            roles_claim: s.oidc_roles_claim.clone().unwrap_or_else(|| "roles".into()),
+            region_claim: s.oidc_region_claim.clone().unwrap_or_else(|| "region".into()),
+            provider_claim: s.oidc_provider_claim.clone().unwrap_or_else(|| "provider".into()),
+            label: s
+                .oidc_label
+                .clone()
+                .unwrap_or_else(|| "Sign in with your organisation".into()),
+            ca: s.oidc_ca.clone(),
+        }))
+    }
+}
+
+/// Whether `url` is https://, or http:// to a loopback host (tests, a provider on the same machine).
+pub fn secure_or_loopback(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl HubConfig {
@@ -503,6 +613,7 @@ impl HubConfig {
             answer_cache: std::time::Duration::from_secs(60),
             pathways_dir: None,
             benchmark_labels: BenchmarkLabels::Named,
+            oidc: None,
         }
     }
 }
@@ -559,6 +670,7 @@ impl HubConfig {
     /// The settings given (flags and environment) over those of `file`, validated.
     pub fn load(file: Option<&Path>, given: HubSettings) -> Result<HubConfig, ConfigError> {
         let s = given.over(read_file(file)?);
+        let oidc = OidcConfig::from_settings(&s)?;
         let listen = s.listen.unwrap_or_else(|| "127.0.0.1:8400".into());
         check_listen(&listen)?;
         let specs = s.node.unwrap_or_default();
@@ -618,6 +730,7 @@ impl HubConfig {
                     )))
                 }
             },
+            oidc,
         })
     }
 }

@@ -212,7 +212,22 @@ pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
         .with_pathways(pathways);
     let users = authority.clients.as_ref().map(|c| c.users.clone()).unwrap_or_default();
     let people = Arc::new(crate::auth::People::new(users));
-    let serving = crate::http::hub::serve_hub(hub.clone(), audit.clone(), audit_events, authority, people.clone())?;
+    let oidc = match &config.oidc {
+        Some(c) => Some(Arc::new(
+            crate::hub::oidc::RelyingParty::new(c.clone()).map_err(StartError::Client)?,
+        )),
+        None => None,
+    };
+    let serving = crate::http::hub::serve_hub(
+        hub.clone(),
+        audit.clone(),
+        audit_events,
+        authority,
+        crate::http::hub::WebParts {
+            people: people.clone(),
+            oidc,
+        },
+    )?;
     tracing::info!(addr = %serving.addr, regions = config.nodes.len(), "hub listening");
     Ok(RunningHub {
         addr: serving.addr,

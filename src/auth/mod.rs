@@ -4,6 +4,7 @@
 //! the clients file and the token key.
 
 pub mod clients;
+pub mod oidc;
 pub mod policy;
 pub mod scopes;
 pub mod sessions;

@@ -33,6 +33,44 @@ impl Person {
         self.roles.contains(&role)
     }
 
+    /// A person with the roles, region and provider given, if they go together:
+    /// at least one role and none of systems; clinicians and analysts have a
+    /// region; clinicians have the ODS code of their provider. The same rules for
+    /// a local account and for claims from an identity provider.
+    pub fn checked(
+        name: &str,
+        roles: Vec<Role>,
+        region: Option<&str>,
+        provider: Option<&str>,
+        via: &str,
+    ) -> Result<Person, String> {
+        if roles.is_empty() {
+            return Err("needs at least one role (clinician, analyst, partner, admin)".into());
+        }
+        if roles.contains(&Role::Vendor) {
+            return Err("vendor is a role of systems, not of people".into());
+        }
+        let region = region.map(Region::parse).transpose().map_err(|err| err.to_string())?;
+        if roles.iter().any(|r| matches!(r, Role::Clinician | Role::Analyst)) && region.is_none() {
+            return Err("clinicians and analysts need a 'region'".into());
+        }
+        let provider = provider.map(|p| p.to_ascii_uppercase());
+        match &provider {
+            Some(p) if !is_ods_code(p) => return Err("provider must be an ODS code".into()),
+            None if roles.contains(&Role::Clinician) => {
+                return Err("clinicians need the 'provider' (ODS code) they work for".into())
+            }
+            _ => {}
+        }
+        Ok(Person {
+            name: name.to_string(),
+            roles,
+            region,
+            provider,
+            via: via.to_string(),
+        })
+    }
+
     /// Role and organisation, without the name: what the transparency log shows.
     pub fn public_label(&self) -> String {
         let roles = self.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
@@ -86,35 +124,14 @@ impl User {
         if parsed.algorithm.as_str() != "argon2id" {
             return Err(fail("password_hash must be argon2id"));
         }
-        if e.roles.is_empty() {
-            return Err(fail("needs at least one role (clinician, analyst, partner, admin)"));
-        }
-        if e.roles.contains(&Role::Vendor) {
-            return Err(fail("vendor is a role of systems, not of people"));
-        }
-        let region = e
-            .region
-            .as_deref()
-            .map(Region::parse)
-            .transpose()
-            .map_err(|err| fail(&err.to_string()))?;
-        if e.roles.iter().any(|r| matches!(r, Role::Clinician | Role::Analyst)) && region.is_none() {
-            return Err(fail("clinicians and analysts need a 'region'"));
-        }
-        let provider = e.provider.map(|p| p.to_ascii_uppercase());
-        match &provider {
-            Some(p) if !is_ods_code(p) => return Err(fail("provider must be an ODS code")),
-            None if e.roles.contains(&Role::Clinician) => {
-                return Err(fail("clinicians need the 'provider' (ODS code) they work for"))
-            }
-            _ => {}
-        }
+        let person = Person::checked(&e.name, e.roles, e.region.as_deref(), e.provider.as_deref(), "local")
+            .map_err(|m| fail(&m))?;
         Ok(User {
             name: e.name,
             password_hash: e.password_hash,
-            roles: e.roles,
-            region,
-            provider,
+            roles: person.roles,
+            region: person.region,
+            provider: person.provider,
         })
     }
 

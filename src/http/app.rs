@@ -21,6 +21,9 @@ use std::sync::Arc;
 
 pub const SESSION_COOKIE: &str = "pennine_session";
 const LOGIN_COOKIE: &str = "pennine_login";
+/// Binds an OpenID Connect sign-in to the browser that started it (its `state`).
+const OIDC_COOKIE: &str = "pennine_oidc";
+const OIDC_PATH: &str = "/app/login/oidc";
 /// The failed sign-in's delay: guessing costs time even before the lock-out.
 const FAILURE_DELAY: std::time::Duration = std::time::Duration::from_millis(750);
 /// Questions shown on the transparency page.
@@ -29,15 +32,20 @@ const TRANSPARENCY_ROWS: usize = 100;
 /// What the pages need besides the hub.
 pub struct WebState {
     pub people: Arc<People>,
+    /// Sign-in through the organisation's identity provider, when configured.
+    pub oidc: Option<Arc<crate::hub::oidc::RelyingParty>>,
     pub labels: pages::Labels,
 }
 
 pub fn configure(cfg: &mut aw::ServiceConfig) {
     route(cfg, T, "GET", "/app", aw::get().to(to_app));
     route(cfg, T, "GET", "/app/static/pennine.css", aw::get().to(css));
+    route(cfg, T, "GET", "/app/static/pennine.svg", aw::get().to(icon));
     route(cfg, T, "GET", "/app/login", aw::get().to(login_form));
     route(cfg, T, "POST", "/app/login", aw::post().to(login));
     route(cfg, T, "GET", "/app/login/once/{token}", aw::get().to(login_once));
+    route(cfg, T, "GET", "/app/login/oidc", aw::get().to(oidc_start));
+    route(cfg, T, "GET", "/app/login/oidc/callback", aw::get().to(oidc_callback));
     route(cfg, T, "POST", "/app/logout", aw::post().to(logout));
     route(cfg, T, "GET", "/app/", aw::get().to(overview));
     route(cfg, T, "GET", "/app/pathways/{measure}", aw::get().to(pathway));
@@ -200,24 +208,33 @@ async fn css() -> HttpResponse {
         .body(web::CSS)
 }
 
+async fn icon() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+        .body(web::ICON)
+}
+
 fn query_value(req: &HttpRequest, k: &str) -> Option<String> {
     form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(n, _)| n == k)
         .map(|(_, v)| v.into_owned())
 }
 
-fn login_page(status: actix_web::http::StatusCode, error: Option<&str>, next: &str) -> HttpResponse {
+fn login_page(state: &WebState, status: actix_web::http::StatusCode, error: Option<&str>, next: &str) -> HttpResponse {
     let token = random_token();
-    let mut r = page(status, pages::login(error, &token, next, None));
+    let oidc = state.oidc.as_ref().map(|o| o.config.label.as_str());
+    let mut r = page(status, pages::login(error, &token, next, oidc));
     if let Ok(v) = header::HeaderValue::from_str(&cookie(LOGIN_COOKIE, &token, "/app/login", "Strict", Some(900))) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }
     r
 }
 
-async fn login_form(req: HttpRequest) -> HttpResponse {
+async fn login_form(req: HttpRequest, state: aw::Data<WebState>) -> HttpResponse {
     let next = safe_next(query_value(&req, "next").as_deref());
-    login_page(actix_web::http::StatusCode::OK, None, &next)
+    login_page(&state, actix_web::http::StatusCode::OK, None, &next)
 }
 
 #[derive(serde::Deserialize)]
@@ -233,6 +250,7 @@ fn start_session(state: &WebState, person: crate::auth::Person, next: &str) -> H
     let (id, _) = state.people.sessions.start(person);
     let mut r = redirect(next);
     for c in [
+        cookie(OIDC_COOKIE, "", OIDC_PATH, "Lax", Some(0)),
         cookie(
             SESSION_COOKIE,
             &id,
@@ -267,6 +285,7 @@ async fn login(
             "POST /app/login",
         );
         return login_page(
+            &state,
             actix_web::http::StatusCode::BAD_REQUEST,
             Some("The sign-in form had expired or did not come from this site. Please try again."),
             &next,
@@ -307,9 +326,10 @@ async fn login(
                     d.as_secs().div_ceil(60)
                 ),
             };
-            login_page(actix_web::http::StatusCode::UNAUTHORIZED, Some(&text), &next)
+            login_page(&state, actix_web::http::StatusCode::UNAUTHORIZED, Some(&text), &next)
         }
         Err(_) => login_page(
+            &state,
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
             Some("Signing in is not possible just now; please try again."),
             &next,
@@ -338,9 +358,128 @@ async fn login_once(path: aw::Path<String>, state: aw::Data<WebState>, access: a
                 "GET /app/login/once",
             );
             login_page(
+                &state,
                 actix_web::http::StatusCode::UNAUTHORIZED,
                 Some("That sign-in link is unknown, used or expired."),
                 "/app/",
+            )
+        }
+    }
+}
+
+/// Sends the browser to the organisation's identity provider (authorization code
+/// with PKCE); the `state` goes with it and into a cookie of this browser.
+async fn oidc_start(req: HttpRequest, state: aw::Data<WebState>, hub: aw::Data<Hub>) -> HttpResponse {
+    let next = safe_next(query_value(&req, "next").as_deref());
+    let Some(rp) = state.oidc.clone() else {
+        return login_page(
+            &state,
+            actix_web::http::StatusCode::NOT_FOUND,
+            Some("This hub has no identity provider configured: sign in with a Pennine account."),
+            &next,
+        );
+    };
+    let base = match &hub.config.public_url {
+        Some(u) => u.clone(),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}", info.scheme(), info.host())
+        }
+    };
+    match rp.start(format!("{base}{OIDC_PATH}/callback"), next.clone()).await {
+        Ok((st, url)) => {
+            let mut r = redirect(&url);
+            let age = crate::auth::oidc::PENDING_LIFETIME.as_secs();
+            if let Ok(v) = header::HeaderValue::from_str(&cookie(OIDC_COOKIE, &st, OIDC_PATH, "Lax", Some(age))) {
+                r.headers_mut().append(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "OpenID Connect sign-in could not start");
+            login_page(
+                &state,
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                Some("Your organisation's sign-in cannot be reached just now. Please try again, or use a Pennine account."),
+                &next,
+            )
+        }
+    }
+}
+
+/// The identity provider's answer: checks `state` against this browser's cookie
+/// and the pending sign-in, exchanges the code, checks the ID token, and starts
+/// a session for the person the claims describe.
+async fn oidc_callback(req: HttpRequest, state: aw::Data<WebState>, access: aw::Data<Access>) -> HttpResponse {
+    let Some(rp) = state.oidc.clone() else {
+        return login_page(&state, actix_web::http::StatusCode::NOT_FOUND, None, "/app/");
+    };
+    let what = "GET /app/login/oidc/callback";
+    let fail = |status, audit_why: &str, shown: &str| {
+        record(&access, "sign-in", "unknown person", Err(audit_why), what);
+        let mut r = login_page(&state, status, Some(shown), "/app/");
+        if let Ok(v) = header::HeaderValue::from_str(&cookie(OIDC_COOKIE, "", OIDC_PATH, "Lax", Some(0))) {
+            r.headers_mut().append(header::SET_COOKIE, v);
+        }
+        r
+    };
+    let st = query_value(&req, "state").unwrap_or_default();
+    let bound = cookie_value(&req, OIDC_COOKIE).unwrap_or_default();
+    if st.is_empty() || bound.is_empty() || !same_secret(&st, &bound) {
+        return fail(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "refused: the identity provider's answer does not belong to a sign-in this browser started (state)",
+            "That sign-in did not start here, or it has expired. Please sign in again.",
+        );
+    }
+    let Some(pending) = rp.pending.take(&st) else {
+        return fail(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "refused: unknown, used or expired sign-in state",
+            "That sign-in has expired or was already used. Please sign in again.",
+        );
+    };
+    if let Some(e) = query_value(&req, "error") {
+        let e: String = e.chars().filter(|c| c.is_ascii_graphic()).take(64).collect();
+        return fail(
+            actix_web::http::StatusCode::UNAUTHORIZED,
+            &format!("refused by the identity provider: {e}"),
+            "Your organisation did not sign you in.",
+        );
+    }
+    let Some(code) = query_value(&req, "code").filter(|c| !c.is_empty() && c.len() <= 4096) else {
+        return fail(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "refused: the identity provider's answer has no code",
+            "The sign-in answer was incomplete. Please sign in again.",
+        );
+    };
+    match rp.finish(&code, &pending).await {
+        Ok(person) => {
+            record(
+                &access,
+                "sign-in",
+                &format!("person:{} ({}, {})", person.name, person.public_label(), person.via),
+                Ok(()),
+                what,
+            );
+            start_session(&state, person, &pending.next)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "OpenID Connect sign-in failed");
+            let shown = match &e {
+                crate::auth::oidc::OidcError::Claims(_) => {
+                    "You are signed in at your organisation, but your account there gives no Pennine role, region or provider. Ask your organisation's administrator."
+                }
+                crate::auth::oidc::OidcError::Provider(_) => {
+                    "Your organisation's sign-in cannot be reached just now. Please try again."
+                }
+                _ => "Your organisation's sign-in could not be completed. Please sign in again.",
+            };
+            fail(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                &format!("refused: {e}"),
+                shown,
             )
         }
     }

@@ -302,17 +302,25 @@ async fn no_route(req: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
+/// What the web view signs people in with: local accounts and sessions, and the
+/// identity provider when one is configured.
+pub struct WebParts {
+    pub people: Arc<crate::auth::People>,
+    pub oidc: Option<Arc<crate::hub::oidc::RelyingParty>>,
+}
+
 /// Builds the hub's app and serves it on its configured address.
 pub fn serve_hub(
     hub: Hub,
     audit: Arc<AuditLog>,
     audit_events: FhirService,
     authority: Arc<Authority>,
-    people: Arc<crate::auth::People>,
+    parts: WebParts,
 ) -> Result<Serving, ServeError> {
     let config = hub.config.clone();
     let web_state = web::Data::new(super::app::WebState {
-        people,
+        people: parts.people,
+        oidc: parts.oidc,
         labels: config.benchmark_labels,
     });
     let access = web::Data::new(super::access::Access::new(

@@ -5,6 +5,8 @@
 //! A slow, failing or unreachable node is reported in `regions` and makes the
 //! reply `partial`; it never makes the whole query hang or fail.
 
+pub mod oidc;
+
 use crate::audit::{AuditLog, AuditRecord};
 use crate::config::HubConfig;
 use crate::error::Error;

@@ -11,6 +11,8 @@ use maud::{html, Markup, DOCTYPE};
 
 /// The stylesheet, served at `/app/static/pennine.css` (no CDN, no inline styles).
 pub const CSS: &str = include_str!("../../assets/pennine.css");
+/// The icon, served at `/app/static/pennine.svg`.
+pub const ICON: &str = include_str!("../../assets/pennine.svg");
 
 /// What every signed-in page shows around its content.
 pub struct Chrome<'a> {
@@ -29,6 +31,7 @@ pub fn layout(c: &Chrome, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (c.title) " · Pennine" }
                 link rel="stylesheet" href="/app/static/pennine.css";
+                link rel="icon" type="image/svg+xml" href="/app/static/pennine.svg";
             }
             body {
                 header.top {

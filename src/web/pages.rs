@@ -126,8 +126,9 @@ pub fn login(error: Option<&str>, csrf: &str, next: &str, oidc: Option<&str>) ->
                 div { label for="password" { "Password" } input id="password" name="password" type="password" autocomplete="current-password" required; }
                 div { button.primary type="submit" { "Sign in" } }
             }
-            @if let Some(issuer) = oidc {
-                p { a.primary href=(format!("/app/login/oidc?next={}", urlencode(next))) { "Sign in with your organisation (" (issuer) ")" } }
+            @if let Some(label) = oidc {
+                p.or { "or" }
+                p { a.button.primary #oidc href=(format!("/app/login/oidc?next={}", urlencode(next))) { (label) } }
             }
         },
     )

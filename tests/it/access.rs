@@ -288,6 +288,8 @@ fn hub_sample(method: &'static str, path: &str) -> Vec<Sample> {
         // The web view: public pages, and pages that need a signed-in session.
         ("GET", "/app")
         | ("GET", "/app/static/pennine.css")
+        | ("GET", "/app/static/pennine.svg")
+        | ("GET", "/app/login/oidc")
         | ("GET", "/app/login")
         | ("GET", "/app/")
         | ("GET", "/app/quality")
@@ -301,6 +303,7 @@ fn hub_sample(method: &'static str, path: &str) -> Vec<Sample> {
             None,
         )],
         ("GET", "/app/login/once/{token}") => vec![s("/app/login/once/unknown", None, None)],
+        ("GET", "/app/login/oidc/callback") => vec![s("/app/login/oidc/callback?code=x&state=y", None, None)],
         ("POST", "/app/logout") => vec![s(
             path,
             Some(("csrf=forged".into(), "application/x-www-form-urlencoded")),

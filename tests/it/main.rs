@@ -2,6 +2,7 @@
 
 mod access;
 mod attacks;
+mod browser;
 mod bundles;
 mod corpus;
 mod crud;
@@ -20,3 +21,4 @@ mod search;
 mod validation;
 mod views;
 mod web;
+mod webdriver;

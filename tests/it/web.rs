@@ -14,11 +14,11 @@ const GATE: Disclosure = Disclosure {
     min_regions: 1,
 };
 
-struct Site {
-    hub: pennine::startup::RunningHub,
-    base: String,
-    http: reqwest::Client,
-    certs: tempfile::TempDir,
+pub struct Site {
+    pub hub: pennine::startup::RunningHub,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub certs: tempfile::TempDir,
     _nodes: Vec<super::federation::Node>,
     _dir: tempfile::TempDir,
 }
@@ -26,6 +26,11 @@ struct Site {
 /// Four regions of SUS episodes (one region small enough to be withheld) and a hub
 /// with two local accounts: a clinician at nwc's RBL and an analyst in nenc.
 async fn site() -> Site {
+    site_with(|_| {}).await
+}
+
+/// `site()` with more hub settings.
+pub async fn site_with(configure: impl FnOnce(&mut pennine::config::HubConfig)) -> Site {
     let certs = tempfile::tempdir().unwrap();
     pennine::tls::dev_certs(certs.path(), &REGIONS, &[]).unwrap();
     let mut nodes = Vec::new();
@@ -66,6 +71,7 @@ async fn site() -> Site {
     config.disclosure = GATE;
     config.clients = Some(clients);
     config.aggregate_rate = 10_000;
+    configure(&mut config);
     let hub = pennine::startup::start_hub(config).await.expect("hub starts");
     let base = hub.base_url();
     let http = tls(certs.path())().redirect(Policy::none()).build().unwrap();
@@ -132,7 +138,7 @@ impl Site {
         }
     }
 
-    async fn page(&self, session: Option<&str>, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
+    pub async fn page(&self, session: Option<&str>, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(s) = session {
             req = req.header("cookie", format!("pennine_session={s}"));
@@ -145,7 +151,7 @@ impl Site {
 }
 
 /// Every `<circle ... data-provider=...>` of the funnel: (provider, expected, ratio).
-fn funnel_points(html: &str) -> Vec<(String, f64, f64)> {
+pub fn funnel_points(html: &str) -> Vec<(String, f64, f64)> {
     let svg = &html[html.find("<svg class=\"chart\" id=\"funnel\"").expect("a funnel plot")..];
     let svg = &svg[..svg.find("</svg>").unwrap()];
     svg.split("<circle")
