@@ -239,12 +239,29 @@ fn report_rows(report: &Value) -> Vec<Vec<String>> {
             withheld(g).unwrap_or_else(|| score(g)),
         ]);
         for st in g["stratifier"].as_array().into_iter().flatten() {
-            let s = st["code"][0]["coding"][0]["code"].as_str().unwrap_or_default();
+            // One code, or several for a cross-stratification (region × month).
+            let s = st["code"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["coding"][0]["code"].as_str())
+                .collect::<Vec<_>>()
+                .join(" × ");
             for x in st["stratum"].as_array().into_iter().flatten() {
+                let value = match x["value"]["text"].as_str() {
+                    Some(v) => v.to_string(),
+                    None => x["component"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|c| c["value"]["text"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                };
                 rows.push(vec![
                     code.clone(),
-                    s.to_string(),
-                    x["value"]["text"].as_str().unwrap_or_default().to_string(),
+                    s.clone(),
+                    value,
                     count(&x["population"], "denominator"),
                     count(&x["population"], "numerator"),
                     withheld(x).unwrap_or_else(|| score(x)),

@@ -597,6 +597,69 @@ fn secondary(support: &[Vec<Option<u64>>], reason: &mut [Vec<Option<Reason>>], c
     }
 }
 
+/// The stratifier of the region × month table (monthly admissions per region); its
+/// values are `region|month`.
+pub const REGION_MONTH: &str = "region-month";
+
+/// Withholds further cells of the region × month table until none withheld can be
+/// recovered by subtraction from a released margin: a region's row adds up to the
+/// region's released total, a month's column to the pooled month. A row or column
+/// with exactly one withheld cell beside its released margin gets its smallest other
+/// cell withheld too, and again until nothing changes (withholding in a row can leave
+/// a column with one, and so on). A margin that is itself withheld protects its cells.
+fn table_suppression(
+    pooled: &std::collections::BTreeMap<(Option<String>, String), Vec<crate::pathways::Cell>>,
+    reasons: &mut std::collections::BTreeMap<(Option<String>, String), String>,
+    secondary: &str,
+) {
+    type Key = (Option<String>, String);
+    let cells: Vec<(&Key, &str, &str, u64)> = pooled
+        .iter()
+        .filter(|(k, _)| k.0.as_deref() == Some(REGION_MONTH))
+        .filter_map(|(k, c)| {
+            let (r, m) = k.1.split_once('|')?;
+            Some((k, r, m, c.iter().map(|c| c.population).sum::<u64>()))
+        })
+        .collect();
+    let margin_released = |stratifier: &str, value: &str| {
+        let key = (Some(stratifier.to_string()), value.to_string());
+        pooled.contains_key(&key) && !reasons.contains_key(&key)
+    };
+    let lines: Vec<Vec<usize>> = {
+        let mut by_region: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        let mut by_month: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+        for (i, (_, r, m, _)) in cells.iter().enumerate() {
+            if margin_released("region", r) {
+                by_region.entry(r).or_default().push(i);
+            }
+            if margin_released(crate::pathways::MONTH, m) {
+                by_month.entry(m).or_default().push(i);
+            }
+        }
+        by_region.into_values().chain(by_month.into_values()).collect()
+    };
+    loop {
+        let mut changed = false;
+        for line in &lines {
+            let withheld = line.iter().filter(|&&i| reasons.contains_key(cells[i].0)).count();
+            if withheld != 1 {
+                continue;
+            }
+            let pick = line
+                .iter()
+                .filter(|&&i| !reasons.contains_key(cells[i].0) && cells[i].3 > 0)
+                .min_by_key(|&&i| cells[i].3);
+            if let Some(&i) = pick {
+                reasons.insert(cells[i].0.clone(), secondary.to_string());
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+    }
+}
+
 /// One released cell of a MeasureReport: population (= denominator) and numerator
 /// as released, and the score.
 #[derive(Debug, Clone, PartialEq)]
@@ -688,6 +751,13 @@ impl Disclosure {
                 for ((s, v), c) in &g.strata {
                     let row = pooled.entry((Some(s.clone()), v.clone())).or_insert_with(blank);
                     row[gi] = row[gi].plus(*c);
+                    if s == crate::pathways::MONTH {
+                        // The region's own month: a cell of the region × month table.
+                        let cross = pooled
+                            .entry((Some(REGION_MONTH.into()), format!("{region}|{v}")))
+                            .or_insert_with(blank);
+                        cross[gi] = cross[gi].plus(*c);
+                    }
                 }
             }
         }
@@ -720,7 +790,10 @@ impl Disclosure {
                     .or_insert_with(|| "the total is withheld, and with it every stratum".into());
             }
         } else {
-            let stratifiers: Vec<String> = pooled.keys().filter_map(|(s, _)| s.clone()).collect();
+            let mut stratifiers: Vec<String> = pooled.keys().filter_map(|(s, _)| s.clone()).collect();
+            stratifiers.dedup();
+            // The region × month table has two margins of its own (below).
+            stratifiers.retain(|s| s != REGION_MONTH);
             for s in stratifiers {
                 loop {
                     let rows: Vec<&(Option<String>, String)> = pooled
@@ -744,6 +817,9 @@ impl Disclosure {
                     }
                 }
             }
+        }
+        if !reasons.contains_key(&total_key) {
+            table_suppression(&pooled, &mut reasons, &Reason::Secondary.text(self));
         }
         let exact = self.exact();
         let release = |c: &Cell| {
@@ -1117,6 +1193,66 @@ mod tests {
         assert!(r.total().is_some());
         assert_eq!(r.region(3), None);
         assert_eq!(r.region(0), None, "the smallest other region goes too");
+    }
+
+    #[test]
+    fn the_region_by_month_table_is_suppressed_until_no_cell_can_be_recovered() {
+        use crate::pathways::Cell;
+        type Key = (Option<String>, String);
+        let cell = |n: u64| {
+            vec![Cell {
+                population: n,
+                ..Cell::default()
+            }]
+        };
+        // Regions a, b, c over months 1..3. Only a|1 is small. Withholding the smallest
+        // other cell of a's row (a|2) leaves month 2 with one withheld cell, which takes
+        // b|2 (smaller than c|2), which leaves b's row with one... and so on until every
+        // line has none or at least two.
+        let table = [("a", [3, 20, 40]), ("b", [50, 15, 60]), ("c", [70, 90, 30])];
+        let mut pooled: std::collections::BTreeMap<Key, Vec<Cell>> = Default::default();
+        for (r, counts) in table {
+            pooled.insert((Some("region".into()), r.into()), cell(counts.iter().sum()));
+            for (m, n) in counts.iter().enumerate() {
+                pooled.insert((Some(REGION_MONTH.into()), format!("{r}|{}", m + 1)), cell(*n));
+            }
+        }
+        for m in 1..=3 {
+            let n: u64 = table.iter().map(|(_, c)| c[m - 1]).sum();
+            pooled.insert((Some("month".into()), m.to_string()), cell(n));
+        }
+        let key = |r: &str, m: usize| (Some(REGION_MONTH.to_string()), format!("{r}|{m}"));
+        let mut reasons: std::collections::BTreeMap<Key, String> = Default::default();
+        reasons.insert(key("a", 1), "small".into());
+        table_suppression(&pooled, &mut reasons, "secondary");
+        // Every released margin's line has zero or at least two withheld cells.
+        for r in ["a", "b", "c"] {
+            let w = (1..=3).filter(|m| reasons.contains_key(&key(r, *m))).count();
+            assert_ne!(w, 1, "row {r}: {reasons:?}");
+        }
+        for m in 1..=3 {
+            let w = ["a", "b", "c"]
+                .iter()
+                .filter(|r| reasons.contains_key(&key(r, m)))
+                .count();
+            assert_ne!(w, 1, "month {m}: {reasons:?}");
+        }
+        // It took more than one pass: b|2 protects a|2 in month 2.
+        assert!(reasons.contains_key(&key("b", 2)), "{reasons:?}");
+        // A withheld margin protects its line: with region a withheld, a's row needs
+        // nothing more, but month 1 needs a second withheld cell (b|1), which leaves b's
+        // row with one (b|2, the smallest); months 2 and 3 are withheld, so that is all.
+        let mut reasons: std::collections::BTreeMap<Key, String> = Default::default();
+        reasons.insert((Some("region".into()), "a".into()), "small".into());
+        reasons.insert((Some("month".into()), "2".into()), "small".into());
+        reasons.insert((Some("month".into()), "3".into()), "small".into());
+        reasons.insert(key("a", 1), "small".into());
+        table_suppression(&pooled, &mut reasons, "secondary");
+        assert!(
+            reasons.contains_key(&key("b", 1)) && reasons.contains_key(&key("b", 2)),
+            "{reasons:?}"
+        );
+        assert_eq!(reasons.len(), 6, "{reasons:?}");
     }
 
     #[test]

@@ -728,6 +728,37 @@ fn withheld_extension(why: &str) -> Value {
     json!([{"url": format!("{EXT}withheld"), "valueString": why}])
 }
 
+/// The region × month stratifier of group `gi`: strata with two components
+/// (`region`, `month`), as R4 MeasureReport carries a cross-stratification.
+fn region_months(release: &crate::federation::disclosure::MeasureRelease, gi: usize) -> Value {
+    use crate::federation::disclosure::REGION_MONTH;
+    use crate::pathways::{MONTH, STRATIFIER_SYSTEM};
+    let code = |c: &str| json!({"coding": [{"system": STRATIFIER_SYSTEM, "code": c}]});
+    let strata: Vec<Value> = release
+        .rows()
+        .iter()
+        .filter(|r| r.stratifier.as_deref() == Some(REGION_MONTH))
+        .filter_map(|r| {
+            let (region, month) = r.value.split_once('|')?;
+            let mut stratum = json!({"component": [
+                {"code": code("region"), "value": {"text": region}},
+                {"code": code(MONTH), "value": {"text": month}},
+            ]});
+            if let Some(why) = r.withheld() {
+                stratum["extension"] = withheld_extension(why);
+                return Some(stratum);
+            }
+            let c = r.cell(gi)?;
+            stratum["population"] = released_populations(c);
+            if let Some(sc) = c.score {
+                stratum["measureScore"] = json!({"value": sc});
+            }
+            Some(stratum)
+        })
+        .collect();
+    json!({"code": [code("region"), code(MONTH)], "stratum": strata})
+}
+
 /// The hub's summary MeasureReport, from what the gate released: withheld cells are
 /// absent from `population` and named in a `withheld` extension with the reason.
 pub fn released_report(
@@ -785,6 +816,8 @@ pub fn released_report(
                     json!({"code": [{"coding": [{"system": STRATIFIER_SYSTEM, "code": s}]}], "stratum": strata})
                 })
                 .collect();
+            let mut stratifiers = stratifiers;
+            stratifiers.push(region_months(release, gi));
             group["stratifier"] = Value::Array(stratifiers);
             group
         })

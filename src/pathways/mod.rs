@@ -49,7 +49,9 @@ pub const STRATIFIER_SYSTEM: &str = "https://pennine.nhs.example/fhir/CodeSystem
 const POPULATION_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/measure-population";
 
 /// The stratifiers of every report (the hub adds `region`).
-pub const STRATIFIERS: [&str; 4] = ["provider", "age-band", "sex", "month"];
+pub const STRATIFIERS: [&str; 4] = ["provider", "age-band", "sex", MONTH];
+/// The stratifier of admission months (`YYYY-MM`).
+pub const MONTH: &str = "month";
 
 /// A pathway file that cannot be used, with the file and the reason.
 #[derive(Debug, thiserror::Error)]

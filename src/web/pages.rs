@@ -39,7 +39,9 @@ fn strata<'a>(group: &'a Value, stratifier: &str) -> Vec<&'a Value> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|s| s["code"][0]["coding"][0]["code"] == stratifier)
+        .filter(|s| {
+            s["code"].as_array().is_some_and(|c| c.len() == 1) && s["code"][0]["coding"][0]["code"] == stratifier
+        })
         .flat_map(|s| s["stratum"].as_array().into_iter().flatten())
         .collect()
 }
@@ -292,6 +294,61 @@ fn months(report: &Value) -> Vec<Month> {
     out
 }
 
+/// Each region's months of the admissions group, as released (the region × month
+/// table), over the months of `pooled`: a month a region has no stratum for had no
+/// admissions there.
+fn region_months(report: &Value, pooled: &[Month]) -> Vec<(String, Vec<Month>)> {
+    let mut by_region: std::collections::BTreeMap<String, Vec<(String, Option<u64>)>> = Default::default();
+    let Some(a) = group(report, "admissions") else {
+        return Vec::new();
+    };
+    for st in a["stratifier"].as_array().into_iter().flatten() {
+        let codes: Vec<&str> = st["code"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["coding"][0]["code"].as_str())
+            .collect();
+        if codes != ["region", "month"] {
+            continue;
+        }
+        for x in st["stratum"].as_array().into_iter().flatten() {
+            let part = |i: usize| {
+                x["component"][i]["value"]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let count = if withheld(x).is_some() {
+                None
+            } else {
+                population(x, "numerator")
+            };
+            by_region.entry(part(0)).or_default().push((part(1), count));
+        }
+    }
+    by_region
+        .into_iter()
+        .map(|(region, cells)| {
+            let months = pooled
+                .iter()
+                .map(|m| Month {
+                    month: m.month.clone(),
+                    count: match cells.iter().find(|(month, _)| *month == m.month) {
+                        Some((_, c)) => *c,
+                        None => Some(0),
+                    },
+                })
+                .collect();
+            (region, months)
+        })
+        .collect()
+}
+
+fn month_cell(count: Option<u64>) -> Markup {
+    html! { @if let Some(n) = count { (n) } @else { span.muted { "withheld" } } }
+}
+
 /// What a pathway detail page shows.
 pub struct Detail<'a> {
     pub id: &'a str,
@@ -319,6 +376,7 @@ pub fn pathway_detail(c: &Chrome, d: &Detail) -> Markup {
         outliers
     );
     let months = months(d.report);
+    let per_region = region_months(d.report, &months);
     let run_description = format!(
         "Emergency admissions selected by the algorithm per month of discharge, all regions pooled, {} to {}, with the median as a dashed line. The table below the funnel plot has the figures.",
         d.start, d.end
@@ -361,10 +419,34 @@ pub fn pathway_detail(c: &Chrome, d: &Detail) -> Markup {
             }
             h2 { "Admissions by month" }
             (charts::run_chart("run", &format!("Run chart: {} admissions by month", d.title), &run_description, &months))
+            @if !per_region.is_empty() {
+                h3 { "Each region" }
+                div.small-multiples {
+                    @for (region, ms) in &per_region {
+                        figure data-region=(region) {
+                            (charts::run_chart(
+                                &format!("run-{region}"),
+                                &format!("Run chart: {} admissions by month in {region}", d.title),
+                                &format!("Emergency admissions selected by the algorithm per month of discharge in {region}, {} to {}, with the region's median as a dashed line; withheld months are gaps.", d.start, d.end),
+                                ms,
+                            ))
+                            figcaption { (region) }
+                        }
+                    }
+                }
+            }
             table {
-                caption { "Admissions by month, all regions" }
-                thead { tr { th { "Month" } th.num { "Admissions" } } }
-                tbody { @for m in &months { tr { td { (m.month) } td.num { @if let Some(n) = m.count { (n) } @else { span.muted { "withheld" } } } } } }
+                caption { "Admissions by month: each region and all regions" }
+                thead { tr { th { "Month" } @for (region, _) in &per_region { th.num { (region) } } th.num { "All regions" } } }
+                tbody {
+                    @for (i, m) in months.iter().enumerate() {
+                        tr {
+                            td { (m.month) }
+                            @for (_, ms) in &per_region { td.num { (month_cell(ms.get(i).and_then(|x| x.count))) } }
+                            td.num { (month_cell(m.count)) }
+                        }
+                    }
+                }
             }
             (regions_table(d.report))
         },

@@ -389,3 +389,127 @@ async fn repeated_failures_lock_an_account() {
     assert!(html.contains("locked"), "{html}");
     site.hub.stop().await;
 }
+
+/// The released region × month table of a hub MeasureReport's admissions group:
+/// (region, month) → count or None (withheld), and the margins: region and month
+/// rows → count or None.
+type Table = std::collections::BTreeMap<(String, String), Option<u64>>;
+type Margin = std::collections::BTreeMap<String, Option<u64>>;
+
+fn region_month_table(report: &Value) -> (Table, Margin, Margin) {
+    let admissions = report["group"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["code"]["coding"][0]["code"] == "admissions")
+        .unwrap();
+    let count = |x: &Value| -> Option<u64> {
+        x["population"]
+            .as_array()?
+            .iter()
+            .find(|p| p["code"]["coding"][0]["code"] == "numerator")?["count"]
+            .as_u64()
+    };
+    let (mut table, mut regions, mut months) = (Table::new(), Margin::new(), Margin::new());
+    for st in admissions["stratifier"].as_array().unwrap() {
+        let codes: Vec<&str> = st["code"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["coding"][0]["code"].as_str().unwrap())
+            .collect();
+        for x in st["stratum"].as_array().unwrap() {
+            match codes.as_slice() {
+                ["region", "month"] => {
+                    let part = |i: usize| x["component"][i]["value"]["text"].as_str().unwrap().to_string();
+                    table.insert((part(0), part(1)), count(x));
+                }
+                ["region"] => {
+                    regions.insert(x["value"]["text"].as_str().unwrap().to_string(), count(x));
+                }
+                ["month"] => {
+                    months.insert(x["value"]["text"].as_str().unwrap().to_string(), count(x));
+                }
+                _ => {}
+            }
+        }
+    }
+    (table, regions, months)
+}
+
+#[tokio::test]
+async fn monthly_admissions_per_region_cannot_be_differenced_from_their_totals() {
+    let site = site().await;
+    let partner = as_client(site.certs.path(), &site.base, "partner").await;
+    let mut withheld_somewhere = 0;
+    for pathway in ["chc-copd", "chc-arld", "chc-epilepsy"] {
+        let report: Value = partner
+            .get(format!(
+                "{}/fhir/Measure/{pathway}/$evaluate-measure?periodStart=2025&periodEnd=2025",
+                site.base
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let (table, regions, months) = region_month_table(&report);
+        assert!(!table.is_empty(), "{pathway}: no region × month table");
+        withheld_somewhere += table.values().filter(|v| v.is_none()).count();
+        // A released margin never has exactly one withheld cell beside it: that cell
+        // would be the margin less the others. (The gate here is exact, so sums are exact.)
+        for (region, total) in &regions {
+            let line: Vec<Option<u64>> = table
+                .iter()
+                .filter(|((r, _), _)| r == region)
+                .map(|(_, v)| *v)
+                .collect();
+            let withheld = line.iter().filter(|v| v.is_none()).count();
+            if let Some(total) = total {
+                assert_ne!(withheld, 1, "{pathway}: region {region} {line:?}");
+                if withheld == 0 {
+                    assert_eq!(line.iter().flatten().sum::<u64>(), *total, "{pathway}: {region}");
+                }
+            }
+        }
+        for (month, total) in &months {
+            let line: Vec<Option<u64>> = table.iter().filter(|((_, m), _)| m == month).map(|(_, v)| *v).collect();
+            let withheld = line.iter().filter(|v| v.is_none()).count();
+            if let Some(total) = total {
+                assert_ne!(withheld, 1, "{pathway}: month {month} {line:?}");
+                if withheld == 0 {
+                    assert_eq!(line.iter().flatten().sum::<u64>(), *total, "{pathway}: {month}");
+                }
+            }
+        }
+        // The page draws each region's released months, and withheld months as gaps.
+        let clinician = site.sign_in("dr.nwc", "correct horse battery").await.unwrap();
+        let (status, html, _) = site
+            .page(
+                Some(&clinician),
+                &format!("/app/pathways/{pathway}?periodStart=2025&periodEnd=2025"),
+            )
+            .await;
+        assert_eq!(status, 200);
+        for ((region, month), count) in &table {
+            let svg = &html[html
+                .find(&format!("<svg class=\"chart\" id=\"run-{region}\""))
+                .unwrap_or_else(|| panic!("no run chart for {region}"))..];
+            let svg = &svg[..svg.find("</svg>").unwrap()];
+            match count {
+                Some(n) => assert!(
+                    svg.contains(&format!("data-month=\"{month}\" data-count=\"{n}\"")),
+                    "{pathway} {region} {month}"
+                ),
+                None => assert!(
+                    svg.contains(&format!("data-month=\"{month}\" data-withheld=\"true\"")),
+                    "{pathway} {region} {month}"
+                ),
+            }
+        }
+    }
+    // gm's 30 episodes spread over twelve months: small cells, withheld.
+    assert!(withheld_somewhere > 0);
+    site.hub.stop().await;
+}
