@@ -8,6 +8,7 @@
 pub mod cellkey;
 pub mod counts;
 pub mod disclosure;
+pub mod glm;
 mod stats;
 pub mod wire;
 

@@ -89,7 +89,7 @@ pub fn providers(regions: &[(String, &Counts)], group: &str) -> Vec<ProviderFigu
 }
 
 /// ln Γ(x) (Lanczos, g = 7, n = 9), for x > 0.
-fn ln_gamma(x: f64) -> f64 {
+pub fn ln_gamma(x: f64) -> f64 {
     const C: [f64; 9] = [
         0.999_999_999_999_809_9,
         676.520_368_121_885_1,
@@ -134,6 +134,15 @@ fn gamma_p(a: f64, x: f64) -> f64 {
         (sum.ln() - x + a * x.ln() - ln_gamma(a)).exp()
     } else {
         1.0 - gamma_q_cf(a, x)
+    }
+}
+
+/// The regularised upper incomplete gamma Q(a, x).
+pub fn gamma_q(a: f64, x: f64) -> f64 {
+    if x < a + 1.0 {
+        1.0 - gamma_p(a, x)
+    } else {
+        gamma_q_cf(a, x)
     }
 }
 
