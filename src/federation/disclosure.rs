@@ -958,6 +958,10 @@ impl BenchmarkRelease {
                 });
             }
             rec.push(r.withheld.clone().unwrap_or_default());
+            let rec: Vec<String> = rec
+                .iter()
+                .map(|f| crate::views::output::spreadsheet_safe(f).into_owned())
+                .collect();
             let _ = w.write_record(&rec);
         }
         w.into_inner().unwrap_or_default()

@@ -134,6 +134,18 @@ impl AggregateQuery {
                 format!("at most {MAX_GROUP_BY} columns may be grouped by"),
             ));
         }
+        // A released row names its region in `region` (and lists `suppressed`): a view
+        // column of either name would overwrite the label.
+        if let Some((i, g)) = group_by
+            .iter()
+            .enumerate()
+            .find(|(_, g)| RESERVED.contains(&g.as_str()))
+        {
+            return Err(problem(
+                &format!("groupBy[{i}]"),
+                format!("'{g}' is reserved in released rows (the answering region); rename the column in the view"),
+            ));
+        }
         let regions = strings("regions")?;
         let measures_json = match obj.get("measures") {
             Some(Value::Array(a)) if !a.is_empty() => a,
@@ -710,6 +722,12 @@ mod tests {
         let distinct_of_dimension = ask(json!({"viewReference": "patient_demographics",
             "measures": [{"name": "n", "function": "count_distinct", "column": "gender"}]}));
         assert_eq!(distinct_of_dimension.expression, "measures[0].column");
+        // `region` labels released rows: a column of that name may not be grouped by.
+        let region = ask(
+            json!({"viewReference": "patient_demographics", "groupBy": ["gender", "region"],
+            "measures": [{"name": "n", "function": "count"}]}),
+        );
+        assert_eq!(region.expression, "groupBy[1]", "{region:?}");
         let unknown = ask(json!({"viewReference": "nope", "measures": [{"name": "n", "function": "count"}]}));
         assert_eq!(unknown.expression, "viewReference");
     }

@@ -77,8 +77,27 @@ pub fn csv_text(v: &Value) -> String {
     }
 }
 
+/// A field as a spreadsheet should read it: text that begins with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return would be run as a formula (`=HYPERLINK(...)` in a
+/// family name), so it gets a leading `'`, as OWASP advises for CSV exports.
+/// Numbers (`-3.5`, `+1e3`) are left as they are.
+pub fn spreadsheet_safe(f: &str) -> std::borrow::Cow<'_, str> {
+    let risky = f.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let number = f.len() > 1
+        && f.chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
+        && f.parse::<f64>().is_ok();
+    if risky && !number {
+        std::borrow::Cow::Owned(format!("'{f}"))
+    } else {
+        std::borrow::Cow::Borrowed(f)
+    }
+}
+
 pub fn write_csv_line<'a>(fields: impl Iterator<Item = &'a str>, out: &mut Vec<u8>) {
     for (i, f) in fields.enumerate() {
+        let f = spreadsheet_safe(f);
+        let f = f.as_ref();
         if i > 0 {
             out.push(b',');
         }
@@ -97,6 +116,27 @@ pub fn write_csv_line<'a>(fields: impl Iterator<Item = &'a str>, out: &mut Vec<u
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn formulas_are_neutralised_and_numbers_kept() {
+        for (raw, safe) in [
+            ("=HYPERLINK(\"http://x\",\"a\")", "'=HYPERLINK(\"http://x\",\"a\")"),
+            ("+SUM(A1)", "'+SUM(A1)"),
+            ("-2+3", "'-2+3"),
+            ("@cmd", "'@cmd"),
+            ("\t=1", "'\t=1"),
+            ("-3.5", "-3.5"),
+            ("+1e3", "+1e3"),
+            ("-", "'-"),
+            ("Smith", "Smith"),
+            ("", ""),
+        ] {
+            assert_eq!(spreadsheet_safe(raw), safe, "{raw}");
+        }
+        let mut out = Vec::new();
+        write_csv_line(["=1+1", "x,y"].into_iter(), &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "'=1+1,\"x,y\"\r\n");
+    }
 
     #[test]
     fn csv_quotes_what_needs_quoting() {

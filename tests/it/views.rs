@@ -131,6 +131,26 @@ async fn run_over_stored_data_in_every_format() {
     assert_eq!(text.lines().next(), Some("patient,gender,birth_decade,deceased"));
     assert_eq!(text.lines().count(), 4);
 
+    // A family name that is a spreadsheet formula comes back as text, not as a formula.
+    let r = node
+        .put(
+            "Patient/f",
+            &json!({"resourceType": "Patient", "id": "f", "name": [{"family": "=HYPERLINK(\"http://evil.example\",\"x\")"}]}),
+        )
+        .await;
+    assert!(r.status().is_success());
+    let names = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "viewResource", "resource": {"resourceType": "ViewDefinition", "resource": "Patient", "status": "active",
+            "select": [{"column": [{"name": "id", "path": "id"}, {"name": "family", "path": "name.family.first()"}]}]}},
+        {"name": "_format", "valueCode": "csv"}]});
+    let res = node.post("ViewDefinition/$run", &names).await;
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("f,\"'=HYPERLINK(\"\"http://evil.example\"\",\"\"x\"\")\""),
+        "{text}"
+    );
+
     let limited = json!({"resourceType": "Parameters", "parameter": [
         {"name": "viewReference", "valueReference": {"reference": "ViewDefinition/patient_demographics"}},
         {"name": "_limit", "valueInteger": 2}]});
