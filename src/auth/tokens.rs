@@ -87,6 +87,100 @@ pub struct Authority {
     pub audience: String,
     key: Vec<u8>,
     seen: Mutex<HashMap<String, i64>>,
+    /// Failed secrets per client id and per address.
+    pub throttle: Throttle,
+}
+
+/// What a client sees for any failed secret: the same words whether the id is
+/// unknown, registered for assertions, or the secret wrong, so ids cannot be told.
+pub const BAD_SECRET: &str = "the client id or secret is wrong";
+
+/// Failed client secrets within this window count towards a lock.
+const THROTTLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// Longest lock.
+const THROTTLE_MAX_LOCK: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// Keys kept at most (the oldest go first).
+const THROTTLE_CAPACITY: usize = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    first: std::time::Instant,
+    locked_until: Option<std::time::Instant>,
+}
+
+/// Growing locks after repeated failed secrets: a client id after 5 failures in 15
+/// minutes, an address after 20 (it may be guessing many ids); each further failure
+/// doubles the lock, from 1 s up to 15 minutes. A success clears both.
+#[derive(Default)]
+pub struct Throttle {
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+impl Throttle {
+    fn threshold(key: &str) -> u32 {
+        if key.starts_with("addr:") {
+            20
+        } else {
+            5
+        }
+    }
+
+    /// `Err(retry after)` while any of `keys` is locked.
+    pub fn check(&self, keys: &[String]) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = keys
+            .iter()
+            .filter_map(|k| failures.get(k)?.locked_until)
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+            .max();
+        match wait {
+            Some(w) => Err(w),
+            None => Ok(()),
+        }
+    }
+
+    pub fn failed(&self, keys: &[String]) {
+        let now = std::time::Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= THROTTLE_CAPACITY {
+            failures.retain(|_, f| now.duration_since(f.first) < THROTTLE_WINDOW);
+            if failures.len() >= THROTTLE_CAPACITY {
+                if let Some(k) = failures.iter().min_by_key(|(_, f)| f.first).map(|(k, _)| k.clone()) {
+                    failures.remove(&k);
+                }
+            }
+        }
+        for k in keys {
+            let f = failures.entry(k.clone()).or_insert(Failures {
+                count: 0,
+                first: now,
+                locked_until: None,
+            });
+            if now.duration_since(f.first) >= THROTTLE_WINDOW && f.locked_until.is_none_or(|u| u <= now) {
+                *f = Failures {
+                    count: 0,
+                    first: now,
+                    locked_until: None,
+                };
+            }
+            f.count += 1;
+            let over = f.count.saturating_sub(Self::threshold(k));
+            if f.count >= Self::threshold(k) {
+                let lock = std::time::Duration::from_secs(1u64 << over.min(20)).min(THROTTLE_MAX_LOCK);
+                f.locked_until = Some(now + lock);
+            }
+        }
+    }
+
+    pub fn succeeded(&self, keys: &[String]) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        for k in keys {
+            failures.remove(k);
+        }
+    }
 }
 
 impl Authority {
@@ -112,6 +206,7 @@ impl Authority {
             audience,
             key,
             seen: Mutex::new(HashMap::new()),
+            throttle: Throttle::default(),
         })
     }
 
@@ -240,27 +335,38 @@ impl Authority {
         Ok(())
     }
 
-    /// Authenticates a token request with `client_secret_basic`.
+    /// Authenticates a token request with `client_secret_basic`. Every failure
+    /// reads the same to the client (`BAD_SECRET`); the log says which it was.
     pub fn client_from_secret(&self, id: &str, secret: &str) -> Result<&Client, OAuthError> {
-        let client = self.client(id)?;
-        let Credential::SecretSha256(want) = &client.credential else {
-            return Err(oauth(
-                401,
-                "invalid_client",
-                "this client is registered with public keys: use a signed assertion",
-            ));
-        };
         let got = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+        let client = self.client(id).ok();
+        // An unknown id is compared against a decoy, so it takes as long as a known one.
+        let decoy = [0u8; 32];
+        let want: &[u8] = match client.map(|c| &c.credential) {
+            Some(Credential::SecretSha256(w)) => w,
+            _ => &decoy,
+        };
         // Constant time: every byte is compared whatever the earlier ones were.
         let diff = got
             .as_ref()
             .iter()
             .zip(want.iter())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if got.as_ref().len() != want.len() || diff != 0 {
-            return Err(oauth(401, "invalid_client", "wrong client secret"));
+        let why = match client {
+            None => Some("unknown client id"),
+            Some(c) if !matches!(c.credential, Credential::SecretSha256(_)) => {
+                Some("the client is registered with public keys")
+            }
+            Some(_) if got.as_ref().len() != want.len() || diff != 0 => Some("wrong secret"),
+            Some(_) => None,
+        };
+        match (client, why) {
+            (Some(c), None) => Ok(c),
+            (_, why) => {
+                tracing::info!(client = %id.chars().take(64).collect::<String>(), why = why.unwrap_or(""), "token request refused");
+                Err(oauth(401, "invalid_client", BAD_SECRET))
+            }
         }
-        Ok(client)
     }
 
     /// Issues an access token for `client` with the requested scopes (all it may have when none are asked).

@@ -230,6 +230,14 @@ fn oauth_error(e: &OAuthError, basic: bool) -> HttpResponse {
     if e.status == 401 && basic {
         res.insert_header(("www-authenticate", "Basic realm=\"pennine\""));
     }
+    if e.status == 429 {
+        let secs = e
+            .description
+            .split_whitespace()
+            .find_map(|w| w.parse::<u64>().ok())
+            .unwrap_or(1);
+        res.insert_header(("retry-after", secs.to_string()));
+    }
     res.json(json!({"error": e.error, "error_description": e.description}))
 }
 
@@ -289,7 +297,32 @@ pub async fn token(req: HttpRequest, body: web::Bytes, access: web::Data<Access>
                     .map(|(_, v)| v.into_owned())
                     .next()
                     .unwrap_or_default();
-                access.authority.client_from_secret(&id, &secret)?
+                // Guessing is slowed per client id and per address, before any check.
+                let keys = vec![
+                    format!("client:{}", id.chars().take(128).collect::<String>()),
+                    format!("addr:{}", req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default()),
+                ];
+                let throttle = &access.authority.throttle;
+                if let Err(wait) = throttle.check(&keys) {
+                    return Err(OAuthError {
+                        status: 429,
+                        error: "invalid_client",
+                        description: format!(
+                            "too many failed attempts: try again in {} s",
+                            wait.as_secs().max(1)
+                        ),
+                    });
+                }
+                match access.authority.client_from_secret(&id, &secret) {
+                    Ok(c) => {
+                        throttle.succeeded(&keys);
+                        c
+                    }
+                    Err(e) => {
+                        throttle.failed(&keys);
+                        return Err(e);
+                    }
+                }
             }
             _ => {
                 return Err(OAuthError {

@@ -927,3 +927,35 @@ async fn allowed_and_refused_accesses_are_audited() {
     assert!(!history.to_string().contains("\"AuditEvent\""));
     node.stop().await;
 }
+
+#[tokio::test]
+async fn client_secrets_cannot_be_enumerated_or_guessed_quickly() {
+    let node: TestNode = spawn_node().await;
+    let http = reqwest::Client::new();
+    let ask = |id: &'static str, secret: &'static str| {
+        http.post(format!("{}/auth/token", node.root))
+            .basic_auth(id, Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    // An unknown id and a wrong secret read the same.
+    let unknown = ask("nobody", "x").await.unwrap();
+    assert_eq!(unknown.status(), 401);
+    let unknown: Value = unknown.json().await.unwrap();
+    let wrong = ask("partner", "x").await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let wrong: Value = wrong.json().await.unwrap();
+    assert_eq!(unknown, wrong);
+    // Five failures lock the client id: even its right secret waits, and is told how long.
+    for _ in 0..4 {
+        assert_eq!(ask("partner", "guess").await.unwrap().status(), 401);
+    }
+    let locked = ask("partner", TEST_SECRET).await.unwrap();
+    assert_eq!(locked.status(), 429);
+    assert!(locked.headers().contains_key("retry-after"));
+    // Another client from the same address is not locked out by it.
+    assert!(!token_for(&http, &node.root, "analyst").await.is_empty());
+    // The lock ends (one second after the fifth failure), and the right secret works again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(ask("partner", TEST_SECRET).await.unwrap().status(), 200);
+}
