@@ -29,6 +29,9 @@ for bundle in (resources, types):
         sd = e["resource"]
         if sd["resourceType"] != "StructureDefinition":
             continue
+        # The R4 bundle carries one R4B definition (SubscriptionStatus, 4.3.0): not an R4 type.
+        if sd.get("fhirVersion", "4.0.1") != "4.0.1":
+            continue
         if sd.get("kind") == "resource" and not sd.get("abstract"):
             resource_types.append(sd["type"])
         if sd.get("kind") in ("primitive-type", "complex-type") and sd.get("derivation") == "specialization":

@@ -59,6 +59,9 @@ for bundle in (load("profiles-types.json"), load("profiles-resources.json")):
             continue
         if sd["kind"] == "logical":
             continue
+        # The R4 bundle carries one R4B definition (SubscriptionStatus, 4.3.0): not an R4 type.
+        if sd.get("fhirVersion", "4.0.1") != "4.0.1":
+            continue
         name = sd["type"]
         info = {"kind": sd["kind"], "abstract": sd.get("abstract", False), "base": (sd.get("baseDefinition") or "").rsplit("/", 1)[-1]}
         elements = {}

@@ -7,6 +7,19 @@ use serde_json::{json, Value};
 
 /// Builds the node's CapabilityStatement. `base` is the FHIR base URL.
 pub fn capability_statement(registry: &Registry, base: &str, software_name: &str) -> Value {
+    // What `_revinclude` can follow to each type: `Source:param` for every reference
+    // parameter that may point at it.
+    let mut reverse: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
+    for source in &definitions::get().resource_type_list {
+        for p in registry.for_type(source).filter(|p| p.kind == ParamKind::Reference) {
+            for t in &p.targets {
+                reverse
+                    .entry(t.as_str())
+                    .or_default()
+                    .push(format!("{source}:{}", p.code));
+            }
+        }
+    }
     let resources: Vec<Value> = definitions::get()
         .resource_type_list
         .iter()
@@ -36,7 +49,8 @@ pub fn capability_statement(registry: &Registry, base: &str, software_name: &str
                 .iter()
                 .map(|c| json!({"code": c}))
                 .collect();
-            json!({
+            let revincludes = reverse.get(rtype.as_str()).cloned().unwrap_or_default();
+            let mut r = json!({
                 "type": rtype,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{rtype}"),
                 "interaction": interactions,
@@ -48,10 +62,16 @@ pub fn capability_statement(registry: &Registry, base: &str, software_name: &str
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "logical"],
-                "searchInclude": includes,
-                "searchRevInclude": [],
                 "searchParam": params,
-            })
+            });
+            // R4 forbids empty arrays: a list is written only when it has members.
+            if !includes.is_empty() {
+                r["searchInclude"] = json!(includes);
+            }
+            if !revincludes.is_empty() {
+                r["searchRevInclude"] = json!(revincludes);
+            }
+            r
         })
         .collect();
     json!({

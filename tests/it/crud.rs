@@ -356,6 +356,38 @@ async fn metadata_lists_what_the_node_supports() {
         }
     }
     assert!(searched > 250, "only {searched} parameters advertised");
+
+    // The statement is valid R4 by our own validator (no empty arrays), advertises the
+    // reverse includes that work, and lists only R4 types.
+    let r = node.post("CapabilityStatement/$validate", &cs).await;
+    assert_eq!(r.status(), 200);
+    let oo: Value = r.json().await.unwrap();
+    let errors: Vec<&Value> = oo["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["severity"] == "error")
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(!cs.to_string().contains("[]"), "an empty array");
+    let revs: Vec<&str> = patient["searchRevInclude"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        revs.contains(&"Observation:subject") && revs.contains(&"Encounter:patient"),
+        "{revs:?}"
+    );
+    let found = node.get_json("Patient?_id=none&_revinclude=Observation:subject").await;
+    assert_eq!(found["resourceType"], "Bundle");
+    assert!(!rest["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["type"] == "SubscriptionStatus"));
+    assert_eq!(node.get("SubscriptionStatus").await.status(), 404);
     assert_eq!(
         node.client
             .get(format!("{}/health", node.root))
