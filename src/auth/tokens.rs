@@ -232,6 +232,14 @@ impl Authority {
                 format!("the client assertion is not a usable JWT: {e}"),
             )
         })?;
+        // SMART Backend Services: the header names the key (`kid`) it was signed with.
+        if header.kid.as_deref().is_none_or(str::is_empty) {
+            return Err(oauth(
+                401,
+                "invalid_client",
+                "the client assertion's header needs the kid of the registered key that signed it",
+            ));
+        }
         if !matches!(header.alg, Algorithm::RS384 | Algorithm::ES384) {
             return Err(oauth(
                 401,
@@ -264,10 +272,12 @@ impl Authority {
                 "this client is registered with a secret, not public keys",
             ));
         };
-        let candidates: Vec<&jsonwebtoken::jwk::Jwk> = match &header.kid {
-            Some(kid) => jwks.find(kid).into_iter().collect(),
-            None => jwks.keys.iter().collect(),
-        };
+        let candidates: Vec<&jsonwebtoken::jwk::Jwk> = header
+            .kid
+            .as_deref()
+            .and_then(|kid| jwks.find(kid))
+            .into_iter()
+            .collect();
         if candidates.is_empty() {
             return Err(oauth(
                 401,
@@ -374,12 +384,10 @@ impl Authority {
         let granted = match requested.map(str::trim).filter(|s| !s.is_empty()) {
             None => client.allowed.clone(),
             Some(text) => {
-                let mut asked = Vec::new();
-                for s in text.split_whitespace() {
-                    asked.push(Scope::parse(s).ok_or_else(|| {
-                        oauth(400, "invalid_scope", format!("'{s}' is not a scope this server knows"))
-                    })?);
-                }
+                // As SMART allows, the subset the client may hold is granted and the
+                // rest dropped (`launch/patient` from a client-credentials client, say);
+                // the reply's `scope` says what was granted.
+                let asked: Vec<Scope> = text.split_whitespace().filter_map(Scope::parse).collect();
                 grant(&asked, &client.allowed)
             }
         };

@@ -816,6 +816,14 @@ async fn signed_assertions_are_checked_like_smart_backend_services_requires() {
             )
             .unwrap(),
         ),
+        ("no kid", {
+            encode(
+                &Header::new(Algorithm::ES384),
+                &claims(&token_url, now() + 240, "a10"),
+                &key,
+            )
+            .unwrap()
+        }),
         ("alg none", {
             use base64::Engine;
             let b = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
@@ -836,6 +844,11 @@ async fn signed_assertions_are_checked_like_smart_backend_services_requires() {
     let (status, body) = ask(a, Some("pennine/aggregate")).await;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_scope");
+    // fhirclient's default request: the subset the client may hold is granted, the rest dropped.
+    let a = assertion(claims(&token_url, now() + 240, "b2"), Algorithm::ES384, &key);
+    let (status, body) = ask(a, Some("launch/patient system/*.rs")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "system/*.rs");
     node.stop().await;
 }
 
