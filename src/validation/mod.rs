@@ -532,9 +532,29 @@ impl Validator {
             None
         };
         let mut present: Vec<&str> = Vec::new();
+        // The key each choice element was given under: `value[x]` takes one type.
+        let mut choices: Vec<(&str, &str)> = Vec::new();
         for (key, value) in obj {
             if root && key == "resourceType" {
                 continue;
+            }
+            let base_key = key.strip_prefix('_').unwrap_or(key);
+            if let Some((e, Some(_))) = find(base_key) {
+                match choices.iter().find(|(name, _)| *name == e.name) {
+                    Some((_, first)) if *first != base_key => {
+                        cx.out.push(err(
+                            IssueCode::Structure,
+                            format!(
+                                "'{base_key}' and '{first}' are both given: {}[x] takes one type only",
+                                e.name
+                            ),
+                            &format!("{expr}.{key}"),
+                        ));
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => choices.push((e.name.as_str(), base_key)),
+                }
             }
             if let Some(base) = key.strip_prefix('_') {
                 match find(base) {
@@ -1433,6 +1453,22 @@ mod tests {
                 json!({"resourceType": "Observation", "status": "final",
                     "code": {"coding": [{"system": "loinc", "code": "1-8"}]}}),
                 "Observation.code.coding[0].system",
+            ),
+            // A choice takes one type: two at once, and an extension with two values.
+            (
+                json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                    "valueString": "a", "valueBoolean": true}),
+                "Observation.valueBoolean",
+            ),
+            (
+                json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                    "valueQuantity": {"value": 1}, "valueInteger": 1}),
+                "Observation.valueInteger",
+            ),
+            (
+                json!({"resourceType": "Patient", "extension": [{"url": "http://example.org/x",
+                    "valueString": "a", "valueCode": "b"}]}),
+                "Patient.extension[0].valueCode",
             ),
             // A document must contain what it references.
             (
