@@ -4,6 +4,7 @@
 pub mod choice;
 pub mod definitions;
 pub mod icd10;
+pub mod json;
 pub mod model;
 pub mod nhs;
 pub mod outcome;

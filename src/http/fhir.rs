@@ -237,6 +237,15 @@ fn body_text(body: &[u8]) -> Result<&str, Issue> {
 pub(super) fn parse_json(body: &[u8]) -> Result<(Value, &str), Error> {
     let text = body_text(body).map_err(Error::invalid)?;
     let value = serde_json::from_str(text).map_err(Error::Json)?;
+    if let Some(d) = crate::fhir::json::duplicate_key(text) {
+        return Err(Error::invalid(Issue::error(
+            IssueCode::Structure,
+            format!(
+                "the key '{}' is given twice in one object (line {}, column {}): JSON readers differ on which counts, so FHIR forbids it",
+                d.key, d.line, d.column
+            ),
+        )));
+    }
     Ok((value, text))
 }
 

@@ -936,6 +936,14 @@ impl Validator {
                 cx.out
                     .push(err(IssueCode::TooLong, format!("a {t} may hold at most 1 MB"), at));
             }
+            // R4 (datatypes, string): no character below U+0020 but tab, CR and LF.
+            if let Some(c) = s.chars().find(|c| *c < ' ' && !matches!(c, '\t' | '\r' | '\n')) {
+                cx.out.push(err(
+                    IssueCode::Value,
+                    format!("a {t} must not contain control character U+{:04X}", c as u32),
+                    at,
+                ));
+            }
             if s.trim().is_empty() || (s != s.trim() && !matches!(t, "string" | "markdown")) {
                 cx.out.push(err(
                     IssueCode::Value,
@@ -1453,6 +1461,15 @@ mod tests {
                 json!({"resourceType": "Observation", "status": "final",
                     "code": {"coding": [{"system": "loinc", "code": "1-8"}]}}),
                 "Observation.code.coding[0].system",
+            ),
+            // No control characters but tab, CR and LF.
+            (
+                json!({"resourceType": "Patient", "name": [{"family": "Smi\u{0000}th"}]}),
+                "Patient.name[0].family",
+            ),
+            (
+                json!({"resourceType": "Patient", "name": [{"text": "ring\u{0007}"}]}),
+                "Patient.name[0].text",
             ),
             // A choice takes one type: two at once, and an extension with two values.
             (

@@ -40,6 +40,34 @@ async fn malformed_unknown_too_large_and_wrong_type() {
     let d = oo["issue"][0]["diagnostics"].as_str().unwrap();
     assert!(d.contains("line 3") && d.contains("column"), "{d}");
 
+    // A key given twice is refused, not read as the last one.
+    let (s, oo) = outcome(
+        post_raw(
+            "Patient",
+            "application/fhir+json",
+            "{\"resourceType\": \"Patient\", \"gender\": \"male\", \"gender\": \"female\"}".into(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 400);
+    let d = oo["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(d.contains("'gender' is given twice"), "{d}");
+    // Control characters in a string are refused with their place.
+    let (s, oo) = outcome(
+        post_raw(
+            "Patient",
+            "application/fhir+json",
+            "{\"resourceType\": \"Patient\", \"name\": [{\"family\": \"A\\u0000B\"}]}".into(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 422, "{oo}");
+    assert!(oo.to_string().contains("Patient.name[0].family"), "{oo}");
+
     let (s, _) = outcome(node.get("Nonsense/1").await).await;
     assert_eq!(s, 404);
     let (s, _) = outcome(
