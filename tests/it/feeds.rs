@@ -629,7 +629,8 @@ async fn mllp_acks_after_commit_with_concurrent_senders_and_half_frames() {
     let bad = patient_message(7000).replace("19800101", "19800132");
     let ack = send_frame(&mut stream, &bad).await;
     assert!(ack.contains("MSA|AE|M7000"), "{ack}");
-    assert!(ack.contains("|PID^1^7|102^"), "{ack}");
+    // (A v2.4 ACK: the error's place and code are ERR-1, the only ERR field of v2.4.)
+    assert!(ack.contains("ERR|PID^1^7^102&"), "{ack}");
     let gap = patient_message(7001).replace("20240115090000", "20240331013000");
     let ack = send_frame(&mut stream, &gap).await;
     assert!(ack.contains("MSA|AE|M7001") && ack.contains("PV1^1^44"), "{ack}");
