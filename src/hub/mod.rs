@@ -317,20 +317,33 @@ impl Hub {
     /// the versions they run, the counts of those on the hub's version, and the gate
     /// (the stricter of the hub's settings and each answering node's floor).
     #[allow(clippy::type_complexity)]
+    /// The regions' counts of a pathway for a period: within the answer cache window,
+    /// the counts of the last complete answer (a page asks `$evaluate-measure` and
+    /// `$benchmark` of the same counts); a partial answer is never kept, so a region
+    /// that comes back is asked again. Every question is still recorded.
     async fn measure_counts(
         &self,
         pathway: &crate::pathways::Pathway,
         period_start: &str,
         period_end: &str,
-    ) -> Result<
-        (
-            Vec<RegionReport>,
-            Vec<(String, String)>,
-            Vec<(String, crate::pathways::Counts)>,
-            Disclosure,
-        ),
-        Error,
-    > {
+    ) -> Result<Arc<MeasureCounts>, Error> {
+        let key = format!("measure {} {} {period_start} {period_end}", pathway.id, pathway.version);
+        if let Some(Answer::Measure(m)) = self.cached(&key) {
+            return Ok(m);
+        }
+        let m = Arc::new(self.measure_counts_now(pathway, period_start, period_end).await?);
+        if m.0.iter().all(|r| r.status == RegionStatus::Ok) && !self.config.answer_cache.is_zero() {
+            self.remember(key, &Answer::Measure(m.clone()));
+        }
+        Ok(m)
+    }
+
+    async fn measure_counts_now(
+        &self,
+        pathway: &crate::pathways::Pathway,
+        period_start: &str,
+        period_end: &str,
+    ) -> Result<MeasureCounts, Error> {
         let regions = self.regions_for(None)?;
         let request = federation::MeasureRequest {
             measure: pathway.id.clone(),
@@ -395,17 +408,18 @@ impl Hub {
         who: &str,
     ) -> Result<Value, Error> {
         let pathway = self.pathway(id)?;
-        let (reports, versions, answered, gate) = self.measure_counts(&pathway, period_start, period_end).await?;
+        let counts = self.measure_counts(&pathway, period_start, period_end).await?;
+        let (reports, versions, answered, gate) = &*counts;
         let groups: Vec<String> = pathway.group_codes().iter().map(|s| s.to_string()).collect();
         let slices: Vec<(String, &crate::pathways::Counts)> = answered.iter().map(|(r, c)| (r.clone(), c)).collect();
         let release = gate.release_measure(&groups, &slices, true);
-        let report = released_report(&pathway, &release, period_start, period_end, &reports, &versions, &gate);
+        let report = released_report(&pathway, &release, period_start, period_end, reports, versions, gate);
         let withheld = release.rows().iter().filter(|r| r.withheld().is_some()).count();
         self.record(
             "evaluate-measure",
             who,
             raw,
-            &reports,
+            reports,
             format!(
                 "{} {}: {} stratum row(s) released; {} withheld",
                 pathway.id,
@@ -439,7 +453,8 @@ impl Hub {
                 Some("group"),
             ));
         }
-        let (reports, _versions, answered, gate) = self.measure_counts(&pathway, period_start, period_end).await?;
+        let counts = self.measure_counts(&pathway, period_start, period_end).await?;
+        let (reports, _versions, answered, gate) = &*counts;
         let slices: Vec<(String, &crate::pathways::Counts)> = answered.iter().map(|(r, c)| (r.clone(), c)).collect();
         let figures = crate::pathways::benchmark::providers(&slices, group);
         let release = gate.release_benchmark(&figures, answered.len());
@@ -447,7 +462,7 @@ impl Hub {
             "benchmark",
             who,
             raw,
-            &reports,
+            reports,
             format!(
                 "{} {} {group}: {} provider(s) released; {} withheld",
                 pathway.id,
@@ -681,7 +696,18 @@ fn outcome_text(status: u16, body: &[u8]) -> String {
 pub enum Answer {
     Aggregate(Arc<AggregateReply>),
     Count(Value),
+    Measure(Arc<MeasureCounts>),
 }
+
+/// What the regions answered about a pathway: each region's report, the versions
+/// they run, the counts of those that answered with the version asked, and the
+/// gate (the stricter of the hub's and the answering nodes' settings).
+pub type MeasureCounts = (
+    Vec<RegionReport>,
+    Vec<(String, String)>,
+    Vec<(String, crate::pathways::Counts)>,
+    Disclosure,
+);
 
 /// The reply of `$aggregate`: how each region answered and what the gate released.
 #[derive(Debug, Clone)]
