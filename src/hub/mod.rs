@@ -750,6 +750,21 @@ fn released_populations(c: &crate::federation::disclosure::ReleasedCell) -> Valu
     ])
 }
 
+/// A stratum with row `r`'s released figures for group `gi`, or the reason it is
+/// withheld; `None` when the group has no one in the stratum.
+fn with_figures(mut stratum: Value, r: &crate::federation::disclosure::MeasureRow, gi: usize) -> Option<Value> {
+    if let Some(why) = r.withheld() {
+        stratum["extension"] = withheld_extension(why);
+        return Some(stratum);
+    }
+    let c = r.cell(gi)?;
+    stratum["population"] = released_populations(c);
+    if let Some(sc) = c.score {
+        stratum["measureScore"] = json!({"value": sc});
+    }
+    Some(stratum)
+}
+
 fn withheld_extension(why: &str) -> Value {
     json!([{"url": format!("{EXT}withheld"), "valueString": why}])
 }
@@ -766,20 +781,11 @@ fn region_months(release: &crate::federation::disclosure::MeasureRelease, gi: us
         .filter(|r| r.stratifier.as_deref() == Some(REGION_MONTH))
         .filter_map(|r| {
             let (region, month) = r.value.split_once('|')?;
-            let mut stratum = json!({"component": [
+            let stratum = json!({"component": [
                 {"code": code("region"), "value": {"text": region}},
                 {"code": code(MONTH), "value": {"text": month}},
             ]});
-            if let Some(why) = r.withheld() {
-                stratum["extension"] = withheld_extension(why);
-                return Some(stratum);
-            }
-            let c = r.cell(gi)?;
-            stratum["population"] = released_populations(c);
-            if let Some(sc) = c.score {
-                stratum["measureScore"] = json!({"value": sc});
-            }
-            Some(stratum)
+            with_figures(stratum, r, gi)
         })
         .collect();
     json!({"code": [code("region"), code(MONTH)], "stratum": strata})
@@ -825,19 +831,7 @@ pub fn released_report(
                         .rows()
                         .iter()
                         .filter(|r| r.stratifier.as_deref() == Some(s))
-                        .filter_map(|r| {
-                            let mut stratum = json!({"value": {"text": r.value}});
-                            if let Some(why) = r.withheld() {
-                                stratum["extension"] = withheld_extension(why);
-                                return Some(stratum);
-                            }
-                            let c = r.cell(gi)?;
-                            stratum["population"] = released_populations(c);
-                            if let Some(sc) = c.score {
-                                stratum["measureScore"] = json!({"value": sc});
-                            }
-                            Some(stratum)
-                        })
+                        .filter_map(|r| with_figures(json!({"value": {"text": r.value}}), r, gi))
                         .collect();
                     json!({"code": [{"coding": [{"system": STRATIFIER_SYSTEM, "code": s}]}], "stratum": strata})
                 })
