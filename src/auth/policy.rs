@@ -27,8 +27,8 @@ pub enum Rule {
     ViewRun,
     /// The hub's `$aggregate`.
     Aggregate,
-    /// `Measure/{id}/$evaluate-measure`: a pathway over a region's data (its analysts, at
-    /// the node) or pooled through the gate (analysts and partners, at the hub).
+    /// `Measure/{id}/$evaluate-measure` and `$regress`: a pathway or a model over a region's
+    /// data (its analysts, at the node) or pooled through the gate (analysts and partners, at the hub).
     EvaluateMeasure,
     /// A search at the hub: `_summary=count` for partners, `AuditEvent` for administrators.
     HubSearch,
@@ -71,7 +71,9 @@ pub const NODE_ROUTES: &[RouteRule] = &[
     r("POST", "/federation/measure", Rule::HubCertificate),
     r("GET", "/federation/quality", Rule::HubCertificate),
     r("GET", "/federation/count/{type}", Rule::HubCertificate),
+    r("POST", "/federation/regress", Rule::HubCertificate),
     r("POST", "/fhir/ViewDefinition/$run", Rule::ViewRun),
+    r("POST", "/fhir/$regress", Rule::EvaluateMeasure),
     r("GET", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),
     r("POST", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),
     r("POST", "/fhir", Rule::Bundle),
@@ -110,6 +112,7 @@ pub const HUB_ROUTES: &[RouteRule] = &[
     r("POST", "/auth/token", Rule::Public),
     r("GET", "/fhir/metadata", Rule::Public),
     r("POST", "/fhir/$aggregate", Rule::Aggregate),
+    r("POST", "/fhir/$regress", Rule::EvaluateMeasure),
     r("GET", "/fhir/Measure", Rule::Public),
     r("GET", "/fhir/Measure/{id}", Rule::Public),
     r("GET", "/fhir/Measure/{id}/$evaluate-measure", Rule::EvaluateMeasure),

@@ -9,6 +9,7 @@ pub mod cellkey;
 pub mod counts;
 pub mod disclosure;
 pub mod glm;
+pub mod regress;
 mod stats;
 pub mod wire;
 

@@ -91,3 +91,53 @@ pub struct NodeMeasure {
     pub completeness: Option<f64>,
     pub disclosure: Disclosure,
 }
+
+/// `POST /federation/regress`: one step of a fit the hub drives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegressRequest {
+    /// The hub's name for the fit (random), which every step repeats.
+    pub fit: String,
+    pub step: RegressStep,
+    pub disclosure: Disclosure,
+    pub deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum RegressStep {
+    /// Find the model's usable rows in an approved view, check them, hold them for the rounds.
+    #[serde(rename_all = "camelCase")]
+    Open {
+        view_reference: String,
+        view_digest: String,
+        model: super::regress::Model,
+    },
+    /// Sums over the held rows at `beta` (`None`: the family's starting values).
+    Round {
+        design: super::regress::Design,
+        beta: Option<Vec<f64>>,
+    },
+    /// The fit is over: let the rows go.
+    Close,
+}
+
+/// A node's answer to a step: `refused` says why it does not take part (no figures then).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeRegress {
+    pub region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Open: usable rows, rows dropped, and each categorical predictor's levels (names only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub levels: Option<Vec<Vec<String>>>,
+    /// Round: the sums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<super::glm::Part>,
+    pub disclosure: Disclosure,
+}

@@ -714,6 +714,10 @@ pub const FUNCTIONS: &[&str] = &[
     "intersect",
     "exclude",
     "toInteger",
+    "ln",
+    "exp",
+    "sqrt",
+    "abs",
     "replaceMatches",
     "first",
     "last",
@@ -910,6 +914,28 @@ fn call<'a>(
                     .collect(),
             },
             _ => return Err(EvalError("toInteger() needs a single item".into())),
+        },
+        // FHIRPath's math functions (N2) that models need: a log-scale offset, a transform.
+        "ln" | "exp" | "sqrt" | "abs" => match base.as_slice() {
+            [] => vec![],
+            [one] => {
+                let Some(x) = one.as_f64() else {
+                    return Err(EvalError(format!("{name}() needs a number")));
+                };
+                let y = match name {
+                    "ln" => x.ln(),
+                    "exp" => x.exp(),
+                    "sqrt" => x.sqrt(),
+                    _ => x.abs(),
+                };
+                match one {
+                    Item::Integer(n) if name == "abs" => vec![Item::Integer(n.saturating_abs())],
+                    // Undefined results (ln of 0 or less, sqrt of a negative) are empty, as the specification says.
+                    _ if y.is_finite() => vec![Item::Decimal(y)],
+                    _ => vec![],
+                }
+            }
+            _ => return Err(EvalError(format!("{name}() needs a single item"))),
         },
         "replaceMatches" => {
             arity(2)?;

@@ -130,15 +130,21 @@ fn to_login(req: &HttpRequest) -> HttpResponse {
     redirect(&format!("/app/login?next={}", pages::urlencode(&here)))
 }
 
+/// Records a person's sign-in, failure, sign-out or page view before the answer goes
+/// out: people act at a human pace, so nothing is gained by queueing, and the trail
+/// holds the event by the time the person (or an auditor) can look for it.
 fn record(access: &Access, action: &str, who: &str, outcome: Result<(), &str>, query: &str) {
-    access.audit.record(&AuditRecord {
+    let event = AuditRecord {
         action,
         who,
         observer: &access.observer,
         outcome,
         query,
         details: vec![],
-    });
+    };
+    if let Err(e) = access.audit.record_now(&event) {
+        tracing::error!(error = %e, action, "audit event could not be written");
+    }
 }
 
 fn person_label(s: &Session) -> String {

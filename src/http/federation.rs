@@ -68,7 +68,7 @@ pub fn open_to_hub(path: &str) -> bool {
     path.starts_with("/federation/") || matches!(path, "/health" | "/ready" | "/fhir/metadata")
 }
 
-fn require_hub(req: &HttpRequest, state: &AppState) -> Result<(), Error> {
+pub(super) fn require_hub(req: &HttpRequest, state: &AppState) -> Result<(), Error> {
     if state.config.tls.as_ref().and_then(|t| t.ca.as_ref()).is_none() {
         return Err(Error::forbidden(
             "federation is disabled on this node: it needs TLS with a CA (--tls-dir, or --tls-cert/--tls-key/--tls-ca) to recognise the hub",
@@ -88,7 +88,7 @@ fn last_updated(svc: &node::FhirService) -> Result<Option<String>, Error> {
 
 /// Why the hub's settings are laxer than this node's floor, if they are (the number of
 /// regions is the hub's business, not the node's).
-fn below_floor(floor: &Disclosure, asked: &Disclosure) -> Option<String> {
+pub(super) fn below_floor(floor: &Disclosure, asked: &Disclosure) -> Option<String> {
     let asked_here = Disclosure {
         min_regions: floor.min_regions,
         ..*asked

@@ -9,6 +9,7 @@ use crate::audit::AuditLog;
 use crate::auth::Authority;
 use crate::auth::{Server, HUB_ROUTES};
 use crate::error::Error;
+use crate::federation::regress::RegressQuery;
 use crate::federation::AggregateQuery;
 use crate::fhir::{Issue, IssueCode};
 use crate::hub::{Answer, Hub};
@@ -192,18 +193,21 @@ async fn quality(hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
     Ok(HttpResponse::Ok().json(hub.quality().await?))
 }
 
-async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
-    let csv = match query_pairs(&req).into_iter().find(|(k, _)| k == "_format") {
-        None => false,
-        Some((_, f)) if f == "json" || f == "application/json" => false,
-        Some((_, f)) if f == "csv" || f == "text/csv" => true,
-        Some((_, f)) => {
-            return Err(Error::invalid(Issue::error(
-                IssueCode::Invalid,
-                format!("_format '{f}' is not supported here (json, csv)"),
-            )))
-        }
-    };
+/// `_format` of a hub operation: JSON (default) or CSV.
+fn wants_csv(req: &HttpRequest) -> Result<bool, Error> {
+    match query_pairs(req).into_iter().find(|(k, _)| k == "_format") {
+        None => Ok(false),
+        Some((_, f)) if f == "json" || f == "application/json" => Ok(false),
+        Some((_, f)) if f == "csv" || f == "text/csv" => Ok(true),
+        Some((_, f)) => Err(Error::invalid(Issue::error(
+            IssueCode::Invalid,
+            format!("_format '{f}' is not supported here (json, csv)"),
+        ))),
+    }
+}
+
+/// The JSON body of a hub operation (at most 1 MiB), as text and value.
+async fn json_question(req: &HttpRequest, payload: web::Payload) -> Result<(String, Value), Error> {
     let ct = req
         .headers()
         .get("content-type")
@@ -214,14 +218,47 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>)
             "Content-Type '{ct}' is not supported; send application/json"
         )));
     }
-    let body = read_body(&req, payload, 1024 * 1024).await?;
-    let text = std::str::from_utf8(body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(&body)).map_err(|e| {
-        Error::invalid(Issue::error(
-            IssueCode::Structure,
-            format!("the body is not UTF-8: {e}"),
-        ))
+    let body = read_body(req, payload, 1024 * 1024).await?;
+    let (value, text) = super::fhir::parse_json(&body)?;
+    Ok((text.to_string(), value))
+}
+
+/// `POST /fhir/$regress`: a GLM fitted across the regions (`hub::regress`).
+async fn regress(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
+    let csv = wants_csv(&req)?;
+    let (text, value) = json_question(&req, payload).await?;
+    let q = RegressQuery::parse(&value).map_err(|p| {
+        Error::invalid(Issue {
+            expression: (!p.expression.is_empty()).then_some(p.expression),
+            ..Issue::error(IssueCode::Invalid, p.message)
+        })
     })?;
-    let value: Value = serde_json::from_str(text).map_err(Error::Json)?;
+    // An identical question within the cache window gets the same model again.
+    let key = format!("regress {q:?}");
+    let reply = match hub.cached(&key) {
+        Some(Answer::Regress(r)) => r,
+        _ => {
+            admit(&hub, &req)?;
+            let r = std::sync::Arc::new(hub.regress(q, &text, &who(&req)).await?);
+            if r["status"] == "complete" {
+                hub.remember(key, &Answer::Regress(r.clone()));
+            }
+            r
+        }
+    };
+    Ok(if csv {
+        HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .body(crate::federation::regress::coefficients_csv(&reply))
+    } else {
+        HttpResponse::Ok().json(&*reply)
+    })
+}
+
+async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
+    let csv = wants_csv(&req)?;
+    let (text, value) = json_question(&req, payload).await?;
+    let text = text.as_str();
     let q = AggregateQuery::parse(&value).map_err(|p| {
         Error::invalid(Issue {
             expression: (!p.expression.is_empty()).then_some(p.expression),
@@ -361,6 +398,7 @@ pub fn serve_hub(
                 route(cfg, t, "POST", "/auth/token", web::post().to(token));
                 route(cfg, t, "GET", "/fhir/metadata", web::get().to(metadata));
                 route(cfg, t, "POST", "/fhir/$aggregate", web::post().to(aggregate));
+                route(cfg, t, "POST", "/fhir/$regress", web::post().to(regress));
                 route(cfg, t, "GET", "/fhir/Measure", web::get().to(measures));
                 route(cfg, t, "GET", "/fhir/Measure/{id}", web::get().to(measure));
                 route(

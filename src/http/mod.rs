@@ -10,6 +10,7 @@ mod feeds;
 pub mod fhir;
 pub mod hub;
 pub mod pathways;
+mod regress;
 mod validate;
 mod views;
 
@@ -264,6 +265,7 @@ pub fn serve_node(parts: NodeParts) -> Result<Serving, ServeError> {
                 route(cfg, NODE_ROUTES, "POST", "/auth/token", web::post().to(access::token));
             })
             .configure(views::configure)
+            .configure(regress::configure)
             .configure(pathways::configure)
             .configure(feeds::configure)
             .configure(validate::configure)

@@ -6,6 +6,7 @@
 //! reply `partial`; it never makes the whole query hang or fail.
 
 pub mod oidc;
+mod regress;
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::config::HubConfig;
@@ -697,6 +698,7 @@ pub enum Answer {
     Aggregate(Arc<AggregateReply>),
     Count(Value),
     Measure(Arc<MeasureCounts>),
+    Regress(Arc<Value>),
 }
 
 /// What the regions answered about a pathway: each region's report, the versions

@@ -171,7 +171,7 @@ impl FhirService {
 
     /// Calls `f` with the rows of `view` over all stored data, per resource key:
     /// built once, then kept current by re-evaluating what changed since.
-    fn with_view_rows<R>(
+    pub(super) fn with_view_rows<R>(
         &self,
         key: &str,
         view: &View,

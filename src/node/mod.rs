@@ -10,6 +10,7 @@ mod crud;
 pub mod pathways;
 mod prepare;
 pub mod quality;
+pub mod regress;
 mod searchset;
 
 use crate::error::Error;
@@ -128,6 +129,8 @@ pub struct FhirService {
     pub pathways: Arc<crate::pathways::Library>,
     /// The node's episodes as of a store change marker (`pathways::episodes`).
     episodes: Arc<std::sync::Mutex<Option<pathways::CachedEpisodes>>>,
+    /// Regressions being fitted here (their rows held for the rounds) and recent fits' rows.
+    pub regressions: Arc<regress::Sessions>,
     /// What the node serves without storing it: the pathways' Measures.
     builtins: Arc<builtin::Builtins>,
     /// Who writes through this handle (a client, a feed's sender), for the quality
@@ -162,6 +165,7 @@ impl FhirService {
             record_keys: Arc::new(crate::federation::RecordKeys::random()),
             pathways,
             episodes: Arc::default(),
+            regressions: Arc::default(),
             source: None,
         }
     }

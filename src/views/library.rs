@@ -4,7 +4,7 @@
 use super::{View, ViewError};
 use serde_json::Value;
 
-const SOURCES: [(&str, &str); 4] = [
+const SOURCES: [(&str, &str); 5] = [
     (
         "patient_demographics",
         include_str!("../../profiles/views/patient_demographics.json"),
@@ -20,6 +20,10 @@ const SOURCES: [(&str, &str); 4] = [
     (
         "encounter_classes",
         include_str!("../../profiles/views/encounter_classes.json"),
+    ),
+    (
+        "hospital_episodes",
+        include_str!("../../profiles/views/hospital_episodes.json"),
     ),
 ];
 

@@ -98,6 +98,24 @@ fn node_sample(method: &'static str, path: &str, id: &str) -> Sample {
             )),
             None,
         ),
+        ("POST", "/federation/regress") => (
+            path.into(),
+            Some((
+                json!({"fit": "f", "step": "close",
+                "disclosure": {"minCell": 10, "rounding": 5, "noise": 2, "minRegions": 3}, "deadlineMs": 5000})
+                .to_string(),
+                "application/json",
+            )),
+            None,
+        ),
+        ("POST", "/fhir/$regress") => (
+            path.into(),
+            Some((
+                json!({"viewReference": "hospital_episodes", "outcome": "age", "predictors": ["diagnoses"]}).to_string(),
+                "application/json",
+            )),
+            None,
+        ),
         ("GET", "/federation/count/{type}") => {
             ("/federation/count/Patient?_summary=count".into(), None, Some("Patient"))
         }
@@ -242,6 +260,15 @@ fn hub_sample(method: &'static str, path: &str) -> Vec<Sample> {
                 json!({"viewReference": "patient_demographics", "groupBy": ["gender"],
                 "measures": [{"name": "n", "function": "count"}]})
                 .to_string(),
+                "application/json",
+            )),
+            None,
+        )],
+        ("POST", "/fhir/$regress") => vec![s(
+            path,
+            Some((
+                json!({"viewReference": "hospital_episodes", "outcome": "age", "predictors": ["diagnoses"]})
+                    .to_string(),
                 "application/json",
             )),
             None,

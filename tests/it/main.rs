@@ -17,6 +17,7 @@ mod multiprocess;
 mod pathways;
 mod profiles;
 mod quality;
+mod regress;
 mod search;
 mod validation;
 mod views;

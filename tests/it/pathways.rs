@@ -94,7 +94,7 @@ fn designed() -> Vec<Designed> {
 }
 
 /// A valid NHS number (Modulus 11) from a 9-digit stem.
-fn nhs(stem: u32) -> String {
+pub(crate) fn nhs(stem: u32) -> String {
     let digits: Vec<u32> = format!("{:09}", 400_000_000 + stem)
         .chars()
         .map(|c| c.to_digit(10).unwrap())
