@@ -402,6 +402,7 @@ async fn pathways(
         percentile(&bench, 0.5),
         percentile(&bench, 0.95)
     );
+    regressions(client, hub, &partner, args.queries.clamp(3, 10)).await?;
     for (what, pages) in [
         ("every page asks the regions", &pages),
         ("answers cached at the hub", &cached_pages),
@@ -415,5 +416,53 @@ async fn pathways(
             );
         }
     }
+    Ok(())
+}
+
+/// Times `$regress` at the hub: a 6-parameter logistic model of death in hospital over
+/// every region's episodes (hospital_episodes), `rounds` times, with its iterations and
+/// the cost of one round (the first fit includes building the view's rows at each node).
+async fn regressions(
+    client: &reqwest::Client,
+    hub: &crate::startup::RunningHub,
+    partner: &str,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let model = json!({"viewReference": "hospital_episodes", "family": "binomial", "outcome": "died",
+        "predictors": ["age", "emergency", {"column": "treatment_function", "categorical": true}]});
+    let url = format!("{}/fhir/$regress", hub.base_url());
+    let mut times = Vec::new();
+    let mut last = Value::Null;
+    for i in 0..=rounds {
+        // The hub keeps complete answers for its cache window: vary the tolerance (one
+        // model, one answer) so that every fit is made afresh.
+        let mut q = model.clone();
+        q["tolerance"] = json!(1e-8 * (1.0 + i as f64 * 1e-3));
+        let t = Instant::now();
+        let res = client.post(&url).bearer_auth(partner).json(&q).send().await?;
+        let status = res.status();
+        let body: Value = res.json().await?;
+        if !status.is_success() {
+            bail!("$regress: {status}: {body}");
+        }
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        if i == 0 {
+            println!("$regress first fit (nodes build the view's rows): {ms:.0} ms");
+        } else {
+            times.push(ms);
+        }
+        last = body;
+    }
+    times.sort_by(f64::total_cmp);
+    let iterations = last["iterations"].as_u64().unwrap_or(0);
+    // Each iteration is one round at every node; the null model adds its own rounds.
+    println!(
+        "$regress 6-parameter logistic over {} rows ({} fits): p50 {:.0} ms p95 {:.0} ms; {iterations} iterations (+ the null model's), {:.1} ms per round",
+        last["n"],
+        times.len(),
+        percentile(&times, 0.5),
+        percentile(&times, 0.95),
+        percentile(&times, 0.5) / (iterations as f64 * 2.0).max(1.0)
+    );
     Ok(())
 }
