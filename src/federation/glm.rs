@@ -72,7 +72,8 @@ impl Family {
         }
     }
 
-    fn inverse_link(self, eta: f64) -> f64 {
+    /// The mean at linear predictor `eta` (the inverse of the canonical link).
+    pub fn inverse_link(self, eta: f64) -> f64 {
         match self {
             Family::Gaussian => eta,
             // As R's binomial()$linkinv: bounded away from exactly 0 and 1.

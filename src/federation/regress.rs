@@ -212,6 +212,8 @@ pub struct Columns {
     pub outcome: usize,
     pub predictors: Vec<usize>,
     pub offset: Option<usize>,
+    /// The provider of each row (pathway cohorts).
+    pub provider: Option<usize>,
 }
 
 impl Model {
@@ -276,6 +278,7 @@ impl Model {
             outcome,
             predictors,
             offset,
+            provider: None,
         })
     }
 }
@@ -311,6 +314,8 @@ pub struct Table {
     pub levels: Vec<Vec<String>>,
     /// Per row: its record key (for the differencing rule).
     pub keys: Vec<u64>,
+    /// Per row: the provider (pathway cohorts only, for expected counts per provider).
+    pub providers: Vec<String>,
     /// Rows dropped for a missing outcome, predictor or offset.
     pub missing: u64,
     /// Rows dropped for an outcome the family does not admit (a binomial outcome other than 0/1,
@@ -326,58 +331,73 @@ impl Table {
         rows: impl IntoIterator<Item = (i64, &'r [Row])>,
         keys: &super::RecordKeys,
     ) -> Table {
+        let mut sorted: Vec<(i64, &[Row])> = rows.into_iter().collect();
+        sorted.sort_by_key(|(k, _)| *k);
+        Table::from_rows(
+            model,
+            columns,
+            sorted.into_iter().flat_map(|(resource, resource_rows)| {
+                resource_rows
+                    .iter()
+                    .enumerate()
+                    .map(move |(ri, row)| (keys.record(resource, ri), row))
+            }),
+        )
+    }
+
+    /// The usable rows of keyed rows, in the order given.
+    pub fn from_rows<'r>(model: &Model, columns: &Columns, rows: impl IntoIterator<Item = (u64, &'r Row)>) -> Table {
         let mut t = Table {
             values: vec![Vec::new(); columns.predictors.len()],
             levels: vec![Vec::new(); columns.predictors.len()],
             ..Table::default()
         };
-        let mut sorted: Vec<(i64, &[Row])> = rows.into_iter().collect();
-        sorted.sort_by_key(|(k, _)| *k);
         let mut level_text: Vec<Vec<String>> = vec![Vec::new(); columns.predictors.len()];
-        'rows: for (resource, resource_rows) in sorted {
-            for (ri, row) in resource_rows.iter().enumerate() {
-                let Some(y) = number(&row[columns.outcome]) else {
-                    t.missing += 1;
-                    continue;
+        'rows: for (key, row) in rows {
+            let Some(y) = number(&row[columns.outcome]) else {
+                t.missing += 1;
+                continue;
+            };
+            let offset = match columns.offset {
+                Some(o) => match number(&row[o]) {
+                    Some(v) => v,
+                    None => {
+                        t.missing += 1;
+                        continue;
+                    }
+                },
+                None => 0.0,
+            };
+            let mut cells = Vec::with_capacity(columns.predictors.len());
+            for (pi, &c) in columns.predictors.iter().enumerate() {
+                let ok = if model.predictors[pi].categorical {
+                    level(&row[c]).map(Cell::Level)
+                } else {
+                    number(&row[c]).map(Cell::Number)
                 };
-                let offset = match columns.offset {
-                    Some(o) => match number(&row[o]) {
-                        Some(v) => v,
-                        None => {
-                            t.missing += 1;
-                            continue;
-                        }
-                    },
-                    None => 0.0,
-                };
-                let mut cells = Vec::with_capacity(columns.predictors.len());
-                for (pi, &c) in columns.predictors.iter().enumerate() {
-                    let ok = if model.predictors[pi].categorical {
-                        level(&row[c]).map(Cell::Level)
-                    } else {
-                        number(&row[c]).map(Cell::Number)
-                    };
-                    match ok {
-                        Some(v) => cells.push(v),
-                        None => {
-                            t.missing += 1;
-                            continue 'rows;
-                        }
+                match ok {
+                    Some(v) => cells.push(v),
+                    None => {
+                        t.missing += 1;
+                        continue 'rows;
                     }
                 }
-                if !model.family.admits(y) {
-                    t.out_of_range += 1;
-                    continue;
-                }
-                t.y.push(y);
-                t.offset.push(offset);
-                t.keys.push(keys.record(resource, ri));
-                for (pi, cell) in cells.into_iter().enumerate() {
-                    match cell {
-                        Cell::Number(x) => t.values[pi].push(x),
-                        Cell::Level(s) => {
-                            level_text[pi].push(s);
-                        }
+            }
+            if !model.family.admits(y) {
+                t.out_of_range += 1;
+                continue;
+            }
+            t.y.push(y);
+            t.offset.push(offset);
+            t.keys.push(key);
+            if let Some(p) = columns.provider {
+                t.providers.push(level(&row[p]).unwrap_or_default());
+            }
+            for (pi, cell) in cells.into_iter().enumerate() {
+                match cell {
+                    Cell::Number(x) => t.values[pi].push(x),
+                    Cell::Level(s) => {
+                        level_text[pi].push(s);
                     }
                 }
             }
@@ -657,6 +677,164 @@ impl Fit {
     }
 }
 
+/// What a pathway's risk model may adjust for, per episode: (name, categorical).
+pub const EPISODE_PREDICTORS: [(&str, bool); 5] = [
+    ("age", false),
+    ("sex", true),
+    ("age_band", true),
+    ("treatment_function", true),
+    ("admission_method", true),
+];
+
+/// A logistic model of a pathway group's outcome (`predictors` from `EPISODE_PREDICTORS`).
+pub fn cohort_model(predictors: &[String]) -> Result<Model, QueryProblem> {
+    let mut out: Vec<Predictor> = Vec::new();
+    for name in predictors {
+        let Some((_, categorical)) = EPISODE_PREDICTORS.iter().find(|(n, _)| n == name) else {
+            return Err(problem(
+                "predictors",
+                format!(
+                    "the risk model cannot adjust for '{name}' (it can for {})",
+                    EPISODE_PREDICTORS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        };
+        if out.iter().any(|p| p.column == *name) {
+            return Err(problem("predictors", format!("'{name}' is named twice")));
+        }
+        out.push(Predictor {
+            column: name.clone(),
+            categorical: *categorical,
+            reference: None,
+        });
+    }
+    Ok(Model {
+        outcome: "outcome".into(),
+        predictors: out,
+        family: Family::Binomial,
+        offset: None,
+    })
+}
+
+/// An episode as a row of its pathway's risk model: the outcome, each of
+/// `EPISODE_PREDICTORS`, and the provider.
+pub fn cohort_row(e: &crate::pathways::Episode, outcome: bool) -> Row {
+    let text = |v: &Option<String>| v.as_ref().map_or(Value::Null, |s| Value::String(s.clone()));
+    vec![
+        Value::Bool(outcome),
+        e.age.map_or(Value::Null, |a| json!(a)),
+        text(&e.sex),
+        e.age.map_or(Value::Null, |a| json!(crate::pathways::age_band(a))),
+        text(&e.treatment_function),
+        text(&e.admission_method),
+        Value::String(e.provider.clone()),
+    ]
+}
+
+/// Where `cohort_row` puts the model's columns.
+pub fn cohort_columns(model: &Model) -> Columns {
+    Columns {
+        outcome: 0,
+        predictors: model
+            .predictors
+            .iter()
+            .map(|p| 1 + EPISODE_PREDICTORS.iter().position(|(n, _)| *n == p.column).unwrap_or(0))
+            .collect(),
+        offset: None,
+        provider: Some(1 + EPISODE_PREDICTORS.len()),
+    }
+}
+
+/// Bins of the fitted probability for the c-statistic: fine enough that binning moves it
+/// by less than 1/BINS.
+pub const BINS: usize = 1000;
+
+/// A node's expected counts per provider at the fitted model, and its rows' fitted
+/// probabilities binned by outcome class (for the c-statistic; never released).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Expected {
+    pub providers: Vec<ProviderExpected>,
+    pub bins: Vec<[u64; 2]>,
+}
+
+/// One provider's rows of the model: how many, how many with the outcome, the sum of
+/// their fitted probabilities, and the cell keys of both counts (for the gate's noise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderExpected {
+    pub provider: String,
+    pub n: u64,
+    pub observed: u64,
+    pub expected: f64,
+    pub n_key: u64,
+    pub observed_key: u64,
+}
+
+impl Fit {
+    /// Expected outcomes per provider and binned probabilities at `beta`.
+    pub fn expected(&mut self, family: Family, design: &Design, beta: &[f64]) -> Result<Expected, String> {
+        let p = design.p();
+        if beta.len() != p || beta.iter().any(|b| !b.is_finite()) || design.null {
+            return Err(format!("the coefficients do not fit a design of {p} terms"));
+        }
+        if self.full.as_ref().is_none_or(|(d, _)| d != design) {
+            let x = self.table.matrix(design)?;
+            self.full = Some((design.clone(), x));
+        }
+        let t = &self.table;
+        let x = self.full.as_ref().map(|(_, x)| x.as_slice()).unwrap_or_default();
+        let mut by: std::collections::BTreeMap<&str, ProviderExpected> = std::collections::BTreeMap::new();
+        let mut bins = vec![[0u64; 2]; BINS];
+        for i in 0..t.y.len() {
+            let eta: f64 = x[i * p..(i + 1) * p].iter().zip(beta).map(|(a, b)| a * b).sum::<f64>() + t.offset[i];
+            let mu = family.inverse_link(eta);
+            if let Some(provider) = t.providers.get(i) {
+                let e = by.entry(provider.as_str()).or_default();
+                let case = t.y[i] > 0.5;
+                e.n += 1;
+                e.observed += case as u64;
+                e.expected += mu;
+                e.n_key = e.n_key.wrapping_add(t.keys[i]);
+                if case {
+                    e.observed_key = e.observed_key.wrapping_add(t.keys[i]);
+                }
+            }
+            let bin = ((mu * BINS as f64) as usize).min(BINS - 1);
+            bins[bin][(t.y[i] > 0.5) as usize] += 1;
+        }
+        Ok(Expected {
+            providers: by
+                .into_iter()
+                .map(|(k, v)| ProviderExpected {
+                    provider: k.to_string(),
+                    ..v
+                })
+                .collect(),
+            bins,
+        })
+    }
+}
+
+/// The c-statistic (area under the ROC curve) from pooled bins: the chance that a row
+/// with the outcome has a higher fitted probability than one without (ties count half).
+pub fn c_statistic(bins: &[[u64; 2]]) -> Option<f64> {
+    let (mut below, mut concordant) = (0f64, 0f64);
+    let (mut cases, mut controls) = (0f64, 0f64);
+    for [neg, pos] in bins {
+        let (neg, pos) = (*neg as f64, *pos as f64);
+        concordant += pos * (below + 0.5 * neg);
+        below += neg;
+        cases += pos;
+        controls += neg;
+    }
+    (cases > 0.0 && controls > 0.0).then(|| concordant / (cases * controls))
+}
+
 /// Why rows of a new fit are too close to an earlier fit's rows: the number of rows in one
 /// and not the other (sorted keys).
 pub fn rows_apart(a: &[u64], b: &[u64]) -> u64 {
@@ -840,6 +1018,19 @@ mod tests {
             Design::settle(&wrong, &[&a]).unwrap_err().expression,
             "predictors[1].reference"
         );
+    }
+
+    #[test]
+    fn the_c_statistic_counts_concordant_pairs() {
+        let mut bins = vec![[0u64; 2]; BINS];
+        bins[100] = [3, 0];
+        bins[900] = [0, 2];
+        assert_eq!(c_statistic(&bins), Some(1.0));
+        bins[100] = [1, 1];
+        bins[900] = [1, 1];
+        // Pairs (case, control): 4; concordant 1 (case at 900, control at 100), 2 ties.
+        assert_eq!(c_statistic(&bins), Some((1.0 + 0.5 * 2.0) / 4.0));
+        assert_eq!(c_statistic(&[[1, 0]; 3]), None);
     }
 
     #[test]

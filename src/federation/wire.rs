@@ -113,6 +113,22 @@ pub enum RegressStep {
         view_digest: String,
         model: super::regress::Model,
     },
+    /// As `Open`, over a pathway's episodes: the population of `group` over the period,
+    /// its outcome (for `mortality`, death) against `model`'s predictors.
+    #[serde(rename_all = "camelCase")]
+    OpenCohort {
+        measure: String,
+        version: String,
+        period_start: String,
+        period_end: String,
+        group: String,
+        model: super::regress::Model,
+    },
+    /// Expected outcomes per provider at the fitted coefficients (cohorts only).
+    Expected {
+        design: super::regress::Design,
+        beta: Vec<f64>,
+    },
     /// Sums over the held rows at `beta` (`None`: the family's starting values).
     Round {
         design: super::regress::Design,
@@ -139,5 +155,8 @@ pub struct NodeRegress {
     /// Round: the sums.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub part: Option<super::glm::Part>,
+    /// Expected: per provider, and the binned probabilities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<super::regress::Expected>,
     pub disclosure: Disclosure,
 }

@@ -621,7 +621,15 @@ async fn figures(
     let bench = format!("Measure/{id}/$benchmark?periodStart={start}&periodEnd={end}&group=mortality");
     let (report, benchmark) = tokio::join!(
         hub.evaluate_measure(id, start, end, &evaluate, &who),
-        hub.benchmark(id, start, end, crate::pathways::MORTALITY, &bench, &who)
+        hub.benchmark(
+            id,
+            start,
+            end,
+            crate::pathways::MORTALITY,
+            &crate::hub::Adjustment::Indirect,
+            &bench,
+            &who,
+        )
     );
     let (benchmark, release) = benchmark?;
     Ok((p, report?, benchmark, release))
@@ -682,7 +690,15 @@ async fn pathway_csv(
     // The table needs the benchmark only: one question to the regions, not two.
     let raw = format!("Measure/{id}/$benchmark?periodStart={start}&periodEnd={end}&group=mortality");
     match hub
-        .benchmark(&id, &start, &end, crate::pathways::MORTALITY, &raw, &asker(&s))
+        .benchmark(
+            &id,
+            &start,
+            &end,
+            crate::pathways::MORTALITY,
+            &crate::hub::Adjustment::Indirect,
+            &raw,
+            &asker(&s),
+        )
         .await
     {
         Ok((_, release)) => {

@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::federation::regress::RegressQuery;
 use crate::federation::AggregateQuery;
 use crate::fhir::{Issue, IssueCode};
-use crate::hub::{Answer, Hub};
+use crate::hub::{Adjustment, Answer, Hub};
 use crate::node::FhirService;
 use crate::search::parse_query;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -105,6 +105,30 @@ async fn benchmark(
     };
     let format = take(&mut pairs, "_format");
     let group = take(&mut pairs, "group").unwrap_or_else(|| crate::pathways::MORTALITY.to_string());
+    let predictors = take(&mut pairs, "predictors");
+    let adjustment = match (take(&mut pairs, "adjustment").as_deref(), predictors) {
+        (None | Some("indirect"), None) => Adjustment::Indirect,
+        (Some("logistic"), p) => Adjustment::Logistic(
+            p.as_deref()
+                .unwrap_or("age,sex")
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        ),
+        (None | Some("indirect"), Some(_)) => {
+            return Err(Error::invalid(Issue::error(
+                IssueCode::Invalid,
+                "'predictors' is for adjustment=logistic",
+            )))
+        }
+        (Some(other), _) => {
+            return Err(Error::invalid(Issue::error(
+                IssueCode::Invalid,
+                format!("unknown adjustment '{other}' (indirect, logistic)"),
+            )))
+        }
+    };
     let period = super::pathways::period_of_request(&pairs, &body)?;
     let csv = match format.as_deref() {
         None | Some("json") | Some("application/json") => false,
@@ -117,11 +141,16 @@ async fn benchmark(
     };
     admit(&hub, &req)?;
     let raw = format!(
-        "Measure/{id}/$benchmark?periodStart={}&periodEnd={}&group={group}",
-        period.start, period.end
+        "Measure/{id}/$benchmark?periodStart={}&periodEnd={}&group={group}{}",
+        period.start,
+        period.end,
+        match &adjustment {
+            Adjustment::Indirect => String::new(),
+            Adjustment::Logistic(p) => format!("&adjustment=logistic&predictors={}", p.join(",")),
+        }
     );
     let (reply, release) = hub
-        .benchmark(&id, &period.start, &period.end, &group, &raw, &who(&req))
+        .benchmark(&id, &period.start, &period.end, &group, &adjustment, &raw, &who(&req))
         .await?;
     Ok(if csv {
         HttpResponse::Ok()

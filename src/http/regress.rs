@@ -249,6 +249,68 @@ async fn federated(req: HttpRequest, payload: web::Payload, state: web::Data<App
                     Err(why) => answer(Some(why)),
                 })
             }
+            RegressStep::OpenCohort {
+                measure,
+                version,
+                period_start,
+                period_end,
+                group,
+                model,
+            } => {
+                let pathway = svc
+                    .pathways
+                    .get(&measure)
+                    .cloned()
+                    .ok_or_else(|| Error::NotFound("Measure".into(), measure.clone()))?;
+                if pathway.version != version {
+                    return Ok(answer(Some(format!(
+                        "this node runs {} {}, not {version}",
+                        pathway.id, pathway.version
+                    ))));
+                }
+                let opened = svc.regress_open_cohort(
+                    &request.fit,
+                    &pathway,
+                    &period_start,
+                    &period_end,
+                    &group,
+                    &model,
+                    min_cell,
+                )?;
+                audit.record_now(&AuditRecord {
+                    action: "regress",
+                    who: "hub (mTLS)",
+                    observer: &observer,
+                    outcome: opened.as_ref().map(|_| ()).map_err(String::as_str),
+                    query: text,
+                    details: match &opened {
+                        Ok(o) => vec![(
+                            "released",
+                            format!(
+                                "a risk model's sums per round over {} episode(s) of {} {} ({group}), then expected counts per provider; no episodes",
+                                o.n, pathway.id, pathway.version
+                            ),
+                        )],
+                        Err(_) => vec![],
+                    },
+                })?;
+                Ok(match opened {
+                    Ok(o) => NodeRegress {
+                        n: Some(o.n),
+                        dropped: Some(o.missing + o.out_of_range),
+                        levels: Some(o.levels),
+                        ..answer(None)
+                    },
+                    Err(why) => answer(Some(why)),
+                })
+            }
+            RegressStep::Expected { design, beta } => match svc.regress_expected(&request.fit, &design, &beta)? {
+                Ok(expected) => Ok(NodeRegress {
+                    expected: Some(expected),
+                    ..answer(None)
+                }),
+                Err(why) => Ok(answer(Some(why))),
+            },
             RegressStep::Round { design, beta } => match svc.regress_round(&request.fit, &design, beta.as_deref())? {
                 Ok(part) => Ok(NodeRegress {
                     part: Some(part),

@@ -435,12 +435,14 @@ impl Hub {
 
     /// `Measure/{id}/$benchmark`: indirectly standardised ratios per provider across
     /// the regions, with flags and funnel limits, through the gate.
+    #[allow(clippy::too_many_arguments)]
     pub async fn benchmark(
         &self,
         id: &str,
         period_start: &str,
         period_end: &str,
         group: &str,
+        adjustment: &Adjustment,
         raw: &str,
         who: &str,
     ) -> Result<(Value, crate::federation::disclosure::BenchmarkRelease), Error> {
@@ -457,8 +459,18 @@ impl Hub {
         let counts = self.measure_counts(&pathway, period_start, period_end).await?;
         let (reports, _versions, answered, gate) = &*counts;
         let slices: Vec<(String, &crate::pathways::Counts)> = answered.iter().map(|(r, c)| (r.clone(), c)).collect();
-        let figures = crate::pathways::benchmark::providers(&slices, group);
-        let release = gate.release_benchmark(&figures, answered.len());
+        let (figures, answering, method) = match adjustment {
+            Adjustment::Indirect => (
+                crate::pathways::benchmark::providers(&slices, group),
+                answered.len(),
+                json!({"method": "indirect-standardisation", "strata": ["age-band", "sex"]}),
+            ),
+            Adjustment::Logistic(predictors) => {
+                self.logistic_figures(&pathway, period_start, period_end, group, predictors)
+                    .await?
+            }
+        };
+        let release = gate.release_benchmark(&figures, answering);
         self.record(
             "benchmark",
             who,
@@ -480,6 +492,7 @@ impl Hub {
             "period": {"start": period_start, "end": period_end},
             "status": if reports.iter().all(|r| r.status == RegionStatus::Ok) { "complete" } else { "partial" },
             "regions": reports,
+            "adjustment": method,
             "providers": release.providers_json(),
             "funnel": release.funnel_json(),
             "disclosure": {
@@ -693,6 +706,15 @@ fn outcome_text(status: u16, body: &[u8]) -> String {
 }
 
 /// A released answer, kept for the cache window.
+/// How `$benchmark` adjusts for case mix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Adjustment {
+    /// Indirect standardisation by age band and sex (the programme's method).
+    Indirect,
+    /// Expected outcomes from a federated logistic model of the cohort with these predictors.
+    Logistic(Vec<String>),
+}
+
 #[derive(Debug, Clone)]
 pub enum Answer {
     Aggregate(Arc<AggregateReply>),

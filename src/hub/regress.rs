@@ -15,6 +15,141 @@ use crate::federation::{Disclosure, ViewSource};
 use crate::views::library;
 use serde_json::{json, Value};
 
+/// A fit made across regions, still open at those that took part.
+pub(super) struct FitAcross {
+    close: RegressRequest,
+    /// The `Expected` step at a design and coefficients.
+    expected: Box<dyn Fn(Design, Vec<f64>) -> RegressRequest + Send + Sync>,
+    pub parts: Vec<RegionPart>,
+    pub reports: Vec<RegionReport>,
+    contributors: Vec<Contributor>,
+    pub design: Design,
+    pub gate: Disclosure,
+    /// The model and its null deviance, or why there is none.
+    pub result: Result<(Fitted, f64), String>,
+}
+
+impl FitAcross {
+    /// Lets the regions drop the rows they held.
+    pub async fn close(&self, hub: &Hub) {
+        hub.close(&self.contributors, &self.close).await;
+    }
+
+    /// The regions' expected outcomes per provider at the fitted model, by region, and
+    /// their binned probabilities pooled; `Err` names a region that did not answer.
+    pub async fn expected(
+        &self,
+        hub: &Hub,
+        beta: &[f64],
+    ) -> Result<(Vec<(String, regress::Expected)>, Vec<[u64; 2]>), String> {
+        let step = (self.expected)(self.design.clone(), beta.to_vec());
+        let targets: Vec<(String, String)> = self
+            .contributors
+            .iter()
+            .map(|c| (c.region.clone(), c.url.clone()))
+            .collect();
+        let answers: Vec<(RegionReport, Option<NodeRegress>)> = hub
+            .fan_out(&targets, |client, url| {
+                client.post(format!("{url}/federation/regress")).json(&step)
+            })
+            .await;
+        let mut out = Vec::new();
+        let mut bins = vec![[0u64; 2]; regress::BINS];
+        for (report, answer) in answers {
+            match answer.and_then(|a| a.expected) {
+                Some(e) if e.bins.len() == regress::BINS => {
+                    for (b, x) in bins.iter_mut().zip(&e.bins) {
+                        b[0] += x[0];
+                        b[1] += x[1];
+                    }
+                    out.push((report.region, e));
+                }
+                _ => {
+                    return Err(format!(
+                        "{} did not give its expected counts: {}",
+                        report.region,
+                        report.detail.unwrap_or_default()
+                    ))
+                }
+            }
+        }
+        Ok((out, bins))
+    }
+}
+
+impl Hub {
+    /// `$benchmark`'s figures per provider from a federated logistic model of `group`'s
+    /// outcome in the pathway's cohort: each provider's rows, outcomes and the sum of
+    /// their fitted probabilities (its expected count), the regions that took part, and
+    /// the model (coefficients, c-statistic) for the reply.
+    pub(super) async fn logistic_figures(
+        &self,
+        pathway: &crate::pathways::Pathway,
+        period_start: &str,
+        period_end: &str,
+        group: &str,
+        predictors: &[String],
+    ) -> Result<(Vec<crate::pathways::benchmark::ProviderFigures>, usize, Value), Error> {
+        let model = regress::cohort_model(predictors).map_err(|p| bad(p.message, Some("predictors")))?;
+        let regions = self.regions_for(None)?;
+        let open = RegressStep::OpenCohort {
+            measure: pathway.id.clone(),
+            version: pathway.version.clone(),
+            period_start: period_start.to_string(),
+            period_end: period_end.to_string(),
+            group: group.to_string(),
+            model: model.clone(),
+        };
+        let fit = self.fit_across(&regions, open, &model, 1e-8, 25).await?;
+        let (fitted, null_deviance) = match &fit.result {
+            Ok(f) => f.clone(),
+            Err(problem) => {
+                fit.close(self).await;
+                return Err(not_fitted(
+                    format!("the risk model could not be fitted: {problem}"),
+                    &fit.parts,
+                ));
+            }
+        };
+        let expected = fit.expected(self, &fitted.beta).await;
+        fit.close(self).await;
+        let (by_region, bins) = expected.map_err(|why| not_fitted(why, &fit.parts))?;
+        let figures = by_region
+            .iter()
+            .flat_map(|(region, e)| {
+                e.providers
+                    .iter()
+                    .map(move |p| crate::pathways::benchmark::ProviderFigures {
+                        provider: p.provider.clone(),
+                        region: region.clone(),
+                        n: p.n,
+                        observed: p.observed,
+                        expected: p.expected,
+                        n_key: p.n_key,
+                        observed_key: p.observed_key,
+                    })
+            })
+            .collect();
+        let summary = glm::summarise(model.family, &fit.design.terms, &fitted);
+        let method = json!({
+            "method": "logistic",
+            "predictors": predictors,
+            "model": {
+                "n": fitted.n,
+                "iterations": fitted.iterations,
+                "converged": fitted.converged,
+                "coefficients": summary.coefficients,
+                "cStatistic": regress::c_statistic(&bins),
+                "deviance": fitted.deviance,
+                "nullDeviance": null_deviance,
+                "aic": summary.aic,
+                "regions": fit.parts.iter().map(|p| json!({"region": p.region, "status": p.status, "reason": p.reason})).collect::<Vec<_>>(),
+            },
+        });
+        Ok((figures, by_region.len(), method))
+    }
+}
+
 /// A region taking part: its name, URL and usable rows.
 struct Contributor {
     region: String,
@@ -62,23 +197,89 @@ impl Hub {
             .map_err(|p| bad(p.message, Some(&p.expression)))?;
         let regions = self.regions_for(q.regions.as_deref())?;
         let every_region_asked = regions.len() == self.config.nodes.len();
-        let fit = uuid::Uuid::new_v4().to_string();
-        let deadline_ms = self.config.deadline.as_millis() as u64;
-        let request = |step: RegressStep| RegressRequest {
-            fit: fit.clone(),
-            step,
-            disclosure: self.config.disclosure,
-            deadline_ms,
-        };
-
-        // Open: each region finds, checks and holds its rows.
-        let open = request(RegressStep::Open {
+        let open = RegressStep::Open {
             view_reference: approved.name.to_string(),
             view_digest: approved.digest.clone(),
             model: model.clone(),
-        });
+        };
+        let mut fit = self
+            .fit_across(&regions, open, &model, q.tolerance, q.max_iterations)
+            .await?;
+        fit.close(self).await;
+        let (fitted, null_deviance) = match fit.result {
+            Ok(f) => f,
+            Err(problem) => {
+                self.record("regress", who, raw, &fit.reports, format!("nothing: {problem}"))
+                    .await?;
+                return Err(not_fitted(problem, &fit.parts));
+            }
+        };
+        let gate = fit.gate;
+        let summary = glm::summarise(model.family, &fit.design.terms, &fitted);
+        // Each region's row count, rounded as any released count (the total is exact, as df needs).
+        for p in fit.parts.iter_mut() {
+            p.n = p.n.map(|n| round_to(n, gate.rounding));
+        }
+        let complete = every_region_asked && fit.parts.iter().all(|p| p.status == "ok");
+        let reply = regress::reply_json(
+            if complete { "complete" } else { "partial" },
+            &fit.parts,
+            model.family,
+            &fitted,
+            &summary,
+            null_deviance,
+            json!({
+                "minCell": gate.min_cell,
+                "minRegions": gate.min_regions,
+                "rounding": gate.rounding,
+                "notes": [
+                    "each contributing region has at least minCell usable rows, minCell rows in every level of a categorical predictor and every outcome class, and at least three rows per parameter",
+                    "only the fitted model is released; the regions' matrices stay at the hub",
+                    "regions' row counts are rounded; the total is exact"
+                ],
+            }),
+        );
+        self.record(
+            "regress",
+            who,
+            raw,
+            &fit.reports,
+            format!(
+                "a {} model of {} term(s) over {} row(s) from {} region(s); no rows, no matrices",
+                model.family.as_str(),
+                fit.design.terms.len(),
+                fitted.n,
+                fit.contributors.len()
+            ),
+        )
+        .await?;
+        Ok(reply)
+    }
+
+    /// Opens the fit at every region in `regions` with `open`, settles the design from the
+    /// regions that take part and runs the rounds of the model and of its null model. The
+    /// fit stays open at the regions (for `Expected`) until `FitAcross::close`.
+    pub(super) async fn fit_across(
+        &self,
+        regions: &[(String, String)],
+        open: RegressStep,
+        model: &Model,
+        tolerance: f64,
+        max_iterations: u32,
+    ) -> Result<FitAcross, Error> {
+        let fit = uuid::Uuid::new_v4().to_string();
+        let deadline_ms = self.config.deadline.as_millis() as u64;
+        let disclosure = self.config.disclosure;
+        let request = move |step: RegressStep| RegressRequest {
+            fit: fit.clone(),
+            step,
+            disclosure,
+            deadline_ms,
+        };
+        // Open: each region finds, checks and holds its rows.
+        let open = request(open);
         let answers: Vec<(RegionReport, Option<NodeRegress>)> = self
-            .fan_out(&regions, |client, url| {
+            .fan_out(regions, |client, url| {
                 client.post(format!("{url}/federation/regress")).json(&open)
             })
             .await;
@@ -87,7 +288,7 @@ impl Hub {
         let mut contributors: Vec<Contributor> = Vec::new();
         let mut levels: Vec<Vec<Vec<String>>> = Vec::new();
         let mut gate = self.config.disclosure;
-        for ((mut report, answer), (_, url)) in answers.into_iter().zip(&regions) {
+        for ((mut report, answer), (_, url)) in answers.into_iter().zip(regions) {
             let part = match answer {
                 Some(a) if a.region != report.region => {
                     report.status = RegionStatus::Error;
@@ -135,7 +336,7 @@ impl Hub {
         // columns without rows), so it is settled again until no region drops out.
         let design = loop {
             let level_refs: Vec<&[Vec<String>]> = levels.iter().map(Vec::as_slice).collect();
-            let design = match Design::settle(&model, &level_refs) {
+            let design = match Design::settle(model, &level_refs) {
                 Ok(d) => d,
                 Err(p) => {
                     self.close(&contributors, &request(RegressStep::Close)).await;
@@ -171,71 +372,28 @@ impl Hub {
             }
         };
 
-        let outcome = self
+        let result = self
             .rounds(
                 &request,
                 &mut contributors,
                 &mut parts,
                 &design,
-                &model,
-                q.tolerance,
-                q.max_iterations,
+                model,
+                tolerance,
+                max_iterations,
                 gate,
             )
-            .await;
-        let (fitted, null_deviance) = match outcome {
-            Ok(Ok(f)) => f,
-            Ok(Err(problem)) => {
-                self.close(&contributors, &request(RegressStep::Close)).await;
-                self.record("regress", who, raw, &reports, format!("nothing: {problem}"))
-                    .await?;
-                return Err(not_fitted(problem, &parts));
-            }
-            Err(e) => {
-                self.close(&contributors, &request(RegressStep::Close)).await;
-                return Err(e);
-            }
-        };
-        self.close(&contributors, &request(RegressStep::Close)).await;
-        let summary = glm::summarise(model.family, &design.terms, &fitted);
-        // Each region's row count, rounded as any released count (the total is exact, as df needs).
-        for p in parts.iter_mut() {
-            p.n = p.n.map(|n| round_to(n, gate.rounding));
-        }
-        let complete = every_region_asked && parts.iter().all(|p| p.status == "ok");
-        let reply = regress::reply_json(
-            if complete { "complete" } else { "partial" },
-            &parts,
-            model.family,
-            &fitted,
-            &summary,
-            null_deviance,
-            json!({
-                "minCell": gate.min_cell,
-                "minRegions": gate.min_regions,
-                "rounding": gate.rounding,
-                "notes": [
-                    "each contributing region has at least minCell usable rows, minCell rows in every level of a categorical predictor and every outcome class, and at least three rows per parameter",
-                    "only the fitted model is released; the regions' matrices stay at the hub",
-                    "regions' row counts are rounded; the total is exact"
-                ],
-            }),
-        );
-        self.record(
-            "regress",
-            who,
-            raw,
-            &reports,
-            format!(
-                "a {} model of {} term(s) over {} row(s) from {} region(s); no rows, no matrices",
-                model.family.as_str(),
-                design.terms.len(),
-                fitted.n,
-                contributors.len()
-            ),
-        )
-        .await?;
-        Ok(reply)
+            .await?;
+        Ok(FitAcross {
+            close: request(RegressStep::Close),
+            expected: Box::new(move |design, beta| request(RegressStep::Expected { design, beta })),
+            parts,
+            reports,
+            contributors,
+            design,
+            gate,
+            result,
+        })
     }
 
     /// Runs the rounds of the model and of its null model. `Ok(Err(why))`: no model (too few

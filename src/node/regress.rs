@@ -160,6 +160,50 @@ impl FhirService {
             Ok(t) => t,
             Err(why) => return Ok(Err(why)),
         };
+        self.hold(fit, model.family, table).map(Ok)
+    }
+
+    /// Opens a fit of a pathway cohort's risk model: the population of `group` over the
+    /// period, with its outcome, held for the rounds like a view's rows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn regress_open_cohort(
+        &self,
+        fit: &str,
+        pathway: &crate::pathways::Pathway,
+        start: &str,
+        end: &str,
+        group: &str,
+        model: &Model,
+        min_cell: u64,
+    ) -> Result<Result<Opened, String>, Error> {
+        let episodes = self.episodes(Budget::new(&self.settings))?;
+        let rows: Vec<(u64, crate::views::Row)> = episodes
+            .iter()
+            .filter_map(|e| {
+                pathway
+                    .outcome_in(e, group, start, end)
+                    .map(|y| (e.key, crate::federation::regress::cohort_row(e, y)))
+            })
+            .collect();
+        let columns = crate::federation::regress::cohort_columns(model);
+        let table = Table::from_rows(model, &columns, rows.iter().map(|(k, r)| (*k, r)));
+        if let Some(why) = table.refusal(model, min_cell) {
+            return Ok(Err(why));
+        }
+        let signature = format!(
+            "cohort {} {} {start} {end} {group} {}",
+            pathway.id,
+            pathway.version,
+            serde_json::to_string(model).unwrap_or_default()
+        );
+        if let Some(why) = self.regressions.differencing(&signature, &table.keys, min_cell) {
+            return Ok(Err(why));
+        }
+        self.hold(fit, model.family, table).map(Ok)
+    }
+
+    /// Keeps `table` for the rounds of `fit`.
+    fn hold(&self, fit: &str, family: Family, table: Table) -> Result<Opened, Error> {
         let opened = Opened {
             n: table.n(),
             missing: table.missing,
@@ -177,11 +221,32 @@ impl FhirService {
             fit.to_string(),
             Open {
                 touched: Instant::now(),
-                family: model.family,
+                family,
                 fit: Arc::new(Mutex::new(Fit::new(table))),
             },
         );
-        Ok(Ok(opened))
+        Ok(opened)
+    }
+
+    /// Expected outcomes per provider at the fitted coefficients of an open cohort fit.
+    pub fn regress_expected(
+        &self,
+        fit: &str,
+        design: &Design,
+        beta: &[f64],
+    ) -> Result<Result<crate::federation::regress::Expected, String>, Error> {
+        let (family, session) = self.open_fit(fit)?;
+        let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(session.expected(family, design, beta))
+    }
+
+    fn open_fit(&self, fit: &str) -> Result<(Family, Arc<Mutex<Fit>>), Error> {
+        self.regressions.get(fit).ok_or_else(|| {
+            Error::NotFound(
+                "regression".into(),
+                format!("{fit} (not open here, or idle for more than {} s)", IDLE.as_secs()),
+            )
+        })
     }
 
     /// This node's part of one round of an open fit; `Err` says why the node stops taking part.
@@ -191,12 +256,7 @@ impl FhirService {
         design: &Design,
         beta: Option<&[f64]>,
     ) -> Result<Result<Part, String>, Error> {
-        let Some((family, session)) = self.regressions.get(fit) else {
-            return Err(Error::NotFound(
-                "regression".into(),
-                format!("{fit} (not open here, or idle for more than {} s)", IDLE.as_secs()),
-            ));
-        };
+        let (family, session) = self.open_fit(fit)?;
         let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
         let n = session.table.n();
         if design.p() as u64 * 3 > n {

@@ -463,6 +463,22 @@ impl Pathway {
         })
     }
 
+    /// Whether `e` is in `group`'s population over [`start`, `end`], and if so whether it is
+    /// in its numerator (for `mortality`: an admission, and a death) — a row of a risk model.
+    pub fn outcome_in(&self, e: &Episode, group: &str, start: &str, end: &str) -> Option<bool> {
+        let d = e.discharge_date.as_deref()?;
+        if d < start || d > end || !self.in_cohort(e) {
+            return None;
+        }
+        let bits = self.membership(e);
+        if group == MORTALITY {
+            let admissions = self.groups.iter().position(|g| g.code == ADMISSIONS)?;
+            return (bits & (1 << admissions) != 0).then_some(e.died);
+        }
+        let gi = self.groups.iter().position(|g| g.code == group)?;
+        Some(bits & (1 << gi) != 0)
+    }
+
     /// Counts over `episodes` discharged within [`start`, `end`] (`YYYY-MM-DD`, inclusive).
     pub fn count<'a>(&self, episodes: impl IntoIterator<Item = &'a Episode>, start: &str, end: &str) -> Counts {
         let codes = self.group_codes();

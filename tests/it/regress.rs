@@ -562,3 +562,138 @@ async fn a_region_fits_its_own_rows_with_offsets_and_separation_is_named() {
     assert_eq!(s, 403);
     node.stop().await;
 }
+
+/// `$benchmark?adjustment=logistic`: expected deaths per provider from a federated
+/// logistic model of the cohort. At the maximum-likelihood fit the expected deaths
+/// add up to the observed ones; the model is the one a hub over a single node holding
+/// every region's episodes fits; and a provider's figures come from the model's rows.
+#[tokio::test]
+async fn benchmarks_adjust_by_a_federated_logistic_model() {
+    const OPEN: Disclosure = Disclosure {
+        min_cell: 1,
+        rounding: 1,
+        noise: 0,
+        min_regions: 1,
+    };
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path(), &["nenc", "yh", "gm", "nwc", "all"], &[]).unwrap();
+    let mut nodes = Vec::new();
+    for r in REGIONS {
+        nodes.push(node(r, certs.path(), OPEN).await);
+    }
+    let whole = node("all", certs.path(), OPEN).await;
+    let all_vendor = as_client(certs.path(), &whole.node.base_url(), "tester").await;
+    for (n, r) in nodes.iter().zip(REGIONS) {
+        let vendor = as_client(certs.path(), &n.node.base_url(), "tester").await;
+        let extract = pennine::demo::sus_extract(r, 5, 600);
+        load(&vendor, n, extract.clone()).await;
+        load(&all_vendor, &whole, extract).await;
+    }
+    let urls: Vec<(&str, String)> = REGIONS
+        .iter()
+        .zip(&nodes)
+        .map(|(r, n)| (*r, n.node.base_url()))
+        .collect();
+    let (split_hub, _d1) = hub(&urls, certs.path(), OPEN, Duration::from_secs(30)).await;
+    let (one_hub, _d2) = hub(
+        &[("all", whole.node.base_url())],
+        certs.path(),
+        OPEN,
+        Duration::from_secs(30),
+    )
+    .await;
+    let get = |hub: &pennine::startup::RunningHub, query: &str| {
+        let url = format!(
+            "{}/fhir/Measure/chc-copd/$benchmark?periodStart=2025&periodEnd=2025{query}",
+            hub.base_url()
+        );
+        let certs = certs.path().to_path_buf();
+        let base = hub.base_url();
+        async move {
+            let partner = as_client(&certs, &base, "partner").await;
+            let res = partner.get(url).send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, indirect) = get(&split_hub, "").await;
+    assert_eq!(s, 200, "{indirect}");
+    assert_eq!(indirect["adjustment"]["method"], "indirect-standardisation");
+    let (s, split) = get(&split_hub, "&adjustment=logistic&predictors=age,sex").await;
+    assert_eq!(s, 200, "{split}");
+    let model = &split["adjustment"]["model"];
+    assert_eq!(split["adjustment"]["method"], "logistic");
+    let terms: Vec<&str> = model["coefficients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["term"].as_str().unwrap())
+        .collect();
+    assert_eq!(terms, ["(Intercept)", "age", "sex[male]"], "{model}");
+    let c = model["cStatistic"].as_f64().unwrap();
+    assert!(c > 0.5 && c < 1.0, "{model}");
+    // The demo's risk of death rises with age: the model finds it.
+    assert!(model["coefficients"][1]["estimate"].as_f64().unwrap() > 0.0, "{model}");
+    // At the fit, expected deaths add up to observed deaths over the cohort.
+    let providers = split["providers"].as_array().unwrap();
+    assert!(providers.len() >= 8, "{split}");
+    let (mut observed, mut expected, mut n) = (0.0, 0.0, 0u64);
+    for p in providers {
+        assert!(p["withheld"].is_null(), "{p}");
+        observed += p["observed"].as_f64().unwrap();
+        expected += p["expected"].as_f64().unwrap();
+        n += p["n"].as_u64().unwrap();
+    }
+    assert!(
+        (observed - expected).abs() < 1e-6 * observed,
+        "{observed} vs {expected}"
+    );
+    assert_eq!(n, model["n"].as_u64().unwrap());
+    // The same model as over every episode at one node.
+    let (s, one) = get(&one_hub, "&adjustment=logistic&predictors=age,sex").await;
+    assert_eq!(s, 200, "{one}");
+    let other = &one["adjustment"]["model"];
+    for (a, b) in model["coefficients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(other["coefficients"].as_array().unwrap())
+    {
+        for k in ["estimate", "stdError"] {
+            let (u, v) = (a[k].as_f64().unwrap(), b[k].as_f64().unwrap());
+            assert!(close(u, v, 1e-8), "{k}: {u} vs {v}");
+        }
+    }
+    assert!(close(c, other["cStatistic"].as_f64().unwrap(), 1e-12));
+    // Under the default gate the model's providers pass the same gate as indirect
+    // standardisation's: small ones are named with the reason and no figure.
+    let (gated_hub, _d3) = hub(&urls, certs.path(), Disclosure::default(), Duration::from_secs(30)).await;
+    let (s, gated) = get(&gated_hub, "&adjustment=logistic&predictors=age,sex").await;
+    assert_eq!(s, 200, "{gated}");
+    let mut withheld = 0;
+    for p in gated["providers"].as_array().unwrap() {
+        match p["withheld"].as_str() {
+            Some(why) => {
+                withheld += 1;
+                assert!(why.contains("at least 10"), "{why}");
+                assert!(p.get("observed").is_none() && p.get("expected").is_none(), "{p}");
+            }
+            None => {
+                let (n, o) = (p["n"].as_u64().unwrap(), p["observed"].as_u64().unwrap());
+                assert!(n >= 10 && o >= 10 && n % 5 == 0 && o % 5 == 0, "{p}");
+            }
+        }
+    }
+    assert!(withheld > 0, "600 episodes per region leave small providers: {gated}");
+    // Unknown adjustments and predictors are refused, naming them.
+    let (s, body) = get(&split_hub, "&adjustment=magic").await;
+    assert_eq!(s, 400, "{body}");
+    let (s, body) = get(&split_hub, "&adjustment=logistic&predictors=age,provider").await;
+    assert_eq!(s, 400, "{body}");
+    assert!(body.to_string().contains("provider"), "{body}");
+    let (s, body) = get(&split_hub, "&predictors=age").await;
+    assert_eq!(s, 400, "{body}");
+    for n in nodes.into_iter().chain([whole]) {
+        n.stop().await;
+    }
+}
