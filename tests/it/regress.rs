@@ -541,6 +541,15 @@ async fn a_region_fits_its_own_rows_with_offsets_and_separation_is_named() {
     let (s, body) = post(&node.client, &url, &sep).await;
     assert_eq!(s, 422, "{body}");
     assert!(body.to_string().contains("separation"), "{body}");
+    // A "categorical" predictor with a level per age is not a category: refused, not fitted.
+    let (s, body) = post(
+        &node.client,
+        &url,
+        &json!({"view": view, "outcome": "diagnoses", "predictors": [{"column": "age", "categorical": true}]}),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    assert!(body.to_string().contains("more than 50 levels"), "{body}");
     // An offset is for Poisson models only; regions are for the hub.
     let (s, body) = post(
         &node.client,
