@@ -193,7 +193,13 @@ async fn ready(hub: web::Data<Hub>) -> HttpResponse {
     }))
 }
 
-async fn metadata(hub: web::Data<Hub>) -> HttpResponse {
+/// The server's root URL as the client reached it.
+fn root_of(req: &HttpRequest) -> String {
+    let ci = req.connection_info();
+    format!("{}://{}", ci.scheme(), ci.host())
+}
+
+async fn metadata(req: HttpRequest, hub: web::Data<Hub>) -> HttpResponse {
     let statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -210,6 +216,7 @@ async fn metadata(hub: web::Data<Hub>) -> HttpResponse {
                 hub.config.nodes.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join(", ")
             ),
             "resource": [{"type": "AuditEvent", "interaction": [{"code": "search-type"}]}],
+            "security": crate::node::smart_security(&root_of(&req)),
             "interaction": [{"code": "search-system"}],
             "operation": [{"name": "aggregate", "definition": "https://pennine.nhs.example/fhir/OperationDefinition/aggregate"}]
         }]
@@ -417,13 +424,12 @@ pub fn serve_hub(
                 let t = HUB_ROUTES;
                 route(cfg, t, "GET", "/health", web::get().to(health));
                 route(cfg, t, "GET", "/ready", web::get().to(ready));
-                route(
-                    cfg,
-                    t,
-                    "GET",
+                for path in [
                     "/.well-known/smart-configuration",
-                    web::get().to(smart_configuration),
-                );
+                    "/fhir/.well-known/smart-configuration",
+                ] {
+                    route(cfg, t, "GET", path, web::get().to(smart_configuration));
+                }
                 route(cfg, t, "POST", "/auth/token", web::post().to(token));
                 route(cfg, t, "GET", "/fhir/metadata", web::get().to(metadata));
                 route(cfg, t, "POST", "/fhir/$aggregate", web::post().to(aggregate));

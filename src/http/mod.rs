@@ -255,13 +255,20 @@ pub fn serve_node(parts: NodeParts) -> Result<Serving, ServeError> {
                 use access::route;
                 route(cfg, NODE_ROUTES, "GET", "/health", web::get().to(health));
                 route(cfg, NODE_ROUTES, "GET", "/ready", web::get().to(ready));
-                route(
-                    cfg,
-                    NODE_ROUTES,
-                    "GET",
+                // SMART's discovery document, at the server root and at the FHIR base (where the
+                // specification and its test kits look: `[base]/.well-known/smart-configuration`).
+                for path in [
                     "/.well-known/smart-configuration",
-                    web::get().to(access::smart_configuration),
-                );
+                    "/fhir/.well-known/smart-configuration",
+                ] {
+                    route(
+                        cfg,
+                        NODE_ROUTES,
+                        "GET",
+                        path,
+                        web::get().to(access::smart_configuration),
+                    );
+                }
                 route(cfg, NODE_ROUTES, "POST", "/auth/token", web::post().to(access::token));
             })
             .configure(views::configure)

@@ -85,6 +85,7 @@ pub fn capability_statement(registry: &Registry, base: &str, software_name: &str
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            "security": smart_security(base.strip_suffix("/fhir").unwrap_or(base)),
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
             "searchParam": [
@@ -97,5 +98,25 @@ pub fn capability_statement(registry: &Registry, base: &str, software_name: &str
                 {"name": "_revinclude", "type": "string"}
             ],
         }],
+    })
+}
+
+/// `rest.security` for SMART Backend Services: the service coding and the token endpoint in
+/// the `oauth-uris` extension, where FHIR clients (fhirclient, fhir-kit-client) look for it.
+pub fn smart_security(root: &str) -> Value {
+    json!({
+        "cors": false,
+        "service": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR"
+            }],
+            "text": "OAuth2 client credentials as SMART Backend Services (private_key_jwt or client_secret_basic)"
+        }],
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [{"url": "token", "valueUri": format!("{root}/auth/token")}]
+        }],
+        "description": "Every request but metadata, health and the SMART configuration needs a bearer token from the token endpoint; the discovery document is at [base]/.well-known/smart-configuration."
     })
 }

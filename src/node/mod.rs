@@ -15,7 +15,7 @@ mod searchset;
 
 use crate::error::Error;
 pub use bundle::{response_bundle, BundleKind, BundleOutcome, Entry, EntryRequest, EntryResult};
-pub use capability::capability_statement;
+pub use capability::{capability_statement, smart_security};
 pub use crud::{Conditional, Found, WriteOutcome, WriteResult};
 pub use prepare::{Checked, Prepared};
 pub use searchset::SearchContext;

@@ -69,6 +69,7 @@ fn node_sample(method: &'static str, path: &str, id: &str) -> Sample {
         ("GET", "/health")
         | ("GET", "/ready")
         | ("GET", "/.well-known/smart-configuration")
+        | ("GET", "/fhir/.well-known/smart-configuration")
         | ("GET", "/fhir/metadata") => (path.into(), None, None),
         ("POST", "/auth/token") => (
             path.into(),
@@ -243,6 +244,7 @@ fn hub_sample(method: &'static str, path: &str) -> Vec<Sample> {
         ("GET", "/health")
         | ("GET", "/ready")
         | ("GET", "/.well-known/smart-configuration")
+        | ("GET", "/fhir/.well-known/smart-configuration")
         | ("GET", "/fhir/metadata") => {
             vec![s(path, None, None)]
         }
@@ -721,6 +723,37 @@ async fn signed_assertions_are_checked_like_smart_backend_services_requires() {
         .await
         .unwrap();
     let token_url = config["token_endpoint"].as_str().unwrap().to_string();
+    // The same document at the FHIR base, where SMART clients and test kits look, and the
+    // token endpoint in the CapabilityStatement's rest.security (SMART's oauth-uris).
+    let at_base: Value = http
+        .get(format!("{}/.well-known/smart-configuration", node.fhir))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(at_base, config);
+    let statement: Value = http
+        .get(format!("{}/metadata", node.fhir))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let security = &statement["rest"][0]["security"];
+    assert_eq!(
+        security["service"][0]["coding"][0]["code"], "SMART-on-FHIR",
+        "{security}"
+    );
+    let oauth = &security["extension"][0];
+    assert_eq!(
+        oauth["url"],
+        "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+    );
+    assert_eq!(oauth["extension"][0]["url"], "token");
+    assert_eq!(oauth["extension"][0]["valueUri"], token_url.as_str());
     assert!(config["token_endpoint_auth_signing_alg_values_supported"]
         .to_string()
         .contains("ES384"));
