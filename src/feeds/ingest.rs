@@ -125,6 +125,9 @@ pub struct Feeds {
     pub dead: DeadLetters,
 }
 
+/// How a refusal of a reused control id begins (told apart from other conflicts).
+const REUSED: &str = "control id reused";
+
 /// How often an optimistic update is retried when another writer got there first.
 const RETRIES: usize = 4;
 
@@ -302,6 +305,31 @@ impl Feeds {
             }
         }
         let e = last_error.unwrap_or_else(|| Error::Conflict("too many concurrent changes".into()));
+        if let Error::Conflict(why) = &e {
+            if why.starts_with(REUSED) {
+                // Not a passing failure: resending the same message cannot succeed (AR).
+                let findings = vec![Finding {
+                    issue: Issue::error(IssueCode::Duplicate, why.clone()),
+                    location: Some(hl7v2::translate::Location {
+                        segment: "MSH".into(),
+                        sequence: 1,
+                        field: 10,
+                    }),
+                }];
+                return MessageResult {
+                    code: AckCode::AR,
+                    ack: ack::ack(Some(&header), AckCode::AR, &findings, why, now),
+                    control_id: Some(header.control_id.clone()),
+                    message_type: Some(header.message_type()),
+                    sender: Some(header.sender()),
+                    issues: findings.iter().map(Finding::to_issue).collect(),
+                    stored: Vec::new(),
+                    provenance: None,
+                    duplicate: false,
+                    dead_letter: None,
+                };
+            }
+        }
         let mut findings: Vec<Finding> = e
             .issues()
             .into_iter()
@@ -475,9 +503,39 @@ impl Feeds {
                 }
                 Ok((stored, false, notes))
             }
-            Err(Error::AlreadyApplied(_)) => Ok((Vec::new(), true, notes)),
+            Err(Error::AlreadyApplied(_)) => match self.reused_control_id(t)? {
+                None => Ok((Vec::new(), true, notes)),
+                Some(when) => Err(Error::Conflict(format!(
+                    "{REUSED}: message {} from {} was applied on {when} with other content; this one is refused and kept as a dead letter — send it with a control id (MSH-10) of its own",
+                    t.header.control_id,
+                    t.header.sender()
+                ))),
+            },
             Err(e) => Err(e),
         }
+    }
+
+    /// When the message applied under this one's control id had another content digest, the
+    /// time it was recorded (`None`: the same message again, or one kept before digests were).
+    fn reused_control_id(&self, t: &Translation) -> Result<Option<String>, Error> {
+        let digest_of = |p: &Value| {
+            p["entity"].as_array().and_then(|es| {
+                es.iter()
+                    .find(|e| e["what"]["identifier"]["system"] == hl7v2::translate::DIGEST_SYSTEM)
+                    .and_then(|e| e["what"]["identifier"]["value"].as_str().map(str::to_string))
+            })
+        };
+        let ours = t.resources.last().and_then(digest_of);
+        let Some(stored) = self.service.store.read("Provenance", &t.header.provenance_id())? else {
+            return Ok(None);
+        };
+        let Some(Ok(prior)) = stored.json.as_ref().map(|j| serde_json::from_slice::<Value>(j)) else {
+            return Ok(None);
+        };
+        Ok(match (digest_of(&prior), ours) {
+            (Some(a), Some(b)) if a != b => Some(prior["recorded"].as_str().unwrap_or("an earlier date").to_string()),
+            _ => None,
+        })
     }
 
     /// Whether `r` is an Organization, Location or Practitioner stored with exactly this content.

@@ -499,6 +499,50 @@ async fn http_feed_stores_updates_and_refuses_with_reasons() {
     node.stop().await;
 }
 
+/// A resend (the same content, even re-stamped in MSH-7 or with other line ends) is a
+/// duplicate; a different message under a used control id is refused (AR) and kept.
+#[tokio::test]
+async fn a_reused_control_id_is_refused_and_kept_not_dropped() {
+    let node = spawn_node().await;
+    let reply = post_hl7(&node, ADT_A01).await;
+    assert_eq!(reply["entry"][0]["response"]["status"], "201 Created", "{reply}");
+    // The same message later: another MSH-7 and \n line ends.
+    let resend = with(ADT_A01, "CTRL-1", |s| {
+        s.replace("|20240715093000||ADT", "|20240716080000||ADT")
+    })
+    .replace('\r', "\n");
+    let reply = post_hl7(&node, &resend).await;
+    assert_eq!(reply["entry"][0]["response"]["status"], "200 OK", "{reply}");
+    assert!(ack_of(&reply["entry"][0]).contains("MSA|AA|CTRL-1"));
+    assert_eq!(open_dead_letters(&node).await["total"], 0);
+    // Another patient under the same control id (as the corpus' ADT-A01-01 and ADT-A03-01 do).
+    let other = with(ADT_A01, "CTRL-1", |s| s.replace("Smith^Ann", "Brown^Bea"));
+    let reply = post_hl7(&node, &other).await;
+    let entry = &reply["entry"][0];
+    let ack = ack_of(entry);
+    assert!(ack.contains("MSA|AR|CTRL-1"), "{ack}");
+    assert!(ack.contains("|MSH^1^10|"), "the ERR points at MSH-10: {ack}");
+    let diag = entry["response"]["outcome"]["issue"][0]["diagnostics"]
+        .as_str()
+        .unwrap();
+    assert!(
+        diag.contains("control id reused") && diag.contains("dead letter"),
+        "{diag}"
+    );
+    // Nothing of it was applied, and it is kept, raw, for an administrator to resend.
+    let patient = &node.get_json("Patient").await["entry"][0]["resource"];
+    assert_eq!(patient["name"][0]["family"], "Smith");
+    assert_eq!(node.total("Patient").await, 1);
+    let letters = open_dead_letters(&node).await;
+    assert_eq!(letters["total"], 1, "{letters}");
+    assert!(letters["deadLetters"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Brown^Bea"));
+    assert_eq!(letters["deadLetters"][0]["reference"], "CTRL-1");
+    node.stop().await;
+}
+
 #[tokio::test]
 async fn nhs_numbers_are_checked_and_unknown_content_reported() {
     let node = spawn_node().await;
@@ -814,9 +858,12 @@ async fn whole_hl7v2_corpus_through_http_stores_every_translated_message() {
         .map(|e| e.path())
         .collect();
     files.sort();
-    let (mut stored, mut refused) = (0, 0);
-    for f in files {
-        let text = pennine::feeds::decode_text(&std::fs::read(&f).unwrap());
+    let (mut stored, mut refused, mut reused) = (0, 0, 0);
+    // The corpus gives one control id to several different messages of one sender (MSG00001 in
+    // ADT-A01-01, ADT-A01-02, ADT-A03-01...): after the first, each is refused and kept.
+    let mut seen: std::collections::HashMap<(String, String), String> = std::collections::HashMap::new();
+    for f in &files {
+        let text = pennine::feeds::decode_text(&std::fs::read(f).unwrap());
         let reply = post_hl7(&node, &text).await;
         for e in reply["entry"].as_array().unwrap() {
             let status = e["response"]["status"].as_str().unwrap();
@@ -825,7 +872,31 @@ async fn whole_hl7v2_corpus_through_http_stores_every_translated_message() {
                 .first()
                 .map(|m| translate(m, NOW).is_ok())
                 .unwrap_or(false);
-            if translated {
+            let msh: Vec<&str> = text.split(['\r', '\n']).next().unwrap_or("").split('|').collect();
+            let key = (
+                format!("{}|{}", msh.get(2).unwrap_or(&""), msh.get(3).unwrap_or(&"")),
+                msh.get(9).unwrap_or(&"").to_string(),
+            );
+            let body: String = text
+                .split(['\r', '\n'])
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("\r");
+            let earlier = if translated { seen.get(&key).cloned() } else { None };
+            if translated && earlier.is_none() {
+                seen.insert(key.clone(), body.clone());
+            }
+            if earlier.as_ref().is_some_and(|b| *b != body) {
+                assert_eq!(
+                    status,
+                    "400 Bad Request",
+                    "{}: {}",
+                    f.display(),
+                    e["response"]["outcome"]
+                );
+                assert!(ack.contains("MSA|AR") && ack.contains("control id reused"), "{ack}");
+                reused += 1;
+            } else if translated {
                 // Every message the translator accepts is valid FHIR the store accepts.
                 assert!(
                     status == "201 Created" || status == "200 OK",
@@ -841,8 +912,59 @@ async fn whole_hl7v2_corpus_through_http_stores_every_translated_message() {
             }
         }
     }
-    println!("FHIR-Converter corpus over HTTP: {stored} stored, {refused} refused");
-    assert!(stored >= 50);
+    println!("FHIR-Converter corpus over HTTP: {stored} stored, {refused} refused, {reused} reusing a control id");
+    assert!(stored >= 10 && reused >= 2, "{stored} stored, {reused} reused");
+    // Every message refused for its control id is kept as a dead letter.
+    let letters = open_dead_letters(&node).await;
+    let kept = letters["deadLetters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l.to_string().contains("control id reused"))
+        .count();
+    assert_eq!(kept, reused, "{letters}");
+    node.stop().await;
+
+    // The same corpus with a control id of each message's own (as a sender that follows the
+    // standard sends it): every message the translator accepts is stored.
+    let node = spawn_node().await;
+    let mut stored = 0;
+    for f in &files {
+        let text = pennine::feeds::decode_text(&std::fs::read(f).unwrap());
+        let stem = f.file_stem().unwrap().to_string_lossy().to_string();
+        let text: String = text
+            .split_inclusive(['\r', '\n'])
+            .map(|line| {
+                if line.starts_with("MSH") {
+                    let mut fields: Vec<String> = line.split('|').map(str::to_string).collect();
+                    if let Some(id) = fields.get_mut(9) {
+                        *id = format!("{id}-{stem}");
+                    }
+                    fields.join("|")
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect();
+        let translated = split_messages(&text)
+            .first()
+            .map(|m| translate(m, NOW).is_ok())
+            .unwrap_or(false);
+        let reply = post_hl7(&node, &text).await;
+        for e in reply["entry"].as_array().unwrap() {
+            let status = e["response"]["status"].as_str().unwrap();
+            if translated {
+                assert!(
+                    status == "201 Created" || status == "200 OK",
+                    "{}: {status} {}",
+                    f.display(),
+                    e["response"]["outcome"]
+                );
+                stored += 1;
+            }
+        }
+    }
+    assert!(stored >= 50, "{stored}");
     node.stop().await;
 }
 

@@ -277,7 +277,42 @@ pub fn translate(text: &str, recorded: &str) -> Result<Translation, Refused> {
         return Err(refuse(AckCode::AE, errors));
     }
     t.findings.extend(cx.unmapped());
+    // The message's content digest beside its control id in the Provenance: a resend (the
+    // same content) is a duplicate; another message with a used control id is not.
+    if let Some(p) = t.resources.last_mut().filter(|r| r["resourceType"] == "Provenance") {
+        if let Some(entities) = p["entity"].as_array_mut() {
+            entities.push(json!({
+                "role": "source",
+                "what": {"identifier": {"system": DIGEST_SYSTEM, "value": content_digest(text)}}
+            }));
+        }
+    }
     Ok(t)
+}
+
+/// The identifier system of a message's content digest in its Provenance.
+pub const DIGEST_SYSTEM: &str = "urn:pennine:hl7v2:message-sha256";
+
+/// SHA-256 of a message's segments (line ends and blank lines aside) without MSH-7, the
+/// time a sender may stamp again when it resends.
+pub fn content_digest(text: &str) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for seg in text.split(['\r', '\n']).filter(|s| !s.trim().is_empty()) {
+        // "MSH" is ASCII, so slicing after it is safe; the next character separates fields.
+        if let Some(sep) = seg.strip_prefix("MSH").and_then(|rest| rest.chars().next()) {
+            for (i, f) in seg.split(sep).enumerate() {
+                // Field 0 is "MSH"; the separator itself is MSH-1, so MSH-7 is the 6th piece.
+                if i != 6 {
+                    ctx.update(f.as_bytes());
+                }
+                ctx.update(b"|");
+            }
+        } else {
+            ctx.update(seg.as_bytes());
+        }
+        ctx.update(b"\r");
+    }
+    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The state of one translation: the message, which fields were read, and the
