@@ -97,6 +97,10 @@ layered_settings! {
         /// Largest request body accepted, in bytes (default 64 MiB).
         #[arg(long, env = "PENNINE_MAX_BODY_BYTES")]
         pub max_body_bytes: Option<usize>,
+        /// Bytes of open dead letters kept whole per sender (default 64 MiB); past them a
+        /// letter keeps only its first 4 KiB.
+        #[arg(long, env = "PENNINE_DEAD_LETTER_QUOTA_BYTES")]
+        pub dead_letter_quota_bytes: Option<usize>,
         /// HTTP worker threads (default: one per core).
         #[arg(long, env = "PENNINE_WORKERS")]
         pub workers: Option<usize>,
@@ -344,6 +348,8 @@ pub struct NodeConfig {
     /// The public FHIR base URL, when the node sits behind a proxy.
     pub public_url: Option<String>,
     pub max_body_bytes: usize,
+    /// Bytes of open dead letters kept whole per sender.
+    pub dead_letter_quota: usize,
     pub workers: usize,
     pub storage: StorageConfig,
     pub service: ServiceSettings,
@@ -366,6 +372,7 @@ impl NodeConfig {
             data: data.to_path_buf(),
             public_url: None,
             max_body_bytes: 64 * 1024 * 1024,
+            dead_letter_quota: crate::feeds::dead_letters::QUOTA_BYTES,
             workers: 2,
             storage: StorageConfig::Embedded,
             service: ServiceSettings::default(),
@@ -451,6 +458,9 @@ impl NodeConfig {
         if max_body_bytes < 1024 {
             return Err(ConfigError::Invalid("max_body_bytes must be at least 1024".into()));
         }
+        let dead_letter_quota = s
+            .dead_letter_quota_bytes
+            .unwrap_or(crate::feeds::dead_letters::QUOTA_BYTES);
         let workers = s.workers.unwrap_or_else(default_workers);
         if workers == 0 {
             return Err(ConfigError::Invalid("workers must be at least 1".into()));
@@ -472,6 +482,7 @@ impl NodeConfig {
             data,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
             max_body_bytes,
+            dead_letter_quota,
             workers,
             storage,
             service,

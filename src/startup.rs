@@ -156,7 +156,10 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         .with_pathways(pathways)
         .with_record_keys(record_keys(&config.data)?);
     let dead_letters = open_store(beside(&config.storage, "deadletters"), config.data.join("dead-letters")).await?;
-    let feeds = Feeds::new(service.clone(), DeadLetters::new(dead_letters.clone()));
+    let feeds = Feeds::new(
+        service.clone(),
+        DeadLetters::new(dead_letters.clone()).with_quota(config.dead_letter_quota),
+    );
     let mllp = match &config.mllp {
         Some(listen) => Some(
             crate::feeds::mllp::start(listen, feeds.clone())

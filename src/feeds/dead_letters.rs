@@ -63,14 +63,121 @@ impl DeadLetter {
     }
 }
 
+/// Per sender (an authenticated client, or an MLLP peer's address), open letters are kept
+/// up to this many bytes; past them a letter keeps only its first `TRUNCATED` bytes; past
+/// `QUOTA_LETTERS` none is kept (the sender has its refusal and keeps its message).
+pub const QUOTA_BYTES: usize = 64 << 20;
+pub const QUOTA_LETTERS: u64 = 10_000;
+pub const TRUNCATED: usize = 4096;
+
+/// What became of a letter offered to `keep`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kept {
+    Whole(String),
+    /// Kept with the first `TRUNCATED` bytes of its content.
+    Truncated(String),
+    /// Not kept: the sender's quota of letters is full.
+    NotKept(String),
+}
+
+impl Kept {
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Kept::Whole(id) | Kept::Truncated(id) => Some(id),
+            Kept::NotKept(_) => None,
+        }
+    }
+}
+
+/// Open letters' bytes and count per sender, as counted by this process (loaded from the
+/// store on first use; letters replayed since are still counted until a restart).
+type Usage = std::collections::HashMap<String, (usize, u64)>;
+
 #[derive(Clone)]
 pub struct DeadLetters {
     store: Arc<dyn Store>,
+    usage: Arc<std::sync::Mutex<Option<Usage>>>,
+    quota: usize,
+}
+
+/// Whom a quota is for: an MLLP peer by its address without the port (each connection has
+/// its own), anyone else as the source names them.
+fn quota_key(source: Option<&str>) -> String {
+    match source {
+        Some(s) if s.starts_with("MLLP peer ") => {
+            let peer = s.trim_start_matches("MLLP peer ");
+            match peer.rsplit_once(':') {
+                Some((host, _)) => format!("MLLP peer {host}"),
+                None => s.to_string(),
+            }
+        }
+        Some(s) => s.to_string(),
+        None => "unknown".into(),
+    }
 }
 
 impl DeadLetters {
     pub fn new(store: Arc<dyn Store>) -> DeadLetters {
-        DeadLetters { store }
+        DeadLetters {
+            store,
+            usage: Arc::default(),
+            quota: QUOTA_BYTES,
+        }
+    }
+
+    /// The same store keeping `bytes` of open letters whole per sender.
+    pub fn with_quota(mut self, bytes: usize) -> DeadLetters {
+        self.quota = bytes;
+        self
+    }
+
+    /// Keeps a new letter within its sender's quota (see `QUOTA_BYTES`).
+    pub fn keep(&self, mut letter: DeadLetter) -> Result<Kept, StoreError> {
+        let mut guard = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let mut usage = Usage::new();
+            let (open, _) = self.list(Some("open"), usize::MAX)?;
+            for l in open {
+                let u = usage.entry(quota_key(l.source.as_deref())).or_default();
+                u.0 += l.content.len();
+                u.1 += 1;
+            }
+            *guard = Some(usage);
+        }
+        let key = quota_key(letter.source.as_deref());
+        let usage = guard.get_or_insert_with(Usage::new).entry(key.clone()).or_default();
+        if usage.1 >= QUOTA_LETTERS {
+            return Ok(Kept::NotKept(format!(
+                "not kept as a dead letter: {key} already has {QUOTA_LETTERS} open ones (an administrator replays or clears them); keep the message and send it again later"
+            )));
+        }
+        let whole = letter.content.len();
+        let truncated = usage.0 + whole > self.quota;
+        if truncated {
+            let mut cut = TRUNCATED.min(whole);
+            while !letter.content.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            letter.content.truncate(cut);
+            letter.reasons.push(
+                crate::fhir::Issue::warning(
+                    crate::fhir::IssueCode::TooLong,
+                    format!(
+                        "only the first {cut} of {whole} bytes are kept: {key}'s open dead letters already hold their quota of {} bytes",
+                        self.quota
+                    ),
+                )
+                .to_json(),
+            );
+        }
+        self.put(&letter)?;
+        usage.0 += letter.content.len();
+        usage.1 += 1;
+        Ok(if truncated {
+            Kept::Truncated(letter.id)
+        } else {
+            Kept::Whole(letter.id)
+        })
     }
 
     /// Writes a letter (new or changed) durably.

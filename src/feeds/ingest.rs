@@ -10,7 +10,7 @@
 //! stored goes to the dead-letter store, raw and with its reasons, before the
 //! negative ACK is returned.
 
-use super::dead_letters::{DeadLetter, DeadLetters};
+use super::dead_letters::{DeadLetter, DeadLetters, Kept};
 use super::hl7v2::{self, ack, AckCode, Finding, Translation};
 use crate::error::Error;
 use crate::fhir::nhs::NHS_NUMBER_SYSTEM;
@@ -132,6 +132,28 @@ const REUSED: &str = "control id reused";
 const RETRIES: usize = 4;
 
 impl Feeds {
+    /// Keeps input that is not an HL7 v2 message at all (a body without MSH, bytes outside an
+    /// MLLP frame, an oversized frame's head), within the sender's quota; the reply names
+    /// the letter.
+    pub fn keep_garbage(&self, transport: &str, who: Option<String>, content: String, why: Issue) -> Issue {
+        let mut l = DeadLetter::new(transport, "hl7v2", content, std::slice::from_ref(&why));
+        l.source = who;
+        match self.dead.keep(l) {
+            Ok(Kept::Whole(id)) | Ok(Kept::Truncated(id)) => Issue {
+                diagnostics: format!("{} (kept as dead letter {id})", why.diagnostics),
+                ..why
+            },
+            Ok(Kept::NotKept(reason)) => Issue {
+                diagnostics: format!("{} ({reason})", why.diagnostics),
+                ..why
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write a dead letter");
+                why
+            }
+        }
+    }
+
     pub fn new(service: FhirService, dead: DeadLetters) -> Feeds {
         Feeds { service, dead }
     }
@@ -184,8 +206,13 @@ impl Feeds {
                     l.sender = outcome.sender.clone();
                     l.source = source.who.clone();
                     l.reference = outcome.control_id.clone();
-                    match self.dead.put(&l) {
-                        Ok(()) => outcome.dead_letter = Some(l.id),
+                    match self.dead.keep(l) {
+                        Ok(kept) => {
+                            if let Kept::NotKept(why) = &kept {
+                                outcome.issues.push(Issue::warning(IssueCode::TooCostly, why.clone()));
+                            }
+                            outcome.dead_letter = kept.id().map(str::to_string);
+                        }
                         Err(e) => {
                             // The sender is told to keep the message: nothing is lost.
                             tracing::error!(error = %e, "cannot write a dead letter");
@@ -846,8 +873,13 @@ impl Feeds {
                 let mut l = DeadLetter::new(&source.transport, &format!("csv/{mapping}"), content, &r.issues);
                 l.source = source.who.clone();
                 l.reference = Some(format!("line {}", r.line));
-                match self.dead.put(&l) {
-                    Ok(()) => r.dead_letter = Some(l.id),
+                match self.dead.keep(l) {
+                    Ok(kept) => {
+                        if let Kept::NotKept(why) = &kept {
+                            r.issues.push(Issue::warning(IssueCode::TooCostly, why.clone()));
+                        }
+                        r.dead_letter = kept.id().map(str::to_string);
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "cannot write a dead letter");
                         r.issues.push(Issue::error(

@@ -25,6 +25,8 @@ pub struct Decoder {
 #[error("an MLLP frame exceeded {limit} bytes")]
 pub struct FrameTooLarge {
     pub limit: usize,
+    /// The frame's first bytes, for the dead letter.
+    pub head: Vec<u8>,
 }
 
 impl Decoder {
@@ -62,8 +64,16 @@ impl Decoder {
                 }
                 None => {
                     if self.buf.len() > self.max_frame {
+                        let head = self.buf[1..]
+                            .iter()
+                            .take(super::dead_letters::TRUNCATED)
+                            .copied()
+                            .collect();
                         self.buf.clear();
-                        return Err(FrameTooLarge { limit: self.max_frame });
+                        return Err(FrameTooLarge {
+                            limit: self.max_frame,
+                            head,
+                        });
                     }
                     break;
                 }
@@ -183,10 +193,9 @@ async fn connection(
             Ok(f) => f,
             Err(e) => {
                 let now = crate::fhir::time::format_instant(crate::fhir::time::now_millis());
-                let finding = super::hl7v2::Finding {
-                    issue: crate::fhir::Issue::error(crate::fhir::IssueCode::TooLong, e.to_string()),
-                    location: None,
-                };
+                let why = crate::fhir::Issue::error(crate::fhir::IssueCode::TooLong, e.to_string());
+                let issue = keep_garbage(&feeds, &source, &e.head, why).await;
+                let finding = super::hl7v2::Finding { issue, location: None };
                 let ack = super::hl7v2::ack::ack(None, super::hl7v2::AckCode::AR, &[finding], &e.to_string(), &now);
                 stream.write_all(&frame(ack.as_bytes())).await?;
                 return Ok(());
@@ -195,7 +204,12 @@ async fn connection(
         for f in frames {
             match f {
                 Frame::Garbage(g) => {
-                    tracing::warn!(%peer, bytes = g.len(), "bytes outside an MLLP frame were ignored");
+                    tracing::warn!(%peer, bytes = g.len(), "bytes outside an MLLP frame: kept as a dead letter, not parsed");
+                    let why = crate::fhir::Issue::error(
+                        crate::fhir::IssueCode::Structure,
+                        format!("{} bytes outside an MLLP frame", g.len()),
+                    );
+                    keep_garbage(&feeds, &source, &g, why).await;
                 }
                 Frame::Message(bytes) => {
                     let text = super::decode_text(&bytes);
@@ -218,6 +232,20 @@ async fn connection(
             }
         }
     }
+}
+
+/// Keeps bytes that are no message as a dead letter, off the async threads.
+async fn keep_garbage(
+    feeds: &super::Feeds,
+    source: &super::Source,
+    bytes: &[u8],
+    why: crate::fhir::Issue,
+) -> crate::fhir::Issue {
+    let (feeds, who, text) = (feeds.clone(), source.who.clone(), super::decode_text(bytes));
+    let fallback = why.clone();
+    tokio::task::spawn_blocking(move || feeds.keep_garbage("mllp", who, text, why))
+        .await
+        .unwrap_or(fallback)
 }
 
 #[cfg(test)]
@@ -262,7 +290,9 @@ mod tests {
         let mut d = Decoder::new(16);
         assert!(d.push(b"\x0bMSH|half").unwrap().is_empty());
         assert_eq!(d.pending(), b"\x0bMSH|half");
-        assert_eq!(d.push(&[b'x'; 20]), Err(FrameTooLarge { limit: 16 }));
+        let mut head = b"MSH|half".to_vec();
+        head.extend([b'x'; 20]);
+        assert_eq!(d.push(&[b'x'; 20]), Err(FrameTooLarge { limit: 16, head }));
         assert!(d.pending().is_empty());
         // An FS without CR does not end a frame.
         let mut d = Decoder::new(1024);

@@ -65,10 +65,12 @@ async fn hl7v2(req: HttpRequest, payload: web::Payload, state: web::Data<AppStat
     let entries = blocking(move || {
         let messages = split_messages(&text);
         if messages.is_empty() {
-            return Err(Error::invalid(Issue::error(
+            // Kept all the same (within the sender's quota): what was received is never lost.
+            let why = Issue::error(
                 IssueCode::Structure,
                 "the body holds no HL7 v2 message (each must start with an MSH segment)",
-            )));
+            );
+            return Err(Error::invalid(feeds.keep_garbage("http", Some(who), text, why)));
         }
         let source = Source::new("http", Some(who));
         Ok(messages

@@ -496,6 +496,66 @@ async fn http_feed_stores_updates_and_refuses_with_reasons() {
     assert_eq!(res.status(), 400);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["resourceType"], "OperationOutcome");
+    // ...and what was received is kept all the same, with the reason.
+    let diag = body["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(diag.contains("kept as dead letter"), "{diag}");
+    let letters = open_dead_letters(&node).await;
+    assert_eq!(letters["total"], 2, "{letters}");
+    assert!(letters.to_string().contains("\"content\":\"hello\""), "{letters}");
+    node.stop().await;
+}
+
+/// Garbage over MLLP is kept as dead letters too, within the peer's quota: past it (64 MiB
+/// by default, 4 MiB here) a letter keeps only its first 4 KiB, so a hostile peer cannot
+/// fill the disk.
+#[tokio::test]
+async fn garbage_frames_are_kept_within_a_quota_per_peer() {
+    let node = spawn_node_with(|c| {
+        c.mllp = Some("127.0.0.1:0".into());
+        c.dead_letter_quota = 4 << 20;
+    })
+    .await;
+    let addr = node.mllp.unwrap();
+    let junk = "x".repeat(1 << 20);
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..5 {
+        let ack = send_frame(&mut stream, &junk).await;
+        assert!(ack.contains("MSA|AR"), "{}", &ack[..ack.len().min(300)]);
+    }
+    // Bytes outside a frame are no message: kept (and not answered).
+    stream.write_all(b"stray bytes\r\n").await.unwrap();
+    let ack = send_frame(&mut stream, "not hl7 either").await;
+    assert!(ack.contains("MSA|AR"));
+    drop(stream);
+    let res = node
+        .client
+        .get(format!("{}/feeds/dead-letters?status=open&_count=0", node.root))
+        .send()
+        .await
+        .unwrap();
+    let listed: Value = res.json().await.unwrap();
+    assert_eq!(listed["total"], 7, "five frames, the stray bytes and the last frame");
+    let res = node
+        .client
+        .get(format!("{}/feeds/dead-letters?status=open&_count=7", node.root))
+        .send()
+        .await
+        .unwrap();
+    let letters: Value = res.json().await.unwrap();
+    let sizes: Vec<usize> = letters["deadLetters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["content"].as_str().unwrap().len())
+        .collect();
+    // Four whole frames fit in 4 MiB; the fifth is cut to its head, with the reason.
+    assert_eq!(&sizes[..5], &[1 << 20, 1 << 20, 1 << 20, 1 << 20, 4096], "{sizes:?}");
+    assert!(letters["deadLetters"][4].to_string().contains("only the first 4096"));
+    assert!(letters["deadLetters"][5]["content"]
+        .as_str()
+        .unwrap()
+        .contains("stray bytes"));
+    assert_eq!(letters["deadLetters"][5]["source"], letters["deadLetters"][0]["source"]);
     node.stop().await;
 }
 
