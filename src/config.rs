@@ -158,6 +158,15 @@ layered_settings! {
         /// Also accept HL7 v2 over MLLP on this address (host:port); each message is acknowledged after it is stored.
         #[arg(long, env = "PENNINE_MLLP")]
         pub mllp: Option<String>,
+        /// Seconds an MLLP sender may take to finish a frame it started (default 30).
+        #[arg(long, env = "PENNINE_MLLP_FRAME_SECONDS")]
+        pub mllp_frame_seconds: Option<u64>,
+        /// Seconds an MLLP connection may stay silent between messages (default 600).
+        #[arg(long, env = "PENNINE_MLLP_IDLE_SECONDS")]
+        pub mllp_idle_seconds: Option<u64>,
+        /// MLLP connections open at once from one address (default 32).
+        #[arg(long, env = "PENNINE_MLLP_PER_PEER")]
+        pub mllp_per_peer: Option<usize>,
         /// Folder of regional profiles (StructureDefinitions, ValueSets, CodeSystems, a CapabilityStatement);
         /// default: the set built into the binary. A broken profile stops the node at start-up.
         #[arg(long, env = "PENNINE_PROFILES")]
@@ -361,6 +370,8 @@ pub struct NodeConfig {
     pub clients: Option<PathBuf>,
     /// Where to listen for HL7 v2 over MLLP (host:port), if at all.
     pub mllp: Option<String>,
+    /// How long MLLP senders may take and how many connections each may hold.
+    pub mllp_limits: crate::feeds::mllp::Limits,
 }
 
 impl NodeConfig {
@@ -380,6 +391,7 @@ impl NodeConfig {
             disclosure: Disclosure::default(),
             clients: None,
             mllp: None,
+            mllp_limits: crate::feeds::mllp::Limits::default(),
         }
     }
 
@@ -495,6 +507,20 @@ impl NodeConfig {
                     Some(m)
                 }
                 None => None,
+            },
+            mllp_limits: {
+                let d = crate::feeds::mllp::Limits::default();
+                let limits = crate::feeds::mllp::Limits {
+                    frame: s.mllp_frame_seconds.map_or(d.frame, std::time::Duration::from_secs),
+                    idle: s.mllp_idle_seconds.map_or(d.idle, std::time::Duration::from_secs),
+                    per_peer: s.mllp_per_peer.unwrap_or(d.per_peer),
+                };
+                if limits.frame.is_zero() || limits.idle.is_zero() || limits.per_peer == 0 {
+                    return Err(ConfigError::Invalid(
+                        "mllp_frame_seconds, mllp_idle_seconds and mllp_per_peer must be at least 1".into(),
+                    ));
+                }
+                limits
             },
         })
     }

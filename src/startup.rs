@@ -162,7 +162,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
     );
     let mllp = match &config.mllp {
         Some(listen) => Some(
-            crate::feeds::mllp::start(listen, feeds.clone())
+            crate::feeds::mllp::start(listen, feeds.clone(), config.mllp_limits)
                 .await
                 .map_err(|e| StartError::Mllp {
                     addr: listen.clone(),

@@ -99,8 +99,31 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
 
 /// Largest frame the listener accepts (a message with embedded documents can be large).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Most connections served at once; further senders wait in the accept queue.
+/// Most connections served at once; past it a new connection is closed at once (a sender
+/// retries), so that held connections never stop the listener from accepting.
 const MAX_CONNECTIONS: usize = 512;
+
+/// How long a sender may take and how many connections one address may hold, so that
+/// silent or half-sent connections cannot keep real senders out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// From a frame's first byte to its end.
+    pub frame: std::time::Duration,
+    /// Silence between messages.
+    pub idle: std::time::Duration,
+    /// Connections open at once from one IP address.
+    pub per_peer: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame: std::time::Duration::from_secs(30),
+            idle: std::time::Duration::from_secs(600),
+            per_peer: 32,
+        }
+    }
+}
 
 /// A running MLLP listener.
 pub struct MllpServer {
@@ -120,11 +143,11 @@ impl MllpServer {
 
 /// Binds `listen` and serves MLLP: each frame is ingested through `feeds` and
 /// answered with its ACK once the data is committed.
-pub async fn start(listen: &str, feeds: super::Feeds) -> std::io::Result<MllpServer> {
+pub async fn start(listen: &str, feeds: super::Feeds, limits: Limits) -> std::io::Result<MllpServer> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, feeds, stopped));
+    let task = tokio::spawn(accept_loop(listener, feeds, stopped, limits));
     tracing::info!(%addr, "MLLP listening");
     Ok(MllpServer { addr, stop, task })
 }
@@ -133,26 +156,44 @@ async fn accept_loop(
     listener: tokio::net::TcpListener,
     feeds: super::Feeds,
     mut stopped: tokio::sync::watch::Receiver<bool>,
+    limits: Limits,
 ) {
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    type Peers = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+    let peers: Peers = Default::default();
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stopped.changed() => break,
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stopped.changed() => break,
         };
+        while connections.try_join_next().is_some() {}
         match accepted {
             Ok((stream, peer)) => {
+                let ip = peer.ip();
+                {
+                    let mut open = peers.lock().unwrap_or_else(|p| p.into_inner());
+                    let mine = open.get(&ip).copied().unwrap_or(0);
+                    if mine >= limits.per_peer || connections.len() >= MAX_CONNECTIONS {
+                        tracing::warn!(%peer, open_from_peer = mine, open = connections.len(),
+                            "MLLP connection refused: too many open connections from this address (or in all)");
+                        drop(stream);
+                        continue;
+                    }
+                    open.insert(ip, mine + 1);
+                }
                 let feeds = feeds.clone();
                 let stopped = stopped.clone();
+                let peers = peers.clone();
                 connections.spawn(async move {
-                    let _permit = permit;
-                    if let Err(e) = connection(stream, peer, feeds, stopped).await {
+                    if let Err(e) = connection(stream, peer, feeds, stopped, limits).await {
                         tracing::debug!(%peer, error = %e, "MLLP connection ended");
+                    }
+                    let mut open = peers.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(n) = open.get_mut(&ip) {
+                        *n -= 1;
+                        if *n == 0 {
+                            open.remove(&ip);
+                        }
                     }
                 });
             }
@@ -161,7 +202,6 @@ async fn accept_loop(
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
-        while connections.try_join_next().is_some() {}
     }
     while connections.join_next().await.is_some() {}
 }
@@ -171,15 +211,32 @@ async fn connection(
     peer: std::net::SocketAddr,
     feeds: super::Feeds,
     mut stopped: tokio::sync::watch::Receiver<bool>,
+    limits: Limits,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = stream.set_nodelay(true);
     let mut decoder = Decoder::new(MAX_FRAME);
     let mut buf = vec![0u8; 64 * 1024];
     let source = super::Source::new("mllp", Some(format!("MLLP peer {peer}")));
+    // A frame must end within `limits.frame` of its first byte; between frames a sender
+    // may stay silent for `limits.idle`.
+    let mut frame_started: Option<tokio::time::Instant> = None;
     loop {
+        let deadline = match frame_started {
+            Some(t) => t + limits.frame,
+            None => tokio::time::Instant::now() + limits.idle,
+        };
         let n = tokio::select! {
             r = stream.read(&mut buf) => r?,
+            _ = tokio::time::sleep_until(deadline) => {
+                if frame_started.is_some() {
+                    tracing::warn!(%peer, bytes = decoder.pending().len(), seconds = limits.frame.as_secs(),
+                        "MLLP frame not finished in time: the connection is closed, the partial message not acknowledged");
+                } else {
+                    tracing::info!(%peer, seconds = limits.idle.as_secs(), "idle MLLP connection closed");
+                }
+                return Ok(());
+            }
             _ = stopped.changed() => return Ok(()),
         };
         if n == 0 {
@@ -200,6 +257,15 @@ async fn connection(
                 stream.write_all(&frame(ack.as_bytes())).await?;
                 return Ok(());
             }
+        };
+        // The clock runs from the start of the frame still pending (one that began after a
+        // frame completed in this read starts now).
+        frame_started = if decoder.pending().is_empty() {
+            None
+        } else if frames.is_empty() {
+            frame_started.or_else(|| Some(tokio::time::Instant::now()))
+        } else {
+            Some(tokio::time::Instant::now())
         };
         for f in frames {
             match f {

@@ -671,6 +671,61 @@ async fn read_frame(stream: &mut tokio::net::TcpStream) -> String {
     }
 }
 
+/// Connections that hold a half-sent frame are closed after the frame timeout, one address
+/// may hold only so many, and a real sender (from another address) always gets through.
+#[tokio::test]
+async fn held_mllp_connections_cannot_keep_senders_out() {
+    let node = spawn_node_with(|c| {
+        c.mllp = Some("127.0.0.1:0".into());
+        c.mllp_limits.frame = Duration::from_secs(4);
+        c.mllp_limits.per_peer = 8;
+    })
+    .await;
+    let addr = node.mllp.unwrap();
+    // 40 connections from 127.0.0.1, each with a partial frame: past 8 they are closed at once.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(b"\x0bMSH|^~\\&|half").await;
+        held.push(s);
+    }
+    let mut closed_at_once = 0;
+    for s in held.iter_mut() {
+        let mut b = [0u8; 16];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(100), s.read(&mut b)).await {
+            closed_at_once += 1;
+        }
+    }
+    assert_eq!(closed_at_once, 32, "only 8 held connections per address");
+    // A sender on another loopback address is served while those are held.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut real = socket.connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let ack = send_frame(&mut real, &patient_message(4242)).await;
+    assert!(ack.contains("MSA|AA|M4242"), "{ack}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The held frames are not finished within the frame timeout: their connections close.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let mut open = 0;
+    for s in held.iter_mut() {
+        let mut b = [0u8; 16];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), s.read(&mut b)).await {
+            if n > 0 {
+                open += 1;
+            }
+        } else {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 0, "every half-sent frame's connection is closed");
+    // ...so the address may connect again.
+    let mut again = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let ack = send_frame(&mut again, &patient_message(4243)).await;
+    assert!(ack.contains("MSA|AA|M4243"), "{ack}");
+    node.stop().await;
+}
+
 fn patient_message(i: usize) -> String {
     // A valid NHS number per patient: 943476591 + i varies the MRN; the NHS number is left out.
     format!(
