@@ -67,6 +67,23 @@ pub enum ViewSource {
     Reference(String),
 }
 
+impl ViewSource {
+    /// The `view` or `viewReference` member of a question (`what` names it in the message).
+    pub fn of(obj: &serde_json::Map<String, Value>, what: &str) -> Result<ViewSource, QueryProblem> {
+        match (obj.get("view"), obj.get("viewReference")) {
+            (Some(v @ Value::Object(_)), None) => Ok(ViewSource::Inline(v.clone())),
+            (None, Some(Value::String(name))) => Ok(ViewSource::Reference(name.clone())),
+            (Some(_), Some(_)) => Err(problem("view", "give either 'view' or 'viewReference', not both")),
+            (Some(_), None) => Err(problem("view", "'view' must be a ViewDefinition object")),
+            (None, Some(_)) => Err(problem("viewReference", "'viewReference' must be a string")),
+            (None, None) => Err(problem(
+                "view",
+                format!("the {what} needs a 'view' or a 'viewReference'"),
+            )),
+        }
+    }
+}
+
 /// `POST /fhir/$aggregate` as the hub receives it (and, without `regions`, as
 /// it forwards it to each node).
 #[derive(Debug, Clone, PartialEq)]
@@ -104,14 +121,7 @@ impl AggregateQuery {
                 ));
             }
         }
-        let view = match (obj.get("view"), obj.get("viewReference")) {
-            (Some(v @ Value::Object(_)), None) => ViewSource::Inline(v.clone()),
-            (None, Some(Value::String(name))) => ViewSource::Reference(name.clone()),
-            (Some(_), Some(_)) => return Err(problem("view", "give either 'view' or 'viewReference', not both")),
-            (Some(_), None) => return Err(problem("view", "'view' must be a ViewDefinition object")),
-            (None, Some(_)) => return Err(problem("viewReference", "'viewReference' must be a string")),
-            (None, None) => return Err(problem("view", "the query needs a 'view' or a 'viewReference'")),
-        };
+        let view = ViewSource::of(obj, "query")?;
         let strings = |key: &str| -> Result<Option<Vec<String>>, QueryProblem> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),

@@ -71,14 +71,7 @@ impl RegressQuery {
                 format!("unknown member '{key}' (expected {})", MEMBERS.join(", ")),
             ));
         }
-        let view = match (obj.get("view"), obj.get("viewReference")) {
-            (Some(v @ Value::Object(_)), None) => ViewSource::Inline(v.clone()),
-            (None, Some(Value::String(name))) => ViewSource::Reference(name.clone()),
-            (Some(_), Some(_)) => return Err(problem("view", "give either 'view' or 'viewReference', not both")),
-            (Some(_), None) => return Err(problem("view", "'view' must be a ViewDefinition object")),
-            (None, Some(_)) => return Err(problem("viewReference", "'viewReference' must be a string")),
-            (None, None) => return Err(problem("view", "the model needs a 'view' or a 'viewReference'")),
-        };
+        let view = ViewSource::of(obj, "model")?;
         let text = |key: &str| -> Result<Option<String>, QueryProblem> {
             match obj.get(key) {
                 None | Some(Value::Null) => Ok(None),
@@ -477,6 +470,27 @@ impl Table {
     pub fn matrix(&self, design: &Design) -> Result<Vec<f64>, String> {
         let p = design.p();
         let n = self.y.len();
+        // The design comes from the hub: it must be one this table's model can have.
+        if p == 0 || p > MAX_PARAMETERS || design.predictors.len() != self.values.len() {
+            return Err(format!(
+                "the design ({} predictors, {p} terms) does not fit the model asked ({} predictors)",
+                design.predictors.len(),
+                self.values.len()
+            ));
+        }
+        for (pi, spec) in design.predictors.iter().enumerate() {
+            let width = spec.levels.as_ref().map_or(1, |l| l.len().saturating_sub(1));
+            let categorical_here = !self.levels[pi].is_empty() || self.values[pi].is_empty();
+            if spec.first == 0
+                || spec.first + width > p
+                || (spec.levels.is_some() != categorical_here && !self.values[pi].is_empty())
+            {
+                return Err(format!(
+                    "the design's terms for '{}' do not fit the model asked",
+                    spec.column
+                ));
+            }
+        }
         let mut x = vec![0.0; n * p];
         // Per predictor, where each local level goes in the design (None: the reference).
         let mut maps: Vec<Vec<Option<usize>>> = Vec::new();
@@ -1031,6 +1045,49 @@ mod tests {
         // Pairs (case, control): 4; concordant 1 (case at 900, control at 100), 2 ties.
         assert_eq!(c_statistic(&bins), Some((1.0 + 0.5 * 2.0) / 4.0));
         assert_eq!(c_statistic(&[[1, 0]; 3]), None);
+    }
+
+    #[test]
+    fn a_design_that_does_not_fit_the_rows_is_refused_not_a_panic() {
+        let model = Model {
+            outcome: "y".into(),
+            predictors: vec![
+                Predictor {
+                    column: "x".into(),
+                    categorical: false,
+                    reference: None,
+                },
+                Predictor {
+                    column: "c".into(),
+                    categorical: true,
+                    reference: None,
+                },
+            ],
+            family: Family::Gaussian,
+            offset: None,
+        };
+        let columns = Columns {
+            outcome: 0,
+            predictors: vec![1, 2],
+            offset: None,
+            provider: None,
+        };
+        let rows: Vec<Row> = (0..6)
+            .map(|i| vec![json!(i), json!(i * 2), json!(if i % 2 == 0 { "a" } else { "b" })])
+            .collect();
+        let t = Table::from_rows(&model, &columns, rows.iter().enumerate().map(|(i, r)| (i as u64, r)));
+        let good = Design::settle(&model, &[&t.levels]).unwrap();
+        assert_eq!(t.matrix(&good).unwrap().len(), 6 * 3);
+        let mut swapped = good.clone();
+        swapped.predictors[0].levels = Some(vec!["a".into(), "b".into()]);
+        swapped.predictors[1].levels = None;
+        assert!(t.matrix(&swapped).is_err());
+        let mut beyond = good.clone();
+        beyond.predictors[1].first = 7;
+        assert!(t.matrix(&beyond).is_err());
+        let mut fewer = good.clone();
+        fewer.predictors.pop();
+        assert!(t.matrix(&fewer).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use super::error::FHIR_JSON;
 use super::fhir::{check_accept, query_pairs, read_body};
+use super::regress::wants_csv;
 use super::{ServeError, Serving};
 use crate::audit::AuditLog;
 use crate::auth::Authority;
@@ -227,19 +228,6 @@ async fn metadata(req: HttpRequest, hub: web::Data<Hub>) -> HttpResponse {
 /// `GET /quality`: every region's data-quality figures per resource type, with each region's status.
 async fn quality(hub: web::Data<Hub>) -> Result<HttpResponse, Error> {
     Ok(HttpResponse::Ok().json(hub.quality().await?))
-}
-
-/// `_format` of a hub operation: JSON (default) or CSV.
-fn wants_csv(req: &HttpRequest) -> Result<bool, Error> {
-    match query_pairs(req).into_iter().find(|(k, _)| k == "_format") {
-        None => Ok(false),
-        Some((_, f)) if f == "json" || f == "application/json" => Ok(false),
-        Some((_, f)) if f == "csv" || f == "text/csv" => Ok(true),
-        Some((_, f)) => Err(Error::invalid(Issue::error(
-            IssueCode::Invalid,
-            format!("_format '{f}' is not supported here (json, csv)"),
-        ))),
-    }
 }
 
 /// The JSON body of a hub operation (at most 1 MiB), as text and value.

@@ -197,6 +197,32 @@ async fn federated(req: HttpRequest, payload: web::Payload, state: web::Data<App
             return Ok(answer(Some(why)));
         }
         let min_cell = floor.min_cell.max(request.disclosure.min_cell);
+        // An opened fit is audited with what it will release, and answered with its row
+        // count and levels (or why this region does not take part).
+        let opened_reply = |opened: Result<crate::node::regress::Opened, String>,
+                            released: &dyn Fn(&crate::node::regress::Opened) -> String|
+         -> Result<NodeRegress, Error> {
+            audit.record_now(&AuditRecord {
+                action: "regress",
+                who: "hub (mTLS)",
+                observer: &observer,
+                outcome: opened.as_ref().map(|_| ()).map_err(String::as_str),
+                query: text,
+                details: match &opened {
+                    Ok(o) => vec![("released", released(o))],
+                    Err(_) => vec![],
+                },
+            })?;
+            Ok(match opened {
+                Ok(o) => NodeRegress {
+                    n: Some(o.n),
+                    dropped: Some(o.missing + o.out_of_range),
+                    levels: Some(o.levels),
+                    ..answer(None)
+                },
+                Err(why) => answer(Some(why)),
+            })
+        };
         match request.step {
             RegressStep::Open {
                 view_reference,
@@ -221,32 +247,12 @@ async fn federated(req: HttpRequest, payload: web::Payload, state: web::Data<App
                 let columns = model.columns(&approved.view, true).map_err(problem_error)?;
                 let key = format!("approved {}", approved.digest);
                 let opened = svc.regress_open(&request.fit, &key, &approved.view, &model, &columns, min_cell)?;
-                let details = match &opened {
-                    Ok(o) => vec![(
-                        "released",
-                        format!(
-                            "Xᵀ W X, Xᵀ W z, deviance and row count per round over {} row(s) of view {} {}, and the levels of categorical predictors; no rows",
-                            o.n, approved.name, approved.version
-                        ),
-                    )],
-                    Err(_) => vec![],
-                };
-                audit.record_now(&AuditRecord {
-                    action: "regress",
-                    who: "hub (mTLS)",
-                    observer: &observer,
-                    outcome: opened.as_ref().map(|_| ()).map_err(String::as_str),
-                    query: text,
-                    details,
-                })?;
-                Ok(match opened {
-                    Ok(o) => NodeRegress {
-                        n: Some(o.n),
-                        dropped: Some(o.missing + o.out_of_range),
-                        levels: Some(o.levels),
-                        ..answer(None)
-                    },
-                    Err(why) => answer(Some(why)),
+                let (name, version) = (approved.name, approved.version.clone());
+                opened_reply(opened, &|o| {
+                    format!(
+                        "Xᵀ W X, Xᵀ W z, deviance and row count per round over {} row(s) of view {name} {version}, and the levels of categorical predictors; no rows",
+                        o.n
+                    )
                 })
             }
             RegressStep::OpenCohort {
@@ -277,31 +283,11 @@ async fn federated(req: HttpRequest, payload: web::Payload, state: web::Data<App
                     &model,
                     min_cell,
                 )?;
-                audit.record_now(&AuditRecord {
-                    action: "regress",
-                    who: "hub (mTLS)",
-                    observer: &observer,
-                    outcome: opened.as_ref().map(|_| ()).map_err(String::as_str),
-                    query: text,
-                    details: match &opened {
-                        Ok(o) => vec![(
-                            "released",
-                            format!(
-                                "a risk model's sums per round over {} episode(s) of {} {} ({group}), then expected counts per provider; no episodes",
-                                o.n, pathway.id, pathway.version
-                            ),
-                        )],
-                        Err(_) => vec![],
-                    },
-                })?;
-                Ok(match opened {
-                    Ok(o) => NodeRegress {
-                        n: Some(o.n),
-                        dropped: Some(o.missing + o.out_of_range),
-                        levels: Some(o.levels),
-                        ..answer(None)
-                    },
-                    Err(why) => answer(Some(why)),
+                opened_reply(opened, &|o| {
+                    format!(
+                        "a risk model's sums per round over {} episode(s) of {} {} ({group}), then expected counts per provider; no episodes",
+                        o.n, pathway.id, pathway.version
+                    )
                 })
             }
             RegressStep::Expected { design, beta } => match svc.regress_expected(&request.fit, &design, &beta)? {
