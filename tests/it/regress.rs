@@ -378,7 +378,7 @@ async fn federated_fits_equal_one_node_holding_every_row_and_each_rule_refuses()
     // refused when they do not (yh still refuses the model it fitted a row ago).
     let gm = nodes.remove(2);
     gm.stop().await;
-    let (down_hub, _d5) = hub(&urls, certs.path(), GATE, Duration::from_secs(3)).await;
+    let (down_hub, _d5) = hub(&urls, certs.path(), GATE, Duration::from_secs(6)).await;
     let down_partner = as_client(certs.path(), &down_hub.base_url(), "partner").await;
     let down_url = format!("{}/fhir/$regress", down_hub.base_url());
     let fresh = json!({"viewReference": "hospital_episodes", "family": "poisson", "outcome": "diagnoses",
