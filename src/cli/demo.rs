@@ -41,6 +41,44 @@ const REGIONS: [(&str, &str); 4] = [
     ("nwc", "North West Coast"),
 ];
 
+/// The demo clients' secrets (development only), kept beside `clients.toml` so that a run
+/// over the same `--data` folder can use them again.
+const SECRETS: &str = "demo-secrets.json";
+/// Written once the synthetic data is loaded: a later run over the folder reuses it.
+const LOADED: &str = "demo-loaded.txt";
+
+fn read_secrets(path: &Path) -> Option<Vec<crate::demo::DemoClient>> {
+    let v: Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    v.as_array()?
+        .iter()
+        .map(|c| {
+            let roles = ["vendor", "analyst", "partner", "admin"]
+                .into_iter()
+                .find(|r| c["roles"] == *r)?;
+            Some(crate::demo::DemoClient {
+                id: c["id"].as_str()?.to_string(),
+                roles,
+                region: c["region"].as_str().map(str::to_string),
+                secret: c["secret"].as_str()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn write_secrets(path: &Path, clients: &[crate::demo::DemoClient]) -> std::io::Result<()> {
+    let v: Vec<Value> = clients
+        .iter()
+        .map(|c| serde_json::json!({"id": c.id, "roles": c.roles, "region": c.region, "secret": c.secret}))
+        .collect();
+    std::fs::write(path, Value::Array(v).to_string())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let temp;
     let root = match &args.data {
@@ -60,12 +98,33 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
     let certs = root.join("certs");
     let names: Vec<&str> = REGIONS.iter().map(|(r, _)| *r).collect();
-    crate::tls::dev_certs(&certs, &names, &[])?;
+    // A folder from an earlier run (--data) keeps its certificates, clients and data.
+    let have_certs = ["ca", "hub"]
+        .iter()
+        .chain(&names)
+        .all(|n| certs.join(format!("{n}.pem")).exists());
+    if !have_certs {
+        crate::tls::dev_certs(&certs, &names, &[])?;
+    }
     println!("Pennine demo: four regional nodes and a federation hub on loopback");
-    println!("  data and development certificates in {}", root.display());
+    println!(
+        "  data and development certificates in {}{}",
+        root.display(),
+        if have_certs { " (reused)" } else { "" }
+    );
 
     let clients_file = root.join("clients.toml");
-    let clients = crate::demo::demo_clients(&clients_file, &names)?;
+    let secrets_file = root.join(SECRETS);
+    let clients = match read_secrets(&secrets_file).filter(|_| clients_file.exists()) {
+        Some(c) => c,
+        None => {
+            let c = crate::demo::demo_clients(&clients_file, &names)?;
+            write_secrets(&secrets_file, &c)?;
+            c
+        }
+    };
+    let loaded_file = root.join(LOADED);
+    let loaded = std::fs::read_to_string(&loaded_file).ok();
     let mut nodes: Vec<RunningNode> = Vec::new();
     for (region, _) in REGIONS {
         let mut config = NodeConfig::local(region, &root.join(region));
@@ -100,8 +159,16 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
         .tls_built_in_root_certs(false)
         .build()?;
 
-    println!("\nLoading synthetic data as each region's EHR vendor would (FHIR transaction bundles over HTTPS):");
-    for (node, (region, name)) in nodes.iter().zip(REGIONS) {
+    if let Some(when) = &loaded {
+        println!(
+            "\nReusing the data loaded into {} ({}); a new folder loads afresh.",
+            root.display(),
+            when.trim()
+        );
+    } else {
+        println!("\nLoading synthetic data as each region's EHR vendor would (FHIR transaction bundles over HTTPS):");
+    }
+    for (node, (region, name)) in nodes.iter().zip(REGIONS).filter(|_| loaded.is_none()) {
         let started = Instant::now();
         let mut resources = 0;
         let vendor = clients
@@ -140,10 +207,12 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
         .context("demo partner")?;
     let partner_token = super::token(&client, &hub.base_url(), &partner.id, &partner.secret).await?;
     run_queries(&client, &hub, &partner_token).await?;
-    println!(
-        "\nLoading each region's hospital episodes (SUS admitted patient care extracts, POST /feeds/csv/sus-apc):"
-    );
-    for (node, (region, _)) in nodes.iter().zip(REGIONS) {
+    if loaded.is_none() {
+        println!(
+            "\nLoading each region's hospital episodes (SUS admitted patient care extracts, POST /feeds/csv/sus-apc):"
+        );
+    }
+    for (node, (region, _)) in nodes.iter().zip(REGIONS).filter(|_| loaded.is_none()) {
         let started = Instant::now();
         let vendor = clients
             .iter()
@@ -168,6 +237,18 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
         );
     }
 
+    if loaded.is_none() {
+        std::fs::write(
+            &loaded_file,
+            format!(
+                "{} patients and {} episodes per region, seed {}, loaded {}\n",
+                args.patients,
+                args.episodes,
+                args.seed,
+                crate::fhir::time::format_instant(crate::fhir::time::now_millis())
+            ),
+        )?;
+    }
     run_pathways(&client, &hub, &partner_token).await?;
 
     let hub_url = hub.base_url();
@@ -194,7 +275,8 @@ async fn demo(args: DemoArgs, root: &Path) -> anyhow::Result<()> {
         }
     }
     println!(
-        "  (and yh-, gm-, nwc-vendor/analyst: secrets in {})",
+        "  (and yh-, gm-, nwc-vendor/analyst: their secrets are in {}; {} holds only their hashes)",
+        secrets_file.display(),
         clients_file.display()
     );
     println!("\nWeb view for people (one-time sign-in links, valid for 15 minutes):");

@@ -57,3 +57,56 @@ fn demo_runs_the_whole_gateway_and_prints_pooled_answers() {
     }
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }
+
+/// `pennine demo --data DIR` run twice reuses the folder: the same certificates and
+/// clients, no second load, the same pooled answers; the secrets are where it says.
+#[test]
+fn demo_over_the_same_folder_reuses_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_pennine"))
+            .args(["demo", "--once", "--patients", "40", "--episodes", "200", "--data"])
+            .arg(dir.path())
+            .env("PENNINE_LOG", "warn")
+            .output()
+            .expect("the binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "exit {:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let first = run();
+    assert!(first.contains("Loading synthetic data"), "{first}");
+    let ca = std::fs::read(dir.path().join("certs/ca.pem")).unwrap();
+    let secrets = std::fs::read(dir.path().join("demo-secrets.json")).unwrap();
+    assert!(first.contains("demo-secrets.json"), "{first}");
+    let second = run();
+    assert!(
+        second.contains("(reused)") && second.contains("Reusing the data"),
+        "{second}"
+    );
+    assert!(!second.contains("Loading synthetic data"), "{second}");
+    assert_eq!(
+        std::fs::read(dir.path().join("certs/ca.pem")).unwrap(),
+        ca,
+        "the certificates are kept"
+    );
+    assert_eq!(std::fs::read(dir.path().join("demo-secrets.json")).unwrap(), secrets);
+    // Four regions x 40 patients, once: the pooled count is 160 both times, not 320.
+    for out in [&first, &second] {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with("pooled") && l.contains("160")),
+            "{out}"
+        );
+        assert!(
+            !out.lines()
+                .any(|l| l.trim_start().starts_with("pooled") && l.contains("320")),
+            "{out}"
+        );
+    }
+}
