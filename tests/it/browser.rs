@@ -96,7 +96,9 @@ async fn sign_in_at_provider(b: &Browser<'_>, base: &str, account: &str) {
     b.type_into(&pw, "any").await;
     let submit = b.find("button[type=submit]").await;
     b.click(&submit).await;
-    // The consent page ("Authorize"), then back to the hub.
+    // The consent page ("Authorize"), then back to the hub. The login page's own button
+    // matches the same selector until the browser has left it: wait for that first.
+    b.wait_gone("input[name=login]").await;
     let consent = b.wait_for("button[type=submit]").await;
     b.click(&consent).await;
     b.wait_for("header.top").await;
@@ -149,6 +151,8 @@ async fn the_web_view_works_in_a_real_browser_with_local_and_openid_sign_in() {
     b.goto(&format!("{base}/app/login")).await;
     check_page(&b, &axe, "login").await;
     sign_in_locally(&b, &base, "dr.nwc", "correct horse battery").await;
+    // The sign-in page has a heading too: first leave it.
+    b.wait_gone("form.login").await;
     b.wait_for("main h1").await;
     assert!(b.url().await.ends_with("/app/"), "{}", b.url().await);
     assert!(b.body_text().await.contains("clinician at RBL"));

@@ -301,6 +301,15 @@ impl Browser<'_> {
         }
     }
 
+    /// Waits until `css` no longer matches (the page it was on has been left).
+    pub async fn wait_gone(&self, css: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.find_all(css).await.is_empty() {
+            assert!(Instant::now() < deadline, "{css} is still on {}", self.url().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn quit(self) {
         self.driver
             .call("DELETE", &format!("/session/{}", self.session), None)
