@@ -37,6 +37,8 @@ pub enum StartError {
     Secret { path: String, message: String },
     #[error("the hub's HTTPS client: {0}")]
     Client(String),
+    #[error("the audit trail: {0}")]
+    Audit(String),
 }
 
 /// A node serving HTTP (and MLLP when configured). Dropping it does not stop it; call `stop`.
@@ -280,7 +282,8 @@ async fn open_store(storage: StorageConfig, data: std::path::PathBuf) -> Result<
 async fn open_audit(storage: &StorageConfig, data: &Path) -> Result<(Arc<AuditLog>, FhirService), StartError> {
     let store = open_store(beside(storage, "audit"), data.join("audit")).await?;
     let service = FhirService::new(store, Arc::new(Registry::r4()), Default::default());
-    Ok((AuditLog::start(Arc::new(service.clone())), service))
+    let log = AuditLog::start(Arc::new(service.clone())).map_err(|e| StartError::Audit(e.to_string()))?;
+    Ok((log, service))
 }
 
 /// The access authority: the clients file (if any) and the token key in `data`.
@@ -333,4 +336,28 @@ fn record_keys(data: &Path) -> Result<crate::federation::RecordKeys, StartError>
         *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| fail(std::io::Error::other(e.to_string())))?;
     }
     Ok(crate::federation::RecordKeys::from_secret(secret))
+}
+
+/// Walks the audit trail of the data folder `data` (or of `<schema>_audit` on
+/// PostgreSQL) oldest first and checks its hash chain (`pennine audit verify`).
+/// It reads only, so it may run beside the node that writes the trail.
+pub fn verify_audit(storage: &StorageConfig, data: &Path) -> Result<crate::audit::Verifier, StartError> {
+    let store: Arc<dyn Store> = match beside(storage, "audit") {
+        StorageConfig::Embedded => Arc::new(SqliteStore::open_read_only(&data.join("audit"))?),
+        StorageConfig::Postgres { url, schema, .. } => Arc::new(PostgresStore::open(&url, &schema, 1)?),
+    };
+    let mut verifier = crate::audit::Verifier::default();
+    let mut after = 0;
+    while verifier.broken.is_none() {
+        let page = store.scan(crate::fhir::types::AUDIT_EVENT.as_str(), after, 2_000)?;
+        let Some(last) = page.last() else { break };
+        after = last.key;
+        for event in &page {
+            if let Some(json) = &event.json {
+                verifier.check(&event.id, json);
+            }
+        }
+    }
+    store.close();
+    Ok(verifier)
 }

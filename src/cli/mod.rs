@@ -3,6 +3,7 @@
 mod bench;
 mod bench_federation;
 mod bench_feeds;
+mod data;
 mod demo;
 mod dev_certs;
 mod hub;
@@ -55,6 +56,12 @@ enum Command {
     Profiles(profiles::ProfilesArgs),
     /// List the pathways, or run one over a SUS extract here or at a node or the hub.
     Pathway(pathway::PathwayArgs),
+    /// Copy a data folder (embedded store) consistently while the node runs.
+    Backup(data::BackupArgs),
+    /// Restore a data folder from `pennine backup` (stop the node first).
+    Restore(data::RestoreArgs),
+    /// The audit trail: `pennine audit verify --data DIR` checks its hash chain.
+    Audit(data::AuditArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -86,6 +93,12 @@ pub fn main() -> ExitCode {
         Command::BenchFeeds(args) => bench_feeds::run(args),
         Command::Profiles(args) => profiles::run(args),
         Command::Pathway(args) => pathway::run(args),
+        Command::Backup(args) => data::backup(args),
+        Command::Restore(args) => data::restore(args),
+        Command::Audit(args) => match data::audit(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Send(args) => match send::send(args) {
             Ok(code) => return code,
             Err(e) => Err(e),

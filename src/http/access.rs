@@ -382,7 +382,7 @@ mod tests {
             std::sync::Arc::new(auth),
             crate::auth::Server::Hub,
             crate::auth::NODE_ROUTES,
-            crate::audit::AuditLog::start(std::sync::Arc::new(svc)),
+            crate::audit::AuditLog::start(std::sync::Arc::new(svc)).unwrap(),
             "t".into(),
             None,
         );

@@ -202,6 +202,16 @@ pub fn built_in_profiles() -> Arc<crate::profiles::ProfileSet> {
 /// The audit trail's store is a FHIR service of its own: events are written
 /// through the ordinary write path, so they are indexed and searchable.
 impl crate::audit::AuditSink for FhirService {
+    fn newest(&self) -> Result<Option<serde_json::Value>, Error> {
+        let Some(stored) = self.store.last(crate::fhir::types::AUDIT_EVENT.as_str())? else {
+            return Ok(None);
+        };
+        let Some(json) = stored.json else { return Ok(None) };
+        Ok(Some(
+            serde_json::from_slice(&json).map_err(crate::store::StoreError::Corrupt)?,
+        ))
+    }
+
     fn write_one(&self, event: serde_json::Value) -> Result<(), Error> {
         self.create(crate::fhir::types::AUDIT_EVENT, event, Conditional::None)
             .map(|_| ())

@@ -208,6 +208,8 @@ pub trait Store: Send + Sync + 'static {
     fn submit(&self, job: WriteJob) -> Result<(), StoreError>;
     /// Current versions of `rtype` with keys above `after`, in key order, at most `limit`.
     fn scan(&self, rtype: &str, after: i64, limit: usize) -> Result<Vec<Stored>, StoreError>;
+    /// The current version of the newest resource of `rtype` (the highest key), if any.
+    fn last(&self, rtype: &str) -> Result<Option<Stored>, StoreError>;
     /// Resources of `rtype` written after the change marker `since`: key and current
     /// JSON (`None` when now deleted).
     fn changed_since(&self, rtype: &str, since: i64) -> Result<Vec<Changed>, StoreError>;

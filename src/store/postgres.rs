@@ -738,6 +738,14 @@ impl Store for PostgresStore {
         })
     }
 
+    fn last(&self, rtype: &str) -> Result<Option<Stored>, StoreError> {
+        self.with_client(|c| {
+            let st = c.stmt(&sql::numbered(sql::SCAN_LAST))?;
+            let rows = c.client.query(&st, &[&rtype]).map_err(db_err)?;
+            Ok(rows.first().map(row_to_stored))
+        })
+    }
+
     fn changed_since(&self, rtype: &str, since: i64) -> Result<Vec<super::Changed>, StoreError> {
         self.with_client(|c| {
             let st = c.stmt(&sql::numbered(sql::CHANGED_SINCE))?;

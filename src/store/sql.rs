@@ -429,6 +429,11 @@ pub const SCAN_CURRENT: &str = "SELECT v.rid, v.type, r.id, v.version, v.last_up
      FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version \
      WHERE r.type = ? AND r.rid > ? AND r.deleted = 0 ORDER BY r.rid LIMIT ?";
 
+/// The current version of the newest resource of a type (highest key).
+pub const SCAN_LAST: &str = "SELECT v.rid, v.type, r.id, v.version, v.last_updated, v.method, v.json \
+     FROM resources r JOIN versions v ON v.rid = r.rid AND v.version = r.version \
+     WHERE r.type = ? AND r.deleted = 0 ORDER BY r.rid DESC LIMIT 1";
+
 /// Current state (JSON, or NULL when deleted) of the resources of a type written after a marker.
 pub const CHANGED_SINCE: &str = "SELECT r.rid, v.json FROM resources r \
      JOIN versions v ON v.rid = r.rid AND v.version = r.version \

@@ -154,6 +154,26 @@ impl SqliteStore {
         })
     }
 
+    /// Opens an existing store in `dir` for reading only (no writer, no checkpoints):
+    /// for tools that look at a store a running node may be writing (`audit verify`).
+    pub fn open_read_only(dir: &Path) -> Result<SqliteStore, StoreError> {
+        let path = dir.join("pennine.db");
+        if !path.is_file() {
+            return Err(StoreError::Open {
+                path: path.display().to_string(),
+                message: "no store here".into(),
+            });
+        }
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(None),
+            writer_thread: Mutex::new(None),
+            checkpointer: Mutex::new(None),
+            readers: Mutex::new(Vec::new()),
+            result_sets: super::result_sets::MemoryResultSets::new(1),
+        })
+    }
+
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let conn = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match conn {
@@ -190,6 +210,64 @@ impl SqliteStore {
             let _ = h.join();
         }
     }
+}
+
+/// Copies the database file `src` to `dest` (a new file) with SQLite's online backup
+/// API, all pages in one step: the copy is one read transaction's consistent view,
+/// and writers (WAL) go on meanwhile. Returns the pages copied.
+pub fn backup_database(src: &Path, dest: &Path) -> Result<u64, StoreError> {
+    let from = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| StoreError::Open {
+            path: src.display().to_string(),
+            message: e.to_string(),
+        })?;
+    from.busy_timeout(std::time::Duration::from_secs(30)).map_err(db_err)?;
+    let mut to = Connection::open(dest).map_err(|e| StoreError::Open {
+        path: dest.display().to_string(),
+        message: e.to_string(),
+    })?;
+    {
+        let backup = rusqlite::backup::Backup::new(&from, &mut to).map_err(db_err)?;
+        let mut waits = 0;
+        loop {
+            match backup.step(-1).map_err(db_err)? {
+                rusqlite::backup::StepResult::Done => break,
+                rusqlite::backup::StepResult::More => continue,
+                _ if waits < 300 => {
+                    waits += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                _ => {
+                    return Err(StoreError::Internal(
+                        "the store stayed locked for 30 s during the backup".into(),
+                    ))
+                }
+            }
+        }
+    }
+    let pages: i64 = to.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(db_err)?;
+    // The copy is a file of its own: no WAL beside it.
+    to.execute_batch("PRAGMA journal_mode = DELETE;").map_err(db_err)?;
+    check_database(&to)?;
+    Ok(pages as u64)
+}
+
+/// SQLite's own consistency check of a database (`PRAGMA quick_check`).
+fn check_database(conn: &Connection) -> Result<(), StoreError> {
+    let verdict: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(db_err)?;
+    if verdict != "ok" {
+        return Err(StoreError::Internal(format!("the database fails its check: {verdict}")));
+    }
+    Ok(())
+}
+
+/// Checks the database file at `path` (a restored copy) with `PRAGMA quick_check`.
+pub fn check_database_file(path: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| StoreError::Open {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    check_database(&conn)
 }
 
 impl Drop for SqliteStore {
@@ -673,6 +751,14 @@ impl Store for SqliteStore {
                 .query_map(params![rtype, after, limit as i64], row_to_stored)
                 .map_err(db_err)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+        })
+    }
+
+    fn last(&self, rtype: &str) -> Result<Option<Stored>, StoreError> {
+        self.with_reader(|c| {
+            c.query_row(sql::SCAN_LAST, params![rtype], row_to_stored)
+                .optional()
+                .map_err(db_err)
         })
     }
 

@@ -14,6 +14,7 @@ mod federation;
 mod feeds;
 mod helpers;
 mod multiprocess;
+mod operations;
 mod pathways;
 mod profiles;
 mod quality;
