@@ -140,6 +140,21 @@ pub(crate) use bind_server;
 
 /// Runs a request through the access check, then the app, logging it and
 /// auditing every protected access (allowed or refused).
+/// A body at least this large (by its Content-Length) waits for one of `LARGE_BODIES`.
+const LARGE_BODY: usize = 8 * 1024 * 1024;
+/// Requests with large bodies handled at once: parsing a body takes several times its
+/// size, so eight 60 MB bundles at once would take gigabytes. The others wait (their
+/// bodies unread, held back by TCP) instead of all being read and parsed together.
+static LARGE_BODIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+fn large_body(req: &actix_web::dev::ServiceRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n >= LARGE_BODY)
+}
+
 pub(crate) fn guard<S, B>(
     access: web::Data<access::Access>,
     req: actix_web::dev::ServiceRequest,
@@ -157,10 +172,12 @@ where
     };
     let peer = req.peer_addr().map(|a| a.ip().to_string());
     let started = std::time::Instant::now();
+    let large = large_body(&req);
     let (rule, principal, denied) = match checked {
         Ok(c) => (c.rule, c.principal, None),
         Err(e) => (None, None, Some(e)),
     };
+    // The handler does nothing (reads no body) until it is polled, below.
     let fut = denied.is_none().then(|| srv.call(req));
     async move {
         let who = match (&principal, &peer) {
@@ -175,7 +192,9 @@ where
             tracing::info!(%method, %path, status, %who, "refused");
             return Err(e.into());
         };
+        let permit = if large { LARGE_BODIES.acquire().await.ok() } else { None };
         let res = fut.await;
+        drop(permit);
         if let Ok(r) = &res {
             let status = r.status().as_u16();
             let ms = started.elapsed().as_secs_f64() * 1000.0;
