@@ -67,6 +67,10 @@ pub enum Error {
     // --- the HTTP transport ---
     #[error("body larger than {limit} bytes")]
     TooLarge { limit: usize },
+    /// The client closed the connection before the answer: the work was stopped
+    /// (499, as proxies log it; nobody reads the body).
+    #[error("the client closed the connection; the work was stopped")]
+    ClientGone,
     #[error("{0}")]
     MediaType(String),
     #[error("{0}")]
@@ -166,6 +170,11 @@ impl Error {
                 IssueCode::TooLong,
                 format!("the request body is larger than this server accepts ({limit} bytes)"),
             ),
+            Error::ClientGone => one(
+                499,
+                IssueCode::Incomplete,
+                "the client closed the connection; the work was stopped".to_string(),
+            ),
             Error::MediaType(m) => one(415, IssueCode::NotSupported, m.clone()),
             Error::NotAcceptable(m) => one(406, IssueCode::NotSupported, m.clone()),
             Error::MethodNotAllowed(m) => one(405, IssueCode::NotSupported, m.clone()),
@@ -242,6 +251,7 @@ mod tests {
                 message: "r".into(),
             },
             Error::TooLarge { limit: 1024 },
+            Error::ClientGone,
             Error::MediaType("m".into()),
             Error::NotAcceptable("n".into()),
             Error::MethodNotAllowed("m".into()),
@@ -270,6 +280,7 @@ mod tests {
                 | Error::Forbidden(_)
                 | Error::RateLimited { .. }
                 | Error::TooLarge { .. }
+                | Error::ClientGone
                 | Error::MediaType(_)
                 | Error::NotAcceptable(_)
                 | Error::MethodNotAllowed(_)

@@ -817,6 +817,7 @@ fn questions(events: &crate::node::FhirService) -> Result<(Vec<pages::Question>,
         &crate::node::SearchContext {
             base: String::new(),
             self_query: String::new(),
+            cancel: Default::default(),
         },
     )?;
     let mut out = Vec::new();

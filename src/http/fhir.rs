@@ -574,6 +574,7 @@ async fn run_search(
     let ctx = node::SearchContext {
         base: base_url(req, state),
         self_query: self_query(&rtype, &pairs, &parsed),
+        cancel: super::cancel_on_disconnect(req),
     };
     let svc = service_for(state, rtype);
     let bytes = blocking(move || svc.search_bytes(parsed, &ctx)).await?;
@@ -622,6 +623,7 @@ async fn system_get(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     let ctx = node::SearchContext {
         base: base_url(&req, &state),
         self_query: String::new(),
+        cancel: Default::default(),
     };
     let svc = state.service.clone();
     let bytes = blocking(move || svc.search_page(&page, offset, count, &ctx)).await?;
@@ -740,6 +742,7 @@ async fn history(req: HttpRequest, state: &AppState, scope: HistoryScope, path: 
     let ctx = node::SearchContext {
         base: base_url(&req, state),
         self_query: String::new(),
+        cancel: Default::default(),
     };
     let self_q = if req.query_string().is_empty() {
         path

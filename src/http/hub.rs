@@ -41,6 +41,7 @@ async fn measures(
     let ctx = crate::node::SearchContext {
         base: hub_base(&req, &hub),
         self_query: format!("Measure?{}", req.query_string()),
+        cancel: Default::default(),
     };
     let bytes = super::fhir::blocking(move || svc.search_bytes(parsed, &ctx)).await?;
     Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes))
@@ -344,6 +345,7 @@ async fn search(
         let ctx = crate::node::SearchContext {
             base: format!("{}://{}/fhir", ci.scheme(), ci.host()),
             self_query: format!("AuditEvent?{}", req.query_string()),
+            cancel: Default::default(),
         };
         let bytes = super::fhir::blocking(move || svc.search_bytes(parsed, &ctx)).await?;
         return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bytes));

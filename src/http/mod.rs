@@ -108,12 +108,64 @@ async fn no_route(req: HttpRequest) -> HttpResponse {
 /// Marks connections whose client presented a certificate the TLS layer verified.
 pub fn note_client_certificate(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
     use actix_tls::accept::rustls_0_23::TlsStream;
+    use std::os::fd::AsFd;
+    let mut socket = None;
     if let Some(tls) = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>() {
-        let (_, session) = tls.get_ref();
+        let (tcp, session) = tls.get_ref();
         if session.peer_certificates().is_some_and(|c| !c.is_empty()) {
             ext.insert(federation::VerifiedClientCert);
         }
+        socket = tcp.as_fd().try_clone_to_owned().ok();
+    } else if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        socket = tcp.as_fd().try_clone_to_owned().ok();
     }
+    if let Some(fd) = socket {
+        ext.insert(ClientSocket(std::sync::Arc::new(fd)));
+    }
+}
+
+/// A duplicate of the connection's socket, to see whether the client has gone while
+/// its request is worked on (actix does not drop a handler when the peer closes).
+#[derive(Clone)]
+struct ClientSocket(std::sync::Arc<std::os::fd::OwnedFd>);
+
+impl ClientSocket {
+    /// Whether the peer has closed its side (or the connection failed).
+    fn gone(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut poll = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, timeout 0 (never blocks); the fd is ours until dropped.
+        let n = unsafe { libc::poll(&mut poll, 1, 0) };
+        n > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+}
+
+/// Stops a request's work once its client has gone: polled at most every 20 ms.
+pub(crate) fn cancel_on_disconnect(req: &actix_web::HttpRequest) -> crate::store::Cancel {
+    let Some(socket) = req.conn_data::<ClientSocket>().cloned() else {
+        return crate::store::Cancel::default();
+    };
+    let started = std::time::Instant::now();
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let gone = std::sync::atomic::AtomicBool::new(false);
+    crate::store::Cancel::new(move || {
+        use std::sync::atomic::Ordering::Relaxed;
+        if gone.load(Relaxed) {
+            return true;
+        }
+        let now = started.elapsed().as_millis() as u64;
+        if now.saturating_sub(last.load(Relaxed)) < 20 {
+            return false;
+        }
+        last.store(now, Relaxed);
+        let is_gone = socket.gone();
+        gone.store(is_gone, Relaxed);
+        is_gone
+    })
 }
 
 /// Binds `listen` on an `HttpServer`, with TLS when `tls` is given, and gives the
@@ -305,4 +357,25 @@ pub fn serve_node(parts: NodeParts) -> Result<Serving, ServeError> {
     .on_connect(note_client_certificate);
     let (server, addr) = bind_server!(server, &config.listen, config.tls.as_ref());
     Ok(Serving::start(server.run(), addr))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_closed_client_socket_reads_as_gone_and_an_open_one_does_not() {
+        use std::os::fd::AsFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let socket = super::ClientSocket(std::sync::Arc::new(server.as_fd().try_clone_to_owned().unwrap()));
+        // A request's bytes waiting unread do not make the client gone.
+        std::io::Write::write_all(&mut &client, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert!(!socket.gone());
+        drop(client);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !socket.gone() {
+            assert!(std::time::Instant::now() < deadline, "the close was never seen");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 }

@@ -674,6 +674,7 @@ impl FhirService {
                 let ctx = super::SearchContext {
                     base: String::new(),
                     self_query: url.to_string(),
+                    cancel: Default::default(),
                 };
                 return self.search(req, &ctx);
             }

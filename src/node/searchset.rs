@@ -33,6 +33,8 @@ pub struct SearchContext {
     pub base: String,
     /// The query as applied, relative to the base: `Patient?name=x`.
     pub self_query: String,
+    /// Stops the search once its client has gone.
+    pub cancel: crate::store::Cancel,
 }
 
 fn json_str(s: &str) -> String {
@@ -175,6 +177,14 @@ impl FhirService {
 
     /// Runs a search and renders its first page as JSON bytes.
     pub fn search_bytes(&self, req: SearchRequest, ctx: &SearchContext) -> Result<Vec<u8>, Error> {
+        let result = ctx.cancel.during(|| self.search_bytes_wanted(req, ctx));
+        match result {
+            Err(_) if ctx.cancel.cancelled() => Err(Error::ClientGone),
+            other => other,
+        }
+    }
+
+    fn search_bytes_wanted(&self, req: SearchRequest, ctx: &SearchContext) -> Result<Vec<u8>, Error> {
         let builtin = self.builtin_matches(&req)?;
         if req.summary == Summary::Count {
             let total = self.store.count(&req)? + builtin.len() as u64;
@@ -315,14 +325,24 @@ impl FhirService {
             );
         }
         let mut extra = Vec::new();
+        let stop = || {
+            if ctx.cancel.cancelled() {
+                Err(Error::ClientGone)
+            } else {
+                Ok(())
+            }
+        };
         for inc in &req.includes {
+            stop()?;
             if inc.source_type == req.rtype {
                 extra.extend(self.store.include(page, inc)?);
             }
         }
         for inc in &req.revincludes {
+            stop()?;
             extra.extend(self.store.revinclude(page, inc)?);
         }
+        stop()?;
         extra.retain(|k| seen.insert(*k));
         for s in self.store.fetch(&extra)? {
             w.entry(

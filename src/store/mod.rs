@@ -17,6 +17,56 @@ use crate::search::query::Include;
 use crate::search::{IndexRows, SearchRequest};
 use std::sync::Arc;
 
+/// Whether the one who asked still wants the answer: a search stops (between steps, and
+/// inside an embedded-store query) once its client has gone. `Cancel::default()` never
+/// cancels.
+#[derive(Clone, Default)]
+pub struct Cancel(Option<Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Cancel(watched)"
+        } else {
+            "Cancel(never)"
+        })
+    }
+}
+
+impl Cancel {
+    pub fn new(gone: impl Fn() -> bool + Send + Sync + 'static) -> Cancel {
+        Cancel(Some(Arc::new(gone)))
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.0.as_ref().is_some_and(|gone| gone())
+    }
+
+    /// Runs `f` with this as the calling thread's cancellation, which the embedded
+    /// store's queries poll (SQLite's progress handler) and stop on.
+    pub fn during<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Reset(Option<Cancel>);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                let previous = self.0.take();
+                CURRENT.with(|c| *c.borrow_mut() = previous);
+            }
+        }
+        let previous = CURRENT.with(|c| c.replace(Some(self.clone())));
+        let _reset = Reset(previous);
+        f()
+    }
+}
+
+thread_local! {
+    static CURRENT: std::cell::RefCell<Option<Cancel>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether the work running on this thread is no longer wanted (`Cancel::during`).
+fn unwanted() -> bool {
+    CURRENT.with(|c| c.borrow().as_ref().is_some_and(Cancel::cancelled))
+}
+
 /// The index tables, in the order both backends record and clear them.
 const INDEX_TABLES: [&str; 6] = [
     "idx_token",

@@ -186,6 +186,8 @@ impl SqliteStore {
                 .map_err(db_err)?;
                 configure(&c)?;
                 c.execute_batch("PRAGMA query_only = 1;").map_err(db_err)?;
+                // A reader's query stops (SQLITE_INTERRUPT) once its asker has gone.
+                c.progress_handler(10_000, Some(super::unwanted));
                 c
             }
         };
@@ -814,6 +816,42 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_query_stops_soon_after_its_asker_has_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = flag.clone();
+        let cancel = crate::store::Cancel::new(move || seen.load(std::sync::atomic::Ordering::SeqCst));
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let started = std::time::Instant::now();
+        // Hundreds of millions of rows: tens of seconds if it ran to the end.
+        let counted = cancel.during(|| {
+            store.with_reader(|c| {
+                c.query_row(
+                    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 300000000) \
+                     SELECT count(*) FROM n",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(db_err)
+            })
+        });
+        setter.join().unwrap();
+        assert!(counted.is_err(), "the query was interrupted: {counted:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // The thread's cancellation ends with `during`: the same reader answers again.
+        let one = store.with_reader(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)).map_err(db_err));
+        assert_eq!(one.unwrap(), 1);
+    }
 
     #[test]
     fn spans_round_trip() {
