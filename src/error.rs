@@ -205,8 +205,12 @@ impl Error {
     }
 }
 
-/// RFC 9110's reason phrase of a status this table uses.
+/// RFC 9110's reason phrase of a status this table uses (499, which only logs see,
+/// by the name proxies give it).
 pub fn reason_phrase(status: u16) -> &'static str {
+    if status == 499 {
+        return "Client Closed Request";
+    }
     http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
