@@ -67,6 +67,7 @@ impl RunningNode {
             m.stop().await;
         }
         self.serving.stop().await;
+        flush_quality(&self.service).await;
         close(self.audit, vec![self.store, self.dead_letters]).await;
     }
 
@@ -76,8 +77,18 @@ impl RunningNode {
         if let Some(m) = self.mllp {
             m.stop().await;
         }
+        flush_quality(&self.service).await;
         close(self.audit, vec![self.store, self.dead_letters]).await;
         r
+    }
+}
+
+/// Stores the refusals still waiting for a unit of work, before the store closes.
+async fn flush_quality(service: &FhirService) {
+    let service = service.clone();
+    let flushed = tokio::task::spawn_blocking(move || service.flush_quality()).await;
+    if let Ok(Err(e)) = flushed {
+        tracing::warn!(error = %e, "the waiting refusals' quality figures could not be stored");
     }
 }
 
@@ -282,7 +293,12 @@ async fn open_store(storage: StorageConfig, data: std::path::PathBuf) -> Result<
 async fn open_audit(storage: &StorageConfig, data: &Path) -> Result<(Arc<AuditLog>, FhirService), StartError> {
     let store = open_store(beside(storage, "audit"), data.join("audit")).await?;
     let service = FhirService::new(store, Arc::new(Registry::r4()), Default::default());
-    let log = AuditLog::start(Arc::new(service.clone())).map_err(|e| StartError::Audit(e.to_string()))?;
+    // The chain's head is read from the store (a blocking call on PostgreSQL).
+    let sink = Arc::new(service.clone());
+    let log = tokio::task::spawn_blocking(move || AuditLog::start(sink))
+        .await
+        .map_err(|e| StartError::Audit(e.to_string()))?
+        .map_err(|e| StartError::Audit(e.to_string()))?;
     Ok((log, service))
 }
 

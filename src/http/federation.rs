@@ -35,8 +35,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// `GET /quality`: this node's data-quality figures.
-async fn own_quality(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(state.service.quality.report(state.config.region.as_str()))
+async fn own_quality(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let svc = state.service.clone();
+    let region = state.config.region.to_string();
+    // The figures are read from the store, on the blocking pool.
+    let report = blocking(move || svc.quality_report(&region)).await?;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 /// `GET /federation/quality`: the figures per resource type for the hub (no per-source detail).
@@ -46,7 +50,7 @@ async fn quality(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRes
     let region = state.config.region.to_string();
     // The store is read on the blocking pool (the PostgreSQL client blocks).
     let report = blocking(move || {
-        let mut report = svc.quality.report(&region);
+        let mut report = svc.quality_report(&region)?;
         if let Some(o) = report.as_object_mut() {
             o.remove("bySource");
         }
@@ -177,7 +181,7 @@ async fn measure(req: HttpRequest, payload: web::Payload, state: web::Data<AppSt
             version: pathway.version.clone(),
             counts,
             last_updated: last_updated(&svc)?,
-            completeness: svc.quality.completeness("Encounter"),
+            completeness: svc.completeness("Encounter"),
             disclosure: floor,
         }))
     })
@@ -248,7 +252,7 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, state: web::Data<App
         Ok(Ok(NodeAggregate {
             region: config.region.to_string(),
             last_updated: last_updated(&svc)?,
-            completeness: svc.quality.completeness(&plan.approved.view.resource),
+            completeness: svc.completeness(&plan.approved.view.resource),
             groups,
             disclosure: floor,
         }))
@@ -310,7 +314,7 @@ async fn count(req: HttpRequest, path: TypePath, state: web::Data<AppState>) -> 
             count: n,
             cell_key,
             last_updated: last_updated(&svc)?,
-            completeness: svc.quality.completeness(&rtype_for_quality),
+            completeness: svc.completeness(&rtype_for_quality),
             disclosure: config.disclosure,
         })
     })

@@ -432,182 +432,180 @@ impl FhirService {
         // 3. The unit of work: resolve what needs the database, then write.
         let service = self.clone();
         let provisional = map.clone();
-        let results = self.run(move |txn| -> Result<Vec<EntryWrite>, Error> {
-            if let Some((rtype, id)) = &unless {
-                if txn.current(rtype, id)?.is_some() {
-                    return Err(Error::AlreadyApplied(format!("{rtype}/{id}")));
-                }
-            }
-            let mut final_map = provisional;
-            // Conditional references.
-            for (r, q) in &conditional_refs {
-                let q = q.as_ref().expect("parsed above");
-                match single_match(txn, q)? {
-                    Some(id) => {
-                        final_map.insert(r.clone(), format!("{}/{id}", q.rtype));
+        let results = self.run_written(
+            move |txn| -> Result<Vec<EntryWrite>, Error> {
+                if let Some((rtype, id)) = &unless {
+                    if txn.current(rtype, id)?.is_some() {
+                        return Err(Error::AlreadyApplied(format!("{rtype}/{id}")));
                     }
-                    None if atomic => {
-                        return Err(Error::PreconditionFailed(format!(
-                            "the conditional reference '{r}' matched nothing"
-                        )))
-                    }
-                    None => {}
                 }
-            }
-            // Conditional creates and updates decide the ids others point at.
-            let mut skip: HashSet<usize> = HashSet::new();
-            for p in plans.iter_mut() {
-                match &mut p.action {
-                    Action::Create {
-                        prepared,
-                        if_none_exist: Some(q),
-                        ..
-                    } => {
-                        if let Some(existing) = single_match(txn, q)? {
-                            if let Some(f) = &p.full_url {
-                                final_map.insert(f.clone(), format!("{}/{existing}", prepared.rtype));
-                            }
-                            skip.insert(p.index);
+                let mut final_map = provisional;
+                // Conditional references.
+                for (r, q) in &conditional_refs {
+                    let q = q.as_ref().expect("parsed above");
+                    match single_match(txn, q)? {
+                        Some(id) => {
+                            final_map.insert(r.clone(), format!("{}/{id}", q.rtype));
                         }
-                    }
-                    Action::Update {
-                        prepared,
-                        target: target @ Target::Search(_),
-                        ..
-                    } => {
-                        let Target::Search(q) = &*target else { unreachable!() };
-                        let id = match single_match(txn, q)? {
-                            Some(id) => id,
-                            None => prepared.body_id.clone().unwrap_or_else(new_id),
-                        };
-                        if let Some(f) = &p.full_url {
-                            final_map.insert(f.clone(), format!("{}/{id}", prepared.rtype));
+                        None if atomic => {
+                            return Err(Error::PreconditionFailed(format!(
+                                "the conditional reference '{r}' matched nothing"
+                            )))
                         }
-                        *target = Target::Id(id);
+                        None => {}
                     }
-                    _ => {}
                 }
-            }
-            // Entries that point at conditional targets: rewrite and re-index.
-            for p in plans.iter_mut() {
-                let Some(mut value) = p.late.take() else { continue };
-                fhir::refs::rewrite(&mut value, &mut |r| final_map.get(r).cloned());
-                if let Action::Create { prepared, .. } | Action::Update { prepared, .. } = &mut p.action {
-                    let body_id = prepared.body_id.clone();
-                    let checked = super::Checked {
-                        rtype: prepared.rtype.clone(),
-                        issues: std::mem::take(&mut prepared.issues),
-                        flagged: prepared.flagged,
-                        facts: std::mem::take(&mut prepared.facts),
-                    };
-                    *prepared = service.prepare(checked, value);
-                    prepared.body_id = body_id;
-                }
-            }
-            // A transaction may not touch one resource twice.
-            if atomic {
-                let mut seen = HashSet::new();
-                for p in &plans {
-                    let key = match &p.action {
-                        Action::Update {
+                // Conditional creates and updates decide the ids others point at.
+                let mut skip: HashSet<usize> = HashSet::new();
+                for p in plans.iter_mut() {
+                    match &mut p.action {
+                        Action::Create {
                             prepared,
-                            target: Target::Id(id),
+                            if_none_exist: Some(q),
                             ..
-                        } => format!("{}/{id}", prepared.rtype),
-                        Action::Delete {
-                            rtype,
-                            target: Target::Id(id),
-                        } => format!("{rtype}/{id}"),
-                        _ => continue,
-                    };
-                    if !seen.insert(key.clone()) {
-                        return Err(Error::invalid(
-                            Issue::error(IssueCode::Duplicate, format!("{key} is written by more than one entry"))
-                                .at(format!("Bundle.entry[{}]", p.index)),
-                        ));
-                    }
-                }
-            }
-            // Deletes, then creates, then updates, as the specification orders them.
-            let order = |a: &Action| match a {
-                Action::Delete { .. } => 0,
-                Action::Create { .. } => 1,
-                Action::Update { .. } => 2,
-                Action::Read => 3,
-            };
-            plans.sort_by_key(|p| (order(&p.action), p.index));
-            let mut out = Vec::with_capacity(plans.len());
-            for p in &plans {
-                let run_one = |txn: &mut dyn WriteTxn| -> Result<Option<WriteResult>, Error> {
-                    Ok(match &p.action {
-                        Action::Create { prepared, id, .. } => {
-                            if skip.contains(&p.index) {
-                                let Some(Action::Create {
-                                    if_none_exist: Some(q), ..
-                                }) = Some(&p.action)
-                                else {
-                                    unreachable!()
-                                };
-                                let id = single_match(txn, q)?.unwrap_or_default();
-                                Some(existing(txn, &prepared.rtype, id)?)
-                            } else {
-                                Some(create_fresh(txn, prepared, id)?)
+                        } => {
+                            if let Some(existing) = single_match(txn, q)? {
+                                if let Some(f) = &p.full_url {
+                                    final_map.insert(f.clone(), format!("{}/{existing}", prepared.rtype));
+                                }
+                                skip.insert(p.index);
                             }
                         }
                         Action::Update {
                             prepared,
-                            target: Target::Id(id),
-                            if_match,
+                            target: target @ Target::Search(_),
+                            ..
                         } => {
-                            service.refuse_builtin(&prepared.rtype, id)?;
-                            Some(put_version(txn, prepared, id, *if_match)?)
-                        }
-                        Action::Update { .. } => unreachable!("resolved above"),
-                        Action::Delete { rtype, target } => {
-                            let id = match target {
-                                Target::Id(id) => Some(id.clone()),
-                                Target::Search(q) => single_match(txn, q)?,
+                            let Target::Search(q) = &*target else { unreachable!() };
+                            let id = match single_match(txn, q)? {
+                                Some(id) => id,
+                                None => prepared.body_id.clone().unwrap_or_else(new_id),
                             };
-                            match id {
-                                Some(id) => {
-                                    service.refuse_builtin(rtype, &id)?;
-                                    Some(delete_version(txn, rtype, &id)?)
-                                }
-                                None => Some(WriteResult::nothing_to_delete(rtype)),
+                            if let Some(f) = &p.full_url {
+                                final_map.insert(f.clone(), format!("{}/{id}", prepared.rtype));
                             }
+                            *target = Target::Id(id);
                         }
-                        Action::Read => None,
-                    })
-                };
-                if atomic {
-                    if let Some(r) = run_one(txn)? {
-                        out.push((p.index, Ok(r)));
-                    }
-                } else {
-                    let mut result = None;
-                    txn.nested(&mut |t| {
-                        let r = run_one(t);
-                        let ok = r.is_ok();
-                        result = Some(r);
-                        ok
-                    })?;
-                    match result {
-                        Some(Ok(Some(r))) => out.push((p.index, Ok(r))),
-                        Some(Ok(None)) | None => {}
-                        Some(Err(e)) => out.push((p.index, Err(e))),
+                        _ => {}
                     }
                 }
-            }
-            Ok(out)
-        })?;
+                // Entries that point at conditional targets: rewrite and re-index.
+                for p in plans.iter_mut() {
+                    let Some(mut value) = p.late.take() else { continue };
+                    fhir::refs::rewrite(&mut value, &mut |r| final_map.get(r).cloned());
+                    if let Action::Create { prepared, .. } | Action::Update { prepared, .. } = &mut p.action {
+                        let body_id = prepared.body_id.clone();
+                        let checked = super::Checked {
+                            rtype: prepared.rtype.clone(),
+                            issues: std::mem::take(&mut prepared.issues),
+                            flagged: prepared.flagged,
+                            facts: std::mem::take(&mut prepared.facts),
+                        };
+                        *prepared = service.prepare(checked, value);
+                        prepared.body_id = body_id;
+                    }
+                }
+                // A transaction may not touch one resource twice.
+                if atomic {
+                    let mut seen = HashSet::new();
+                    for p in &plans {
+                        let key = match &p.action {
+                            Action::Update {
+                                prepared,
+                                target: Target::Id(id),
+                                ..
+                            } => format!("{}/{id}", prepared.rtype),
+                            Action::Delete {
+                                rtype,
+                                target: Target::Id(id),
+                            } => format!("{rtype}/{id}"),
+                            _ => continue,
+                        };
+                        if !seen.insert(key.clone()) {
+                            return Err(Error::invalid(
+                                Issue::error(IssueCode::Duplicate, format!("{key} is written by more than one entry"))
+                                    .at(format!("Bundle.entry[{}]", p.index)),
+                            ));
+                        }
+                    }
+                }
+                // Deletes, then creates, then updates, as the specification orders them.
+                let order = |a: &Action| match a {
+                    Action::Delete { .. } => 0,
+                    Action::Create { .. } => 1,
+                    Action::Update { .. } => 2,
+                    Action::Read => 3,
+                };
+                plans.sort_by_key(|p| (order(&p.action), p.index));
+                let mut out = Vec::with_capacity(plans.len());
+                for p in &plans {
+                    let run_one = |txn: &mut dyn WriteTxn| -> Result<Option<WriteResult>, Error> {
+                        Ok(match &p.action {
+                            Action::Create { prepared, id, .. } => {
+                                if skip.contains(&p.index) {
+                                    let Some(Action::Create {
+                                        if_none_exist: Some(q), ..
+                                    }) = Some(&p.action)
+                                    else {
+                                        unreachable!()
+                                    };
+                                    let id = single_match(txn, q)?.unwrap_or_default();
+                                    Some(existing(txn, &prepared.rtype, id)?)
+                                } else {
+                                    Some(create_fresh(txn, prepared, id)?)
+                                }
+                            }
+                            Action::Update {
+                                prepared,
+                                target: Target::Id(id),
+                                if_match,
+                            } => {
+                                service.refuse_builtin(&prepared.rtype, id)?;
+                                Some(put_version(txn, prepared, id, *if_match)?)
+                            }
+                            Action::Update { .. } => unreachable!("resolved above"),
+                            Action::Delete { rtype, target } => {
+                                let id = match target {
+                                    Target::Id(id) => Some(id.clone()),
+                                    Target::Search(q) => single_match(txn, q)?,
+                                };
+                                match id {
+                                    Some(id) => {
+                                        service.refuse_builtin(rtype, &id)?;
+                                        Some(delete_version(txn, rtype, &id)?)
+                                    }
+                                    None => Some(WriteResult::nothing_to_delete(rtype)),
+                                }
+                            }
+                            Action::Read => None,
+                        })
+                    };
+                    if atomic {
+                        if let Some(r) = run_one(txn)? {
+                            out.push((p.index, Ok(r)));
+                        }
+                    } else {
+                        let mut result = None;
+                        txn.nested(&mut |t| {
+                            let r = run_one(t);
+                            let ok = r.is_ok();
+                            result = Some(r);
+                            ok
+                        })?;
+                        match result {
+                            Some(Ok(Some(r))) => out.push((p.index, Ok(r))),
+                            Some(Ok(None)) | None => {}
+                            Some(Err(e)) => out.push((p.index, Err(e))),
+                        }
+                    }
+                }
+                Ok(out)
+            },
+            |out| out.iter().filter_map(|(_, r)| r.as_ref().ok()).collect(),
+        )?;
 
         // 4. Reads run after the writes; then answer in request order.
         let mut answers: Vec<Option<EntryResult>> = (0..entries.len()).map(|_| None).collect();
-        for (_, r) in &results {
-            if let Ok(w) = r {
-                self.count_written(w);
-            }
-        }
         for (i, r) in results {
             answers[i] = Some(match r {
                 Ok(w) => EntryResult::Written(w),

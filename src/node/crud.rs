@@ -204,11 +204,77 @@ pub(super) fn delete_version(txn: &mut dyn WriteTxn, rtype: &str, id: &str) -> R
 }
 
 impl FhirService {
-    /// Runs `f` as one atomic unit of work and returns its result once durable.
-    /// Counts a committed write in the quality figures.
-    pub(super) fn count_written(&self, r: &WriteResult) {
-        if let Some(f) = &r.facts {
-            self.quality.accepted(f, &r.id);
+    /// Runs `f` as one atomic unit of work and returns its result once durable. The
+    /// quality figures of what it wrote (`written` lists its results) and of the
+    /// refusals waiting go into the same transaction: they count what committed.
+    pub(super) fn run_written<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn WriteTxn) -> Result<T, Error> + Send + 'static,
+        written: fn(&T) -> Vec<&WriteResult>,
+    ) -> Result<T, Error> {
+        let book = self.quality.clone();
+        let pending = book.take_pending();
+        let carried = pending.clone();
+        let result = self.run(move |txn| {
+            let out = f(txn)?;
+            let mut delta = pending;
+            for r in written(&out) {
+                if let Some(facts) = &r.facts {
+                    delta.merge(super::quality::delta(facts, Some(&r.id)));
+                }
+            }
+            if !delta.is_empty() {
+                txn.add_quality(&delta)?;
+            }
+            Ok((out, delta.counts.len() as u64))
+        });
+        match result {
+            Ok((out, rows)) => {
+                book.invalidate();
+                self.fold_quality(rows);
+                Ok(out)
+            }
+            Err(e) => {
+                book.give_back(carried);
+                Err(e)
+            }
+        }
+    }
+
+    /// Stores the refusals' quality figures that wait for a unit of work (at shutdown, or
+    /// when many have gathered).
+    pub fn flush_quality(&self) -> Result<(), Error> {
+        self.run_written(|_| Ok(()), |_| Vec::new())
+    }
+
+    /// Folds the stored quality delta rows once this process has added enough of them.
+    fn fold_quality(&self, rows: u64) {
+        use std::sync::atomic::Ordering;
+        const FOLD_AFTER: u64 = 20_000;
+        if self.quality.added.fetch_add(rows, Ordering::Relaxed) + rows < FOLD_AFTER {
+            return;
+        }
+        self.quality.added.store(0, Ordering::Relaxed);
+        if let Err(e) = self.run(|txn| Ok(txn.compact_quality()?)) {
+            tracing::warn!(error = %e, "quality figures could not be folded (they stay correct, only larger)");
+        }
+    }
+
+    /// The data-quality figures (`GET /quality`): stored totals and the refusals waiting.
+    pub fn quality_report(&self, region: &str) -> Result<serde_json::Value, Error> {
+        let totals = self.quality.totals(|| self.store.quality())?;
+        Ok(self.quality.report(&totals, region))
+    }
+
+    /// Share of must-support elements present in the resources of `rtype` (None: none
+    /// seen, or the figures could not be read).
+    pub fn completeness(&self, rtype: &str) -> Option<f64> {
+        match self.quality.totals(|| self.store.quality()) {
+            Ok(totals) => self.quality.completeness(&totals, rtype),
+            Err(e) => {
+                tracing::warn!(error = %e, "quality figures could not be read");
+                None
+            }
         }
     }
 
@@ -238,15 +304,17 @@ impl FhirService {
         let checked = self.expect_type(rtype, &value)?;
         let prepared = self.prepare(checked, value);
         let id = new_id();
-        let result = self.run(move |txn| {
-            if let Conditional::Search(q) = &if_none_exist {
-                if let Some(id) = single_match(txn, q)? {
-                    return existing(txn, &prepared.rtype, id);
+        let result = self.run_written(
+            move |txn| {
+                if let Conditional::Search(q) = &if_none_exist {
+                    if let Some(id) = single_match(txn, q)? {
+                        return existing(txn, &prepared.rtype, id);
+                    }
                 }
-            }
-            create_fresh(txn, &prepared, &id)
-        })?;
-        self.count_written(&result);
+                create_fresh(txn, &prepared, &id)
+            },
+            |r| vec![r],
+        )?;
         self.with_current_json(result)
     }
 
@@ -290,8 +358,7 @@ impl FhirService {
         self.refuse_builtin(&rtype, id)?;
         let prepared = self.prepare(checked, value);
         let id = id.clone();
-        let result = self.run(move |txn| put_version(txn, &prepared, &id, if_match))?;
-        self.count_written(&result);
+        let result = self.run_written(move |txn| put_version(txn, &prepared, &id, if_match), |r| vec![r])?;
         Ok(result)
     }
 
@@ -306,25 +373,27 @@ impl FhirService {
         let checked = self.expect_type(rtype, &value)?;
         let prepared = self.prepare(checked, value);
         let this = self.clone();
-        let result = self.run(move |txn| {
-            let id = match (single_match(txn, &query)?, &prepared.body_id) {
-                (Some(found), Some(body)) if &found != body => {
-                    return Err(Error::invalid(Issue::error(
-                        IssueCode::Invalid,
-                        format!(
-                            "the search matched {rtype}/{found} but the body's id is '{body}'",
-                            rtype = query.rtype
-                        ),
-                    )))
-                }
-                (Some(found), _) => found,
-                (None, Some(body)) => body.clone(),
-                (None, None) => new_id(),
-            };
-            this.refuse_builtin(&prepared.rtype, &id)?;
-            put_version(txn, &prepared, &id, if_match)
-        })?;
-        self.count_written(&result);
+        let result = self.run_written(
+            move |txn| {
+                let id = match (single_match(txn, &query)?, &prepared.body_id) {
+                    (Some(found), Some(body)) if &found != body => {
+                        return Err(Error::invalid(Issue::error(
+                            IssueCode::Invalid,
+                            format!(
+                                "the search matched {rtype}/{found} but the body's id is '{body}'",
+                                rtype = query.rtype
+                            ),
+                        )))
+                    }
+                    (Some(found), _) => found,
+                    (None, Some(body)) => body.clone(),
+                    (None, None) => new_id(),
+                };
+                this.refuse_builtin(&prepared.rtype, &id)?;
+                put_version(txn, &prepared, &id, if_match)
+            },
+            |r| vec![r],
+        )?;
         Ok(result)
     }
 
@@ -419,47 +488,47 @@ impl FhirService {
             .into_iter()
             .map(|group| group.into_iter().map(|value| self.plan_put(value)).collect())
             .collect();
-        let results = self.run(move |txn| {
-            let mut written: std::collections::HashMap<(String, String), String> = std::collections::HashMap::new();
-            let mut out = Vec::with_capacity(planned.len());
-            for group in planned {
-                let group = match group {
-                    Ok(g) => g,
-                    Err(e) => {
-                        out.push(Err(e));
-                        continue;
-                    }
-                };
-                let mut result: Result<Vec<WriteResult>, Error> = Ok(Vec::new());
-                txn.nested(&mut |t| {
-                    let mut done = Vec::with_capacity(group.len());
-                    for (prepared, id, content) in &group {
-                        if written.get(&(prepared.rtype.clone(), id.clone())) == Some(content) {
+        let results = self.run_written(
+            move |txn| {
+                let mut written: std::collections::HashMap<(String, String), String> = std::collections::HashMap::new();
+                let mut out = Vec::with_capacity(planned.len());
+                for group in planned {
+                    let group = match group {
+                        Ok(g) => g,
+                        Err(e) => {
+                            out.push(Err(e));
                             continue;
                         }
-                        match put_version(t, prepared, id, None) {
-                            Ok(r) => done.push(r),
-                            Err(e) => {
-                                result = Err(e);
-                                return false;
+                    };
+                    let mut result: Result<Vec<WriteResult>, Error> = Ok(Vec::new());
+                    txn.nested(&mut |t| {
+                        let mut done = Vec::with_capacity(group.len());
+                        for (prepared, id, content) in &group {
+                            if written.get(&(prepared.rtype.clone(), id.clone())) == Some(content) {
+                                continue;
+                            }
+                            match put_version(t, prepared, id, None) {
+                                Ok(r) => done.push(r),
+                                Err(e) => {
+                                    result = Err(e);
+                                    return false;
+                                }
                             }
                         }
+                        result = Ok(done);
+                        true
+                    })?;
+                    if result.is_ok() {
+                        for (prepared, id, content) in &group {
+                            written.insert((prepared.rtype.clone(), id.clone()), content.clone());
+                        }
                     }
-                    result = Ok(done);
-                    true
-                })?;
-                if result.is_ok() {
-                    for (prepared, id, content) in &group {
-                        written.insert((prepared.rtype.clone(), id.clone()), content.clone());
-                    }
+                    out.push(result);
                 }
-                out.push(result);
-            }
-            Ok::<_, Error>(out)
-        })?;
-        for r in results.iter().flatten().flatten() {
-            self.count_written(r);
-        }
+                Ok::<_, Error>(out)
+            },
+            |out| out.iter().flatten().flatten().collect(),
+        )?;
         Ok(results)
     }
 

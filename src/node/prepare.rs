@@ -250,7 +250,10 @@ impl FhirService {
                 facts,
             })
         } else {
-            self.quality.rejected(&facts);
+            if self.quality.rejected(&facts) {
+                // Many refusals and no write to carry them: store them now.
+                let _ = self.flush_quality();
+            }
             Err(Error::Unprocessable(issues))
         }
     }

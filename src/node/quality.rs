@@ -9,12 +9,16 @@
 //!
 //! The source of a write is the service handle's write context
 //! (`FhirService::for_source`): the HTTP layer gives the client, feeds the
-//! sending application or mapping. Figures live
-//! in memory: a restarted node starts counting again (they say since when).
+//! sending application or mapping. Figures live in the store: a unit of work
+//! adds its writes' figures in its own transaction (`QualityDelta`), so they
+//! count exactly what committed, survive restarts and are shared by every
+//! process on one PostgreSQL database. Refusals have no transaction: they wait
+//! in memory and go with the next unit of work (the report adds those waiting).
 
 use crate::fhir::{Issue, Severity};
+use crate::store::{QualityDelta, QualityTotals};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 /// What one resource tells about quality, worked out when it is checked.
@@ -203,121 +207,160 @@ struct Counters {
     issues: HashMap<String, u64>,
     must_support: BTreeMap<String, (u64, u64)>,
     implausible: HashMap<String, u64>,
-    delays_hours: Vec<f64>,
+    /// Delay bucket → (resources, sum of delays in ms).
+    delays: BTreeMap<u32, (u64, i64)>,
 }
 
-#[derive(Debug, Default)]
-struct Patients {
-    by_identifier: HashMap<String, String>,
-    by_demographics: HashMap<String, String>,
-    suspected: HashSet<(String, String)>,
-    known: HashSet<String>,
+/// Timeliness buckets: one per hour for a week, then one per day.
+fn delay_bucket(ms: i64) -> u32 {
+    let hours = (ms / 3_600_000).max(0) as u64;
+    if hours < 168 {
+        hours as u32
+    } else {
+        (168 + (hours - 168) / 24).min(100_000) as u32
+    }
 }
 
-/// Counters per (source, resource type), and what tells patients apart.
-#[derive(Debug, Default)]
-struct Ledger {
-    counters: HashMap<(String, String), Counters>,
-    patients: Patients,
+/// What one resource adds to the figures; `stored_as` is the id it was written
+/// under (None: refused).
+pub fn delta(f: &Facts, stored_as: Option<&str>) -> QualityDelta {
+    let mut d = QualityDelta::default();
+    let mut add = |metric: String, n: i64| {
+        *d.counts.entry((f.source.clone(), f.rtype.clone(), metric)).or_default() += n;
+    };
+    add("received".into(), 1);
+    add(if stored_as.is_some() { "accepted" } else { "rejected" }.into(), 1);
+    if f.errors > 0 {
+        add("errors".into(), 1);
+    }
+    if f.warnings > 0 {
+        add("warnings".into(), 1);
+    }
+    for k in &f.issue_kinds {
+        add(format!("issue\t{k}"), 1);
+    }
+    for (path, present) in &f.must_support {
+        add(format!("ms\t{path}"), 1);
+        if *present {
+            add(format!("ms+\t{path}"), 1);
+        }
+    }
+    for i in &f.implausible {
+        add(format!("implausible\t{i}"), 1);
+    }
+    if let Some(ms) = f.delay_ms.filter(|d| *d >= 0) {
+        let b = delay_bucket(ms);
+        add(format!("delay\t{b}"), 1);
+        add(format!("delayms\t{b}"), ms);
+    }
+    if let (Some(id), Some((ids, demo))) = (stored_as, &f.patient) {
+        let mut keys: Vec<(String, String)> = ids.iter().map(|k| ("identifier".to_string(), k.clone())).collect();
+        if let Some(demo) = demo {
+            keys.push(("demographics".into(), demo.clone()));
+        }
+        d.patients.push((id.to_string(), keys));
+    }
+    d
 }
 
-/// The node's quality figures.
-#[derive(Debug)]
-pub struct Book {
-    since: i64,
-    inner: Mutex<Ledger>,
-}
-
-impl Default for Book {
-    fn default() -> Self {
-        Book {
-            since: crate::fhir::time::now_millis(),
-            inner: Mutex::default(),
+impl Counters {
+    fn add(&mut self, metric: &str, n: i64) {
+        let u = n.max(0) as u64;
+        let (kind, rest) = metric.split_once('\t').unwrap_or((metric, ""));
+        match kind {
+            "received" => self.received += u,
+            "accepted" => self.accepted += u,
+            "rejected" => self.rejected += u,
+            "errors" => self.with_errors += u,
+            "warnings" => self.with_warnings += u,
+            "issue" => *self.issues.entry(rest.to_string()).or_default() += u,
+            "ms" => self.must_support.entry(rest.to_string()).or_default().1 += u,
+            "ms+" => self.must_support.entry(rest.to_string()).or_default().0 += u,
+            "implausible" => *self.implausible.entry(rest.to_string()).or_default() += u,
+            "delay" => {
+                if let Ok(b) = rest.parse() {
+                    self.delays.entry(b).or_default().0 += u;
+                }
+            }
+            "delayms" => {
+                if let Ok(b) = rest.parse() {
+                    self.delays.entry(b).or_default().1 += n;
+                }
+            }
+            _ => {}
         }
     }
 }
 
-/// Delays kept per source and type for percentiles (a reservoir beyond this).
-const DELAY_SAMPLES: usize = 10_000;
+/// The node's quality figures: refusals waiting for the next unit of work, and a
+/// short-lived cache of the stored totals.
+#[derive(Debug, Default)]
+pub struct Book {
+    pending: Mutex<QualityDelta>,
+    /// Delta rows this process added since it last folded them.
+    pub(super) added: std::sync::atomic::AtomicU64,
+    cache: Mutex<Option<(std::time::Instant, std::sync::Arc<QualityTotals>)>>,
+}
+
+/// Stored totals are read again after this long (each federated question asks for completeness).
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Book {
-    /// Records a resource the node stored as `id`.
-    pub fn accepted(&self, f: &Facts, id: &str) {
-        self.record(f, Some(id));
+    /// Records a resource the node refused; it is stored with the next unit of work.
+    /// Returns whether so many wait that they should be stored now.
+    pub fn rejected(&self, f: &Facts) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.merge(delta(f, None));
+        pending.counts.len() > 1_000
     }
 
-    /// Records a resource the node refused.
-    pub fn rejected(&self, f: &Facts) {
-        self.record(f, None);
+    /// The refusals waiting to be stored (taken: give them back if the unit fails).
+    pub(super) fn take_pending(&self) -> QualityDelta {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Counts `f`; `stored_as` is the id it was written under (None: refused).
-    fn record(&self, f: &Facts, stored_as: Option<&str>) {
-        let stored = stored_as.is_some();
-        let source = f.source.clone();
-        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Ledger { counters, patients } = &mut *guard;
-        let c = counters.entry((source, f.rtype.clone())).or_default();
-        c.received += 1;
-        if stored {
-            c.accepted += 1;
-        } else {
-            c.rejected += 1;
-        }
-        c.with_errors += (f.errors > 0) as u64;
-        c.with_warnings += (f.warnings > 0) as u64;
-        for k in &f.issue_kinds {
-            *c.issues.entry(k.clone()).or_default() += 1;
-        }
-        for (path, present) in &f.must_support {
-            let e = c.must_support.entry(path.clone()).or_default();
-            e.0 += *present as u64;
-            e.1 += 1;
-        }
-        for i in &f.implausible {
-            *c.implausible.entry(i.clone()).or_default() += 1;
-        }
-        if let Some(d) = f.delay_ms.filter(|d| *d >= 0) {
-            let hours = d as f64 / 3_600_000.0;
-            if c.delays_hours.len() < DELAY_SAMPLES {
-                c.delays_hours.push(hours);
-            } else {
-                let slot = (c.received as usize * 2_654_435_761) % DELAY_SAMPLES;
-                c.delays_hours[slot] = hours;
+    pub(super) fn give_back(&self, d: QualityDelta) {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).merge(d);
+    }
+
+    /// The stored totals, read at most once a `CACHE_FOR`.
+    pub(super) fn totals(
+        &self,
+        read: impl FnOnce() -> Result<QualityTotals, crate::store::StoreError>,
+    ) -> Result<std::sync::Arc<QualityTotals>, crate::store::StoreError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, t)) = cache.as_ref() {
+            if at.elapsed() < CACHE_FOR {
+                return Ok(t.clone());
             }
         }
-        if let (Some(id), Some((ids, demo))) = (stored_as, &f.patient) {
-            let id = &id.to_string();
-            patients.known.insert(id.clone());
-            for key in ids {
-                match patients.by_identifier.get(key) {
-                    Some(other) if other != id => {
-                        patients.suspected.insert(pair(id, other));
-                    }
-                    Some(_) => {}
-                    None => {
-                        patients.by_identifier.insert(key.clone(), id.clone());
-                    }
-                }
-            }
-            if let Some(d) = demo {
-                match patients.by_demographics.get(d) {
-                    Some(other) if other != id => {
-                        patients.suspected.insert(pair(id, other));
-                    }
-                    Some(_) => {}
-                    None => {
-                        patients.by_demographics.insert(d.clone(), id.clone());
-                    }
-                }
-            }
+        let t = std::sync::Arc::new(read()?);
+        *cache = Some((std::time::Instant::now(), t.clone()));
+        Ok(t)
+    }
+
+    /// Forgets the cached totals (after this process wrote, its own reads see it at once).
+    pub(super) fn invalidate(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Per (source, type) counters from the stored totals and the refusals waiting.
+    fn counters(&self, totals: &QualityTotals) -> HashMap<(String, String), Counters> {
+        let mut counters: HashMap<(String, String), Counters> = HashMap::new();
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner()).counts.clone();
+        let stored = totals.counts.iter().map(|(k, n)| (k, *n));
+        for ((source, rtype, metric), n) in stored.chain(pending.iter().map(|(k, n)| (k, *n))) {
+            counters
+                .entry((source.clone(), rtype.clone()))
+                .or_default()
+                .add(metric, n);
         }
+        counters
     }
 
     /// The figures as JSON (`GET /quality`).
-    pub fn report(&self, region: &str) -> Value {
-        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Ledger { counters, patients } = &*guard;
+    pub fn report(&self, totals: &QualityTotals, region: &str) -> Value {
+        let counters = self.counters(totals);
         let mut keys: Vec<&(String, String)> = counters.keys().collect();
         keys.sort();
         let share = |n: u64, d: u64| {
@@ -328,34 +371,33 @@ impl Book {
             }
         };
         let mut sources = Vec::new();
-        let mut totals: BTreeMap<String, Counters> = BTreeMap::new();
+        let mut by_type: BTreeMap<String, Counters> = BTreeMap::new();
         for key in keys {
             let c = &counters[key];
             sources.push(figures(c, Some(&key.0), &key.1, share));
-            let t = totals.entry(key.1.clone()).or_default();
-            merge_into(t, c);
+            merge_into(by_type.entry(key.1.clone()).or_default(), c);
         }
-        let by_type: Vec<Value> = totals.iter().map(|(t, c)| figures(c, None, t, share)).collect();
+        let by_type: Vec<Value> = by_type.iter().map(|(t, c)| figures(c, None, t, share)).collect();
+        let since = totals.since.unwrap_or_else(crate::fhir::time::now_millis);
         json!({
             "region": region,
-            "since": crate::fhir::time::format_instant(self.since),
+            "since": crate::fhir::time::format_instant(since),
             "generatedAt": crate::fhir::time::format_instant(crate::fhir::time::now_millis()),
             "byResourceType": by_type,
             "bySource": sources,
             "uniqueness": {
-                "patients": patients.known.len(),
-                "likelyDuplicatePairs": patients.suspected.len(),
-                "share": share(patients.suspected.len() as u64, patients.known.len() as u64),
+                "patients": totals.patients,
+                "likelyDuplicatePairs": totals.pairs,
+                "share": share(totals.pairs, totals.patients),
                 "rule": "a patient whose identifier (system|value) or whose family name, first given name, birth date and gender match another patient's"
             }
         })
     }
 
     /// Share of must-support elements present over all resources of `rtype` (None: none seen).
-    pub fn completeness(&self, rtype: &str) -> Option<f64> {
-        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn completeness(&self, totals: &QualityTotals, rtype: &str) -> Option<f64> {
         let (mut present, mut total) = (0u64, 0u64);
-        for ((_, t), c) in guard.counters.iter() {
+        for ((_, t), c) in self.counters(totals) {
             if t == rtype {
                 for (p, n) in c.must_support.values() {
                     present += p;
@@ -364,14 +406,6 @@ impl Book {
             }
         }
         (total > 0).then(|| round3(present as f64 / total as f64))
-    }
-}
-
-fn pair(a: &str, b: &str) -> (String, String) {
-    if a < b {
-        (a.to_string(), b.to_string())
-    } else {
-        (b.to_string(), a.to_string())
     }
 }
 
@@ -392,7 +426,11 @@ fn merge_into(t: &mut Counters, c: &Counters) {
     for (k, v) in &c.implausible {
         *t.implausible.entry(k.clone()).or_default() += v;
     }
-    t.delays_hours.extend(c.delays_hours.iter().copied());
+    for (b, (n, ms)) in &c.delays {
+        let e = t.delays.entry(*b).or_default();
+        e.0 += n;
+        e.1 += ms;
+    }
 }
 
 fn round3(x: f64) -> f64 {
@@ -408,14 +446,22 @@ fn figures(c: &Counters, source: Option<&str>, rtype: &str, share: impl Fn(u64, 
         .map(|(k, (p, n))| (k.clone(), json!({"present": p, "of": n, "share": share(*p, *n)})))
         .collect();
     let (ms_present, ms_total) = c.must_support.values().fold((0, 0), |a, (p, n)| (a.0 + p, a.1 + n));
-    let mut delays = c.delays_hours.clone();
-    delays.sort_by(f64::total_cmp);
+    // A percentile is the mean delay of the bucket it falls in: exact to within an hour
+    // below a week, a day beyond.
+    let measured: u64 = c.delays.values().map(|(n, _)| n).sum();
     let pct = |q: f64| -> Value {
-        if delays.is_empty() {
-            Value::Null
-        } else {
-            json!(round3(delays[((delays.len() - 1) as f64 * q).round() as usize]))
+        if measured == 0 {
+            return Value::Null;
         }
+        let rank = ((measured - 1) as f64 * q).round() as u64;
+        let mut seen = 0;
+        for (n, ms) in c.delays.values() {
+            seen += n;
+            if rank < seen {
+                return json!(round3(*ms as f64 / *n as f64 / 3_600_000.0));
+            }
+        }
+        Value::Null
     };
     let implausible: u64 = c.implausible.values().sum();
     let mut v = json!({
@@ -437,7 +483,7 @@ fn figures(c: &Counters, source: Option<&str>, rtype: &str, share: impl Fn(u64, 
             "kinds": c.implausible,
         },
         "timeliness": {
-            "measured": delays.len(),
+            "measured": measured,
             "delayHoursMedian": pct(0.5),
             "delayHoursP90": pct(0.9),
         },

@@ -199,6 +199,43 @@ pub enum StoreError {
     Open { path: String, message: String },
 }
 
+/// What a unit of work adds to the node's data-quality figures (`node::quality`),
+/// written in its transaction so that the figures count exactly what committed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct QualityDelta {
+    /// (source, resource type, metric) → amount.
+    pub counts: std::collections::BTreeMap<(String, String, String), i64>,
+    /// Stored patients and their keys (kind, key) for the uniqueness rule: a key
+    /// already held by another patient makes the two a likely duplicate pair.
+    pub patients: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl QualityDelta {
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty() && self.patients.is_empty()
+    }
+
+    pub fn merge(&mut self, other: QualityDelta) {
+        for (k, n) in other.counts {
+            *self.counts.entry(k).or_default() += n;
+        }
+        self.patients.extend(other.patients);
+    }
+}
+
+/// The node's quality figures as stored: every (source, type, metric) with its total.
+#[derive(Debug, Default, Clone)]
+pub struct QualityTotals {
+    pub counts: Vec<((String, String, String), i64)>,
+    /// When the first figure was counted.
+    pub since: Option<i64>,
+    /// Patients stored, and likely duplicate pairs among them.
+    pub patients: u64,
+    pub pairs: u64,
+    /// Stored delta rows (compacted when they grow).
+    pub rows: u64,
+}
+
 /// The operations a unit of work may perform inside the store's transaction.
 pub trait WriteTxn {
     fn current(&mut self, rtype: &str, id: &str) -> Result<Option<Current>, StoreError>;
@@ -210,6 +247,10 @@ pub trait WriteTxn {
     fn nested(&mut self, f: &mut dyn FnMut(&mut dyn WriteTxn) -> bool) -> Result<bool, StoreError>;
     /// A timestamp for this unit of work: never earlier than any earlier unit's.
     fn now(&mut self) -> i64;
+    /// Adds a unit's quality figures (delta rows, appended without locks on hot rows).
+    fn add_quality(&mut self, delta: &QualityDelta) -> Result<(), StoreError>;
+    /// Folds the quality delta rows into one row per (source, type, metric).
+    fn compact_quality(&mut self) -> Result<(), StoreError>;
 }
 
 /// A unit of work. It returns `true` to keep its writes, `false` to roll them back;
@@ -269,6 +310,8 @@ pub trait Store: Send + Sync + 'static {
     fn newest(&self) -> Result<Option<i64>, StoreError>;
     /// Whether the store answers.
     fn ready(&self) -> Result<(), StoreError>;
+    /// The data-quality figures as stored.
+    fn quality(&self) -> Result<QualityTotals, StoreError>;
     /// Keeps a search's result list for paging; returns its id.
     fn save_result_set(&self, set: ResultSet) -> Result<String, StoreError>;
     /// A result list saved within `result_sets::RESULT_SET_TTL`, if any.

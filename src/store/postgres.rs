@@ -74,6 +74,16 @@ CREATE INDEX idx_uri_rid ON idx_uri (rid);
         // Scans of one type in key order (views, federation) walk this index instead of sorting.
         "CREATE INDEX resources_type_rid ON resources (type, rid);",
     ),
+    (
+        4,
+        // Data-quality figures shared by every process: delta rows appended by each unit of
+        // work (no hot rows to lock), folded now and then; patients' keys for uniqueness.
+        "CREATE TABLE quality_deltas (id BIGSERIAL PRIMARY KEY, source TEXT NOT NULL, rtype TEXT NOT NULL,
+            metric TEXT NOT NULL, n BIGINT NOT NULL, created BIGINT NOT NULL);
+         CREATE TABLE quality_patients (kind TEXT NOT NULL, key TEXT NOT NULL, patient TEXT NOT NULL,
+            PRIMARY KEY (kind, key));
+         CREATE TABLE quality_pairs (a TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b));",
+    ),
 ];
 
 fn db_err(e: postgres::Error) -> StoreError {
@@ -557,6 +567,46 @@ impl WriteTxn for PgTxn<'_, '_> {
         Ok(())
     }
 
+    fn add_quality(&mut self, delta: &super::QualityDelta) -> Result<(), StoreError> {
+        let now = crate::fhir::time::now_millis();
+        let add = self.stmt(&sql::numbered(sql::QUALITY_ADD))?;
+        for ((source, rtype, metric), n) in &delta.counts {
+            self.tx
+                .execute(&add, &[source, rtype, metric, n, &now])
+                .map_err(db_err)?;
+        }
+        let key = self.stmt(&sql::numbered(sql::QUALITY_KEY))?;
+        let holder = self.stmt(&sql::numbered(sql::QUALITY_KEY_HOLDER))?;
+        let pair = self.stmt(&sql::numbered(sql::QUALITY_PAIR))?;
+        for (patient, keys) in &delta.patients {
+            self.tx.execute(&key, &[&"id", patient, patient]).map_err(db_err)?;
+            for (kind, k) in keys {
+                self.tx.execute(&key, &[kind, k, patient]).map_err(db_err)?;
+                let held: String = self.tx.query_one(&holder, &[kind, k]).map_err(db_err)?.get(0);
+                if &held != patient {
+                    let (a, b) = if *patient < held {
+                        (patient, &held)
+                    } else {
+                        (&held, patient)
+                    };
+                    self.tx.execute(&pair, &[a, b]).map_err(db_err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn compact_quality(&mut self) -> Result<(), StoreError> {
+        // One statement, one snapshot: rows other processes add meanwhile are left alone.
+        self.tx
+            .batch_execute(
+                "WITH gone AS (DELETE FROM quality_deltas RETURNING source, rtype, metric, n, created)
+                 INSERT INTO quality_deltas (source, rtype, metric, n, created)
+                 SELECT source, rtype, metric, SUM(n)::BIGINT, MIN(created) FROM gone GROUP BY source, rtype, metric",
+            )
+            .map_err(db_err)
+    }
+
     fn nested(&mut self, f: &mut dyn FnMut(&mut dyn WriteTxn) -> bool) -> Result<bool, StoreError> {
         self.flush()?;
         self.savepoints += 1;
@@ -771,6 +821,24 @@ impl Store for PostgresStore {
                 .query_opt("SELECT last_updated FROM versions ORDER BY seq DESC LIMIT 1", &[])
                 .map_err(db_err)?;
             Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn quality(&self) -> Result<super::QualityTotals, StoreError> {
+        self.with_client(|c| {
+            let mut totals = super::QualityTotals::default();
+            let st = c.stmt(&sql::numbered(sql::QUALITY_TOTALS))?;
+            for r in c.client.query(&st, &[]).map_err(db_err)? {
+                let created: i64 = r.get(4);
+                totals.since = Some(totals.since.map_or(created, |s| s.min(created)));
+                totals.rows += r.get::<_, i64>(5) as u64;
+                totals.counts.push(((r.get(0), r.get(1), r.get(2)), r.get(3)));
+            }
+            let st = c.stmt(sql::QUALITY_PATIENTS)?;
+            totals.patients = c.client.query_one(&st, &[]).map_err(db_err)?.get::<_, i64>(0) as u64;
+            let st = c.stmt(sql::QUALITY_PAIRS)?;
+            totals.pairs = c.client.query_one(&st, &[]).map_err(db_err)?.get::<_, i64>(0) as u64;
+            Ok(totals)
         })
     }
 

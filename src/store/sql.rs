@@ -500,6 +500,18 @@ pub fn numbered(sql: &str) -> String {
     out
 }
 
+/// Data-quality figures (`node::quality`): delta rows appended by each unit of work.
+pub const QUALITY_ADD: &str = "INSERT INTO quality_deltas (source, rtype, metric, n, created) VALUES (?, ?, ?, ?, ?)";
+/// A patient's key; the first patient to hold it keeps it.
+pub const QUALITY_KEY: &str =
+    "INSERT INTO quality_patients (kind, key, patient) VALUES (?, ?, ?) ON CONFLICT (kind, key) DO NOTHING";
+pub const QUALITY_KEY_HOLDER: &str = "SELECT patient FROM quality_patients WHERE kind = ? AND key = ?";
+pub const QUALITY_PAIR: &str = "INSERT INTO quality_pairs (a, b) VALUES (?, ?) ON CONFLICT (a, b) DO NOTHING";
+pub const QUALITY_TOTALS: &str = "SELECT source, rtype, metric, CAST(SUM(n) AS BIGINT), MIN(created), COUNT(*) \
+     FROM quality_deltas GROUP BY source, rtype, metric";
+pub const QUALITY_PATIENTS: &str = "SELECT COUNT(*) FROM quality_patients WHERE kind = 'id'";
+pub const QUALITY_PAIRS: &str = "SELECT COUNT(*) FROM quality_pairs";
+
 #[cfg(test)]
 mod tests {
     use super::*;

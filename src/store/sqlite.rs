@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS versions (
 CREATE INDEX IF NOT EXISTS versions_type ON versions (type);
 -- Scans of one type in key order (views, federation): the index ends in the rowid.
 CREATE INDEX IF NOT EXISTS resources_type ON resources (type);
+-- Data-quality figures: delta rows per unit of work, folded now and then; patients' keys.
+CREATE TABLE IF NOT EXISTS quality_deltas (id INTEGER PRIMARY KEY, source TEXT NOT NULL, rtype TEXT NOT NULL,
+    metric TEXT NOT NULL, n INTEGER NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quality_patients (kind TEXT NOT NULL, key TEXT NOT NULL, patient TEXT NOT NULL,
+    PRIMARY KEY (kind, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quality_pairs (a TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idx_token (rid INTEGER NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT);
 CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token (param, code, system);
 CREATE TABLE IF NOT EXISTS idx_string (rid INTEGER NOT NULL, param TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL);
@@ -503,6 +509,55 @@ impl WriteTxn for SqliteTxn<'_> {
         Ok(())
     }
 
+    fn add_quality(&mut self, delta: &super::QualityDelta) -> Result<(), StoreError> {
+        let now = crate::fhir::time::now_millis();
+        let mut add = self.conn.prepare_cached(sql::QUALITY_ADD).map_err(db_err)?;
+        for ((source, rtype, metric), n) in &delta.counts {
+            add.execute(params![source, rtype, metric, n, now]).map_err(db_err)?;
+        }
+        for (patient, keys) in &delta.patients {
+            let mut key = self.conn.prepare_cached(sql::QUALITY_KEY).map_err(db_err)?;
+            key.execute(params!["id", patient, patient]).map_err(db_err)?;
+            for (kind, k) in keys {
+                key.execute(params![kind, k, patient]).map_err(db_err)?;
+                let holder: String = self
+                    .conn
+                    .prepare_cached(sql::QUALITY_KEY_HOLDER)
+                    .map_err(db_err)?
+                    .query_row(params![kind, k], |r| r.get(0))
+                    .map_err(db_err)?;
+                if &holder != patient {
+                    let (a, b) = if *patient < holder {
+                        (patient, &holder)
+                    } else {
+                        (&holder, patient)
+                    };
+                    self.conn
+                        .prepare_cached(sql::QUALITY_PAIR)
+                        .map_err(db_err)?
+                        .execute(params![a, b])
+                        .map_err(db_err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn compact_quality(&mut self) -> Result<(), StoreError> {
+        // One writer: the two statements see the same rows.
+        self.conn
+            .execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS quality_fold (source TEXT, rtype TEXT, metric TEXT, n INTEGER, created INTEGER);
+                 DELETE FROM quality_fold;
+                 INSERT INTO quality_fold SELECT source, rtype, metric, SUM(n), MIN(created) FROM quality_deltas
+                     GROUP BY source, rtype, metric;
+                 DELETE FROM quality_deltas;
+                 INSERT INTO quality_deltas (source, rtype, metric, n, created) SELECT * FROM quality_fold;
+                 DELETE FROM quality_fold;",
+            )
+            .map_err(db_err)
+    }
+
     fn nested(&mut self, f: &mut dyn FnMut(&mut dyn WriteTxn) -> bool) -> Result<bool, StoreError> {
         self.conn.execute_batch("SAVEPOINT entry").map_err(db_err)?;
         let keep = f(self);
@@ -802,6 +857,36 @@ impl Store for SqliteStore {
 
     fn close(&self) {
         self.shutdown();
+    }
+
+    fn quality(&self) -> Result<super::QualityTotals, StoreError> {
+        self.with_reader(|c| {
+            let mut totals = super::QualityTotals::default();
+            let mut st = c.prepare_cached(sql::QUALITY_TOTALS).map_err(db_err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                })
+                .map_err(db_err)?;
+            for row in rows {
+                let (key, n, created, rows) = row.map_err(db_err)?;
+                totals.since = Some(totals.since.map_or(created, |s| s.min(created)));
+                totals.rows += rows as u64;
+                totals.counts.push((key, n));
+            }
+            totals.patients = c
+                .query_row(sql::QUALITY_PATIENTS, [], |r| r.get::<_, i64>(0))
+                .map_err(db_err)? as u64;
+            totals.pairs = c
+                .query_row(sql::QUALITY_PAIRS, [], |r| r.get::<_, i64>(0))
+                .map_err(db_err)? as u64;
+            Ok(totals)
+        })
     }
 
     fn ready(&self) -> Result<(), StoreError> {

@@ -133,3 +133,76 @@ async fn quality_figures_match_data_with_known_defects() {
     );
     node.stop().await;
 }
+
+/// The figures live in the store: two processes on one store see each other's
+/// counts, and a node killed with `kill -9` and started again still has them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quality_figures_are_stored_shared_by_processes_and_survive_kill_9() {
+    use crate::durability::start;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = crate::helpers::fresh_schema();
+    let (mut a, base_a) = start(dir.path(), Some(&schema));
+    let (mut b, base_b) = start(dir.path(), Some(&schema));
+    let client = crate::helpers::authed(&base_a).await;
+    let post = |base: &str, body: Value| {
+        let (client, url) = (
+            client.clone(),
+            format!("{base}/{}", body["resourceType"].as_str().unwrap()),
+        );
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let patient = |family: &str| {
+        json!({"resourceType": "Patient", "name": [{"family": family, "given": ["A"]}],
+                                        "gender": "female", "birthDate": "1970-01-01"})
+    };
+    assert_eq!(post(&base_a, patient("Same")).await, 201);
+    // The same person again, through the other process: a likely duplicate pair.
+    assert_eq!(post(&base_b, patient("Same")).await, 201);
+    // Refused (no status), then a write that carries the refusal's figures into the store.
+    assert_eq!(
+        post(&base_b, json!({"resourceType": "Observation", "code": {"text": "x"}})).await,
+        422
+    );
+    assert_eq!(post(&base_b, patient("Other")).await, 201);
+
+    let figures = |base: String| {
+        let client = client.clone();
+        async move {
+            let root = base.trim_end_matches("/fhir").to_string();
+            let r = client.get(format!("{root}/quality")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let seen_by_a = figures(base_a.clone()).await;
+    let patients = by_type(&seen_by_a, "Patient");
+    assert_eq!(patients["received"], 3, "{seen_by_a}");
+    assert_eq!(patients["accepted"], 3, "{seen_by_a}");
+    assert_eq!(by_type(&seen_by_a, "Observation")["rejected"], 1, "{seen_by_a}");
+    assert_eq!(seen_by_a["uniqueness"]["patients"], 3, "{seen_by_a}");
+    assert_eq!(seen_by_a["uniqueness"]["likelyDuplicatePairs"], 1, "{seen_by_a}");
+
+    a.kill();
+    b.kill();
+    let (mut c, base_c) = start(dir.path(), Some(&schema));
+    let seen_by_c = figures(base_c).await;
+    for key in ["byResourceType", "bySource", "uniqueness", "since"] {
+        assert_eq!(seen_by_c[key], seen_by_a[key], "{key} after kill -9 and a restart");
+    }
+    c.kill();
+    if let Some(url) = crate::helpers::test_database() {
+        for suffix in ["", "_audit", "_deadletters"] {
+            crate::helpers::drop_schema(url.clone(), format!("{schema}{suffix}")).await;
+        }
+    }
+}
