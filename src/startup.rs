@@ -163,6 +163,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         config.clients.as_deref(),
         format!("pennine:node:{}", config.region),
         &config.data,
+        Some(Arc::new(StoreShared(store.clone()))),
     )?;
     let service = FhirService::new(store.clone(), Arc::new(Registry::r4()), config.service.clone())
         .with_profiles(profiles)
@@ -215,7 +216,7 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
 /// on `config.listen`.
 pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
     let (audit, audit_events) = open_audit(&StorageConfig::Embedded, &config.data).await?;
-    let authority = open_authority(config.clients.as_deref(), "pennine:hub".into(), &config.data)?;
+    let authority = open_authority(config.clients.as_deref(), "pennine:hub".into(), &config.data, None)?;
     let config = Arc::new(config);
     let pathways = match &config.pathways_dir {
         Some(dir) => Arc::new(crate::pathways::Library::load_dir(dir)?),
@@ -303,7 +304,12 @@ async fn open_audit(storage: &StorageConfig, data: &Path) -> Result<(Arc<AuditLo
 }
 
 /// The access authority: the clients file (if any) and the token key in `data`.
-fn open_authority(clients: Option<&Path>, audience: String, data: &Path) -> Result<Arc<Authority>, StartError> {
+fn open_authority(
+    clients: Option<&Path>,
+    audience: String,
+    data: &Path,
+    shared: Option<Arc<dyn crate::auth::tokens::Shared>>,
+) -> Result<Arc<Authority>, StartError> {
     let clients = match clients {
         Some(p) => Some(Clients::load(p).map_err(StartError::Access)?),
         None => {
@@ -315,9 +321,39 @@ fn open_authority(clients: Option<&Path>, audience: String, data: &Path) -> Resu
         }
     };
     std::fs::create_dir_all(data).map_err(|e| StartError::Access(format!("{}: {e}", data.display())))?;
-    Ok(Arc::new(
-        Authority::open(clients, audience, &data.join("token-key")).map_err(StartError::Access)?,
-    ))
+    let authority = Authority::open(clients, audience, &data.join("token-key")).map_err(StartError::Access)?;
+    Ok(Arc::new(match shared {
+        Some(shared) => authority.with_shared(shared),
+        None => authority,
+    }))
+}
+
+/// `auth::Shared` in a node's store: every process on the store refuses the same
+/// replayed assertions and counts the same failed secrets.
+struct StoreShared(Arc<dyn Store>);
+
+fn epoch_seconds() -> i64 {
+    crate::fhir::time::now_millis() / 1000
+}
+
+impl crate::auth::tokens::Shared for StoreShared {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.0.shared_read(key, epoch_seconds()).map_err(|e| e.to_string())
+    }
+
+    fn update(&self, key: &str, f: crate::auth::tokens::Update) -> Result<Option<Vec<u8>>, String> {
+        let key = key.to_string();
+        crate::store::run_unit(&*self.0, move |txn| -> Result<Option<Vec<u8>>, StoreError> {
+            let current = txn
+                .shared_get(&key)?
+                .filter(|(_, expires)| *expires >= epoch_seconds())
+                .map(|(v, _)| v);
+            let next = f(current.as_deref());
+            txn.shared_put(&key, next.as_ref().map(|(v, e)| (v.as_slice(), *e)))?;
+            Ok(current)
+        })
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// The node's record-key secret (`cell-key.secret` in the data folder), made on

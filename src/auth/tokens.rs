@@ -86,7 +86,8 @@ pub struct Authority {
     /// `pennine:node:<region>` or `pennine:hub`: tokens are valid only here.
     pub audience: String,
     key: Vec<u8>,
-    seen: Mutex<HashMap<String, i64>>,
+    /// Assertion ids used, and failed secrets: `MemoryShared` unless `with_shared`.
+    shared: std::sync::Arc<dyn Shared>,
     /// Failed secrets per client id and per address.
     pub throttle: Throttle,
 }
@@ -102,19 +103,85 @@ const THROTTLE_MAX_LOCK: std::time::Duration = std::time::Duration::from_secs(15
 /// Keys kept at most (the oldest go first).
 const THROTTLE_CAPACITY: usize = 10_000;
 
-#[derive(Debug, Clone, Copy)]
+/// What every process serving one node must agree on: assertion ids already used and
+/// failed secrets. A node keeps it in its store (`startup` gives the adapter), so several
+/// processes on one database refuse a replay and lock a guesser together; the hub and
+/// tests keep it in memory (`MemoryShared`).
+pub trait Shared: Send + Sync {
+    /// The value under `key`, unless absent or expired.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Replaces the value under `key` by what `f` makes of the current one (None: delete),
+    /// atomically with respect to every other process. `f` gives the value and its expiry
+    /// (seconds since the epoch). Returns the value it replaced (None: absent or expired).
+    fn update(&self, key: &str, f: Update) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// A key for `Shared` from text a client chose (an id, a `jti`): its SHA-256 in hex, so
+/// that no byte a database refuses (NUL) and no length reaches the store.
+fn shared_key(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What `Shared::update` makes of a current value.
+pub type Update = Box<dyn FnOnce(Option<&[u8]>) -> Option<(Vec<u8>, i64)> + Send>;
+
+/// `Shared` in this process's memory (at most `THROTTLE_CAPACITY` keys; expired first).
+#[derive(Default)]
+pub struct MemoryShared(Mutex<HashMap<String, (Vec<u8>, i64)>>);
+
+impl Shared for MemoryShared {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.get(key).filter(|(_, exp)| *exp >= now()).map(|(v, _)| v.clone()))
+    }
+
+    fn update(&self, key: &str, f: Update) -> Result<Option<Vec<u8>>, String> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let t = now();
+        if map.len() >= THROTTLE_CAPACITY {
+            map.retain(|_, (_, exp)| *exp >= t);
+            if map.len() >= THROTTLE_CAPACITY {
+                if let Some(k) = map.iter().min_by_key(|(_, (_, exp))| *exp).map(|(k, _)| k.clone()) {
+                    map.remove(&k);
+                }
+            }
+        }
+        let current = map.get(key).filter(|(_, exp)| *exp >= t).map(|(v, _)| v.clone());
+        match f(current.as_deref()) {
+            Some(new) => map.insert(key.to_string(), new),
+            None => map.remove(key),
+        };
+        Ok(current)
+    }
+}
+
+/// Failed secrets of one key (client id or address), as kept in `Shared`.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Failures {
     count: u32,
-    first: std::time::Instant,
-    locked_until: Option<std::time::Instant>,
+    /// Seconds since the epoch.
+    first: i64,
+    locked_until: Option<i64>,
 }
 
 /// Growing locks after repeated failed secrets: a client id after 5 failures in 15
 /// minutes, an address after 20 (it may be guessing many ids); each further failure
-/// doubles the lock, from 1 s up to 15 minutes. A success clears both.
-#[derive(Default)]
+/// doubles the lock, from 1 s up to 15 minutes. A success clears both. Kept in
+/// `Shared`: every process of a node counts the same failures.
 pub struct Throttle {
-    failures: Mutex<HashMap<String, Failures>>,
+    shared: std::sync::Arc<dyn Shared>,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle {
+            shared: std::sync::Arc::new(MemoryShared::default()),
+        }
+    }
 }
 
 impl Throttle {
@@ -126,59 +193,80 @@ impl Throttle {
         }
     }
 
-    /// `Err(retry after)` while any of `keys` is locked.
+    fn key(k: &str) -> String {
+        format!("throttle:{}", shared_key(k))
+    }
+
+    /// `Err(retry after)` while any of `keys` is locked. A store that cannot be read
+    /// does not lock anyone out (the failure is logged).
     pub fn check(&self, keys: &[String]) -> Result<(), std::time::Duration> {
-        let now = std::time::Instant::now();
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let wait = keys
-            .iter()
-            .filter_map(|k| failures.get(k)?.locked_until)
-            .filter(|until| *until > now)
-            .map(|until| until - now)
-            .max();
-        match wait {
-            Some(w) => Err(w),
-            None => Ok(()),
+        let t = now();
+        let mut wait = 0;
+        for k in keys {
+            match self.shared.get(&Self::key(k)) {
+                Ok(Some(v)) => {
+                    if let Some(until) = serde_json::from_slice::<Failures>(&v).ok().and_then(|f| f.locked_until) {
+                        wait = wait.max(until - t);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "failed-secret counts could not be read"),
+            }
+        }
+        if wait > 0 {
+            Err(std::time::Duration::from_secs(wait as u64))
+        } else {
+            Ok(())
         }
     }
 
     pub fn failed(&self, keys: &[String]) {
-        let now = std::time::Instant::now();
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= THROTTLE_CAPACITY {
-            failures.retain(|_, f| now.duration_since(f.first) < THROTTLE_WINDOW);
-            if failures.len() >= THROTTLE_CAPACITY {
-                if let Some(k) = failures.iter().min_by_key(|(_, f)| f.first).map(|(k, _)| k.clone()) {
-                    failures.remove(&k);
-                }
-            }
-        }
+        let t = now();
+        let window = THROTTLE_WINDOW.as_secs() as i64;
         for k in keys {
-            let f = failures.entry(k.clone()).or_insert(Failures {
-                count: 0,
-                first: now,
-                locked_until: None,
-            });
-            if now.duration_since(f.first) >= THROTTLE_WINDOW && f.locked_until.is_none_or(|u| u <= now) {
-                *f = Failures {
-                    count: 0,
-                    first: now,
-                    locked_until: None,
-                };
-            }
-            f.count += 1;
-            let over = f.count.saturating_sub(Self::threshold(k));
-            if f.count >= Self::threshold(k) {
-                let lock = std::time::Duration::from_secs(1u64 << over.min(20)).min(THROTTLE_MAX_LOCK);
-                f.locked_until = Some(now + lock);
+            let threshold = Self::threshold(k);
+            let r = self.shared.update(
+                &Self::key(k),
+                Box::new(move |current| {
+                    let mut f = current
+                        .and_then(|v| serde_json::from_slice::<Failures>(v).ok())
+                        .unwrap_or(Failures {
+                            count: 0,
+                            first: t,
+                            locked_until: None,
+                        });
+                    if t - f.first >= window && f.locked_until.is_none_or(|u| u <= t) {
+                        f = Failures {
+                            count: 0,
+                            first: t,
+                            locked_until: None,
+                        };
+                    }
+                    f.count += 1;
+                    if f.count >= threshold {
+                        let over = f.count - threshold;
+                        let lock = (1i64 << over.min(20)).min(THROTTLE_MAX_LOCK.as_secs() as i64);
+                        f.locked_until = Some(t + lock);
+                    }
+                    let expires = f.first.max(f.locked_until.unwrap_or(0)) + window;
+                    Some((serde_json::to_vec(&f).unwrap_or_default(), expires))
+                }),
+            );
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "a failed secret could not be counted");
             }
         }
     }
 
     pub fn succeeded(&self, keys: &[String]) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         for k in keys {
-            failures.remove(k);
+            // Most successes follow no failure: nothing to clear, nothing to write.
+            if matches!(self.shared.get(&Self::key(k)), Ok(None)) {
+                continue;
+            }
+            if let Err(e) = self.shared.update(&Self::key(k), Box::new(|_| None)) {
+                tracing::warn!(error = %e, "failed-secret counts could not be cleared");
+            }
         }
     }
 }
@@ -205,9 +293,17 @@ impl Authority {
             clients,
             audience,
             key,
-            seen: Mutex::new(HashMap::new()),
+            shared: std::sync::Arc::new(MemoryShared::default()),
             throttle: Throttle::default(),
         })
+    }
+
+    /// Keeps used assertion ids and failed secrets in `shared` (a node's store), so
+    /// that every process serving the node agrees on them.
+    pub fn with_shared(mut self, shared: std::sync::Arc<dyn Shared>) -> Authority {
+        self.throttle = Throttle { shared: shared.clone() };
+        self.shared = shared;
+        self
     }
 
     fn client(&self, id: &str) -> Result<&Client, OAuthError> {
@@ -330,19 +426,22 @@ impl Authority {
 
     /// Refuses an assertion id seen before (until the assertion would have expired anyway).
     fn remember(&self, client: &str, jti: &str, exp: i64) -> Result<(), OAuthError> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let t = now();
-        seen.retain(|_, until| *until + LEEWAY_SECONDS as i64 >= t);
-        let key = format!("{client}\u{0}{jti}");
-        if seen.contains_key(&key) {
-            return Err(oauth(
+        let key = format!("jti:{}", shared_key(&format!("{client}\u{0}{jti}")));
+        let until = exp + LEEWAY_SECONDS as i64;
+        let kept = self.shared.update(&key, Box::new(move |_| Some((Vec::new(), until))));
+        match kept {
+            Err(e) => Err(oauth(
+                503,
+                "temporarily_unavailable",
+                format!("used assertion ids cannot be checked now: {e}"),
+            )),
+            Ok(Some(_)) => Err(oauth(
                 401,
                 "invalid_client",
                 format!("assertion jti '{jti}' was used before (replay)"),
-            ));
+            )),
+            Ok(None) => Ok(()),
         }
-        seen.insert(key, exp);
-        Ok(())
     }
 
     /// Authenticates a token request with `client_secret_basic`. Every failure

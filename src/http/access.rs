@@ -244,7 +244,6 @@ fn oauth_error(e: &OAuthError, basic: bool) -> HttpResponse {
 /// `POST /auth/token`: OAuth 2.0 client credentials.
 pub async fn token(req: HttpRequest, body: web::Bytes, access: web::Data<Access>) -> HttpResponse {
     let form: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-    let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let basic = req
         .headers()
         .get("authorization")
@@ -252,12 +251,20 @@ pub async fn token(req: HttpRequest, body: web::Bytes, access: web::Data<Access>
         .and_then(|h| h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")))
         .map(str::to_string);
     let token_url = format!("{}/auth/token", base(&req, &access));
-    let result = (|| -> Result<_, OAuthError> {
-        let ct = req
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    // On the blocking pool: signatures are checked there, and replayed assertions and
+    // failed secrets are kept in the node's store (shared by its processes).
+    let authority = access.clone();
+    let used_basic = basic.is_some();
+    let result = web::block(move || -> Result<_, OAuthError> {
+        let access = authority;
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         if !ct.starts_with("application/x-www-form-urlencoded") {
             return Err(OAuthError {
                 status: 400,
@@ -300,7 +307,7 @@ pub async fn token(req: HttpRequest, body: web::Bytes, access: web::Data<Access>
                 // Guessing is slowed per client id and per address, before any check.
                 let keys = vec![
                     format!("client:{}", id.chars().take(128).collect::<String>()),
-                    format!("addr:{}", req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default()),
+                    format!("addr:{peer}"),
                 ];
                 let throttle = &access.authority.throttle;
                 if let Err(wait) = throttle.check(&keys) {
@@ -333,7 +340,15 @@ pub async fn token(req: HttpRequest, body: web::Bytes, access: web::Data<Access>
             }
         };
         access.authority.issue(client, get("scope"))
-    })();
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(OAuthError {
+            status: 500,
+            error: "server_error",
+            description: format!("the token request could not be handled: {e}"),
+        })
+    });
     let who = match &result {
         Ok((_, claims)) => claims.sub.clone(),
         Err(_) => who(None, &req),
@@ -362,7 +377,7 @@ pub async fn token(req: HttpRequest, body: web::Bytes, access: web::Data<Access>
                 query: "POST /auth/token",
                 details: vec![("error", e.error.to_string())],
             });
-            oauth_error(&e, basic.is_some())
+            oauth_error(&e, used_basic)
         }
     }
 }

@@ -62,6 +62,13 @@ thread_local! {
     static CURRENT: std::cell::RefCell<Option<Cancel>> = const { std::cell::RefCell::new(None) };
 }
 
+/// One write in a hundred also clears expired shared values.
+fn rand_purge() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed).is_multiple_of(100)
+}
+
 /// Whether the work running on this thread is no longer wanted (`Cancel::during`).
 fn unwanted() -> bool {
     CURRENT.with(|c| c.borrow().as_ref().is_some_and(Cancel::cancelled))
@@ -251,6 +258,11 @@ pub trait WriteTxn {
     fn add_quality(&mut self, delta: &QualityDelta) -> Result<(), StoreError>;
     /// Folds the quality delta rows into one row per (source, type, metric).
     fn compact_quality(&mut self) -> Result<(), StoreError>;
+    /// A shared value (`auth::Shared`: used assertion ids, failed secrets) and its expiry
+    /// (seconds), held until this unit ends so that no other process changes it meanwhile.
+    fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError>;
+    /// Sets (or, with `None`, deletes) a shared value.
+    fn shared_put(&mut self, key: &str, value: Option<(&[u8], i64)>) -> Result<(), StoreError>;
 }
 
 /// A unit of work. It returns `true` to keep its writes, `false` to roll them back;
@@ -312,6 +324,8 @@ pub trait Store: Send + Sync + 'static {
     fn ready(&self) -> Result<(), StoreError>;
     /// The data-quality figures as stored.
     fn quality(&self) -> Result<QualityTotals, StoreError>;
+    /// A shared value unless absent or expired at `now` (seconds), read without a lock.
+    fn shared_read(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError>;
     /// Keeps a search's result list for paging; returns its id.
     fn save_result_set(&self, set: ResultSet) -> Result<String, StoreError>;
     /// A result list saved within `result_sets::RESULT_SET_TTL`, if any.

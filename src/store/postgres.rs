@@ -84,6 +84,11 @@ CREATE INDEX idx_uri_rid ON idx_uri (rid);
             PRIMARY KEY (kind, key));
          CREATE TABLE quality_pairs (a TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b));",
     ),
+    (
+        5,
+        // What every process of a node must agree on: used assertion ids, failed secrets.
+        "CREATE TABLE shared_state (key TEXT PRIMARY KEY, value BYTEA NOT NULL, expires BIGINT NOT NULL);",
+    ),
 ];
 
 fn db_err(e: postgres::Error) -> StoreError {
@@ -596,6 +601,34 @@ impl WriteTxn for PgTxn<'_, '_> {
         Ok(())
     }
 
+    fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+        // Held until the unit ends, whether or not the row exists yet.
+        let lock = self.stmt("SELECT pg_advisory_xact_lock(hashtext('pennine-shared:' || $1))")?;
+        self.tx.execute(&lock, &[&key]).map_err(db_err)?;
+        let st = self.stmt(&sql::numbered(sql::SHARED_GET))?;
+        let row = self.tx.query_opt(&st, &[&key]).map_err(db_err)?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    fn shared_put(&mut self, key: &str, value: Option<(&[u8], i64)>) -> Result<(), StoreError> {
+        match value {
+            Some((v, expires)) => {
+                let st = self.stmt(&sql::numbered(sql::SHARED_PUT))?;
+                self.tx.execute(&st, &[&key, &v, &expires]).map_err(db_err)?
+            }
+            None => {
+                let st = self.stmt(&sql::numbered(sql::SHARED_DELETE))?;
+                self.tx.execute(&st, &[&key]).map_err(db_err)?
+            }
+        };
+        if super::rand_purge() {
+            let now = crate::fhir::time::now_millis() / 1000;
+            let st = self.stmt(&sql::numbered(sql::SHARED_PURGE))?;
+            self.tx.execute(&st, &[&now]).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
     fn compact_quality(&mut self) -> Result<(), StoreError> {
         // One statement, one snapshot: rows other processes add meanwhile are left alone.
         self.tx
@@ -821,6 +854,16 @@ impl Store for PostgresStore {
                 .query_opt("SELECT last_updated FROM versions ORDER BY seq DESC LIMIT 1", &[])
                 .map_err(db_err)?;
             Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn shared_read(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_client(|c| {
+            let st = c.stmt(&sql::numbered(sql::SHARED_GET))?;
+            let row = c.client.query_opt(&st, &[&key]).map_err(db_err)?;
+            Ok(row
+                .filter(|r| r.get::<_, i64>(1) >= now)
+                .map(|r| r.get::<_, Vec<u8>>(0)))
         })
     }
 

@@ -512,6 +512,13 @@ pub const QUALITY_TOTALS: &str = "SELECT source, rtype, metric, CAST(SUM(n) AS B
 pub const QUALITY_PATIENTS: &str = "SELECT COUNT(*) FROM quality_patients WHERE kind = 'id'";
 pub const QUALITY_PAIRS: &str = "SELECT COUNT(*) FROM quality_pairs";
 
+/// Values every process of a node shares (`auth::Shared`), with an expiry in seconds.
+pub const SHARED_GET: &str = "SELECT value, expires FROM shared_state WHERE key = ?";
+pub const SHARED_PUT: &str = "INSERT INTO shared_state (key, value, expires) VALUES (?, ?, ?) \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires";
+pub const SHARED_DELETE: &str = "DELETE FROM shared_state WHERE key = ?";
+pub const SHARED_PURGE: &str = "DELETE FROM shared_state WHERE expires < ?";
+
 #[cfg(test)]
 mod tests {
     use super::*;

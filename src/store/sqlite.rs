@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS quality_deltas (id INTEGER PRIMARY KEY, source TEXT N
 CREATE TABLE IF NOT EXISTS quality_patients (kind TEXT NOT NULL, key TEXT NOT NULL, patient TEXT NOT NULL,
     PRIMARY KEY (kind, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quality_pairs (a TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
+-- What every process on this file must agree on (used assertion ids, failed secrets).
+CREATE TABLE IF NOT EXISTS shared_state (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idx_token (rid INTEGER NOT NULL, param TEXT NOT NULL, system TEXT, code TEXT, text TEXT);
 CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token (param, code, system);
 CREATE TABLE IF NOT EXISTS idx_string (rid INTEGER NOT NULL, param TEXT NOT NULL, norm TEXT NOT NULL, exact TEXT NOT NULL);
@@ -543,6 +545,41 @@ impl WriteTxn for SqliteTxn<'_> {
         Ok(())
     }
 
+    fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+        // The writer holds the database's write lock for the whole unit.
+        self.conn
+            .prepare_cached(sql::SHARED_GET)
+            .map_err(db_err)?
+            .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(db_err)
+    }
+
+    fn shared_put(&mut self, key: &str, value: Option<(&[u8], i64)>) -> Result<(), StoreError> {
+        match value {
+            Some((v, expires)) => self
+                .conn
+                .prepare_cached(sql::SHARED_PUT)
+                .map_err(db_err)?
+                .execute(params![key, v, expires]),
+            None => self
+                .conn
+                .prepare_cached(sql::SHARED_DELETE)
+                .map_err(db_err)?
+                .execute(params![key]),
+        }
+        .map_err(db_err)?;
+        if super::rand_purge() {
+            let now = crate::fhir::time::now_millis() / 1000;
+            self.conn
+                .prepare_cached(sql::SHARED_PURGE)
+                .map_err(db_err)?
+                .execute(params![now])
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
     fn compact_quality(&mut self) -> Result<(), StoreError> {
         // One writer: the two statements see the same rows.
         self.conn
@@ -857,6 +894,18 @@ impl Store for SqliteStore {
 
     fn close(&self) {
         self.shutdown();
+    }
+
+    fn shared_read(&self, key: &str, now: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_reader(|c| {
+            let found: Option<(Vec<u8>, i64)> = c
+                .prepare_cached(sql::SHARED_GET)
+                .map_err(db_err)?
+                .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(db_err)?;
+            Ok(found.filter(|(_, exp)| *exp >= now).map(|(v, _)| v))
+        })
     }
 
     fn quality(&self) -> Result<super::QualityTotals, StoreError> {

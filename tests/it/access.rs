@@ -682,7 +682,7 @@ async fn without_clients_every_protected_route_is_closed() {
 }
 
 /// An ES384 key pair as rcgen makes it, with its public JWK.
-fn es384_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
+pub(crate) fn es384_key(kid: &str) -> (jsonwebtoken::EncodingKey, Value) {
     use base64::Engine;
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
     let raw = kp.public_key_raw();

@@ -24,12 +24,23 @@ impl Drop for NodeProcess {
 
 /// Starts the real binary; on a PostgreSQL run `schema` names the node's schema.
 pub fn start(data: &std::path::Path, schema: Option<&str>) -> (NodeProcess, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pennine"));
     let clients = crate::helpers::write_clients(data, "yh");
+    start_with(data, schema, &clients, &[])
+}
+
+/// `start` with a clients file of the caller's and more flags.
+pub fn start_with(
+    data: &std::path::Path,
+    schema: Option<&str>,
+    clients: &std::path::Path,
+    extra: &[&str],
+) -> (NodeProcess, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pennine"));
     cmd.args(["node", "--region", "yh", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .arg("--clients")
-        .arg(clients);
+        .arg(clients)
+        .args(extra);
     if let (Some(url), Some(schema)) = (crate::helpers::test_database(), schema) {
         cmd.args(["--database", &url, "--database-schema", schema]);
     }
