@@ -201,6 +201,13 @@ layered_settings! {
         /// Data folder for the hub's audit trail.
         #[arg(long, env = "PENNINE_DATA")]
         pub data: Option<PathBuf>,
+        /// PostgreSQL URL: the audit trail and what several hub processes must agree on
+        /// (rate limits, used assertion ids, failed secrets) go there instead of --data.
+        #[arg(long, env = "PENNINE_DATABASE")]
+        pub database: Option<String>,
+        /// PostgreSQL schema for the hub (default pennine_hub; the trail is in <schema>_audit).
+        #[arg(long, env = "PENNINE_DATABASE_SCHEMA")]
+        pub database_schema: Option<String>,
         /// Public base URL when behind a proxy.
         #[arg(long, env = "PENNINE_PUBLIC_URL")]
         pub public_url: Option<String>,
@@ -403,29 +410,12 @@ impl NodeConfig {
             .ok_or_else(|| ConfigError::Invalid("a region is required: --region <slug> (e.g. nenc)".into()))?;
         let listen = s.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         check_listen(&listen)?;
-        let storage = match s.database {
-            None => StorageConfig::Embedded,
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                let schema = s
-                    .database_schema
-                    .unwrap_or_else(|| format!("pennine_{}", region.replace('-', "_")));
-                if !crate::store::postgres::valid_schema(&schema) {
-                    return Err(ConfigError::Invalid(format!(
-                        "database_schema '{schema}' must be lower-case letters, digits and '_'"
-                    )));
-                }
-                StorageConfig::Postgres {
-                    url,
-                    schema,
-                    pool: s.database_pool.unwrap_or(8).max(2),
-                }
-            }
-            Some(_) => {
-                return Err(ConfigError::Invalid(
-                    "database must be a postgres:// URL (leave it out for the embedded store)".into(),
-                ))
-            }
-        };
+        let storage = storage(
+            s.database,
+            s.database_schema
+                .unwrap_or_else(|| format!("pennine_{}", region.replace('-', "_"))),
+            s.database_pool.unwrap_or(8).max(2),
+        )?;
         let data = match (s.data, &storage) {
             (Some(d), _) => d,
             (None, StorageConfig::Postgres { .. }) => PathBuf::from("."),
@@ -532,6 +522,8 @@ pub struct HubConfig {
     pub listen: String,
     /// Where the hub keeps its own audit trail.
     pub data: PathBuf,
+    /// The embedded store in `data`, or PostgreSQL (shared by several hub processes).
+    pub storage: StorageConfig,
     pub public_url: Option<String>,
     /// The regions and their node base URLs (without `/fhir`), in reply order.
     pub nodes: Vec<(Region, String)>,
@@ -639,6 +631,7 @@ impl HubConfig {
         HubConfig {
             listen: "127.0.0.1:0".into(),
             data: data.to_path_buf(),
+            storage: StorageConfig::Embedded,
             public_url: None,
             nodes,
             workers: 2,
@@ -652,6 +645,24 @@ impl HubConfig {
             benchmark_labels: BenchmarkLabels::Named,
             oidc: None,
         }
+    }
+}
+
+/// The embedded store, or PostgreSQL at `database` in `schema`.
+fn storage(database: Option<String>, schema: String, pool: usize) -> Result<StorageConfig, ConfigError> {
+    match database {
+        None => Ok(StorageConfig::Embedded),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            if !crate::store::postgres::valid_schema(&schema) {
+                return Err(ConfigError::Invalid(format!(
+                    "database_schema '{schema}' must be lower-case letters, digits and '_'"
+                )));
+            }
+            Ok(StorageConfig::Postgres { url, schema, pool })
+        }
+        Some(_) => Err(ConfigError::Invalid(
+            "database must be a postgres:// URL (leave it out for the embedded store)".into(),
+        )),
     }
 }
 
@@ -738,9 +749,15 @@ impl HubConfig {
         let data = s.data.ok_or_else(|| {
             ConfigError::Invalid("a data folder for the hub's audit trail is required: --data <dir>".into())
         })?;
+        let storage = storage(
+            s.database,
+            s.database_schema.unwrap_or_else(|| "pennine_hub".into()),
+            2,
+        )?;
         Ok(HubConfig {
             listen,
             data,
+            storage,
             public_url: s.public_url.map(|u| u.trim_end_matches('/').to_string()),
             nodes,
             workers: workers.max(1),

@@ -215,8 +215,19 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
 /// Opens the hub's audit store and its HTTPS client to the nodes, and serves HTTP
 /// on `config.listen`.
 pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
-    let (audit, audit_events) = open_audit(&StorageConfig::Embedded, &config.data).await?;
-    let authority = open_authority(config.clients.as_deref(), "pennine:hub".into(), &config.data, None)?;
+    let (audit, audit_events) = open_audit(&config.storage, &config.data).await?;
+    // What several hub processes must agree on lives beside their audit trail on
+    // PostgreSQL; one hub on its embedded store keeps it in memory (no fsync per question).
+    let shared: Arc<dyn crate::auth::tokens::Shared> = match config.storage {
+        StorageConfig::Postgres { .. } => Arc::new(StoreShared(audit_events.store.clone())),
+        StorageConfig::Embedded => Arc::new(crate::auth::tokens::MemoryShared::default()),
+    };
+    let authority = open_authority(
+        config.clients.as_deref(),
+        "pennine:hub".into(),
+        &config.data,
+        Some(shared.clone()),
+    )?;
     let config = Arc::new(config);
     let pathways = match &config.pathways_dir {
         Some(dir) => Arc::new(crate::pathways::Library::load_dir(dir)?),
@@ -226,7 +237,8 @@ pub async fn start_hub(config: HubConfig) -> Result<RunningHub, StartError> {
     let audit_events = audit_events.with_pathways(pathways.clone());
     let hub = Hub::new(config.clone(), audit.clone())
         .map_err(|e| StartError::Client(e.to_string()))?
-        .with_pathways(pathways);
+        .with_pathways(pathways)
+        .with_shared(shared);
     let users = authority.clients.as_ref().map(|c| c.users.clone()).unwrap_or_default();
     let people = Arc::new(crate::auth::People::new(users));
     let oidc = match &config.oidc {

@@ -77,7 +77,7 @@ async fn evaluate_measure(
         return Err(Error::NotFound("Measure".into(), id));
     }
     let period = super::pathways::period_of_request(&query_pairs(&req), &body)?;
-    admit(&hub, &req)?;
+    admit(&hub, &req).await?;
     let raw = format!(
         "Measure/{id}/$evaluate-measure?periodStart={}&periodEnd={}",
         period.start, period.end
@@ -141,7 +141,7 @@ async fn benchmark(
             )))
         }
     };
-    admit(&hub, &req)?;
+    admit(&hub, &req).await?;
     let raw = format!(
         "Measure/{id}/$benchmark?periodStart={}&periodEnd={}&group={group}{}",
         period.start,
@@ -170,9 +170,14 @@ fn who(req: &HttpRequest) -> String {
 }
 
 /// The rate limit, per client, on aggregate questions and federated counts.
-fn admit(hub: &Hub, req: &HttpRequest) -> Result<(), Error> {
+/// On the blocking pool: the counts may be in PostgreSQL, shared by every hub process.
+async fn admit(hub: &web::Data<Hub>, req: &HttpRequest) -> Result<(), Error> {
     let client = super::access::principal_of(req).map_or_else(|| who(req), |p| p.client_id);
-    hub.admit(&client).map_err(|retry_after| Error::RateLimited {
+    let (counter, asker) = (hub.clone(), client.clone());
+    let admitted = web::block(move || counter.admit(&asker))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    admitted.map_err(|retry_after| Error::RateLimited {
         retry_after,
         message: format!(
             "client '{client}' asked more than {} aggregate questions in a minute; retry in {retry_after} s",
@@ -263,7 +268,7 @@ async fn regress(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>) -
     let reply = match hub.cached(&key) {
         Some(Answer::Regress(r)) => r,
         _ => {
-            admit(&hub, &req)?;
+            admit(&hub, &req).await?;
             let r = std::sync::Arc::new(hub.regress(q, &text, &who(&req)).await?);
             if r["status"] == "complete" {
                 hub.remember(key, &Answer::Regress(r.clone()));
@@ -295,7 +300,7 @@ async fn aggregate(req: HttpRequest, payload: web::Payload, hub: web::Data<Hub>)
     let reply = match hub.cached(&key) {
         Some(Answer::Aggregate(r)) => r,
         _ => {
-            admit(&hub, &req)?;
+            admit(&hub, &req).await?;
             let r = std::sync::Arc::new(hub.aggregate(q, text, &who(&req)).await?);
             hub.remember(key, &Answer::Aggregate(r.clone()));
             r
@@ -332,7 +337,7 @@ async fn search(
         if let Some(Answer::Count(b)) = hub.cached(&key) {
             return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(b.to_string()));
         }
-        admit(&hub, &req)?;
+        admit(&hub, &req).await?;
         let bundle = hub.count(&rtype, &params, &who(&req)).await?;
         hub.remember(key, &Answer::Count(bundle.clone()));
         return Ok(HttpResponse::Ok().content_type(FHIR_JSON).body(bundle.to_string()));

@@ -59,8 +59,9 @@ pub struct Hub {
     answers: Arc<std::sync::Mutex<std::collections::HashMap<String, (Instant, Answer)>>>,
     /// The pathways the hub federates (the version every node must run).
     pub pathways: Arc<crate::pathways::Library>,
-    /// Recent aggregate questions per client, for the rate limit.
-    asked: Arc<std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>>,
+    /// Recent aggregate questions per client, for the rate limit: in the hub's store,
+    /// so that every hub process counts the same questions.
+    shared: Arc<dyn crate::auth::tokens::Shared>,
 }
 
 /// The rate limit's window.
@@ -89,8 +90,14 @@ impl Hub {
             audit,
             answers: Arc::default(),
             pathways: crate::pathways::Library::built_in(),
-            asked: Arc::default(),
+            shared: Arc::new(crate::auth::tokens::MemoryShared::default()),
         })
+    }
+
+    /// The same hub keeping its rate limit in `shared` (its store).
+    pub fn with_shared(mut self, shared: Arc<dyn crate::auth::tokens::Shared>) -> Hub {
+        self.shared = shared;
+        self
     }
 
     /// The same hub federating these pathways.
@@ -113,18 +120,45 @@ impl Hub {
     }
 
     /// Counts a question against the client's rate; `Err(seconds)` to wait when over it.
+    /// Blocking (the count may be in PostgreSQL): call it on the blocking pool. When
+    /// the count cannot be read the question is refused (a limit that fails open is none).
     pub fn admit(&self, client: &str) -> Result<(), u64> {
-        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
-        let times = asked.entry(client.to_string()).or_default();
-        while times.front().is_some_and(|t| t.elapsed() >= RATE_WINDOW) {
-            times.pop_front();
+        let now = crate::fhir::time::now_millis();
+        let window = RATE_WINDOW.as_millis() as i64;
+        let limit = self.config.aggregate_rate as usize;
+        // Times (ms) of the questions within the window, oldest first.
+        let recent = move |value: Option<&[u8]>| -> Vec<i64> {
+            let mut times: Vec<i64> = value.and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
+            times.retain(|t| now - t < window);
+            times
+        };
+        let key = format!("rate:{client}");
+        let previous = self.shared.update(
+            &key,
+            Box::new(move |value| {
+                let mut times = recent(value);
+                if times.len() < limit {
+                    times.push(now);
+                }
+                let expires = (now + window) / 1000 + 1;
+                Some((serde_json::to_vec(&times).unwrap_or_default(), expires))
+            }),
+        );
+        match previous {
+            Ok(value) => {
+                let times = recent(value.as_deref());
+                if times.len() >= limit {
+                    let oldest = times.first().copied().unwrap_or(now);
+                    Err(((window - (now - oldest)) / 1000).max(1) as u64)
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the rate limit could not be read; the question is refused");
+                Err(1)
+            }
         }
-        if times.len() >= self.config.aggregate_rate as usize {
-            let oldest = times.front().map_or(Duration::ZERO, |t| t.elapsed());
-            return Err(RATE_WINDOW.saturating_sub(oldest).as_secs().max(1));
-        }
-        times.push_back(Instant::now());
-        Ok(())
     }
 
     fn regions_for(&self, asked: Option<&[String]>) -> Result<Vec<(String, String)>, Error> {

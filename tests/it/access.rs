@@ -8,7 +8,7 @@ use pennine::auth::{Clients, Principal, HUB_ROUTES, NODE_ROUTES};
 use pennine::config::{parse_node, HubConfig};
 use pennine::startup::{start_hub, RunningHub};
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn now() -> i64 {
@@ -1031,4 +1031,55 @@ async fn client_secrets_cannot_be_enumerated_or_guessed_quickly() {
     // The lock ends (one second after the fifth failure), and the right secret works again.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(ask("partner", TEST_SECRET).await.unwrap().status(), 200);
+}
+
+/// Two hub processes on one PostgreSQL schema count a client's questions together:
+/// the rate limit is not multiplied by the number of processes behind a balancer.
+/// (PostgreSQL only: one hub on its embedded store keeps the count in memory.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_on_one_database_share_the_rate_limit() {
+    let Some(url) = crate::helpers::test_database() else {
+        println!("two_hubs_on_one_database_share_the_rate_limit: runs in the PostgreSQL pass (PENNINE_TEST_DATABASE)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let schema = crate::helpers::fresh_schema();
+    let hub = |dir: PathBuf| {
+        let (url, schema) = (url.clone(), schema.clone());
+        async move {
+            let mut config = HubConfig::local(&dir, vec![parse_node("nenc=http://127.0.0.1:9").unwrap()], None);
+            config.deadline = Duration::from_millis(300);
+            config.clients = Some(write_clients(&dir, "nenc"));
+            config.aggregate_rate = 3;
+            config.storage = pennine::config::StorageConfig::Postgres { url, schema, pool: 2 };
+            start_hub(config).await.unwrap()
+        }
+    };
+    let (a, b) = (hub(dir.path().to_path_buf()).await, hub(dir.path().to_path_buf()).await);
+    let http = reqwest::Client::new();
+    let t = token_for(&http, &a.base_url(), "partner").await;
+    let ask = |base: String, group: Value| {
+        let (http, t) = (http.clone(), t.clone());
+        async move {
+            http.post(format!("{base}/fhir/$aggregate"))
+                .bearer_auth(&t)
+                .json(&json!({"viewReference": "patient_demographics", "groupBy": group,
+                    "measures": [{"name": "n", "function": "count"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Three different questions (no answer from the cache), split between the processes.
+    assert_eq!(ask(a.base_url(), json!(["gender"])).await, 200);
+    assert_eq!(ask(b.base_url(), json!(["birth_decade"])).await, 200);
+    assert_eq!(ask(a.base_url(), json!(["gender", "birth_decade"])).await, 200);
+    // The fourth, at either process, is over the limit of three a minute.
+    assert_eq!(ask(b.base_url(), json!(["birth_decade", "gender"])).await, 429);
+    assert_eq!(ask(a.base_url(), json!(["birth_decade", "gender"])).await, 429);
+    a.stop().await;
+    b.stop().await;
+    crate::helpers::drop_schema(url, format!("{schema}_audit")).await;
 }
