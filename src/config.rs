@@ -749,11 +749,7 @@ impl HubConfig {
         let data = s.data.ok_or_else(|| {
             ConfigError::Invalid("a data folder for the hub's audit trail is required: --data <dir>".into())
         })?;
-        let storage = storage(
-            s.database,
-            s.database_schema.unwrap_or_else(|| "pennine_hub".into()),
-            2,
-        )?;
+        let storage = storage(s.database, s.database_schema.unwrap_or_else(|| "pennine_hub".into()), 2)?;
         Ok(HubConfig {
             listen,
             data,

@@ -69,6 +69,11 @@ fn rand_purge() -> bool {
     N.fetch_add(1, Ordering::Relaxed).is_multiple_of(100)
 }
 
+/// The cancellation of the work running on this thread, if any (`Cancel::during`).
+fn current_cancel() -> Option<Cancel> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
 /// Whether the work running on this thread is no longer wanted (`Cancel::during`).
 fn unwanted() -> bool {
     CURRENT.with(|c| c.borrow().as_ref().is_some_and(Cancel::cancelled))

@@ -351,7 +351,40 @@ impl PostgresStore {
 
     fn with_client<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut c = self.pool.get()?;
-        let r = f(&mut c);
+        let r = match super::current_cancel() {
+            None => f(&mut c),
+            // A search whose client may go: a watcher asks the server to cancel the
+            // running statement once it has (PostgreSQL's cancel request).
+            Some(cancel) => {
+                let token = c.client.cancel_token();
+                // `done` is held while a cancel is sent, so none reaches a later statement.
+                let done = Arc::new(Mutex::new(false));
+                let (stop, stopped) = std::sync::mpsc::channel::<()>();
+                let finished = done.clone();
+                let watcher = std::thread::Builder::new()
+                    .name("pg-cancel-watch".into())
+                    .spawn(move || loop {
+                        match stopped.recv_timeout(std::time::Duration::from_millis(25)) {
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                            _ => return,
+                        }
+                        if cancel.cancelled() {
+                            let finished = finished.lock().unwrap_or_else(|e| e.into_inner());
+                            if !*finished {
+                                let _ = token.cancel_query(postgres::NoTls);
+                            }
+                            return;
+                        }
+                    });
+                let r = f(&mut c);
+                *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                drop(stop);
+                if let Ok(w) = watcher {
+                    let _ = w.join();
+                }
+                r
+            }
+        };
         self.pool.put(c);
         r
     }
@@ -943,6 +976,46 @@ pub fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs in `.ci/run`'s PostgreSQL pass (`PENNINE_TEST_DATABASE`); says so otherwise.
+    #[test]
+    fn a_statement_is_cancelled_soon_after_its_asker_has_gone() {
+        let Ok(url) = std::env::var("PENNINE_TEST_DATABASE") else {
+            println!("a_statement_is_cancelled_soon_after_its_asker_has_gone: needs PENNINE_TEST_DATABASE");
+            return;
+        };
+        let schema = format!("t_cancel_{}", uuid::Uuid::new_v4().simple());
+        let store = PostgresStore::open(&url, &schema, 2).unwrap();
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = flag.clone();
+        let cancel = crate::store::Cancel::new(move || seen.load(std::sync::atomic::Ordering::SeqCst));
+        let setter = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let started = std::time::Instant::now();
+        let slept =
+            cancel.during(|| store.with_client(|c| c.client.batch_execute("SELECT pg_sleep(30)").map_err(db_err)));
+        setter.join().unwrap();
+        assert!(slept.is_err(), "the statement was cancelled");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        // The connection serves the next statement (no cancel left over for it).
+        let one = store.with_client(|c| {
+            Ok(c.client
+                .query_one("SELECT 1::INT", &[])
+                .map_err(db_err)?
+                .get::<_, i32>(0))
+        });
+        assert_eq!(one.unwrap(), 1);
+        store.close();
+        if let Ok(mut c) = postgres::Client::connect(&url, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+        }
+    }
 
     #[test]
     fn hides_passwords_and_checks_schema_names() {
