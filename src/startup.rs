@@ -199,6 +199,15 @@ pub async fn start_node(config: NodeConfig) -> Result<RunningNode, StartError> {
         authority,
     })?;
     tracing::info!(region = %config.region, addr = %serving.addr, storage = %backend, "node listening");
+    // The first federated question after a start should not pay for building the
+    // caches: build them now, in the background (`/ready` says how far it got).
+    let warming = service.clone();
+    if let Err(e) = std::thread::Builder::new()
+        .name("pennine-warm".into())
+        .spawn(move || warming.warm())
+    {
+        tracing::warn!(error = %e, "the caches' warm-up could not start; questions build them when asked");
+    }
     Ok(RunningNode {
         addr: serving.addr,
         tls: config.tls.is_some(),

@@ -89,12 +89,17 @@ async fn health() -> HttpResponse {
         .body(r#"{"status":"ok"}"#)
 }
 
+/// `GET /ready`: the store answers. `caches` says how far the warm-up of the view
+/// rows and episodes got (a node answers while warming, only the first questions
+/// are slower).
 async fn ready(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     let store = state.service.store.clone();
     match web::block(move || store.ready()).await {
-        Ok(Ok(())) => Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .body(format!(r#"{{"status":"ready","region":"{}"}}"#, state.config.region))),
+        Ok(Ok(())) => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "status": "ready",
+            "region": state.config.region.as_str(),
+            "caches": state.service.warm_state(),
+        }))),
         Ok(Err(e)) => Err(Error::Unavailable(format!("storage is not reachable: {e}"))),
         Err(e) => Err(Error::Internal(e.to_string())),
     }

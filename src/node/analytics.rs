@@ -74,6 +74,23 @@ struct CachedView {
 pub struct ViewCache {
     /// Most recently used last.
     entries: Mutex<Vec<Arc<CachedView>>>,
+    /// What the warm-up at start-up did (`FhirService::warm`), for `/ready`.
+    warm: Mutex<Warm>,
+}
+
+/// The state of the caches' warm-up after a start.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Warm {
+    /// `cold` (not started), `warming`, `warm` or `failed`.
+    pub state: &'static str,
+    /// Approved views whose rows are built, and the pathways' episodes read.
+    pub views: usize,
+    pub episodes: usize,
+    /// How long the warm-up took (so far).
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 pub fn view_error(e: ViewError) -> Error {
@@ -255,6 +272,65 @@ impl FhirService {
                 Some(last) if batch.len() == SCAN_BATCH => after = last.key,
                 _ => return Ok(out),
             }
+        }
+    }
+
+    /// Builds, in the background after a start, what the first federated questions
+    /// need: every approved view's rows and the pathways' episodes. Questions that come
+    /// meanwhile wait for the same build (never a second one) or find it done; `/ready`
+    /// says how far it got (`warm_state`).
+    pub fn warm(&self) {
+        let started = Instant::now();
+        let set = |w: Warm| *self.views.warm.lock().unwrap_or_else(|p| p.into_inner()) = w;
+        set(Warm {
+            state: "warming",
+            ..Warm::default()
+        });
+        let mut done = Warm {
+            state: "warm",
+            ..Warm::default()
+        };
+        let result = (|| -> Result<(), Error> {
+            for name in crate::views::library::names() {
+                let Some(Ok(approved)) = crate::views::library::approved(name) else {
+                    continue;
+                };
+                let key = format!("approved {}", approved.digest);
+                self.with_view_rows(&key, &approved.view, Budget::new(&self.settings), |_| ())?;
+                done.views += 1;
+                set(Warm {
+                    state: "warming",
+                    views: done.views,
+                    seconds: started.elapsed().as_secs_f64(),
+                    ..Warm::default()
+                });
+            }
+            done.episodes = self.episodes(Budget::new(&self.settings))?.len();
+            Ok(())
+        })();
+        done.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "warming the view and episode caches stopped; questions build them when asked");
+            done.state = "failed";
+            done.error = Some(e.to_string());
+        } else {
+            tracing::info!(
+                views = done.views,
+                episodes = done.episodes,
+                seconds = done.seconds,
+                "caches warm"
+            );
+        }
+        set(done);
+    }
+
+    /// What the warm-up did so far.
+    pub fn warm_state(&self) -> Warm {
+        let w = self.views.warm.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if w.state.is_empty() {
+            Warm { state: "cold", ..w }
+        } else {
+            w
         }
     }
 

@@ -276,3 +276,54 @@ async fn the_audit_trail_is_hash_chained_and_verify_names_the_first_broken_link(
         assert!(out.status.success() && text(&out).contains("intact"), "{}", text(&out));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_start_the_caches_warm_in_the_background_and_ready_says_so() {
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let node = spawn_node_with(|c| {
+        c.storage = StorageConfig::Embedded;
+        c.data = data.clone();
+    })
+    .await;
+    for i in 0..20 {
+        node.create(
+            &json!({"resourceType": "Patient", "gender": if i % 2 == 0 { "male" } else { "female" },
+                            "birthDate": "1950-01-01"}),
+        )
+        .await;
+    }
+    node.stop().await;
+    let again = spawn_node_with(|c| {
+        c.storage = StorageConfig::Embedded;
+        c.data = data.clone();
+    })
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let caches = loop {
+        let r: serde_json::Value = again
+            .client
+            .get(format!("{}/ready", again.root))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["status"], "ready", "{r}");
+        let state = r["caches"]["state"].as_str().unwrap_or_default().to_string();
+        assert!(["warming", "warm"].contains(&state.as_str()), "{r}");
+        if state == "warm" {
+            break r["caches"].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never warm: {r}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let approved = pennine::views::library::names().count();
+    assert_eq!(
+        caches["views"], approved,
+        "every approved view's rows were built: {caches}"
+    );
+    assert!(caches["seconds"].as_f64().is_some(), "{caches}");
+    again.stop().await;
+}
