@@ -84,9 +84,11 @@ pub struct ViewCache {
 pub struct Warm {
     /// `cold` (not started), `warming`, `warm` or `failed`.
     pub state: &'static str,
-    /// Approved views whose rows are built, and the pathways' episodes read.
+    /// Approved views whose rows are built.
     pub views: usize,
-    pub episodes: usize,
+    /// Whether the pathways' episodes are read. (Never their number: `/ready` is open to
+    /// anyone, and a count of a region's episodes is a figure only the gate may release.)
+    pub episodes: bool,
     /// How long the warm-up took (so far).
     pub seconds: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -305,7 +307,9 @@ impl FhirService {
                     ..Warm::default()
                 });
             }
-            done.episodes = self.episodes(Budget::new(&self.settings))?.len();
+            let episodes = self.episodes(Budget::new(&self.settings))?.len();
+            tracing::info!(episodes, "episodes read");
+            done.episodes = true;
             Ok(())
         })();
         done.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
