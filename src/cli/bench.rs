@@ -36,6 +36,15 @@ pub struct BenchArgs {
     /// Also run the same measurements on this PostgreSQL database (a fresh schema, dropped after).
     #[arg(long)]
     database: Option<String>,
+    /// Compare ingest with a peer measured in the same run, rounds interleaved (only `medplum`).
+    #[arg(long, value_parser = ["medplum"])]
+    peer: Option<String>,
+    /// Interleaved rounds (peer, then Pennine) for `--peer`.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// The peers' scripts (`install.sh` installs them under `$PEERS_HOME`).
+    #[arg(long, default_value = "../shared/peers")]
+    peers_dir: PathBuf,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -73,6 +82,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let parse_secs = started.elapsed().as_secs_f64();
     let parse_rate = resources as f64 / parse_secs;
+    if args.peer.is_some() {
+        return against_peer(&args, &bodies, resources, parse_rate);
+    }
     stages(&bodies, resources)?;
     er7_rate(&args.hl7_corpus);
 
@@ -100,14 +112,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut ingest_rates = Vec::new();
     for (name, storage) in backends {
         let dir = tempfile::tempdir()?;
-        let mut config = NodeConfig::local("bench", dir.path());
-        // Clients as a region's vendor (writes) and analyst (reads) would have them.
-        let clients_file = dir.path().join("clients.toml");
-        let clients = crate::demo::demo_clients(&clients_file, &["bench"])?;
-        config.clients = Some(clients_file);
-        config.service.structural_check = !args.no_structural_check;
-        config.storage = storage.clone();
-        let m = rt.block_on(measure(config, &clients, &bodies, &args, resources))?;
+        let (config, clients) = bench_node(dir.path(), &args, storage.clone())?;
+        let m = rt.block_on(measure(config, &clients, &bodies, &args, resources, false))?;
         if let StorageConfig::Postgres { url, schema, .. } = storage {
             if let Err(e) = crate::store::postgres::drop_schema(&url, &schema) {
                 eprintln!("could not drop the benchmark's schema {schema}: {e}");
@@ -142,6 +148,79 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             ingest_rates[1].1 / ingest_rates[0].1
         );
     }
+    Ok(())
+}
+
+/// A fresh node on `dir` with clients as a region's vendor (writes) and
+/// analyst (reads) would have them.
+fn bench_node(
+    dir: &std::path::Path,
+    args: &BenchArgs,
+    storage: StorageConfig,
+) -> anyhow::Result<(NodeConfig, Vec<crate::demo::DemoClient>)> {
+    let mut config = NodeConfig::local("bench", dir);
+    let clients_file = dir.join("clients.toml");
+    let clients = crate::demo::demo_clients(&clients_file, &["bench"])?;
+    config.clients = Some(clients_file);
+    config.service.structural_check = !args.no_structural_check;
+    config.storage = storage;
+    Ok((config, clients))
+}
+
+/// `--peer medplum`: rounds of the peer's ingest and Pennine's (embedded
+/// store, fresh folder each round), interleaved so that both see the same
+/// machine; prints every round, the medians and their ratio.
+fn against_peer(args: &BenchArgs, bodies: &[Arc<Vec<u8>>], resources: usize, parse_rate: f64) -> anyhow::Result<()> {
+    use super::bench_peer::{median, medplum_ingest, Peers};
+    if args.copies != 1 {
+        bail!("--peer compares the corpus as it is: leave --copies at 1 (pass a larger --corpus instead)");
+    }
+    let peers = Peers::locate(&args.peers_dir)?;
+    let rt = super::runtime()?;
+    println!(
+        "pennine bench --peer medplum: {} bundles, {resources} resources, {} interleaved rounds; \
+         Pennine over HTTP ({} in flight, durable, indexed, validation {}), \
+         the peer in-process (parsed bundles, one at a time, in memory, no validation, no indexes)",
+        bodies.len(),
+        args.rounds,
+        args.concurrency,
+        if args.no_structural_check { "off" } else { "on" }
+    );
+    println!("plain JSON parse of the same bytes, 1 core: {parse_rate:.0} resources/s");
+    println!();
+    println!("| round | peer, resources/s | Pennine, resources/s | ratio |");
+    println!("|---|---|---|---|");
+    let (mut theirs, mut ours) = (Vec::new(), Vec::new());
+    let mut peer_name = String::new();
+    for round in 1..=args.rounds.max(1) {
+        let peer = medplum_ingest(&peers, &args.corpus)?;
+        if peer.resources as usize != resources || peer.failed_bundles > 0 {
+            bail!(
+                "the peer ingested {} resources with {} failed bundles (the corpus has {resources})",
+                peer.resources,
+                peer.failed_bundles
+            );
+        }
+        peer_name = peer.peer;
+        let dir = tempfile::tempdir()?;
+        let (config, clients) = bench_node(dir.path(), args, StorageConfig::Embedded)?;
+        let m = rt.block_on(measure(config, &clients, bodies, args, resources, true))?;
+        println!(
+            "| {round} | {:.0} | {:.0} | {:.2} |",
+            peer.rate,
+            m.ingest_rate,
+            m.ingest_rate / peer.rate
+        );
+        theirs.push(peer.rate);
+        ours.push(m.ingest_rate);
+    }
+    let (p, o) = (median(&theirs), median(&ours));
+    println!();
+    println!("peer: {peer_name}");
+    println!(
+        "median: peer {p:.0} resources/s, Pennine {o:.0} resources/s; Pennine / peer = {:.2} (goal >= 1.5)",
+        o / p
+    );
     Ok(())
 }
 
@@ -282,6 +361,7 @@ async fn measure(
     bodies: &[Arc<Vec<u8>>],
     args: &BenchArgs,
     resources: usize,
+    ingest_only: bool,
 ) -> anyhow::Result<Measured> {
     {
         let node = crate::startup::start_node(config).await?;
@@ -345,6 +425,18 @@ async fn measure(
         let ingest_rate = locations.len() as f64 / ingest_secs;
         if locations.len() != resources {
             bail!("stored {} of {} resources", locations.len(), resources);
+        }
+        if ingest_only {
+            node.stop().await;
+            return Ok(Measured {
+                ingest_rate,
+                ingest_secs,
+                reads: 0,
+                read_rate: 0.0,
+                read_p50_ms: 0.0,
+                read_p99_ms: 0.0,
+                searches: Vec::new(),
+            });
         }
 
         // Read by id: a spread of ids, `read_concurrency` in flight.

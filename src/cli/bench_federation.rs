@@ -1,4 +1,4 @@
-//! `pennine bench-federation`: four nodes and a hub in one process with mutual
+//! `pennine bench-federation`: four nodes (or `--regions N`) and a hub in one process with mutual
 //! TLS, N synthetic patients per node, and the latency of a grouped aggregate:
 //! end to end at the client, and the slowest node as the hub measured it, so
 //! that the hub's own overhead is their difference, measured in the same run.
@@ -28,6 +28,9 @@ pub struct BenchFederationArgs {
     /// ($evaluate-measure and $benchmark at the hub); 0 skips them.
     #[arg(long, default_value_t = 0)]
     episodes: usize,
+    /// Regional nodes to start (1 to 4; the growth table's largest size runs on one).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=4))]
+    regions: u8,
 }
 
 const REGIONS: [&str; 4] = ["nenc", "yh", "gm", "nwc"];
@@ -48,9 +51,29 @@ pub fn run(args: BenchFederationArgs) -> anyhow::Result<()> {
         .context("--patients must be numbers, e.g. 25000,250000")?;
     let rt = super::runtime()?;
     for n in sizes {
+        // Peak memory per size: the kernel's high-water mark starts again here.
+        reset_peak_rss();
         rt.block_on(one_size(n, &args))?;
+        if let Some(kb) = peak_rss_kb() {
+            println!(
+                "peak RSS of the process (every node and both hubs) at {n} patients per node: {:.0} MB",
+                kb as f64 / 1024.0
+            );
+        }
     }
     Ok(())
+}
+
+/// Starts the process's peak-RSS mark again (Linux: `5` to `/proc/self/clear_refs`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident set since the last reset, in kB (`VmHWM`).
+fn peak_rss_kb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result<()> {
@@ -60,7 +83,7 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
     let clients_file = root.path().join("clients.toml");
     let clients = crate::demo::demo_clients(&clients_file, &REGIONS)?;
     let mut nodes = Vec::new();
-    for r in REGIONS {
+    for r in REGIONS.iter().take(args.regions as usize) {
         let mut c = NodeConfig::local(r, &root.path().join(r));
         std::fs::create_dir_all(&c.data)?;
         c.tls = Some(TlsFiles::in_dir(&certs, r));
@@ -104,6 +127,7 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
             .unwrap_or_default()
     };
     let started = Instant::now();
+    let mut resources = 0usize;
     let mut vendor_tokens = Vec::new();
     for (node, r) in nodes.iter().zip(REGIONS) {
         let id = format!("{r}-vendor");
@@ -113,6 +137,7 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
         let url = format!("{}/fhir", node.base_url());
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
         for b in bundles {
+            resources += b["entry"].as_array().map_or(0, Vec::len);
             let body = serde_json::to_vec(&b)?;
             let req = client
                 .post(&url)
@@ -138,9 +163,13 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
             }
         }
     }
+    let load_secs = started.elapsed().as_secs_f64();
     println!(
-        "{patients} patients per node x 4 loaded in {:.1} s",
-        started.elapsed().as_secs_f64()
+        "{patients} patients per node x {} loaded in {load_secs:.1} s: {resources} resources, {:.0} resources/s \
+         (transactions of {} patients, 4 in flight, one node at a time; the bundles are built and serialised by the same process)",
+        nodes.len(),
+        resources as f64 / load_secs,
+        args.per_bundle
     );
 
     let query = |group: &[&str]| {
@@ -394,8 +423,9 @@ async fn pathways(
         r?;
     }
     println!(
-        "{} episodes per node x 4 loaded in {:.1} s",
+        "{} episodes per node x {} loaded in {:.1} s",
         args.episodes,
+        nodes.len(),
         started.elapsed().as_secs_f64()
     );
     // A fresh token: loading may take longer than a token lives.

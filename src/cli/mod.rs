@@ -3,6 +3,7 @@
 mod bench;
 mod bench_federation;
 mod bench_feeds;
+mod bench_peer;
 mod data;
 mod demo;
 mod dev_certs;

@@ -38,10 +38,44 @@ impl ChoiceModel {
 }
 
 /// A type name as it follows a choice element (`quantity` → `Quantity`).
+/// Whether `suffix` is `t` with its first letter in upper case (`valueQuantity`'s
+/// suffix against the type `Quantity`, `valueString`'s against `string`),
+/// without building the upper-cased name.
+pub fn is_upper_first_of(suffix: &str, t: &str) -> bool {
+    let (mut a, mut b) = (suffix.chars(), t.chars());
+    match (a.next(), b.next()) {
+        (Some(x), Some(y)) => y.to_uppercase().eq(std::iter::once(x)) && a.as_str() == b.as_str(),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 pub fn upper_first(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
         Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_upper_first_of, upper_first};
+
+    #[test]
+    fn a_suffix_matches_its_type_as_upper_first_would() {
+        for (suffix, t) in [("Quantity", "Quantity"), ("String", "string"), ("DateTime", "dateTime")] {
+            assert!(is_upper_first_of(suffix, t), "{suffix} {t}");
+            assert_eq!(upper_first(t), suffix);
+        }
+        for (suffix, t) in [
+            ("string", "string"),
+            ("Strin", "string"),
+            ("", "string"),
+            ("Date", "dateTime"),
+        ] {
+            assert!(!is_upper_first_of(suffix, t), "{suffix} {t}");
+        }
+        assert!(is_upper_first_of("", ""));
     }
 }

@@ -641,38 +641,13 @@ fn service_for(state: &AppState, rtype: ResourceType) -> node::FhirService {
 
 /// Every entry of a batch or transaction must be allowed to the client on its own:
 /// a bundle is not a way around the access table.
-fn check_bundle_entries(p: &crate::auth::Principal, text: &str) -> Result<(), Error> {
-    #[derive(serde::Deserialize)]
-    struct B {
-        #[serde(default)]
-        entry: Vec<E>,
-    }
-    #[derive(serde::Deserialize)]
-    struct E {
-        request: Option<R>,
-    }
-    #[derive(serde::Deserialize)]
-    struct R {
-        method: Option<String>,
-        url: Option<String>,
-    }
-    // Shape errors are the bundle processor's to report.
-    let Ok(b) = serde_json::from_str::<B>(text) else {
-        return Ok(());
-    };
-    for (i, e) in b.entry.iter().enumerate() {
-        let Some(r) = &e.request else { continue };
-        let (Some(m), Some(u)) = (&r.method, &r.url) else {
-            continue;
-        };
-        crate::auth::policy::decide_entry(p, m, u).map_err(|why| {
-            Error::Forbidden(Issue {
-                expression: Some(format!("Bundle.entry[{i}].request")),
-                ..Issue::error(IssueCode::Forbidden, why)
-            })
-        })?;
-    }
-    Ok(())
+fn entry_allowed(p: &crate::auth::Principal, i: usize, method: &str, url: &str) -> Result<(), Error> {
+    crate::auth::policy::decide_entry(p, method, url).map_err(|why| {
+        Error::Forbidden(Issue {
+            expression: Some(format!("Bundle.entry[{i}].request")),
+            ..Issue::error(IssueCode::Forbidden, why)
+        })
+    })
 }
 
 async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, Error> {
@@ -684,10 +659,10 @@ async fn bundle(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     let principal = super::access::principal_of(&req);
     let outcome = blocking(move || {
         let text = body_text(&body).map_err(Error::invalid)?;
-        if let Some(p) = &principal {
-            check_bundle_entries(p, text)?;
+        match &principal {
+            Some(p) => svc.process_bundle_checked(text, &|i, m, u| entry_allowed(p, i, m, u)),
+            None => svc.process_bundle(text),
         }
-        svc.process_bundle(text)
     })
     .await?;
     let reply = node::response_bundle(&outcome, representation);

@@ -201,10 +201,9 @@ impl FhirService {
             }
             None => None,
         };
-        let resource = |rtype: &str| -> Result<Prepared, Error> {
-            let value = value
-                .clone()
-                .ok_or_else(|| entry_error(index, format!("a {method} entry needs a resource")))?;
+        // Each arm below calls this at most once, so the value moves, never copied.
+        let resource = move |rtype: &str| -> Result<Prepared, Error> {
+            let value = value.ok_or_else(|| entry_error(index, format!("a {method} entry needs a resource")))?;
             let found = self.check_resource(&value).map_err(|err| match err {
                 Error::Unprocessable(issues) => Error::Unprocessable(prefix_issues(issues, index)),
                 Error::Invalid(issues) => Error::Invalid(prefix_issues(issues, index)),
@@ -284,12 +283,33 @@ impl FhirService {
         self.process_bundle_unless(body, None)
     }
 
+    /// Like `process_bundle`, but every entry's request (index, method, url) is
+    /// first put to `allowed`, and the first refusal is the answer: nothing is
+    /// read or written. Done on the one parse of the body (the access table's
+    /// check used to parse the whole Bundle a second time).
+    pub fn process_bundle_checked(
+        &self,
+        body: &str,
+        allowed: &dyn Fn(usize, &str, &str) -> Result<(), Error>,
+    ) -> Result<BundleOutcome, Error> {
+        self.process_bundle_inner(body, None, Some(allowed))
+    }
+
     /// Like `process_bundle`, but a transaction is applied only if the resource
     /// `unless` (type, id) does not exist yet; otherwise nothing is written and
     /// the answer is `Error::AlreadyApplied`. The check runs inside the store's
     /// unit of work, so two copies of one message cannot both apply. Feeds use
     /// it with the Provenance of a message to apply each message once.
     pub fn process_bundle_unless(&self, body: &str, unless: Option<(String, String)>) -> Result<BundleOutcome, Error> {
+        self.process_bundle_inner(body, unless, None)
+    }
+
+    fn process_bundle_inner(
+        &self,
+        body: &str,
+        unless: Option<(String, String)>,
+        allowed: Option<&dyn Fn(usize, &str, &str) -> Result<(), Error>>,
+    ) -> Result<BundleOutcome, Error> {
         let bundle: BundleIn = serde_json::from_str(body).map_err(|e| {
             let what = if e.is_syntax() || e.is_eof() {
                 "malformed JSON"
@@ -301,6 +321,18 @@ impl FhirService {
                 format!("{what} at line {} column {}: {e}", e.line(), e.column()),
             ))
         })?;
+        if let Some(allowed) = allowed {
+            for (i, e) in bundle.entry.iter().enumerate() {
+                if let Some(EntryRequest {
+                    method: Some(m),
+                    url: Some(u),
+                    ..
+                }) = &e.request
+                {
+                    allowed(i, m, u)?;
+                }
+            }
+        }
         if bundle.resource_type.as_deref() != Some("Bundle") {
             return Err(Error::invalid(
                 Issue::error(IssueCode::Invalid, "POST to the base URL needs a Bundle").at("resourceType"),

@@ -368,7 +368,6 @@ fn insert_index(conn: &Connection, rid: i64, index: &IndexRows) -> Result<Spans,
                 .map_err(db_err)?;
         }
         mark(0, index.tokens.len());
-        mark(0, index.tokens.len());
     }
     if !index.strings.is_empty() {
         let mut st = conn
@@ -658,21 +657,29 @@ fn writer_loop(conn: Connection, rx: Receiver<Job>) {
         }
         let mut answers = Vec::with_capacity(group.len());
         for job in group {
-            let outcome = match conn.execute_batch("SAVEPOINT job") {
+            // Prepared once: these run for every unit of work.
+            let savepoint = conn.prepare_cached("SAVEPOINT job").and_then(|mut st| st.execute([]));
+            let outcome = match savepoint {
                 Err(e) => Err(db_err(e)),
-                Ok(()) => {
+                Ok(_) => {
                     let mut txn = SqliteTxn {
                         conn: &conn,
                         last_now: &mut last_now,
                     };
                     let work = job.work;
                     let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut txn)));
-                    let (sql_end, result) = match kept {
-                        Ok(true) => ("RELEASE job", Ok(())),
-                        Ok(false) => ("ROLLBACK TO job; RELEASE job", Ok(())),
-                        Err(_) => ("ROLLBACK TO job; RELEASE job", Err(StoreError::JobPanicked)),
-                    };
-                    conn.execute_batch(sql_end).map_err(db_err).and(result)
+                    match kept {
+                        Ok(true) => conn
+                            .prepare_cached("RELEASE job")
+                            .and_then(|mut st| st.execute([]))
+                            .map(|_| ())
+                            .map_err(db_err),
+                        Ok(false) => conn.execute_batch("ROLLBACK TO job; RELEASE job").map_err(db_err),
+                        Err(_) => conn
+                            .execute_batch("ROLLBACK TO job; RELEASE job")
+                            .map_err(db_err)
+                            .and(Err(StoreError::JobPanicked)),
+                    }
                 }
             };
             answers.push((job.done, outcome));

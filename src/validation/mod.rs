@@ -13,7 +13,7 @@
 //! slicing), invariants (FHIRPath constraints) and references' targets.
 //! Pure: no I/O; the definitions are compiled into the binary.
 
-use crate::fhir::choice::upper_first;
+use crate::fhir::choice::is_upper_first_of;
 use crate::fhir::{Issue, IssueCode};
 use regex::bytes::{Regex, RegexBuilder};
 use serde::Deserialize;
@@ -517,12 +517,12 @@ impl Validator {
         let empty = Vec::new();
         let children = def.children.get(path).unwrap_or(&empty);
         // Snapshots list inherited elements too (id, extension, meta, text, contained...).
-        let find = |key: &str| -> Option<(&Element, Option<String>)> {
+        let find = |key: &str| -> Option<(&Element, Option<&str>)> {
             for e in children.iter() {
                 if e.choice {
                     if let Some(suffix) = key.strip_prefix(e.name.as_str()) {
-                        if let Some(t) = e.types.iter().find(|t| upper_first(t) == suffix) {
-                            return Some((e, Some(t.clone())));
+                        if let Some(t) = e.types.iter().find(|t| is_upper_first_of(suffix, t)) {
+                            return Some((e, Some(t.as_str())));
                         }
                     }
                 } else if e.name == key {
@@ -558,9 +558,7 @@ impl Validator {
             }
             if let Some(base) = key.strip_prefix('_') {
                 match find(base) {
-                    Some((e, chosen))
-                        if self.is_primitive(chosen.as_deref().or(e.types.first().map(String::as_str))) =>
-                    {
+                    Some((e, chosen)) if self.is_primitive(chosen.or(e.types.first().map(String::as_str))) => {
                         present.push(e.name.as_str());
                         self.primitive_extension(value, &format!("{expr}.{base}"), cx);
                     }
@@ -636,7 +634,7 @@ impl Validator {
                     }
                     continue;
                 }
-                self.item(item, e, chosen.as_deref(), tname, path, &at, cx);
+                self.item(item, e, chosen, tname, path, &at, cx);
             }
         }
         for e in children.iter() {
@@ -728,7 +726,9 @@ impl Validator {
                             format!("{url} is a complex extension: it carries nested extensions, not a value"),
                             &format!("{at}.{k}"),
                         ));
-                    } else if !def.value_types.is_empty() && !def.value_types.iter().any(|t| upper_first(t) == found) {
+                    } else if !def.value_types.is_empty()
+                        && !def.value_types.iter().any(|t| is_upper_first_of(found, t))
+                    {
                         cx.out.push(err(
                             IssueCode::Extension,
                             format!(
