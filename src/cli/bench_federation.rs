@@ -128,15 +128,19 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
     };
     let started = Instant::now();
     let mut resources = 0usize;
-    let mut vendor_tokens = Vec::new();
     for (node, r) in nodes.iter().zip(REGIONS) {
         let id = format!("{r}-vendor");
-        let token = super::token(&client, &node.base_url(), &id, &secret_of(&id)).await?;
-        vendor_tokens.push(token.clone());
+        let mut token = super::token(&client, &node.base_url(), &id, &secret_of(&id)).await?;
+        let mut token_at = Instant::now();
         let bundles = crate::demo::bundles(r, 7, patients, args.per_bundle, false);
         let url = format!("{}/fhir", node.base_url());
         let mut in_flight = futures_util::stream::FuturesUnordered::new();
         for b in bundles {
+            // A large load outlives a token: ask for a new one every minute.
+            if token_at.elapsed() > Duration::from_secs(60) {
+                token = super::token(&client, &node.base_url(), &id, &secret_of(&id)).await?;
+                token_at = Instant::now();
+            }
             resources += b["entry"].as_array().map_or(0, Vec::len);
             let body = serde_json::to_vec(&b)?;
             let req = client
@@ -229,17 +233,25 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
     );
 
     // Changing data: one new patient per node before each question, so every node re-reads.
+    let mut vendor_tokens = Vec::new();
+    for (node, r) in nodes.iter().zip(REGIONS) {
+        let id = format!("{r}-vendor");
+        vendor_tokens.push(super::token(&client, &node.base_url(), &id, &secret_of(&id)).await?);
+    }
     let mut totals = Vec::new();
     let mut overheads = Vec::new();
     let rounds = (args.queries / 4).max(3);
     for i in 0..rounds {
         for (node, token) in nodes.iter().zip(&vendor_tokens) {
-            client
+            let res = client
                 .post(format!("{}/fhir/Patient", node.base_url()))
                 .bearer_auth(token)
                 .json(&json!({"resourceType": "Patient", "gender": "unknown"}))
                 .send()
                 .await?;
+            if !res.status().is_success() {
+                bail!("the write before a question was refused: {}", res.status());
+            }
         }
         let (t, s) = ask(query(groupings[i % groupings.len()])).await?;
         totals.push(t);

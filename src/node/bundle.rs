@@ -55,6 +55,9 @@ pub struct EntryRequest {
     pub if_match: Option<String>,
 }
 
+/// Whether an entry's request (index, method, url) may be made; the access table's check.
+pub type EntryCheck<'a> = &'a dyn Fn(usize, &str, &str) -> Result<(), Error>;
+
 /// One entry of a batch or transaction, its resource already parsed. Callers
 /// that build resources themselves (the feeds) hand these over directly, so
 /// nothing is serialised to be parsed again.
@@ -287,11 +290,7 @@ impl FhirService {
     /// first put to `allowed`, and the first refusal is the answer: nothing is
     /// read or written. Done on the one parse of the body (the access table's
     /// check used to parse the whole Bundle a second time).
-    pub fn process_bundle_checked(
-        &self,
-        body: &str,
-        allowed: &dyn Fn(usize, &str, &str) -> Result<(), Error>,
-    ) -> Result<BundleOutcome, Error> {
+    pub fn process_bundle_checked(&self, body: &str, allowed: EntryCheck<'_>) -> Result<BundleOutcome, Error> {
         self.process_bundle_inner(body, None, Some(allowed))
     }
 
@@ -308,7 +307,7 @@ impl FhirService {
         &self,
         body: &str,
         unless: Option<(String, String)>,
-        allowed: Option<&dyn Fn(usize, &str, &str) -> Result<(), Error>>,
+        allowed: Option<EntryCheck<'_>>,
     ) -> Result<BundleOutcome, Error> {
         let bundle: BundleIn = serde_json::from_str(body).map_err(|e| {
             let what = if e.is_syntax() || e.is_eof() {
