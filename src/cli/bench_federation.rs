@@ -126,11 +126,17 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
             .map(|c| c.secret.clone())
             .unwrap_or_default()
     };
+    // A region's vendor signs in at its node.
+    let vendor_token = |node: &crate::startup::RunningNode, region: &str| {
+        let id = format!("{region}-vendor");
+        let (secret, base) = (secret_of(&id), node.base_url());
+        let client = &client;
+        async move { super::token(client, &base, &id, &secret).await }
+    };
     let started = Instant::now();
     let mut resources = 0usize;
     for (node, r) in nodes.iter().zip(REGIONS) {
-        let id = format!("{r}-vendor");
-        let mut token = super::token(&client, &node.base_url(), &id, &secret_of(&id)).await?;
+        let mut token = vendor_token(node, r).await?;
         let mut token_at = Instant::now();
         let bundles = crate::demo::bundles(r, 7, patients, args.per_bundle, false);
         let url = format!("{}/fhir", node.base_url());
@@ -138,7 +144,7 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
         for b in bundles {
             // A large load outlives a token: ask for a new one every minute.
             if token_at.elapsed() > Duration::from_secs(60) {
-                token = super::token(&client, &node.base_url(), &id, &secret_of(&id)).await?;
+                token = vendor_token(node, r).await?;
                 token_at = Instant::now();
             }
             resources += b["entry"].as_array().map_or(0, Vec::len);
@@ -235,8 +241,7 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
     // Changing data: one new patient per node before each question, so every node re-reads.
     let mut vendor_tokens = Vec::new();
     for (node, r) in nodes.iter().zip(REGIONS) {
-        let id = format!("{r}-vendor");
-        vendor_tokens.push(super::token(&client, &node.base_url(), &id, &secret_of(&id)).await?);
+        vendor_tokens.push(vendor_token(node, r).await?);
     }
     let mut totals = Vec::new();
     let mut overheads = Vec::new();

@@ -37,7 +37,6 @@ impl ChoiceModel {
     }
 }
 
-/// A type name as it follows a choice element (`quantity` → `Quantity`).
 /// Whether `suffix` is `t` with its first letter in upper case (`valueQuantity`'s
 /// suffix against the type `Quantity`, `valueString`'s against `string`),
 /// without building the upper-cased name.
@@ -50,6 +49,7 @@ pub fn is_upper_first_of(suffix: &str, t: &str) -> bool {
     }
 }
 
+/// A type name as it follows a choice element (`quantity` → `Quantity`).
 pub fn upper_first(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
