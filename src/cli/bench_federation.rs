@@ -237,6 +237,23 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
         percentile(&overheads, 0.5),
         percentile(&overheads, 0.95)
     );
+    // What the rows cached for those questions cost in memory, against the same values
+    // as plain columns (issue 18: at most 2x).
+    let mut held = 0;
+    let mut columns = 0;
+    let mut rows = 0;
+    for node in &nodes {
+        let f = node.service.view_cache_footprint();
+        held += f.held_bytes;
+        columns += f.column_bytes;
+        rows += f.rows;
+    }
+    println!(
+        "view-row cache (all nodes): {rows} rows held in {:.1} MB; as plain columns {:.1} MB; {:.1}x the columns",
+        held as f64 / 1e6,
+        columns as f64 / 1e6,
+        held as f64 / columns.max(1) as f64
+    );
 
     // Changing data: one new patient per node before each question, so every node re-reads.
     let mut vendor_tokens = Vec::new();

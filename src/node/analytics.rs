@@ -78,6 +78,41 @@ pub struct ViewCache {
     warm: Mutex<Warm>,
 }
 
+/// Memory held by the cached view rows, and the size of the same values stored as
+/// plain columns: a string its bytes and a 4-byte offset, a number 8 bytes, a boolean
+/// 1, a null nothing (a validity bit), and the resource key of each row 8.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    pub views: usize,
+    pub rows: usize,
+    pub held_bytes: usize,
+    pub column_bytes: usize,
+}
+
+/// Heap bytes a JSON value owns (beyond its own 32 bytes).
+fn value_heap(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.capacity(),
+        Value::Array(a) => a.capacity() * std::mem::size_of::<Value>() + a.iter().map(value_heap).sum::<usize>(),
+        // A map node per entry, roughly: the key, the value, two pointers.
+        Value::Object(o) => o
+            .iter()
+            .map(|(k, v)| k.capacity() + std::mem::size_of::<Value>() + 16 + value_heap(v))
+            .sum(),
+        _ => 0,
+    }
+}
+
+fn column_size(v: &Value) -> usize {
+    match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 8,
+        Value::String(s) => s.len() + 4,
+        other => other.to_string().len() + 4,
+    }
+}
+
 /// The state of the caches' warm-up after a start.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -149,6 +184,12 @@ fn eval_stored(
             location: e.location,
         })
     })?;
+    // The cache keeps these for as long as the data stays: no spare capacity (a vector
+    // grown by pushes holds up to twice what it needs).
+    for r in &mut rows {
+        r.shrink_to_fit();
+    }
+    rows.shrink_to_fit();
     Ok(rows)
 }
 
@@ -329,6 +370,35 @@ impl FhirService {
     }
 
     /// What the warm-up did so far.
+    /// What the cached view rows cost in memory against the columns they hold
+    /// (`Footprint`). Walks every cached row: for benchmarks and operators' tools, not
+    /// for requests (and never for `/ready`, which anyone may read: the sizes follow
+    /// the region's numbers).
+    pub fn view_cache_footprint(&self) -> Footprint {
+        let entries = self.views.entries.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut out = Footprint::default();
+        for entry in entries {
+            let state = entry.rows.lock().unwrap_or_else(|p| p.into_inner());
+            out.views += 1;
+            // A hash table slot: the key, the vector header, one control byte.
+            out.held_bytes += state.by_key.capacity() * (std::mem::size_of::<(i64, Vec<Row>)>() + 1);
+            for rows in state.by_key.values() {
+                out.held_bytes += rows.capacity() * std::mem::size_of::<Row>();
+                for row in rows {
+                    out.rows += 1;
+                    out.held_bytes += row.capacity() * std::mem::size_of::<Value>();
+                    // The resource key a row belongs to is a column too.
+                    out.column_bytes += std::mem::size_of::<i64>();
+                    for v in row {
+                        out.held_bytes += value_heap(v);
+                        out.column_bytes += column_size(v);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn warm_state(&self) -> Warm {
         let w = self.views.warm.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if w.state.is_empty() {
@@ -347,5 +417,20 @@ impl FhirService {
         self.with_view_rows(&key, view, budget, |rows| {
             federation::compute(plan, rows.iter().map(|(k, r)| (*k, r.as_slice())), keys)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn column_sizes_count_each_value_as_a_plain_column_would() {
+        let row = [json!("F"), json!("1950s"), json!(3.5), json!(true), Value::Null];
+        assert_eq!(row.iter().map(column_size).sum::<usize>(), (1 + 4) + (5 + 4) + 8 + 1);
+        // A string owns its bytes on the heap; numbers, booleans and nulls own nothing.
+        assert!(value_heap(&json!("1950s")) >= 5);
+        assert_eq!(value_heap(&json!(3.5)) + value_heap(&Value::Null), 0);
     }
 }

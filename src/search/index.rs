@@ -404,15 +404,104 @@ mod tests {
             .tokens
             .iter()
             .any(|t| &*t.param == "Observation.status" && t.code.as_deref() == Some("final")));
-        assert!(rows
-            .refs
-            .iter()
-            .any(|r| &*r.param == "Observation.patient" && r.target_id.as_deref() == Some("p1")));
+        // `patient` is `subject` filtered to Patients: it reads `subject`'s rows.
+        assert!(rows.refs.iter().any(|r| &*r.param == "Observation.subject"
+            && r.target_type.as_deref() == Some("Patient")
+            && r.target_id.as_deref() == Some("p1")));
+        assert!(!rows.refs.iter().any(|r| &*r.param == "Observation.patient"));
+        let patient = reg.get("Observation", "patient").unwrap();
+        assert_eq!(
+            patient.within.as_ref().map(|(k, t)| (&**k, t.as_str())),
+            Some(("Observation.subject", "Patient"))
+        );
         assert!(rows.dates.iter().any(|d| &*d.param == "Observation.date"));
         assert!(rows
             .quantities
             .iter()
             .any(|q| &*q.param == "Observation.value-quantity" && q.value == 72.5));
+    }
+
+    /// The rows a parameter stored within another's would have had (its own expression
+    /// evaluated) are exactly the other's rows of its target type, on awkward references
+    /// and on every resource of the R4 examples.
+    #[test]
+    fn a_parameter_within_another_has_exactly_its_rows_of_one_type() {
+        let reg = Registry::r4();
+        let model = &definitions::get().choice;
+        let linked: usize = ["Observation", "Condition", "Encounter", "Procedure"]
+            .iter()
+            .map(|t| reg.for_type(t).filter(|p| p.within.is_some()).count())
+            .sum();
+        assert!(linked >= 4, "patient of each of those types is linked: {linked}");
+        let check = |resource: &Value, failures: &mut Vec<String>| {
+            let Some(rtype) = resource["resourceType"].as_str() else {
+                return;
+            };
+            let rows = extract(&reg, rtype, resource);
+            for p in reg.for_type(rtype) {
+                let Some((base, only)) = &p.within else { continue };
+                let mut own = IndexRows::default();
+                for item in fhirpath::evaluate(&p.compiled, resource, model).unwrap_or_default() {
+                    index_reference(p, &item, &mut own);
+                }
+                let key = |r: &RefRow| (r.target_type.clone(), r.target_id.clone(), r.url.clone());
+                let mut want: Vec<_> = own.refs.iter().map(key).collect();
+                let mut got: Vec<_> = rows
+                    .refs
+                    .iter()
+                    .filter(|r| r.param == *base && r.target_type.as_ref() == Some(only))
+                    .map(key)
+                    .collect();
+                want.sort();
+                got.sort();
+                if want != got {
+                    failures.push(format!("{} of {}: own {want:?}, within {got:?}", p.key, resource["id"]));
+                }
+            }
+        };
+        let mut failures = Vec::new();
+        for reference in [
+            "Patient/p1",
+            "Patient/p1/_history/2",
+            "https://other.example/fhir/Patient/p1",
+            "Group/g1",
+            "patient/p1",
+            "urn:uuid:4c1f2b36-1f9d-4c4c-9d1c-1b2b3c4d5e6f",
+            "#p1",
+            "Patient?identifier=x|1",
+        ] {
+            let obs = json!({"resourceType": "Observation", "id": reference, "status": "final",
+                "code": {"text": "x"}, "subject": {"reference": reference}});
+            check(&obs, &mut failures);
+        }
+        let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpora/fhir-r4-examples");
+        if !corpus.exists() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{} is missing",
+                corpus.display()
+            );
+            println!("SKIPPED (the R4 examples part): {} is missing", corpus.display());
+        }
+        let mut seen = 0;
+        for dir in ["fhir_models-r4-examples", "fhir-test-cases-r4-examples"] {
+            for entry in std::fs::read_dir(corpus.join(dir)).into_iter().flatten().flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                    continue;
+                };
+                let Ok(resource) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                check(&resource, &mut failures);
+                seen += 1;
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {seen} differ: {:#?}",
+            failures.len(),
+            failures
+        );
     }
 
     #[test]

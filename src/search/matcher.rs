@@ -3,7 +3,7 @@
 //! without storing them (the pathways' Measures and ValueSets on a node, the
 //! hub's list). The store stays the one place stored resources are searched.
 
-use super::index::{DateRow, IndexRows, QuantityRow};
+use super::index::{DateRow, IndexRows, QuantityRow, RefRow};
 use super::params::ParamKind;
 use super::query::{Condition, DateCond, NumCond, Prefix, RefValue, StringMode, SystemMatch, UriMode};
 
@@ -65,7 +65,7 @@ fn matches(cond: &Condition, c: &Candidate) -> bool {
                 UriMode::Above => v.starts_with(r.value.as_str()),
             })
         }),
-        Condition::Reference { key, values } => rows.refs.iter().filter(|r| r.param == *key).any(|r| {
+        Condition::Reference { key, values, only_type } => refs_of(rows, key, only_type).any(|r| {
             values.iter().any(|v| match v {
                 RefValue::Local { target_type, id } => {
                     r.target_id.as_ref() == Some(id)
@@ -75,18 +75,30 @@ fn matches(cond: &Condition, c: &Candidate) -> bool {
             })
         }),
         Condition::Chain { .. } => false,
-        Condition::Missing { key, kind, missing } => {
+        Condition::Missing {
+            key,
+            kind,
+            missing,
+            only_type,
+        } => {
             let present = match kind {
                 ParamKind::Token => rows.tokens.iter().any(|r| r.param == *key),
                 ParamKind::String => rows.strings.iter().any(|r| r.param == *key),
                 ParamKind::Date => rows.dates.iter().any(|r| r.param == *key),
-                ParamKind::Reference => rows.refs.iter().any(|r| r.param == *key),
+                ParamKind::Reference => refs_of(rows, key, only_type).next().is_some(),
                 ParamKind::Quantity | ParamKind::Number => quantities(rows).any(|r| r.param == *key),
                 ParamKind::Uri => rows.uris.iter().any(|r| r.param == *key),
             };
             present != *missing
         }
     }
+}
+
+/// A reference parameter's rows, of one target type when it is stored within another's.
+fn refs_of<'r>(rows: &'r IndexRows, key: &'r str, only_type: &'r Option<String>) -> impl Iterator<Item = &'r RefRow> {
+    rows.refs
+        .iter()
+        .filter(move |r| &*r.param == key && only_type.as_ref().is_none_or(|t| r.target_type.as_ref() == Some(t)))
 }
 
 fn quantities(rows: &IndexRows) -> impl Iterator<Item = &QuantityRow> {

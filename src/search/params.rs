@@ -57,6 +57,59 @@ pub struct SearchParam {
     pub expression: String,
     pub compiled: Expr,
     pub targets: Vec<String>,
+    /// Set when this parameter's rows would repeat another's: the key of the reference
+    /// parameter, and the target type, whose rows are exactly this one's
+    /// (`Observation.patient` is `Observation.subject.where(resolve() is Patient)`).
+    /// No rows are stored for it; searches read the other's, of that target type.
+    pub within: Option<(Arc<str>, String)>,
+}
+
+/// `X.where(resolve() is T)`: the path `X` and the type `T`.
+fn resolve_filter(e: &Expr) -> Option<(&Expr, &str)> {
+    let Expr::Call {
+        target: Some(x),
+        name,
+        args,
+    } = e
+    else {
+        return None;
+    };
+    match (name.as_str(), args.as_slice()) {
+        ("where", [Expr::Is(inner, t)]) => match inner.as_ref() {
+            Expr::Call {
+                target: None,
+                name,
+                args,
+            } if name == "resolve" && args.is_empty() => Some((x, t)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Points each reference parameter that filters another by target type at it
+/// (see `SearchParam::within`).
+fn link_subsets(params: &mut BTreeMap<String, Arc<SearchParam>>) {
+    let mut links = Vec::new();
+    for (code, p) in params.iter() {
+        if p.kind != ParamKind::Reference {
+            continue;
+        }
+        let Some((path, t)) = resolve_filter(&p.compiled) else {
+            continue;
+        };
+        let base = params
+            .values()
+            .find(|b| b.kind == ParamKind::Reference && b.key != p.key && b.compiled == *path);
+        if let Some(b) = base {
+            links.push((code.clone(), (b.key.clone(), t.to_string())));
+        }
+    }
+    for (code, within) in links {
+        if let Some(p) = params.get_mut(&code).and_then(Arc::get_mut) {
+            p.within = Some(within);
+        }
+    }
 }
 
 /// All search parameters, by resource type and code.
@@ -142,12 +195,16 @@ impl Registry {
                     expression: def.expression.clone(),
                     compiled,
                     targets: def.target.clone(),
+                    within: None,
                 };
                 by_type
                     .entry(rtype.to_string())
                     .or_default()
                     .insert(def.code.clone(), Arc::new(param));
             }
+        }
+        for params in by_type.values_mut() {
+            link_subsets(params);
         }
         Registry { by_type }
     }
@@ -156,13 +213,14 @@ impl Registry {
         self.by_type.get(rtype)?.get(code)
     }
 
-    /// The parameters that index rows for `rtype` (everything but `_id`/`_lastUpdated`).
+    /// The parameters that store index rows for `rtype`: everything but `_id` and
+    /// `_lastUpdated` (columns of their own) and the subsets of another's rows.
     pub fn indexed(&self, rtype: &str) -> impl Iterator<Item = &Arc<SearchParam>> {
         self.by_type
             .get(rtype)
             .into_iter()
             .flat_map(|m| m.values())
-            .filter(|p| !SPECIAL.contains(&p.code.as_str()))
+            .filter(|p| !SPECIAL.contains(&p.code.as_str()) && p.within.is_none())
     }
 
     /// Every parameter of `rtype`, sorted by code, for the CapabilityStatement.

@@ -111,6 +111,9 @@ pub enum Condition {
     Reference {
         key: Arc<str>,
         values: Vec<RefValue>,
+        /// Only references to this type count (a parameter stored within another's rows:
+        /// `SearchParam::within`).
+        only_type: Option<String>,
     },
     /// `subject:Patient.name=x`: resources whose reference `key` points at a
     /// resource of one of the target types that matches that type's condition.
@@ -122,6 +125,8 @@ pub enum Condition {
         key: Arc<str>,
         kind: ParamKind,
         missing: bool,
+        /// As for `Reference`.
+        only_type: Option<String>,
     },
 }
 
@@ -380,6 +385,15 @@ fn parse_reference(param: &str, v: &str, type_modifier: Option<&str>) -> Result<
     }
 }
 
+/// Where a parameter's rows are: its own key, or the key of the parameter whose rows
+/// of one target type are its rows (`SearchParam::within`) and that type.
+fn stored_key(p: &SearchParam) -> (Arc<str>, Option<String>) {
+    match &p.within {
+        Some((key, t)) => (key.clone(), Some(t.clone())),
+        None => (p.key.clone(), None),
+    }
+}
+
 /// Values of one parameter, parsed for its kind and modifier.
 fn condition(name: &str, p: &SearchParam, modifier: Option<&str>, raw: &str) -> Result<Condition, QueryError> {
     if modifier == Some("missing") {
@@ -388,10 +402,12 @@ fn condition(name: &str, p: &SearchParam, modifier: Option<&str>, raw: &str) -> 
             "false" => false,
             _ => return Err(bad(name, ":missing takes true or false")),
         };
+        let (key, only_type) = stored_key(p);
         return Ok(Condition::Missing {
-            key: p.key.clone(),
+            key,
             kind: p.kind,
             missing,
+            only_type,
         });
     }
     let values: Vec<String> = split_escaped(raw, ',');
@@ -479,12 +495,14 @@ fn condition(name: &str, p: &SearchParam, modifier: Option<&str>, raw: &str) -> 
                 Some(m) if fhir::is_resource_type(m) => Some(m),
                 Some(m) => return Err(unsupported(m)),
             };
+            let (key, only_type) = stored_key(p);
             Condition::Reference {
                 key,
                 values: values
                     .iter()
                     .map(|v| parse_reference(name, v, type_modifier))
                     .collect::<Result<_, _>>()?,
+                only_type,
             }
         }
     })
@@ -540,17 +558,24 @@ fn parse_condition_at(
         if targets.is_empty() {
             return Err(QueryError::UnknownParameter(name.to_string()));
         }
-        let targets = targets
+        let mut targets = targets
             .into_iter()
             .map(|t| {
                 let inner = parse_condition_at(registry, &t, rest, raw, depth + 1)?;
                 Ok((t, inner))
             })
             .collect::<Result<Vec<_>, QueryError>>()?;
-        return Ok(Condition::Chain {
-            key: p.key.clone(),
-            targets,
-        });
+        // A parameter stored within another's rows reads them for its own target type
+        // only. Asked for other types only, it keeps its own key, under which no rows
+        // are stored: nothing matches, as nothing can.
+        let key = match &p.within {
+            Some((base, only)) if targets.iter().any(|(t, _)| t == only) => {
+                targets.retain(|(t, _)| t == only);
+                base.clone()
+            }
+            _ => p.key.clone(),
+        };
+        return Ok(Condition::Chain { key, targets });
     }
     let (code, modifier) = match name.split_once(':') {
         Some((c, m)) => (c, Some(m)),
@@ -638,10 +663,17 @@ fn include(registry: &Registry, spec: &str, name: &str) -> Result<Include, Query
             return Err(bad(name, format!("unknown resource type '{t}'")));
         }
     }
+    // A parameter stored within another's rows includes that one's targets of its own
+    // type; asked for another type, it keeps its own key, under which no rows are stored.
+    let (key, target_type) = match (&p.within, target) {
+        (Some((base, only)), None) => (base.clone(), Some(only.clone())),
+        (Some((base, only)), Some(t)) if t == only => (base.clone(), Some(only.clone())),
+        (_, t) => (p.key.clone(), t.map(str::to_string)),
+    };
     Ok(Include {
         source_type: source.to_string(),
-        key: p.key.clone(),
-        target_type: target.map(str::to_string),
+        key,
+        target_type,
     })
 }
 

@@ -299,9 +299,14 @@ pub fn condition(sql: &mut Sql, r: &str, c: &Condition) {
             });
             sql.push(")");
         }
-        Condition::Reference { key, values } => {
+        Condition::Reference { key, values, only_type } => {
             sql.push(&format!("{r}.rid IN ("));
             index_subquery(sql, "idx_ref", key);
+            if let Some(t) = only_type {
+                sql.push("ttype = ");
+                sql.text_arg(t);
+                sql.push(" AND ");
+            }
             or_join(sql, values, |sql, v| match v {
                 RefValue::Local { target_type, id } => {
                     sql.push("tid = ");
@@ -335,13 +340,22 @@ pub fn condition(sql: &mut Sql, r: &str, c: &Condition) {
             });
             sql.push(")");
         }
-        Condition::Missing { key, kind, missing } => {
+        Condition::Missing {
+            key,
+            kind,
+            missing,
+            only_type,
+        } => {
             sql.push(&format!(
                 "{r}.rid {}IN (SELECT rid FROM {} WHERE param = ",
                 if *missing { "NOT " } else { "" },
                 table_for(*kind)
             ));
             sql.text_arg(key);
+            if let Some(t) = only_type {
+                sql.push(" AND ttype = ");
+                sql.text_arg(t);
+            }
             sql.push(")");
         }
     }

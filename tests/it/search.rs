@@ -182,6 +182,78 @@ async fn token_string_date_reference_quantity_and_uri() {
     node.stop().await;
 }
 
+/// `Observation.patient` is `subject` filtered to Patients and stores no rows of its own
+/// (it reads `subject`'s): every way of searching it must still see only Patients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parameter_stored_within_another_sees_only_its_target_type() {
+    let node = spawn_node().await;
+    let s = seed(&node).await;
+    let group = node
+        .create(
+            &json!({"resourceType": "Group", "type": "person", "actual": true, "name": "Armstrong family",
+            "identifier": [{"system": "urn:families", "value": "armstrong"}]}),
+        )
+        .await;
+    // An Observation about a Group: `subject` reaches it, `patient` must not.
+    let subject_group = |id: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+            "subject": {"reference": format!("Group/{id}")}})
+    };
+    node.create(&subject_group(&group)).await;
+    // The rows are `subject`'s; `patient` is the part of them that points at Patients.
+    assert_eq!(node.total(&format!("Observation?subject={group}")).await, 1);
+    assert_eq!(node.total(&format!("Observation?patient={group}")).await, 0);
+    assert_eq!(node.total(&format!("Observation?patient=Group/{group}")).await, 0);
+    assert_eq!(node.total(&format!("Observation?patient:Group={group}")).await, 0);
+    assert_eq!(node.total(&format!("Observation?patient={},{group}", s.ann)).await, 3);
+    assert_eq!(node.total(&format!("Observation?patient=Patient/{}", s.bob)).await, 1);
+    assert_eq!(node.total("Observation?patient:missing=true").await, 1);
+    assert_eq!(node.total("Observation?patient:missing=false").await, 5);
+    assert_eq!(node.total("Observation?subject:missing=true").await, 0);
+    // Chains: through Patients only.
+    assert_eq!(node.total("Observation?patient.name=armstrong").await, 3);
+    assert_eq!(node.total("Observation?subject:Group.identifier=armstrong").await, 1);
+    assert_eq!(node.total("Observation?patient:Group.identifier=armstrong").await, 0);
+    // Includes both ways.
+    let included = |b: &Value, rtype: &str| {
+        b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] == "include" && e["resource"]["resourceType"] == rtype)
+            .count()
+    };
+    let b = node
+        .get_json("Observation?code=29463-7&_include=Observation:patient")
+        .await;
+    assert_eq!(
+        (b["total"].as_u64(), included(&b, "Patient"), included(&b, "Group")),
+        (Some(4), 2, 0)
+    );
+    let b = node
+        .get_json("Observation?code=29463-7&_include=Observation:subject")
+        .await;
+    assert_eq!((included(&b, "Patient"), included(&b, "Group")), (2, 1));
+    let b = node
+        .get_json("Observation?code=29463-7&_include=Observation:patient:Group")
+        .await;
+    assert_eq!(included(&b, "Group"), 0);
+    let b = node
+        .get_json(&format!("Group?_id={group}&_revinclude=Observation:patient"))
+        .await;
+    assert_eq!(included(&b, "Observation"), 0);
+    let b = node
+        .get_json(&format!("Group?_id={group}&_revinclude=Observation:subject"))
+        .await;
+    assert_eq!(included(&b, "Observation"), 1);
+    let b = node
+        .get_json(&format!("Patient?_id={}&_revinclude=Observation:patient", s.ann))
+        .await;
+    assert_eq!(included(&b, "Observation"), 3);
+    node.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_is_stable_and_sorting_works() {
     let node = spawn_node().await;
