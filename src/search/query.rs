@@ -566,8 +566,9 @@ fn parse_condition_at(
             })
             .collect::<Result<Vec<_>, QueryError>>()?;
         // A parameter stored within another's rows reads them for its own target type
-        // only. Asked for other types only, it keeps its own key, under which no rows
-        // are stored: nothing matches, as nothing can.
+        // only. Asked for other types only, it keeps its own key, under which rows are no
+        // longer stored (and older ones are all of its own type): nothing matches, as
+        // nothing can.
         let key = match &p.within {
             Some((base, only)) if targets.iter().any(|(t, _)| t == only) => {
                 targets.retain(|(t, _)| t == only);
@@ -664,7 +665,8 @@ fn include(registry: &Registry, spec: &str, name: &str) -> Result<Include, Query
         }
     }
     // A parameter stored within another's rows includes that one's targets of its own
-    // type; asked for another type, it keeps its own key, under which no rows are stored.
+    // type; asked for another type, it keeps its own key, under which rows are no longer
+    // stored (and older ones are all of its own type): nothing is included.
     let (key, target_type) = match (&p.within, target) {
         (Some((base, only)), None) => (base.clone(), Some(only.clone())),
         (Some((base, only)), Some(t)) if t == only => (base.clone(), Some(only.clone())),

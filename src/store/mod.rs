@@ -216,7 +216,7 @@ pub enum StoreError {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct QualityDelta {
     /// (source, resource type, metric) → amount.
-    pub counts: std::collections::BTreeMap<(String, String, String), i64>,
+    pub counts: QualityCounts,
     /// Stored patients and their keys (kind, key) for the uniqueness rule: a key
     /// already held by another patient makes the two a likely duplicate pair.
     pub patients: Vec<(String, Vec<(String, String)>)>,
@@ -228,10 +228,18 @@ impl QualityDelta {
     }
 
     pub fn merge(&mut self, other: QualityDelta) {
-        for (k, n) in other.counts {
-            *self.counts.entry(k).or_default() += n;
-        }
+        add_counts(&mut self.counts, other.counts);
         self.patients.extend(other.patients);
+    }
+}
+
+/// Quality figures: (source, resource type, metric) → amount.
+pub type QualityCounts = std::collections::BTreeMap<(String, String, String), i64>;
+
+/// Adds `from`'s figures to `into`'s.
+pub fn add_counts(into: &mut QualityCounts, from: QualityCounts) {
+    for (k, n) in from {
+        *into.entry(k).or_default() += n;
     }
 }
 

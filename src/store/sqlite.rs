@@ -8,7 +8,9 @@
 //! conditional creates see each other and cannot duplicate.
 
 use super::sql::{self, Arg, Sql};
-use super::{Current, HistoryQuery, Method, NewVersion, Store, StoreError, Stored, WriteJob, WriteTxn};
+use super::{
+    add_counts, Current, HistoryQuery, Method, NewVersion, QualityCounts, Store, StoreError, Stored, WriteJob, WriteTxn,
+};
 use crate::search::query::Include;
 use crate::search::{IndexRows, SearchRequest};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -325,14 +327,6 @@ struct SqliteTxn<'c> {
     /// This unit's quality counts, written once per group at its commit (one row per
     /// figure for the whole group instead of one per unit).
     counts: QualityCounts,
-}
-
-type QualityCounts = std::collections::BTreeMap<(String, String, String), i64>;
-
-fn add_counts(into: &mut QualityCounts, from: QualityCounts) {
-    for (k, n) in from {
-        *into.entry(k).or_default() += n;
-    }
 }
 
 /// Writes a group's quality counts, before its commit.
