@@ -18,9 +18,11 @@ pub use disclosure::{Disclosure, Release};
 pub use stats::Moments;
 pub use wire::{AggregateRequest, GroupStats, MeasureRequest, NodeAggregate, NodeCount, NodeMeasure};
 
-use crate::views::{library, ColumnInfo, ColumnRole, Row, View};
+use crate::views::frame::{CellRef, RowRef};
+use crate::views::{library, ColumnInfo, ColumnRole, View};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -478,41 +480,32 @@ fn key_of(v: &[Value]) -> String {
     Value::Array(v.to_vec()).to_string()
 }
 
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64().filter(|x| x.is_finite()),
-        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-        _ => None,
-    }
-}
-
-/// A cell as a hashable, borrowed key (no allocation per row).
+/// A cell as a hashable, borrowed key (no allocation per row for strings).
 #[derive(PartialEq, Eq, Hash)]
 enum Cell<'a> {
     Null,
     Bool(bool),
-    /// Numbers and other JSON by their text; strings as themselves.
+    /// Strings as themselves; numbers and other JSON by their text.
     Text(&'a str),
-    Json(String),
+    Json(Cow<'a, str>),
 }
 
-fn cell(v: &Value) -> Cell<'_> {
+fn cell(v: CellRef<'_>) -> Cell<'_> {
     match v {
-        Value::Null => Cell::Null,
-        Value::Bool(b) => Cell::Bool(*b),
-        Value::String(s) => Cell::Text(s),
-        Value::Number(n) => Cell::Json(n.to_string()),
-        other => Cell::Json(other.to_string()),
+        CellRef::Null => Cell::Null,
+        CellRef::Bool(b) => Cell::Bool(b),
+        CellRef::Str(s) => Cell::Text(s),
+        other => Cell::Json(other.text()),
     }
 }
 
-/// Computes one node's statistics over the rows of the plan's view, given per
-/// stored resource (its storage key and its rows). A value that is not a finite
-/// number in a measure column counts as missing: one bad stored value cannot
-/// disable a region's answer.
+/// Computes one node's statistics over the rows of the plan's view: each row with
+/// its stored resource's key and its place among that resource's rows
+/// (`HeldRows::rows`). A value that is not a finite number in a measure column
+/// counts as missing: one bad stored value cannot disable a region's answer.
 pub fn compute<'r>(
     plan: &Plan,
-    rows: impl IntoIterator<Item = (i64, &'r [Row])>,
+    rows: impl IntoIterator<Item = (i64, usize, RowRef<'r>)>,
     keys: &RecordKeys,
 ) -> Vec<GroupStats> {
     use std::collections::{HashMap, HashSet};
@@ -524,39 +517,37 @@ pub fn compute<'r>(
         cell_key: u64,
     }
     let mut groups: HashMap<Vec<Cell<'r>>, Acc<'r>> = HashMap::new();
-    for (resource, resource_rows) in rows {
-        for (ri, row) in resource_rows.iter().enumerate() {
-            let key: Vec<Cell> = plan.group_by.iter().map(|&i| cell(&row[i])).collect();
-            let acc = groups.entry(key).or_insert_with(|| Acc {
-                key: plan.group_by.iter().map(|&i| row[i].clone()).collect(),
-                stats: plan.empty_stats(),
-                contributors: HashSet::new(),
-                resources: HashSet::new(),
-                cell_key: 0,
-            });
-            acc.cell_key = acc.cell_key.wrapping_add(keys.record(resource, ri));
-            match plan.subject {
-                Some(s) if !row[s].is_null() => {
-                    acc.contributors.insert(cell(&row[s]));
-                }
-                // Without a subject, each resource counts as one contributor.
-                _ => {
-                    acc.resources.insert(resource);
-                }
+    for (resource, ri, row) in rows {
+        let key: Vec<Cell> = plan.group_by.iter().map(|&i| cell(row.get(i))).collect();
+        let acc = groups.entry(key).or_insert_with(|| Acc {
+            key: plan.group_by.iter().map(|&i| row.get(i).to_value()).collect(),
+            stats: plan.empty_stats(),
+            contributors: HashSet::new(),
+            resources: HashSet::new(),
+            cell_key: 0,
+        });
+        acc.cell_key = acc.cell_key.wrapping_add(keys.record(resource, ri));
+        match plan.subject.map(|s| row.get(s)) {
+            Some(subject) if !subject.is_null() => {
+                acc.contributors.insert(cell(subject));
             }
-            for (mi, m) in plan.measures.iter().enumerate() {
-                let value = m.column.map(|c| &row[c]);
-                match (&mut acc.stats[mi], value) {
-                    (MeasureStats::Count(n), _) => *n += 1,
-                    // Distinct subjects are the contributors, counted once above.
-                    (MeasureStats::Distinct(_), _) => {}
-                    (MeasureStats::Moments(mo), Some(v)) => {
-                        if let Some(x) = number(v) {
-                            mo.push(x);
-                        }
+            // Without a subject, each resource counts as one contributor.
+            _ => {
+                acc.resources.insert(resource);
+            }
+        }
+        for (mi, m) in plan.measures.iter().enumerate() {
+            let value = m.column.map(|c| row.get(c));
+            match (&mut acc.stats[mi], value) {
+                (MeasureStats::Count(n), _) => *n += 1,
+                // Distinct subjects are the contributors, counted once above.
+                (MeasureStats::Distinct(_), _) => {}
+                (MeasureStats::Moments(mo), Some(v)) => {
+                    if let Some(x) = v.number() {
+                        mo.push(x);
                     }
-                    _ => {}
                 }
+                _ => {}
             }
         }
     }
@@ -643,6 +634,8 @@ pub fn pool(plan: &Plan, answers: &[&[GroupStats]]) -> Result<Vec<PooledGroup>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::views::frame::plain_rows;
+    use crate::views::Row;
     use serde_json::json;
 
     fn plan() -> Plan {
@@ -676,7 +669,7 @@ mod tests {
         let plan = plan();
         let keys = RecordKeys::from_secret([1; 16]);
         let rows: Vec<(i64, Vec<Row>)> = (0..200).map(|i| (i as i64, vec![row(i)])).collect();
-        let whole = compute(&plan, rows.iter().map(|(k, r)| (*k, r.as_slice())), &keys);
+        let whole = compute(&plan, rows.iter().flat_map(|(k, r)| plain_rows(*k, r)), &keys);
         // Split by patient, as regions hold different people.
         let parts: Vec<Vec<GroupStats>> = (0..4)
             .map(|part| {
@@ -684,7 +677,7 @@ mod tests {
                     &plan,
                     rows.iter()
                         .filter(|(k, _)| (*k as usize % 50) % 4 == part)
-                        .map(|(k, r)| (*k, r.as_slice())),
+                        .flat_map(|(k, r)| plain_rows(*k, r)),
                     &keys,
                 )
             })
@@ -750,7 +743,7 @@ mod tests {
         let mut bad = row(0);
         bad[4] = json!("not a number");
         let rows = [(1i64, vec![row(0)]), (2, vec![bad])];
-        let out = compute(&plan, rows.iter().map(|(k, r)| (*k, r.as_slice())), &keys);
+        let out = compute(&plan, rows.iter().flat_map(|(k, r)| plain_rows(*k, r)), &keys);
         assert_eq!(out[0].measures[0], MeasureStats::Count(2));
         assert_eq!(out[0].measures[2].support(), 1);
     }

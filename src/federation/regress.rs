@@ -15,6 +15,7 @@
 
 use super::glm::{Family, Part};
 use super::{problem, QueryProblem, ViewSource};
+use crate::views::frame::{CellRef, RowRef};
 use crate::views::{ColumnRole, Row, View};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -277,23 +278,9 @@ impl Model {
 }
 
 /// A cell as a number: numbers and true/false (as 1/0); anything else is missing.
-fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64().filter(|x| x.is_finite()),
-        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-        _ => None,
-    }
-}
-
 /// A cell as a level of a categorical predictor; null is missing.
-fn level(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        other => Some(other.to_string()),
-    }
+fn level(v: CellRef<'_>) -> Option<String> {
+    (!v.is_null()).then(|| v.text().into_owned())
 }
 
 /// One node's usable rows of a model, column-wise.
@@ -317,29 +304,24 @@ pub struct Table {
 }
 
 impl Table {
-    /// The usable rows of `rows` (per stored resource: its key and rows), in key order.
+    /// The usable rows of `rows` (each with its stored resource's key and its place
+    /// among that resource's rows, in the order `HeldRows::rows` gives them: key order).
     pub fn build<'r>(
         model: &Model,
         columns: &Columns,
-        rows: impl IntoIterator<Item = (i64, &'r [Row])>,
+        rows: impl IntoIterator<Item = (i64, usize, RowRef<'r>)>,
         keys: &super::RecordKeys,
     ) -> Table {
-        let mut sorted: Vec<(i64, &[Row])> = rows.into_iter().collect();
-        sorted.sort_by_key(|(k, _)| *k);
         Table::from_rows(
             model,
             columns,
-            sorted.into_iter().flat_map(|(resource, resource_rows)| {
-                resource_rows
-                    .iter()
-                    .enumerate()
-                    .map(move |(ri, row)| (keys.record(resource, ri), row))
-            }),
+            rows.into_iter()
+                .map(|(resource, ri, row)| (keys.record(resource, ri), row)),
         )
     }
 
     /// The usable rows of keyed rows, in the order given.
-    pub fn from_rows<'r>(model: &Model, columns: &Columns, rows: impl IntoIterator<Item = (u64, &'r Row)>) -> Table {
+    pub fn from_rows<'r>(model: &Model, columns: &Columns, rows: impl IntoIterator<Item = (u64, RowRef<'r>)>) -> Table {
         let mut t = Table {
             values: vec![Vec::new(); columns.predictors.len()],
             levels: vec![Vec::new(); columns.predictors.len()],
@@ -347,12 +329,12 @@ impl Table {
         };
         let mut level_text: Vec<Vec<String>> = vec![Vec::new(); columns.predictors.len()];
         'rows: for (key, row) in rows {
-            let Some(y) = number(&row[columns.outcome]) else {
+            let Some(y) = row.get(columns.outcome).number() else {
                 t.missing += 1;
                 continue;
             };
             let offset = match columns.offset {
-                Some(o) => match number(&row[o]) {
+                Some(o) => match row.get(o).number() {
                     Some(v) => v,
                     None => {
                         t.missing += 1;
@@ -364,9 +346,9 @@ impl Table {
             let mut cells = Vec::with_capacity(columns.predictors.len());
             for (pi, &c) in columns.predictors.iter().enumerate() {
                 let ok = if model.predictors[pi].categorical {
-                    level(&row[c]).map(Cell::Level)
+                    level(row.get(c)).map(Cell::Level)
                 } else {
-                    number(&row[c]).map(Cell::Number)
+                    row.get(c).number().map(Cell::Number)
                 };
                 match ok {
                     Some(v) => cells.push(v),
@@ -384,7 +366,7 @@ impl Table {
             t.offset.push(offset);
             t.keys.push(key);
             if let Some(p) = columns.provider {
-                t.providers.push(level(&row[p]).unwrap_or_default());
+                t.providers.push(level(row.get(p)).unwrap_or_default());
             }
             for (pi, cell) in cells.into_iter().enumerate() {
                 match cell {
@@ -1075,7 +1057,11 @@ mod tests {
         let rows: Vec<Row> = (0..6)
             .map(|i| vec![json!(i), json!(i * 2), json!(if i % 2 == 0 { "a" } else { "b" })])
             .collect();
-        let t = Table::from_rows(&model, &columns, rows.iter().enumerate().map(|(i, r)| (i as u64, r)));
+        let t = Table::from_rows(
+            &model,
+            &columns,
+            rows.iter().enumerate().map(|(i, r)| (i as u64, RowRef::Plain(r))),
+        );
         let good = Design::settle(&model, &[&t.levels]).unwrap();
         assert_eq!(t.matrix(&good).unwrap().len(), 6 * 3);
         let mut swapped = good.clone();

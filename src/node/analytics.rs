@@ -9,9 +9,9 @@
 use super::{Error, FhirService};
 use crate::federation::{self, GroupStats, Plan, ViewSource};
 use crate::fhir::{Issue, IssueCode};
+use crate::views::frame::{CellRef, FrameBuilder, HeldRows, RowRef};
 use crate::views::{library, Row, View, ViewError};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,12 +53,12 @@ const SCAN_BATCH: usize = 2000;
 /// Views whose rows are kept in memory at once.
 const CACHED_VIEWS: usize = 8;
 
-/// One view's rows, per resource key, as of a store change marker.
+/// One view's rows, column-wise, as of a store change marker.
 #[derive(Default)]
 struct ViewRows {
     marker: i64,
     built: bool,
-    by_key: HashMap<i64, Vec<Row>>,
+    rows: HeldRows,
 }
 
 /// A view's cached rows, keyed by the view's JSON.
@@ -89,27 +89,13 @@ pub struct Footprint {
     pub column_bytes: usize,
 }
 
-/// Heap bytes a JSON value owns (beyond its own 32 bytes).
-fn value_heap(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.capacity(),
-        Value::Array(a) => a.capacity() * std::mem::size_of::<Value>() + a.iter().map(value_heap).sum::<usize>(),
-        // A map node per entry, roughly: the key, the value, two pointers.
-        Value::Object(o) => o
-            .iter()
-            .map(|(k, v)| k.capacity() + std::mem::size_of::<Value>() + 16 + value_heap(v))
-            .sum(),
-        _ => 0,
-    }
-}
-
-fn column_size(v: &Value) -> usize {
-    match v {
-        Value::Null => 0,
-        Value::Bool(_) => 1,
-        Value::Number(_) => 8,
-        Value::String(s) => s.len() + 4,
-        other => other.to_string().len() + 4,
+fn column_size(cell: CellRef<'_>) -> usize {
+    match cell {
+        CellRef::Null => 0,
+        CellRef::Bool(_) => 1,
+        CellRef::Int(_) | CellRef::Float(_) | CellRef::Number(_) => 8,
+        CellRef::Str(t) | CellRef::Json(t) => t.len() + 4,
+        CellRef::Value(v) => v.to_string().len() + 4,
     }
 }
 
@@ -229,14 +215,14 @@ impl FhirService {
         }
     }
 
-    /// Calls `f` with the rows of `view` over all stored data, per resource key:
+    /// Calls `f` with the rows of `view` over all stored data (`HeldRows::rows`):
     /// built once, then kept current by re-evaluating what changed since.
     pub(super) fn with_view_rows<R>(
         &self,
         key: &str,
         view: &View,
         budget: Budget,
-        f: impl FnOnce(&HashMap<i64, Vec<Row>>) -> R,
+        f: impl FnOnce(&HeldRows) -> R,
     ) -> Result<R, Error> {
         let entry = {
             let mut entries = self.views.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,33 +244,26 @@ impl FhirService {
         // (re-evaluating a resource twice is harmless).
         let marker = self.store.change_marker()?;
         if !state.built {
-            state.built = false;
-            state.by_key = HashMap::new();
-            state.by_key = self.view_rows_by_key(view, budget)?;
+            state.rows = HeldRows::default();
+            state.rows = self.build_view_rows(view, budget)?;
         } else if state.marker != marker {
             let changed = self.store.changed_since(&view.resource, state.marker)?;
-            if changed.len() > state.by_key.len().max(1000) {
+            if changed.len() > state.rows.len().max(1000) {
                 state.built = false;
-                state.by_key = HashMap::new();
-                state.by_key = self.view_rows_by_key(view, budget)?;
+                state.rows = HeldRows::default();
+                state.rows = self.build_view_rows(view, budget)?;
             } else {
                 let model = &crate::fhir::definitions::get().choice;
-                let mut total: usize = state.by_key.values().map(Vec::len).sum();
                 for (k, json) in changed {
-                    if let Some(old) = state.by_key.remove(&k) {
-                        total -= old.len();
-                    }
-                    if let Some(json) = json {
-                        let rows = eval_stored(view, model, &json, &view.resource, k)?;
-                        total += rows.len();
-                        if !rows.is_empty() {
-                            state.by_key.insert(k, rows);
-                        }
-                    }
-                    if let Err(e) = budget.check(total) {
+                    let rows = match json {
+                        Some(json) => eval_stored(view, model, &json, &view.resource, k)?,
+                        None => Vec::new(),
+                    };
+                    state.rows.replace(k, rows);
+                    if let Err(e) = budget.check(state.rows.len()) {
                         // Half-updated rows must not be taken for current ones.
                         state.built = false;
-                        state.by_key = HashMap::new();
+                        state.rows = HeldRows::default();
                         return Err(e);
                     }
                 }
@@ -292,12 +271,12 @@ impl FhirService {
         }
         state.marker = marker;
         state.built = true;
-        Ok(f(&state.by_key))
+        Ok(f(&state.rows))
     }
 
-    fn view_rows_by_key(&self, view: &View, budget: Budget) -> Result<HashMap<i64, Vec<Row>>, Error> {
+    fn build_view_rows(&self, view: &View, budget: Budget) -> Result<HeldRows, Error> {
         let model = &crate::fhir::definitions::get().choice;
-        let mut out = HashMap::new();
+        let mut frame = FrameBuilder::new(view.columns.len());
         let mut after = 0;
         let mut total = 0;
         loop {
@@ -307,13 +286,13 @@ impl FhirService {
                 let rows = eval_stored(view, model, json, &s.id, s.key)?;
                 total += rows.len();
                 budget.check(total)?;
-                if !rows.is_empty() {
-                    out.insert(s.key, rows);
+                for row in &rows {
+                    frame.push(s.key, RowRef::Plain(row));
                 }
             }
             match batch.last() {
                 Some(last) if batch.len() == SCAN_BATCH => after = last.key,
-                _ => return Ok(out),
+                _ => return Ok(HeldRows::new(frame.finish(), view.columns.len())),
             }
         }
     }
@@ -380,20 +359,12 @@ impl FhirService {
         for entry in entries {
             let state = entry.rows.lock().unwrap_or_else(|p| p.into_inner());
             out.views += 1;
-            // A hash table slot: the key, the vector header, one control byte.
-            out.held_bytes += state.by_key.capacity() * (std::mem::size_of::<(i64, Vec<Row>)>() + 1);
-            for rows in state.by_key.values() {
-                out.held_bytes += rows.capacity() * std::mem::size_of::<Row>();
-                for row in rows {
-                    out.rows += 1;
-                    out.held_bytes += row.capacity() * std::mem::size_of::<Value>();
-                    // The resource key a row belongs to is a column too.
-                    out.column_bytes += std::mem::size_of::<i64>();
-                    for v in row {
-                        out.held_bytes += value_heap(v);
-                        out.column_bytes += column_size(v);
-                    }
-                }
+            out.held_bytes += state.rows.heap_bytes();
+            for (_, _, row) in state.rows.rows() {
+                out.rows += 1;
+                // The resource key a row belongs to is a column too.
+                out.column_bytes += std::mem::size_of::<i64>();
+                out.column_bytes += (0..state.rows.width()).map(|c| column_size(row.get(c))).sum::<usize>();
             }
         }
         out
@@ -414,9 +385,7 @@ impl FhirService {
         let view = &plan.approved.view;
         let key = format!("approved {}", plan.approved.digest);
         let keys = &self.record_keys;
-        self.with_view_rows(&key, view, budget, |rows| {
-            federation::compute(plan, rows.iter().map(|(k, r)| (*k, r.as_slice())), keys)
-        })
+        self.with_view_rows(&key, view, budget, |rows| federation::compute(plan, rows.rows(), keys))
     }
 }
 
@@ -428,9 +397,9 @@ mod tests {
     #[test]
     fn column_sizes_count_each_value_as_a_plain_column_would() {
         let row = [json!("F"), json!("1950s"), json!(3.5), json!(true), Value::Null];
-        assert_eq!(row.iter().map(column_size).sum::<usize>(), (1 + 4) + (5 + 4) + 8 + 1);
-        // A string owns its bytes on the heap; numbers, booleans and nulls own nothing.
-        assert!(value_heap(&json!("1950s")) >= 5);
-        assert_eq!(value_heap(&json!(3.5)) + value_heap(&Value::Null), 0);
+        assert_eq!(
+            row.iter().map(|v| column_size(CellRef::of(v))).sum::<usize>(),
+            (1 + 4) + (5 + 4) + 8 + 1
+        );
     }
 }

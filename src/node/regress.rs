@@ -121,7 +121,7 @@ impl FhirService {
     ) -> Result<Table, Error> {
         let keys = &self.record_keys;
         self.with_view_rows(view_key, view, budget, |rows| {
-            Table::build(model, columns, rows.iter().map(|(k, r)| (*k, r.as_slice())), keys)
+            Table::build(model, columns, rows.rows(), keys)
         })
     }
 
@@ -186,7 +186,11 @@ impl FhirService {
             })
             .collect();
         let columns = crate::federation::regress::cohort_columns(model);
-        let table = Table::from_rows(model, &columns, rows.iter().map(|(k, r)| (*k, r)));
+        let table = Table::from_rows(
+            model,
+            &columns,
+            rows.iter().map(|(k, r)| (*k, crate::views::frame::RowRef::Plain(r))),
+        );
         if let Some(why) = table.refusal(model, min_cell) {
             return Ok(Err(why));
         }

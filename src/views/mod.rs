@@ -5,6 +5,7 @@
 //! target resource, FHIRPath syntax, constants, column names that `unionAll`
 //! branches must share); `View::rows` evaluates one resource. Pure: no I/O.
 
+pub mod frame;
 pub mod library;
 pub mod output;
 
