@@ -287,6 +287,35 @@ async fn one_size(patients: usize, args: &BenchFederationArgs) -> anyhow::Result
         percentile(&totals, 0.95),
         percentile(&overheads, 0.95)
     );
+
+    // 1% new data (issue 18, goal 3): a hundredth of the patients again, new, on every
+    // node, then one question; three rounds, each adding another 1%.
+    let fresh = (patients / 100).max(1);
+    let mut totals = Vec::new();
+    for round in 0..3u64 {
+        for (node, r) in nodes.iter().zip(REGIONS) {
+            // A fresh token each round: a large node's round can outlast one.
+            let token = vendor_token(node, r).await?;
+            for b in crate::demo::bundles(r, 1000 + round, fresh, args.per_bundle, false) {
+                let res = client
+                    .post(format!("{}/fhir", node.base_url()))
+                    .bearer_auth(&token)
+                    .json(&b)
+                    .send()
+                    .await?;
+                if !res.status().is_success() {
+                    bail!("the 1% load before a question was refused: {}", res.status());
+                }
+            }
+        }
+        let (t, _) = ask(query(groupings[round as usize % groupings.len()])).await?;
+        totals.push(t);
+    }
+    totals.sort_by(f64::total_cmp);
+    println!(
+        "after 1% new writes (3 rounds of {fresh} new patients per node, then a question): end to end {} ms",
+        totals.iter().map(|t| format!("{t:.0}")).collect::<Vec<_>>().join(", ")
+    );
     if args.episodes > 0 {
         let vendors: Vec<(String, String)> = REGIONS
             .iter()
