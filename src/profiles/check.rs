@@ -46,7 +46,7 @@ impl ProfileSet {
             return cx.out;
         }
         instance(&mut cx, profile, 0, resource, rtype);
-        unknown_extensions(&mut cx, resource, rtype);
+        unknown_extensions(&mut cx, resource, &mut rtype.to_string());
         cx.out
     }
 }
@@ -323,7 +323,7 @@ fn binding(cx: &mut Cx<'_, '_>, p: &Profile, el: &PElement, b: &super::Binding, 
 
 /// Extensions whose definitions this node does not have: a warning each, since
 /// nothing can be said of what they carry.
-fn unknown_extensions(cx: &mut Cx<'_, '_>, v: &Value, expr: &str) {
+fn unknown_extensions(cx: &mut Cx<'_, '_>, v: &Value, expr: &mut String) {
     match v {
         Value::Object(o) => {
             for (k, x) in o {
@@ -349,14 +349,22 @@ fn unknown_extensions(cx: &mut Cx<'_, '_>, v: &Value, expr: &str) {
                         }
                     }
                 } else if k != "contained" {
-                    unknown_extensions(cx, x, &format!("{expr}.{k}"));
+                    // The path grows and shrinks as the walk goes: built only for an issue.
+                    let len = expr.len();
+                    expr.push('.');
+                    expr.push_str(k);
+                    unknown_extensions(cx, x, expr);
+                    expr.truncate(len);
                 }
             }
         }
         Value::Array(a) => {
+            let len = expr.len();
             for (i, x) in a.iter().enumerate() {
-                let inner = format!("{}[{i}]", expr);
-                unknown_extensions(cx, x, &inner);
+                use std::fmt::Write;
+                let _ = write!(expr, "[{i}]");
+                unknown_extensions(cx, x, expr);
+                expr.truncate(len);
             }
         }
         _ => {}

@@ -155,8 +155,6 @@ struct Cx<'v> {
     /// The outermost resource (`%rootResource`).
     container: &'v Value,
     options: Options,
-    /// The definition path of the element being checked, from its resource (`Patient.name`).
-    fhir_path: String,
 }
 
 /// Code systems and codes of the value sets the R4 definitions bind as required.
@@ -440,7 +438,6 @@ impl Validator {
             root: resource,
             container: resource,
             options,
-            fhir_path: String::new(),
         };
         self.resource(resource, None, &mut cx);
         cx.out
@@ -468,7 +465,7 @@ impl Validator {
             ));
             return;
         }
-        let expr = at.map(str::to_string).unwrap_or_else(|| rtype.to_string());
+        let mut expr = at.map(str::to_string).unwrap_or_else(|| rtype.to_string());
         if let Some(id) = obj.get("id") {
             if !id.as_str().is_some_and(crate::fhir::is_valid_id) {
                 cx.out.push(err(
@@ -482,9 +479,7 @@ impl Validator {
             }
         }
         let outer = std::mem::replace(&mut cx.root, v);
-        let outer_path = std::mem::replace(&mut cx.fhir_path, rtype.to_string());
-        self.object(obj, rtype, "", &expr, true, cx);
-        cx.fhir_path = outer_path;
+        self.object(obj, rtype, "", &mut expr, true, cx);
         if let Some(def) = self.types.get(rtype) {
             for inv in &def.invariants {
                 if inv.key == "dom-3" {
@@ -503,13 +498,15 @@ impl Validator {
         }
     }
 
-    /// Checks an object against the children of `path` in type `tname`.
+    /// Checks an object against the children of `path` in type `tname`. `expr` is where
+    /// the object is (for issues); it grows by each element checked and is given back as
+    /// it came, so that no path is built unless an issue names it.
     fn object<'v>(
         &self,
         obj: &'v Map<String, Value>,
         tname: &str,
         path: &str,
-        expr: &str,
+        expr: &mut String,
         root: bool,
         cx: &mut Cx<'v>,
     ) {
@@ -560,7 +557,11 @@ impl Validator {
                 match find(base) {
                     Some((e, chosen)) if self.is_primitive(chosen.or(e.types.first().map(String::as_str))) => {
                         present.push(e.name.as_str());
-                        self.primitive_extension(value, &format!("{expr}.{base}"), cx);
+                        let len = expr.len();
+                        expr.push('.');
+                        expr.push_str(base);
+                        self.primitive_extension(value, expr, cx);
+                        expr.truncate(len);
                     }
                     _ => cx.out.push(err(
                         IssueCode::Structure,
@@ -594,48 +595,56 @@ impl Validator {
                 continue;
             };
             present.push(e.name.as_str());
-            let here = format!("{expr}.{key}");
-            let items: Vec<(String, &Value)> = match (value, e.max) {
-                (Value::Array(a), Some(1)) => {
-                    cx.out.push(err(
-                        IssueCode::Structure,
-                        format!("'{key}' may occur once, so it must not be an array"),
-                        &here,
-                    ));
-                    a.iter().enumerate().map(|(i, x)| (format!("{here}[{i}]"), x)).collect()
-                }
+            let len = expr.len();
+            expr.push('.');
+            expr.push_str(key);
+            match (value, e.max) {
                 (Value::Array(a), max) => {
-                    if let Some(m) = max {
-                        if a.len() > m as usize {
-                            cx.out.push(err(
-                                IssueCode::Structure,
-                                format!("'{key}' occurs {} times; at most {m} are allowed", a.len()),
-                                &here,
-                            ));
-                        }
+                    if max == Some(1) {
+                        cx.out.push(err(
+                            IssueCode::Structure,
+                            format!("'{key}' may occur once, so it must not be an array"),
+                            expr,
+                        ));
+                    } else if let Some(m) = max.filter(|&m| a.len() > m as usize) {
+                        cx.out.push(err(
+                            IssueCode::Structure,
+                            format!("'{key}' occurs {} times; at most {m} are allowed", a.len()),
+                            expr,
+                        ));
                     }
-                    a.iter().enumerate().map(|(i, x)| (format!("{here}[{i}]"), x)).collect()
-                }
-                (other, Some(1)) => vec![(here.clone(), other)],
-                (other, _) => {
-                    cx.out.push(err(
-                        IssueCode::Structure,
-                        format!("'{key}' may repeat, so it must be an array"),
-                        &here,
-                    ));
-                    vec![(here.clone(), other)]
-                }
-            };
-            for (at, item) in items {
-                if item.is_null() {
                     // Nulls only pad arrays that have a primitive extension companion.
-                    if !(value.is_array() && obj.contains_key(&format!("_{key}"))) {
-                        cx.out.push(err(IssueCode::Structure, "null is not a value", &at));
+                    let padded = a.iter().any(Value::is_null) && obj.contains_key(&format!("_{key}"));
+                    let here = expr.len();
+                    for (i, item) in a.iter().enumerate() {
+                        use std::fmt::Write;
+                        let _ = write!(expr, "[{i}]");
+                        if item.is_null() {
+                            if !padded {
+                                cx.out.push(err(IssueCode::Structure, "null is not a value", expr));
+                            }
+                        } else {
+                            self.item(item, e, chosen, tname, path, expr, cx);
+                        }
+                        expr.truncate(here);
                     }
-                    continue;
                 }
-                self.item(item, e, chosen, tname, path, &at, cx);
+                (other, max) => {
+                    if max != Some(1) {
+                        cx.out.push(err(
+                            IssueCode::Structure,
+                            format!("'{key}' may repeat, so it must be an array"),
+                            expr,
+                        ));
+                    }
+                    if other.is_null() {
+                        cx.out.push(err(IssueCode::Structure, "null is not a value", expr));
+                    } else {
+                        self.item(other, e, chosen, tname, path, expr, cx);
+                    }
+                }
             }
+            expr.truncate(len);
         }
         for e in children.iter() {
             if e.min > 0 && !present.contains(&e.name.as_str()) {
@@ -759,14 +768,9 @@ impl Validator {
         chosen: Option<&str>,
         tname: &str,
         path: &str,
-        at: &str,
+        at: &mut String,
         cx: &mut Cx<'v>,
     ) {
-        let child_path = if path.is_empty() {
-            e.name.clone()
-        } else {
-            format!("{path}.{}", e.name)
-        };
         if let Some(r) = &e.reference {
             match item.as_object() {
                 Some(o) => self.object(o, tname, r, at, false, cx),
@@ -775,21 +779,17 @@ impl Validator {
             return;
         }
         let t = chosen.unwrap_or_else(|| e.types.first().map(String::as_str).unwrap_or(""));
+        let child_path = || {
+            if path.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{path}.{}", e.name)
+            }
+        };
         match t {
-            "BackboneElement" | "Element"
-                if !e.types.is_empty()
-                    && self
-                        .types
-                        .get(tname)
-                        .is_some_and(|d| d.children.contains_key(&child_path)) =>
-            {
+            "BackboneElement" | "Element" if !e.types.is_empty() && self.has_children(tname, &child_path()) => {
                 match item.as_object() {
-                    Some(o) => {
-                        let inner = format!("{}.{}", cx.fhir_path, e.name);
-                        let outer = std::mem::replace(&mut cx.fhir_path, inner);
-                        self.object(o, tname, &child_path, at, false, cx);
-                        cx.fhir_path = outer;
-                    }
+                    Some(o) => self.object(o, tname, &child_path(), at, false, cx),
                     None => cx.out.push(err(IssueCode::Structure, "must be an object", at)),
                 }
             }
@@ -825,10 +825,7 @@ impl Validator {
                 }
                 Some(d) => match item.as_object() {
                     Some(o) => {
-                        let inner = format!("{}.{}", cx.fhir_path, e.name);
-                        let outer = std::mem::replace(&mut cx.fhir_path, inner);
                         self.object(o, t, "", at, false, cx);
-                        cx.fhir_path = outer;
                         for inv in &d.invariants {
                             cx.out.extend(inv.check(item, None, cx.root, cx.container, at));
                         }
@@ -954,8 +951,8 @@ impl Validator {
         }
     }
 
-    fn primitive_extension<'v>(&self, v: &'v Value, at: &str, cx: &mut Cx<'v>) {
-        let check = |x: &'v Value, at: &str, cx: &mut Cx<'v>| match x {
+    fn primitive_extension<'v>(&self, v: &'v Value, at: &mut String, cx: &mut Cx<'v>) {
+        let check = |x: &'v Value, at: &mut String, cx: &mut Cx<'v>| match x {
             Value::Null => {}
             Value::Object(o) => self.object(o, "Element", "", at, false, cx),
             _ => cx
@@ -963,12 +960,22 @@ impl Validator {
                 .push(err(IssueCode::Structure, "a primitive extension must be an object", at)),
         };
         match v {
-            Value::Array(a) => a
-                .iter()
-                .enumerate()
-                .for_each(|(i, x)| check(x, &format!("{at}[{i}]"), cx)),
+            Value::Array(a) => {
+                let len = at.len();
+                for (i, x) in a.iter().enumerate() {
+                    use std::fmt::Write;
+                    let _ = write!(at, "[{i}]");
+                    check(x, at, cx);
+                    at.truncate(len);
+                }
+            }
             other => check(other, at, cx),
         }
+    }
+
+    /// Whether `path` of type `tname` has children of its own (a backbone element).
+    fn has_children(&self, tname: &str, path: &str) -> bool {
+        self.types.get(tname).is_some_and(|d| d.children.contains_key(path))
     }
 }
 
