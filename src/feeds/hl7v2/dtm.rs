@@ -90,7 +90,9 @@ pub fn parse(raw: &str) -> Result<Dtm, String> {
         ));
     }
     let y = digits(&whole[..4], "year")? as i64;
-    let mut out = format!("{y:04}");
+    // The parts are checked digits of the right width: copied as they are, not formatted.
+    let mut out = String::with_capacity(29);
+    out.push_str(&whole[..4]);
     if whole.len() == 4 {
         return finish_date(raw, out, offset, frac);
     }
@@ -98,7 +100,8 @@ pub fn parse(raw: &str) -> Result<Dtm, String> {
     if !(1..=12).contains(&mo) {
         return Err(format!("'{raw}': month {mo} is out of range"));
     }
-    out.push_str(&format!("-{mo:02}"));
+    out.push('-');
+    out.push_str(&whole[4..6]);
     if whole.len() == 6 {
         return finish_date(raw, out, offset, frac);
     }
@@ -106,7 +109,8 @@ pub fn parse(raw: &str) -> Result<Dtm, String> {
     if d < 1 || d > days_in_month(y, mo) {
         return Err(format!("'{raw}': day {d} does not exist in {y:04}-{mo:02}"));
     }
-    out.push_str(&format!("-{d:02}"));
+    out.push('-');
+    out.push_str(&whole[6..8]);
     if whole.len() == 8 {
         return finish_date(raw, out, offset, frac);
     }
@@ -124,7 +128,12 @@ pub fn parse(raw: &str) -> Result<Dtm, String> {
     if h > 23 || mi > 59 || s > 59 {
         return Err(format!("'{raw}': {h:02}:{mi:02}:{s:02} is not a time of day"));
     }
-    out.push_str(&format!("T{h:02}:{mi:02}:{s:02}"));
+    out.push('T');
+    out.push_str(&whole[8..10]);
+    out.push(':');
+    out.push_str(whole.get(10..12).unwrap_or("00"));
+    out.push(':');
+    out.push_str(whole.get(12..14).unwrap_or("00"));
     if let Some(f) = frac {
         if whole.len() != 14 || f.is_empty() || f.len() > 4 || !f.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!(
@@ -140,7 +149,8 @@ pub fn parse(raw: &str) -> Result<Dtm, String> {
     };
     let sign = if minutes < 0 { '-' } else { '+' };
     let abs = minutes.unsigned_abs();
-    out.push_str(&format!("{sign}{:02}:{:02}", abs / 60, abs % 60));
+    use std::fmt::Write;
+    let _ = write!(out, "{sign}{:02}:{:02}", abs / 60, abs % 60);
     Ok(Dtm {
         fhir: out,
         has_time: true,
