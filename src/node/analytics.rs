@@ -170,12 +170,6 @@ fn eval_stored(
             location: e.location,
         })
     })?;
-    // The cache keeps these for as long as the data stays: no spare capacity (a vector
-    // grown by pushes holds up to twice what it needs).
-    for r in &mut rows {
-        r.shrink_to_fit();
-    }
-    rows.shrink_to_fit();
     Ok(rows)
 }
 

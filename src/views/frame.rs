@@ -385,7 +385,13 @@ impl HeldRows {
     }
 
     /// Resource `key` now has `rows` (none when it was deleted or yields no row).
-    pub fn replace(&mut self, key: i64, rows: Vec<Row>) {
+    pub fn replace(&mut self, key: i64, mut rows: Vec<Row>) {
+        // Kept row-wise until the next rebuild: no spare capacity (a vector grown by
+        // pushes holds up to twice what it needs).
+        for r in &mut rows {
+            r.shrink_to_fit();
+        }
+        rows.shrink_to_fit();
         self.base.remove(key);
         if let Some(old) = self.changed.remove(&key) {
             self.changed_rows -= old.len();
