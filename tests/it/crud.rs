@@ -408,3 +408,46 @@ async fn metadata_lists_what_the_node_supports() {
     );
     node.stop().await;
 }
+
+/// Server-assigned ids are version 7 UUIDs, ordered by creation: new resources' keys
+/// (and the index rows pointing at them) go to the end of the store's B-trees instead
+/// of onto random pages. Ids from a transaction and from plain creates both count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_assigned_ids_are_time_ordered_uuids() {
+    let node = spawn_node().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let r = node.post("Patient", &patient(&format!("Order{i}"))).await;
+        assert_eq!(r.status(), 201);
+        let created: Value = r.json().await.unwrap();
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": (0..5).map(|i| json!({
+        "fullUrl": format!("urn:uuid:00000000-0000-4000-8000-00000000000{i}"),
+        "resource": patient(&format!("Txn{i}")),
+        "request": {"method": "POST", "url": "Patient"}
+    })).collect::<Vec<_>>()});
+    let r = node.post("", &bundle).await;
+    assert_eq!(r.status(), 200);
+    let reply: Value = r.json().await.unwrap();
+    for e in reply["entry"].as_array().unwrap() {
+        let loc = e["response"]["location"].as_str().unwrap();
+        ids.push(loc.split('/').nth(1).unwrap().to_string());
+    }
+    for id in &ids {
+        let u = uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(u.get_version_num(), 7, "{id} is not a version 7 UUID");
+        assert_eq!(
+            id,
+            &u.hyphenated().to_string(),
+            "{id} is not in the canonical lower-case form"
+        );
+    }
+    let plain = &ids[..20];
+    assert!(plain.windows(2).all(|w| w[0] < w[1]), "creates out of order: {plain:?}");
+    let last_plain = &ids[19];
+    assert!(
+        ids[20..].iter().all(|t| t > last_plain),
+        "the transaction's ids precede earlier creates: {ids:?}"
+    );
+}
