@@ -150,26 +150,37 @@ fn values<'v>(
     found
 }
 
-/// Checks element `c` (its count, slices and each of its values) under `obj`.
+/// Checks element `c` (its count, slices and each of its values) under `obj`. Most of a
+/// profile's elements are absent from most instances: their paths are built only for an
+/// issue or for slicing.
 fn element<'v>(cx: &mut Cx<'_, 'v>, p: &Profile, c: usize, obj: &'v serde_json::Map<String, Value>, expr: &str) {
     let el = &p.elements[c];
     let items = values(cx, p, el, obj, expr);
-    let shown = if el.choice {
-        format!("{}[x]", el.name)
-    } else {
-        el.name.clone()
+    let at = || {
+        if el.choice {
+            format!("{expr}.{}[x]", el.name)
+        } else {
+            format!("{expr}.{}", el.name)
+        }
     };
-    cardinality(cx, p, el, items.len(), &format!("{expr}.{shown}"), None);
+    cardinality(cx, p, el, items.len(), &at, None);
     if !el.slices.is_empty() {
-        slices(cx, p, el, &items, &format!("{expr}.{shown}"));
+        slices(cx, p, el, &items, &at());
     }
     for (v, at) in &items {
         instance(cx, p, c, v, at);
     }
 }
 
-fn cardinality(cx: &mut Cx<'_, '_>, p: &Profile, el: &PElement, n: usize, at: &str, slice: Option<&str>) {
-    let what = match slice {
+fn cardinality(
+    cx: &mut Cx<'_, '_>,
+    p: &Profile,
+    el: &PElement,
+    n: usize,
+    at: &dyn Fn() -> String,
+    slice: Option<&str>,
+) {
+    let what = || match slice {
         Some(s) => format!("slice '{s}' of {}", el.path),
         None => el.path.clone(),
     };
@@ -177,9 +188,9 @@ fn cardinality(cx: &mut Cx<'_, '_>, p: &Profile, el: &PElement, n: usize, at: &s
         cx.out.push(
             Issue::error(
                 IssueCode::Required,
-                format!("{} requires at least {} of {what}; found {n}", p.name, el.min),
+                format!("{} requires at least {} of {}; found {n}", p.name, el.min, what()),
             )
-            .at(at),
+            .at(at()),
         );
     }
     if let Some(max) = el.max {
@@ -187,9 +198,9 @@ fn cardinality(cx: &mut Cx<'_, '_>, p: &Profile, el: &PElement, n: usize, at: &s
             cx.out.push(
                 Issue::error(
                     IssueCode::Structure,
-                    format!("{} allows at most {max} of {what}; found {n}", p.name),
+                    format!("{} allows at most {max} of {}; found {n}", p.name, what()),
                 )
-                .at(at),
+                .at(at()),
             );
         }
     }
@@ -232,8 +243,8 @@ fn slices<'v>(cx: &mut Cx<'_, 'v>, p: &Profile, el: &PElement, items: &[(&'v Val
     }
     for (k, &s) in el.slices.iter().enumerate() {
         let slice = &p.elements[s];
-        let name = slice.slice_name.clone().unwrap_or_default();
-        cardinality(cx, p, slice, matched[k].len(), at, Some(&name));
+        let name = slice.slice_name.as_deref().unwrap_or_default();
+        cardinality(cx, p, slice, matched[k].len(), &|| at.to_string(), Some(name));
         for &i in &matched[k] {
             let (v, item_at) = &items[i];
             instance(cx, p, s, v, item_at);
@@ -251,9 +262,9 @@ fn discriminates(cx: &Cx<'_, '_>, p: &Profile, s: usize, path: &str, v: &Value) 
         }
     }
     let expected = if path == "$this" {
-        slice.fixed.clone().or_else(|| slice.pattern.clone())
+        slice.fixed.as_ref().or(slice.pattern.as_ref())
     } else {
-        find_child(p, s, path).and_then(|c| p.elements[c].fixed.clone().or_else(|| p.elements[c].pattern.clone()))
+        find_child(p, s, path).and_then(|c| p.elements[c].fixed.as_ref().or(p.elements[c].pattern.as_ref()))
     };
     let Some(expected) = expected else {
         let _ = cx;
@@ -273,7 +284,7 @@ fn discriminates(cx: &Cx<'_, '_>, p: &Profile, s: usize, path: &str, v: &Value) 
             found = next;
         }
     }
-    found.iter().any(|x| contains(x, &expected))
+    found.iter().any(|x| contains(x, expected))
 }
 
 /// The element at `path` (dotted names) below element `s`.
