@@ -8,7 +8,7 @@
 
 use super::er7::Message;
 use crate::fhir::nhs::{NHS_NUMBER_SYSTEM, ODS_SYSTEM};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 /// Component `n` of a raw repetition, unescaped and trimmed.
 pub fn comp(m: &Message, raw: &str, n: usize) -> String {
@@ -184,9 +184,9 @@ pub fn cx(m: &Message, raw: &str) -> Option<Cx> {
         );
     }
     if let Some(s) = &system {
-        id.insert("system".into(), json!(s));
+        id.insert("system".into(), jv!(s.as_str()));
     }
-    id.insert("value".into(), json!(value));
+    id.insert("value".into(), jv!(value.as_str()));
     let period = period(m, &comp(m, raw, 7), &comp(m, raw, 8));
     if let Some(p) = period {
         id.insert("period".into(), p);
@@ -208,10 +208,10 @@ fn period(_m: &Message, start: &str, end: &str) -> Option<Value> {
     }
     let mut p = Map::new();
     if let Ok(d) = super::dtm::parse(start) {
-        p.insert("start".into(), json!(d.fhir));
+        p.insert("start".into(), jv!(d.fhir));
     }
     if let Ok(d) = super::dtm::parse(end) {
-        p.insert("end".into(), json!(d.fhir));
+        p.insert("end".into(), jv!(d.fhir));
     }
     (!p.is_empty()).then_some(Value::Object(p))
 }
@@ -224,9 +224,9 @@ pub fn ei(m: &Message, raw: &str) -> Option<Value> {
     }
     let mut id = Map::new();
     if let Some(s) = authority_system(&comp(m, raw, 2), &comp(m, raw, 3), &comp(m, raw, 4)) {
-        id.insert("system".into(), json!(s));
+        id.insert("system".into(), jv!(s));
     }
-    id.insert("value".into(), json!(value));
+    id.insert("value".into(), jv!(value));
     Some(Value::Object(id))
 }
 
@@ -258,7 +258,7 @@ pub fn xpn_at(m: &Message, raw: &str, first: usize) -> Option<Value> {
     }
     let prefix = comp(m, raw, first + 4);
     if !prefix.is_empty() {
-        name.insert("prefix".into(), json!([prefix]));
+        name.insert("prefix".into(), jv!([prefix]));
     }
     let suffix: Vec<Value> = [comp(m, raw, first + 3), comp(m, raw, first + 5)]
         .into_iter()
@@ -273,7 +273,7 @@ pub fn xpn_at(m: &Message, raw: &str, first: usize) -> Option<Value> {
     }
     if first == 1 {
         if let Some(u) = name_use(&comp(m, raw, 7)) {
-            name.insert("use".into(), json!(u));
+            name.insert("use".into(), jv!(u));
         }
     }
     Some(Value::Object(name))
@@ -304,19 +304,19 @@ pub fn xad(m: &Message, raw: &str) -> Option<Value> {
     }
     match comp(m, raw, 7).as_str() {
         "H" | "P" => {
-            a.insert("use".into(), json!("home"));
+            a.insert("use".into(), jv!("home"));
         }
         "B" | "O" => {
-            a.insert("use".into(), json!("work"));
+            a.insert("use".into(), jv!("work"));
         }
         "C" => {
-            a.insert("use".into(), json!("temp"));
+            a.insert("use".into(), jv!("temp"));
         }
         "BA" => {
-            a.insert("use".into(), json!("old"));
+            a.insert("use".into(), jv!("old"));
         }
         "M" => {
-            a.insert("type".into(), json!("postal"));
+            a.insert("type".into(), jv!("postal"));
         }
         _ => {}
     }
@@ -361,8 +361,8 @@ pub fn xtn(m: &Message, raw: &str, default_use: Option<&str>) -> Option<Value> {
         return None;
     }
     let mut c = Map::new();
-    c.insert("system".into(), json!(system));
-    c.insert("value".into(), json!(value));
+    c.insert("system".into(), jv!(system));
+    c.insert("value".into(), jv!(value));
     let use_ = match comp(m, raw, 2).as_str() {
         "PRN" | "ORN" | "VHN" => Some("home"),
         "WPN" => Some("work"),
@@ -376,7 +376,7 @@ pub fn xtn(m: &Message, raw: &str, default_use: Option<&str>) -> Option<Value> {
         use_
     };
     if let Some(u) = use_ {
-        c.insert("use".into(), json!(u));
+        c.insert("use".into(), jv!(u));
     }
     Some(Value::Object(c))
 }
@@ -386,11 +386,11 @@ pub fn xtn(m: &Message, raw: &str, default_use: Option<&str>) -> Option<Value> {
 pub fn organization_identifiers(namespace: &str, universal: &str, universal_type: &str) -> Vec<Value> {
     let mut ids = Vec::new();
     if !namespace.is_empty() {
-        ids.push(json!({ "system": ODS_SYSTEM, "value": namespace }));
+        ids.push(jv!({ "system": ODS_SYSTEM, "value": namespace }));
     }
     if !universal.is_empty() {
         if let Some(system) = authority_system("", universal, universal_type) {
-            ids.push(json!({ "system": "urn:ietf:rfc:3986", "value": system }));
+            ids.push(jv!({ "system": "urn:ietf:rfc:3986", "value": system }));
         }
     }
     ids
@@ -418,10 +418,10 @@ mod tests {
         let name = xpn(&m, pid.field(5)).unwrap();
         assert_eq!(
             name,
-            json!({"family": "Smith", "given": ["Ann", "May"], "prefix": ["Mrs"], "use": "official"})
+            jv!({"family": "Smith", "given": ["Ann", "May"], "prefix": ["Mrs"], "use": "official"})
         );
         let addr = xad(&m, pid.field(11)).unwrap();
-        assert_eq!(addr["line"], json!(["1 High St", "Flat 2"]));
+        assert_eq!(addr["line"], jv!(["1 High St", "Flat 2"]));
         assert_eq!(addr["postalCode"], "LS1 1AA");
         assert_eq!(addr["use"], "home");
         let phones: Vec<Value> = m
@@ -430,7 +430,7 @@ mod tests {
             .collect();
         assert_eq!(
             phones[0],
-            json!({"system": "phone", "value": "0113 496 0000", "use": "home"})
+            jv!({"system": "phone", "value": "0113 496 0000", "use": "home"})
         );
         assert_eq!(phones[1]["system"], "email");
         assert_eq!(phones[1]["value"], "ann@example.org");

@@ -33,7 +33,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                         Ok(digits) => {
                             let mut c = c;
                             c.value = digits.clone();
-                            c.json["value"] = json!(digits);
+                            c.json["value"] = jv!(digits);
                             identifiers.push(c);
                         }
                         Err(e) => self.warn(
@@ -69,8 +69,8 @@ impl<'m, 'a> Ctx<'m, 'a> {
         };
         let id = hash_id(&["Patient", &key]);
         let mut p = Map::new();
-        p.insert("resourceType".into(), json!("Patient"));
-        p.insert("id".into(), json!(id));
+        p.insert("resourceType".into(), jv!("Patient"));
+        p.insert("id".into(), jv!(id.as_str()));
         let mut seen = HashSet::new();
         let ids: Vec<Value> = identifiers
             .iter()
@@ -78,13 +78,13 @@ impl<'m, 'a> Ctx<'m, 'a> {
             .map(|c| c.json.clone())
             .collect();
         p.insert("identifier".into(), Value::Array(ids));
-        p.insert("active".into(), json!(true));
+        p.insert("active".into(), jv!(true));
         let mut names: Vec<Value> = self.reps(si, 5).iter().filter_map(|r| dt::xpn(m, r)).collect();
         // PID-9: other names the patient is known by.
         names.extend(self.reps(si, 9).iter().filter_map(|r| {
             let mut n = dt::xpn(m, r)?;
             if n.get("use").is_none() {
-                n["use"] = json!("usual");
+                n["use"] = jv!("usual");
             }
             Some(n)
         }));
@@ -111,7 +111,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             };
             match g {
                 Some(g) => {
-                    p.insert("gender".into(), json!(g));
+                    p.insert("gender".into(), jv!(g));
                 }
                 None => self.warn(
                     si,
@@ -122,11 +122,11 @@ impl<'m, 'a> Ctx<'m, 'a> {
             }
         }
         if let Some(b) = self.dtm(si, 7) {
-            p.insert("birthDate".into(), json!(b.date()));
+            p.insert("birthDate".into(), jv!(b.date()));
             if b.has_time {
                 p.insert(
                     "_birthDate".into(),
-                    json!({"extension": [{
+                    jv!({"extension": [{
                         "url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
                         "valueDateTime": b.fhir
                     }]}),
@@ -136,9 +136,9 @@ impl<'m, 'a> Ctx<'m, 'a> {
         let deceased_time = self.dtm(si, 29);
         let deceased_flag = self.v(si, 30);
         if let Some(d) = deceased_time {
-            p.insert("deceasedDateTime".into(), json!(d.fhir));
+            p.insert("deceasedDateTime".into(), jv!(d.fhir));
         } else if deceased_flag == "Y" || deceased_flag == "N" {
-            p.insert("deceasedBoolean".into(), json!(deceased_flag == "Y"));
+            p.insert("deceasedBoolean".into(), jv!(deceased_flag == "Y"));
         }
         let addresses: Vec<Value> = self.reps(si, 11).iter().filter_map(|r| dt::xad(m, r)).collect();
         if !addresses.is_empty() {
@@ -151,7 +151,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 let mut cc = dt::coded("http://terminology.hl7.org/CodeSystem/v3-MaritalStatus", &code, None);
                 let text = comp(m, ms, 2);
                 if !text.is_empty() {
-                    cc["text"] = json!(text);
+                    cc["text"] = jv!(text);
                 }
                 p.insert("maritalStatus".into(), cc);
             } else if let Some(cc) = self.cwe(ms) {
@@ -161,23 +161,23 @@ impl<'m, 'a> Ctx<'m, 'a> {
         let multiple = self.v(si, 24);
         let order = self.v(si, 25);
         if let Ok(n) = order.parse::<u32>() {
-            p.insert("multipleBirthInteger".into(), json!(n));
+            p.insert("multipleBirthInteger".into(), jv!(n));
         } else if multiple == "Y" || multiple == "N" {
-            p.insert("multipleBirthBoolean".into(), json!(multiple == "Y"));
+            p.insert("multipleBirthBoolean".into(), jv!(multiple == "Y"));
         }
         if let Some(lang) = self.cwe_field(si, 15) {
-            p.insert("communication".into(), json!([{ "language": lang }]));
+            p.insert("communication".into(), jv!([{ "language": lang }]));
         }
         let mut gps = Vec::new();
         if let Some(pd1) = self.first("PD1") {
             for r in self.reps(pd1, 3) {
                 if let Some(o) = self.xon_org(out, r) {
-                    gps.push(json!({ "reference": o }));
+                    gps.push(jv!({ "reference": o }));
                 }
             }
             for r in self.reps(pd1, 4) {
                 if let Some(pr) = self.practitioner(out, r) {
-                    gps.push(json!({ "reference": pr }));
+                    gps.push(jv!({ "reference": pr }));
                 }
             }
         }
@@ -226,10 +226,10 @@ impl<'m, 'a> Ctx<'m, 'a> {
         };
         let id = hash_id(&["Encounter", patient_key, &key]);
         let mut e = Map::new();
-        e.insert("resourceType".into(), json!("Encounter"));
-        e.insert("id".into(), json!(id));
+        e.insert("resourceType".into(), jv!("Encounter"));
+        e.insert("id".into(), jv!(id.as_str()));
         if let Some(v) = &visit {
-            e.insert("identifier".into(), json!([v.json]));
+            e.insert("identifier".into(), jv!([v.json.clone()]));
         }
         let status = match trigger {
             "A05" | "A14" => "planned",
@@ -238,7 +238,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             _ if end.is_some() && trigger != "A13" => "finished",
             _ => "in-progress",
         };
-        e.insert("status".into(), json!(status));
+        e.insert("status".into(), jv!(status));
         let class = match class_code.as_str() {
             "E" => Some(("EMER", "emergency")),
             "I" => Some(("IMP", "inpatient encounter")),
@@ -248,7 +248,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             _ => None,
         };
         let class = match class {
-            Some((code, display)) => json!({
+            Some((code, display)) => jv!({
                 "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": code, "display": display
             }),
             None => {
@@ -262,7 +262,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                         ),
                     );
                 }
-                json!({"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK", "display": "unknown"})
+                jv!({"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK", "display": "unknown"})
             }
         };
         e.insert("class".into(), class);
@@ -270,7 +270,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
         if !admission_type.is_empty() {
             e.insert(
                 "type".into(),
-                json!([dt::coded(
+                jv!([dt::coded(
                     "http://terminology.hl7.org/CodeSystem/v2-0007",
                     &admission_type,
                     None
@@ -280,7 +280,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             if NHS_ADMISSION_METHODS.contains(&admission_type.as_str()) {
                 e.insert(
                     "extension".into(),
-                    json!([{
+                    jv!([{
                         "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-AdmissionMethod",
                         "valueCodeableConcept": dt::coded(
                             "https://fhir.hl7.org.uk/CodeSystem/UKCore-AdmissionMethodEngland",
@@ -297,7 +297,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             // A three-digit NHS treatment function code is also coded as one.
             if service.len() == 3 && service.bytes().all(|b| b.is_ascii_digit()) {
                 if let Some(codings) = service_type["coding"].as_array_mut() {
-                    codings.push(json!({
+                    codings.push(jv!({
                         "system": "https://fhir.nhs.uk/CodeSystem/NHSDataModelAndDictionary-TreatmentFunction",
                         "code": service
                     }));
@@ -305,7 +305,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             }
             e.insert("serviceType".into(), service_type);
         }
-        e.insert("subject".into(), json!({ "reference": patient_ref }));
+        e.insert("subject".into(), jv!({ "reference": patient_ref }));
         let mut participants = Vec::new();
         for (n, code, display) in [
             (7, "ATND", "attender"),
@@ -315,7 +315,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
         ] {
             for r in self.reps(si, n) {
                 if let Some(pr) = self.practitioner(out, r) {
-                    participants.push(json!({
+                    participants.push(jv!({
                         "type": [dt::coded("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", code, Some(display))],
                         "individual": { "reference": pr }
                     }));
@@ -327,10 +327,10 @@ impl<'m, 'a> Ctx<'m, 'a> {
         }
         let mut period = Map::new();
         if let Some(s) = &start {
-            period.insert("start".into(), json!(s.fhir));
+            period.insert("start".into(), jv!(s.fhir.as_str()));
         }
         if let Some(x) = &end {
-            period.insert("end".into(), json!(x.fhir));
+            period.insert("end".into(), jv!(x.fhir.as_str()));
         }
         if !period.is_empty() {
             e.insert("period".into(), Value::Object(period));
@@ -343,12 +343,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
                     "finished" | "cancelled" => "completed",
                     _ => "active",
                 };
-                locations.push(json!({ "location": { "reference": l }, "status": st }));
+                locations.push(jv!({ "location": { "reference": l }, "status": st }));
             }
         }
         if let Some(raw) = self.reps(si, 6).first() {
             if let Some(l) = self.location_ref(out, raw) {
-                locations.push(json!({ "location": { "reference": l }, "status": "completed" }));
+                locations.push(jv!({ "location": { "reference": l }, "status": "completed" }));
             }
         }
         if !locations.is_empty() {
@@ -377,7 +377,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
         }
         // The discharge method the pathways count deaths by, as a SUS extract carries it.
         if let Some(method) = nhs_discharge_method(&self.v(si, 36)) {
-            let ext = json!({
+            let ext = jv!({
                 "url": "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-DischargeMethod",
                 "valueCodeableConcept": dt::coded(
                     "https://fhir.hl7.org.uk/CodeSystem/UKCore-DischargeMethodEngland",
@@ -388,7 +388,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             match e.get_mut("extension").and_then(Value::as_array_mut) {
                 Some(list) => list.push(ext),
                 None => {
-                    e.insert("extension".into(), json!([ext]));
+                    e.insert("extension".into(), jv!([ext]));
                 }
             }
         }
@@ -397,7 +397,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
         }
         if let Some(pv2) = self.first("PV2") {
             if let Some(reason) = self.cwe_field(pv2, 3) {
-                e.insert("reasonCode".into(), json!([reason]));
+                e.insert("reasonCode".into(), jv!([reason]));
             }
             // Expected admit and discharge times: the R5 planned dates, as the V2-to-FHIR IG maps them.
             let mut ext = Vec::new();
@@ -412,7 +412,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 ),
             ] {
                 if let Some(d) = self.dtm(pv2, n) {
-                    ext.push(json!({ "url": url, "valueDateTime": d.fhir }));
+                    ext.push(jv!({ "url": url, "valueDateTime": d.fhir }));
                 }
             }
             if !ext.is_empty() {
@@ -425,7 +425,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             }
         }
         if let Some(sp) = service_provider {
-            e.insert("serviceProvider".into(), json!({ "reference": sp }));
+            e.insert("serviceProvider".into(), jv!({ "reference": sp }));
         }
         out.push(Value::Object(e));
         Some(EncounterKey {
@@ -449,12 +449,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 .unwrap_or(set_id),
             &self.code_key(si, 3),
         ]);
-        let mut r = json!({"resourceType": "RelatedPerson", "id": id, "patient": {"reference": patient_ref}});
+        let mut r = jv!({"resourceType": "RelatedPerson", "id": id, "patient": {"reference": patient_ref}});
         if !names.is_empty() {
             r["name"] = Value::Array(names);
         }
         if let Some(rel) = relationship {
-            r["relationship"] = json!([rel]);
+            r["relationship"] = jv!([rel]);
         }
         let addresses: Vec<Value> = self.reps(si, 4).iter().filter_map(|x| dt::xad(m, x)).collect();
         if !addresses.is_empty() {
@@ -470,14 +470,14 @@ impl<'m, 'a> Ctx<'m, 'a> {
             r["telecom"] = Value::Array(telecom);
         }
         match self.v(si, 15).as_str() {
-            "M" => r["gender"] = json!("male"),
-            "F" => r["gender"] = json!("female"),
-            "O" | "A" | "N" => r["gender"] = json!("other"),
-            "U" => r["gender"] = json!("unknown"),
+            "M" => r["gender"] = jv!("male"),
+            "F" => r["gender"] = jv!("female"),
+            "O" | "A" | "N" => r["gender"] = jv!("other"),
+            "U" => r["gender"] = jv!("unknown"),
             _ => {}
         }
         if let Some(b) = self.dtm(si, 16) {
-            r["birthDate"] = json!(b.date());
+            r["birthDate"] = jv!(b.date());
         }
         out.push(r);
     }
@@ -493,7 +493,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             return;
         };
         let id = hash_id(&["AllergyIntolerance", patient_key, &self.code_key(si, 3)]);
-        let mut a = json!({
+        let mut a = jv!({
             "resourceType": "AllergyIntolerance", "id": id,
             "clinicalStatus": dt::coded("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "active", Some("Active")),
             "code": code, "patient": {"reference": patient_ref}
@@ -505,12 +505,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
             _ => None,
         };
         if let Some(c) = category {
-            a["category"] = json!([c]);
+            a["category"] = jv!([c]);
         }
         match self.v(si, 4).as_str() {
-            "SV" => a["criticality"] = json!("high"),
-            "MO" | "MI" => a["criticality"] = json!("low"),
-            "U" => a["criticality"] = json!("unable-to-assess"),
+            "SV" => a["criticality"] = jv!("high"),
+            "MO" | "MI" => a["criticality"] = jv!("low"),
+            "U" => a["criticality"] = jv!("unable-to-assess"),
             _ => {}
         }
         let reactions: Vec<Value> = self
@@ -518,14 +518,14 @@ impl<'m, 'a> Ctx<'m, 'a> {
             .iter()
             .map(|r| {
                 let text = comp(self.m, r, 1);
-                json!({"manifestation": [{"text": text}]})
+                jv!({"manifestation": [{"text": text}]})
             })
             .collect();
         if !reactions.is_empty() {
             a["reaction"] = Value::Array(reactions);
         }
         if let Some(d) = self.dtm(si, 6) {
-            a["onsetDateTime"] = json!(d.fhir);
+            a["onsetDateTime"] = jv!(d.fhir);
         }
         out.push(a);
     }
@@ -541,7 +541,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
     ) -> Option<String> {
         let code = self.cwe_field(si, 3).or_else(|| {
             let text = self.v(si, 4);
-            (!text.is_empty()).then(|| json!({ "text": text }))
+            (!text.is_empty()).then(|| jv!({ "text": text }))
         });
         let Some(code) = code else {
             self.warn(
@@ -563,13 +563,13 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 onset.as_ref().map(|d| d.fhir.as_str()).unwrap_or(""),
             ]),
         };
-        let mut c = json!({
-            "resourceType": "Condition", "id": id,
+        let mut c = jv!({
+            "resourceType": "Condition", "id": id.as_str(),
             "category": [dt::coded("http://terminology.hl7.org/CodeSystem/condition-category", "encounter-diagnosis", Some("Encounter Diagnosis"))],
             "code": code, "subject": {"reference": patient_ref}
         });
         if let Some(i) = ident {
-            c["identifier"] = json!([i]);
+            c["identifier"] = jv!([i]);
         }
         match self.v(si, 6).as_str() {
             "F" => {
@@ -589,13 +589,13 @@ impl<'m, 'a> Ctx<'m, 'a> {
             _ => {}
         }
         if let Some(e) = encounter {
-            c["encounter"] = json!({ "reference": e });
+            c["encounter"] = jv!({ "reference": e });
         }
         if let Some(d) = onset {
-            c["onsetDateTime"] = json!(d.fhir);
+            c["onsetDateTime"] = jv!(d.fhir);
         }
         if let Some(d) = self.dtm(si, 19) {
-            c["recordedDate"] = json!(d.fhir);
+            c["recordedDate"] = jv!(d.fhir);
         }
         out.push(c);
         Some(id)
@@ -610,12 +610,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 None
             } else {
                 let id = hash_id(&["Organization", "payer", &company_id, &company_name]);
-                let mut o = json!({"resourceType": "Organization", "id": id});
+                let mut o = jv!({"resourceType": "Organization", "id": id.as_str()});
                 if !company_id.is_empty() {
-                    o["identifier"] = json!([{ "value": company_id }]);
+                    o["identifier"] = jv!([{ "value": company_id }]);
                 }
                 if !company_name.is_empty() {
-                    o["name"] = json!(company_name);
+                    o["name"] = jv!(company_name);
                 }
                 out.push(o);
                 Some(format!("Organization/{id}"))
@@ -633,25 +633,25 @@ impl<'m, 'a> Ctx<'m, 'a> {
         let plan = self.v(si, 2);
         let policy = self.v(si, 36);
         let id = hash_id(&["Coverage", patient_key, &payor, &plan, &policy]);
-        let mut c = json!({
+        let mut c = jv!({
             "resourceType": "Coverage", "id": id, "status": "active",
             "beneficiary": {"reference": patient_ref}, "payor": [{"reference": payor}]
         });
         if !policy.is_empty() {
-            c["identifier"] = json!([{ "value": policy }]);
+            c["identifier"] = jv!([{ "value": policy }]);
         }
         if !plan.is_empty() {
-            c["class"] = json!([{
+            c["class"] = jv!([{
                 "type": dt::coded("http://terminology.hl7.org/CodeSystem/coverage-class", "plan", Some("Plan")),
                 "value": plan
             }]);
         }
         let mut period = Map::new();
         if let Some(d) = self.dtm(si, 12) {
-            period.insert("start".into(), json!(d.fhir));
+            period.insert("start".into(), jv!(d.fhir));
         }
         if let Some(d) = self.dtm(si, 13) {
-            period.insert("end".into(), json!(d.fhir));
+            period.insert("end".into(), jv!(d.fhir));
         }
         if !period.is_empty() {
             c["period"] = Value::Object(period);

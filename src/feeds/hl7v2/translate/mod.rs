@@ -26,7 +26,7 @@ use super::dtm::{self, Dtm};
 use super::er7::{self, Message};
 use crate::fhir::nhs;
 use crate::fhir::{Identifier, Issue, IssueCode};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 
@@ -281,7 +281,7 @@ pub fn translate(text: &str, recorded: &str) -> Result<Translation, Refused> {
     // same content) is a duplicate; another message with a used control id is not.
     if let Some(p) = t.resources.last_mut().filter(|r| r["resourceType"] == "Provenance") {
         if let Some(entities) = p["entity"].as_array_mut() {
-            entities.push(json!({
+            entities.push(jv!({
                 "role": "source",
                 "what": {"identifier": {"system": DIGEST_SYSTEM, "value": content_digest(text)}}
             }));
@@ -609,7 +609,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 ranked.dedup_by_key(|(rank, _)| *rank);
                 let diagnosis: Vec<Value> = ranked
                     .iter()
-                    .map(|(rank, id)| json!({"condition": {"reference": format!("Condition/{id}")}, "rank": rank}))
+                    .map(|(rank, id)| jv!({"condition": {"reference": format!("Condition/{id}")}, "rank": *rank}))
                     .collect();
                 if let Some(r) = out
                     .resources
@@ -659,16 +659,16 @@ impl<'m, 'a> Ctx<'m, 'a> {
     fn provenance(&self, header: &Header, recorded: &str, resources: &[Value], sender: Option<&str>) -> Value {
         let targets: Vec<Value> = resources
             .iter()
-            .map(|r| json!({ "reference": format!("{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")) }))
+            .map(|r| jv!({ "reference": format!("{}/{}", r["resourceType"].as_str().unwrap_or(""), r["id"].as_str().unwrap_or("")) }))
             .collect();
-        let mut agent = json!({
+        let mut agent = jv!({
             "type": dt::coded("http://terminology.hl7.org/CodeSystem/provenance-participant-type", "author", Some("Author")),
             "who": { "display": format!("{} at {}", header.sending_application, header.sending_facility) }
         });
         if let Some(s) = sender {
-            agent["who"]["reference"] = json!(s);
+            agent["who"]["reference"] = jv!(s);
         }
-        let mut p = json!({
+        let mut p = jv!({
             "resourceType": "Provenance",
             "id": header.provenance_id(),
             "target": targets,
@@ -680,14 +680,14 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 "what": {
                     "identifier": {
                         "system": format!("urn:pennine:hl7v2:control-id:{}", header.sender().replace(['|', ' '], "/")),
-                        "value": header.control_id
+                        "value": header.control_id.as_str()
                     },
                     "display": format!("HL7 v2 {} message {} (version {})", header.message_type(), header.control_id, header.version)
                 }
             }]
         });
         if let Some(t) = &header.time {
-            p["occurredDateTime"] = json!(t);
+            p["occurredDateTime"] = jv!(t.as_str());
         }
         p
     }

@@ -14,9 +14,9 @@ impl<'m, 'a> Ctx<'m, 'a> {
             return None;
         }
         let id = hash_id(&["Organization", &ns, &universal]);
-        let mut org = json!({"resourceType": "Organization", "id": id, "identifier": ids});
+        let mut org = jv!({"resourceType": "Organization", "id": id.as_str(), "identifier": ids});
         if !ns.is_empty() {
-            org["name"] = json!(ns);
+            org["name"] = jv!(ns);
         }
         out.push(org);
         Some(format!("Organization/{id}"))
@@ -37,12 +37,12 @@ impl<'m, 'a> Ctx<'m, 'a> {
             return None;
         }
         let id = hash_id(&["Organization", &code, &name]);
-        let mut org = json!({"resourceType": "Organization", "id": id});
+        let mut org = jv!({"resourceType": "Organization", "id": id.as_str()});
         if !code.is_empty() {
-            org["identifier"] = json!([{ "system": crate::fhir::nhs::ODS_SYSTEM, "value": code }]);
+            org["identifier"] = jv!([{ "system": crate::fhir::nhs::ODS_SYSTEM, "value": code }]);
         }
         if !name.is_empty() {
-            org["name"] = json!(name);
+            org["name"] = jv!(name);
         }
         out.push(org);
         Some(format!("Organization/{id}"))
@@ -63,17 +63,17 @@ impl<'m, 'a> Ctx<'m, 'a> {
         } else {
             hash_id(&["Practitioner", system.as_deref().unwrap_or(""), &idv])
         };
-        let mut p = json!({"resourceType": "Practitioner", "id": id});
+        let mut p = jv!({"resourceType": "Practitioner", "id": id.as_str()});
         if !idv.is_empty() {
             let mut ident = Map::new();
             if let Some(s) = system {
-                ident.insert("system".into(), json!(s));
+                ident.insert("system".into(), jv!(s));
             }
-            ident.insert("value".into(), json!(idv));
-            p["identifier"] = json!([ident]);
+            ident.insert("value".into(), jv!(idv));
+            p["identifier"] = jv!([ident]);
         }
         if let Some(n) = name {
-            p["name"] = json!([n]);
+            p["name"] = jv!([n]);
         }
         out.push(p);
         Some(format!("Practitioner/{id}"))
@@ -96,7 +96,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             return None;
         }
         let id = hash_id(&["Location", &facility, &parts.join("^")]);
-        let mut loc = json!({"resourceType": "Location", "id": id, "mode": "instance"});
+        let mut loc = jv!({"resourceType": "Location", "id": id.as_str(), "mode": "instance"});
         let name = if named.is_empty() {
             if description.is_empty() {
                 facility.clone()
@@ -106,9 +106,9 @@ impl<'m, 'a> Ctx<'m, 'a> {
         } else {
             named.join(", ")
         };
-        loc["name"] = json!(name);
+        loc["name"] = jv!(name);
         if !description.is_empty() {
-            loc["description"] = json!(description);
+            loc["description"] = jv!(description);
         }
         let (code, display) = if !parts[2].is_empty() {
             ("bd", "Bed")
@@ -126,11 +126,11 @@ impl<'m, 'a> Ctx<'m, 'a> {
         );
         if !facility.is_empty() {
             let org_id = hash_id(&["Organization", &facility, ""]);
-            out.push(json!({
-                "resourceType": "Organization", "id": org_id, "name": facility,
-                "identifier": [{"system": crate::fhir::nhs::ODS_SYSTEM, "value": facility}]
+            out.push(jv!({
+                "resourceType": "Organization", "id": org_id.as_str(), "name": facility.as_str(),
+                "identifier": [{"system": crate::fhir::nhs::ODS_SYSTEM, "value": facility.as_str()}]
             }));
-            loc["managingOrganization"] = json!({ "reference": format!("Organization/{org_id}") });
+            loc["managingOrganization"] = jv!({ "reference": format!("Organization/{org_id}") });
         }
         out.push(loc);
         Some(format!("Location/{id}"))

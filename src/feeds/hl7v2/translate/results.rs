@@ -61,14 +61,14 @@ impl Unit {
     }
 
     fn quantity(&self, value: Value) -> Value {
-        let mut q = json!({ "value": value });
+        let mut q = jv!({ "value": value });
         let unit = if self.text.is_empty() { &self.code } else { &self.text };
         if !unit.is_empty() {
-            q["unit"] = json!(unit);
+            q["unit"] = jv!(unit.as_str());
         }
         if self.ucum && !self.code.is_empty() {
-            q["system"] = json!("http://unitsofmeasure.org");
-            q["code"] = json!(self.code);
+            q["system"] = jv!("http://unitsofmeasure.org");
+            q["code"] = jv!(self.code.as_str());
         }
         q
     }
@@ -127,8 +127,8 @@ pub(super) fn reference_range(text: &str, unit: &Unit) -> Value {
     if let (Some(c), rest) = split_comparator(t) {
         if let Some(n) = decimal(rest) {
             return match c {
-                "<" | "<=" => json!({ "high": unit.quantity(n), "text": t }),
-                _ => json!({ "low": unit.quantity(n), "text": t }),
+                "<" | "<=" => jv!({ "high": unit.quantity(n), "text": t }),
+                _ => jv!({ "low": unit.quantity(n), "text": t }),
             };
         }
     }
@@ -136,10 +136,10 @@ pub(super) fn reference_range(text: &str, unit: &Unit) -> Value {
     let split = t.char_indices().skip(1).find(|(_, c)| *c == '-').map(|(i, _)| i);
     if let Some(i) = split {
         if let (Some(lo), Some(hi)) = (decimal(&t[..i]), decimal(&t[i + 1..])) {
-            return json!({ "low": unit.quantity(lo), "high": unit.quantity(hi), "text": t });
+            return jv!({ "low": unit.quantity(lo), "high": unit.quantity(hi), "text": t });
         }
     }
-    json!({ "text": t })
+    jv!({ "text": t })
 }
 
 impl<'m, 'a> Ctx<'m, 'a> {
@@ -204,7 +204,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 while j < until && self.m.segments[j].name == "NTE" {
                     let text: Vec<String> = self.reps(j, 3).iter().map(|r| m.unescape(r).to_string()).collect();
                     if !text.is_empty() {
-                        notes.push(json!({ "text": text.join("\n") }));
+                        notes.push(jv!({ "text": text.join("\n") }));
                     }
                     j += 1;
                 }
@@ -219,7 +219,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                     effective.as_ref(),
                     notes,
                 ) {
-                    results.push(json!({ "reference": reference }));
+                    results.push(jv!({ "reference": reference }));
                     obx_statuses.push(status);
                 }
                 i = j;
@@ -251,35 +251,35 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 "unknown"
             }
         };
-        let mut r = json!({"resourceType": "DiagnosticReport", "id": report_id, "status": status});
+        let mut r = jv!({"resourceType": "DiagnosticReport", "id": report_id, "status": status});
         let ids: Vec<Value> = [placer, filler].into_iter().flatten().collect();
         if !ids.is_empty() {
             r["identifier"] = Value::Array(ids);
         }
         let section = self.v(obr, 24);
         if !section.is_empty() {
-            r["category"] = json!([dt::coded(
+            r["category"] = jv!([dt::coded(
                 "http://terminology.hl7.org/CodeSystem/v2-0074",
                 &section,
                 None
             )]);
         }
         r["code"] = code;
-        r["subject"] = json!({ "reference": patient_ref });
+        r["subject"] = jv!({ "reference": patient_ref });
         if let Some(e) = encounter {
-            r["encounter"] = json!({ "reference": e });
+            r["encounter"] = jv!({ "reference": e });
         }
         if let Some(d) = &effective {
-            r["effectiveDateTime"] = json!(d.fhir);
+            r["effectiveDateTime"] = jv!(d.fhir.as_str());
         }
         if let Some(d) = issued.filter(|d| d.has_time) {
-            r["issued"] = json!(instant(&d.fhir));
+            r["issued"] = jv!(instant(&d.fhir));
         }
         let interpreters: Vec<Value> = self
             .reps(obr, 32)
             .iter()
             .filter_map(|x| self.practitioner(out, x))
-            .map(|p| json!({ "reference": p }))
+            .map(|p| jv!({ "reference": p }))
             .collect();
         if !interpreters.is_empty() {
             r["resultsInterpreter"] = Value::Array(interpreters);
@@ -342,27 +342,27 @@ impl<'m, 'a> Ctx<'m, 'a> {
             }
         };
         let mut o = Map::new();
-        o.insert("resourceType".into(), json!("Observation"));
-        o.insert("id".into(), json!(id));
-        o.insert("status".into(), json!(status));
+        o.insert("resourceType".into(), jv!("Observation"));
+        o.insert("id".into(), jv!(id.as_str()));
+        o.insert("status".into(), jv!(status));
         o.insert("code".into(), code);
-        o.insert("subject".into(), json!({ "reference": patient_ref }));
+        o.insert("subject".into(), jv!({ "reference": patient_ref }));
         if let Some(e) = encounter {
-            o.insert("encounter".into(), json!({ "reference": e }));
+            o.insert("encounter".into(), jv!({ "reference": e }));
         }
         let effective = self.dtm(si, 14);
         if let Some(d) = effective.as_ref().or(report_time) {
-            o.insert("effectiveDateTime".into(), json!(d.fhir));
+            o.insert("effectiveDateTime".into(), jv!(d.fhir.as_str()));
         }
         if let Some(d) = self.dtm(si, 19).filter(|d| d.has_time) {
-            o.insert("issued".into(), json!(instant(&d.fhir)));
+            o.insert("issued".into(), jv!(instant(&d.fhir)));
         }
         let units_raw = self.reps(si, 6).first().copied().unwrap_or("");
         let unit = Unit::from(m, units_raw);
         self.value(&mut o, si, &unit);
         let range = self.v(si, 7);
         if !range.is_empty() {
-            o.insert("referenceRange".into(), json!([reference_range(&range, &unit)]));
+            o.insert("referenceRange".into(), jv!([reference_range(&range, &unit)]));
         }
         let flags: Vec<Value> = self
             .reps(si, 8)
@@ -384,7 +384,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             .reps(si, 16)
             .iter()
             .filter_map(|x| self.practitioner(out, x))
-            .map(|p| json!({ "reference": p }))
+            .map(|p| jv!({ "reference": p }))
             .collect();
         if !performers.is_empty() {
             o.insert("performer".into(), Value::Array(performers));
@@ -426,7 +426,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                     Some(n) => {
                         let mut q = unit.quantity(n);
                         if let Some(c) = comparator {
-                            q["comparator"] = json!(c);
+                            q["comparator"] = jv!(c);
                         }
                         o.insert("valueQuantity".into(), q);
                     }
@@ -456,19 +456,19 @@ impl<'m, 'a> Ctx<'m, 'a> {
                     ("-", Some(b)) => {
                         o.insert(
                             "valueRange".into(),
-                            json!({ "low": unit.quantity(a), "high": unit.quantity(b) }),
+                            jv!({ "low": unit.quantity(a), "high": unit.quantity(b) }),
                         );
                     }
                     (":" | "/", Some(b)) => {
                         o.insert(
                             "valueRatio".into(),
-                            json!({ "numerator": {"value": a}, "denominator": {"value": b} }),
+                            jv!({ "numerator": {"value": a}, "denominator": {"value": b} }),
                         );
                     }
                     _ => {
                         let mut q = unit.quantity(a);
                         if matches!(cmp.as_str(), "<" | "<=" | ">=" | ">") {
-                            q["comparator"] = json!(cmp);
+                            q["comparator"] = jv!(cmp);
                         }
                         o.insert("valueQuantity".into(), q);
                     }
@@ -481,7 +481,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
             }
             "DT" | "DTM" | "TS" => match dtm::parse(&comp(m, first, 1)) {
                 Ok(d) => {
-                    o.insert("valueDateTime".into(), json!(d.fhir));
+                    o.insert("valueDateTime".into(), jv!(d.fhir));
                 }
                 Err(e) => self.errors.borrow_mut().push(self.error_at(
                     si,
@@ -497,7 +497,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                     let h = &d[..2];
                     let mi = d.get(2..4).unwrap_or("00");
                     let s = d.get(4..6).unwrap_or("00");
-                    o.insert("valueTime".into(), json!(format!("{h}:{mi}:{s}")));
+                    o.insert("valueTime".into(), jv!(format!("{h}:{mi}:{s}")));
                 } else {
                     self.errors.borrow_mut().push(self.error_at(
                         si,
@@ -511,7 +511,7 @@ impl<'m, 'a> Ctx<'m, 'a> {
                 let text: Vec<String> = reps.iter().map(|r| m.unescape(r).to_string()).collect();
                 let joined = text.join("\n");
                 if !joined.trim().is_empty() {
-                    o.insert("valueString".into(), json!(joined));
+                    o.insert("valueString".into(), jv!(joined));
                 }
                 if !matches!(kind.as_str(), "ST" | "TX" | "FT" | "") {
                     self.warn(
