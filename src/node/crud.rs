@@ -32,8 +32,8 @@ pub struct WriteResult {
     pub issues: Vec<Issue>,
     /// How many of `issues` are flagged profile errors.
     pub flagged: usize,
-    /// Data-quality facts of the written resource, recorded once the unit of work commits.
-    pub facts: Option<Box<super::quality::Facts>>,
+    /// What the written resource adds to the data-quality figures, stored in its unit of work.
+    pub recorded: Option<Arc<super::quality::Recorded>>,
 }
 
 /// How a conditional interaction picks its target.
@@ -55,7 +55,7 @@ pub(super) fn existing(txn: &mut dyn WriteTxn, rtype: &str, id: String) -> Resul
         json: None,
         issues: Vec::new(),
         flagged: 0,
-        facts: None,
+        recorded: None,
     })
 }
 
@@ -71,7 +71,7 @@ impl WriteResult {
             json: None,
             issues: Vec::new(),
             flagged: 0,
-            facts: None,
+            recorded: None,
         }
     }
 }
@@ -160,7 +160,7 @@ fn write_version(
         json: Some(Arc::from(json)),
         issues: prepared.issues.clone(),
         flagged: prepared.flagged,
-        facts: Some(Box::new(prepared.facts.clone())),
+        recorded: Some(prepared.recorded.clone()),
     })
 }
 
@@ -189,7 +189,7 @@ pub(super) fn delete_version(txn: &mut dyn WriteTxn, rtype: &str, id: &str) -> R
                 json: None,
                 issues: Vec::new(),
                 flagged: 0,
-                facts: None,
+                recorded: None,
             })
         }
         other => Ok(WriteResult {
@@ -201,7 +201,7 @@ pub(super) fn delete_version(txn: &mut dyn WriteTxn, rtype: &str, id: &str) -> R
             json: None,
             issues: Vec::new(),
             flagged: 0,
-            facts: None,
+            recorded: None,
         }),
     }
 }
@@ -220,16 +220,18 @@ impl FhirService {
         let carried = pending.clone();
         let result = self.run(move |txn| {
             let out = f(txn)?;
-            let mut delta = pending;
+            // Delta rows the unit adds: one per figure new to it.
+            let mut rows = 0;
+            if !pending.is_empty() {
+                rows += txn.add_quality(&pending.counts, &pending.patients)?;
+            }
             for r in written(&out) {
-                if let Some(facts) = &r.facts {
-                    delta.merge(super::quality::delta(facts, Some(&r.id)));
+                if let Some(recorded) = &r.recorded {
+                    let patient = recorded.patient_keys.as_ref().map(|keys| (r.id.clone(), keys.clone()));
+                    rows += txn.add_quality(&recorded.counts, patient.as_slice())?;
                 }
             }
-            if !delta.is_empty() {
-                txn.add_quality(&delta)?;
-            }
-            Ok((out, delta.counts.len() as u64))
+            Ok((out, rows as u64))
         });
         match result {
             Ok((out, rows)) => {

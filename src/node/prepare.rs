@@ -25,8 +25,10 @@ pub struct Prepared {
     pub issues: Vec<Issue>,
     /// How many of `issues` are flagged profile errors.
     pub flagged: usize,
-    /// What the resource tells about data quality, recorded once it is written.
+    /// What the resource tells about data quality (kept to prepare it again).
     pub facts: super::quality::Facts,
+    /// What it adds to the quality figures once written.
+    pub recorded: std::sync::Arc<super::quality::Recorded>,
     /// The id in the body, if any.
     pub body_id: Option<String>,
     pub index: IndexRows,
@@ -285,6 +287,7 @@ impl FhirService {
             rtype,
             issues,
             flagged,
+            recorded: std::sync::Arc::new(super::quality::Recorded::of(&facts)),
             facts,
             body_id,
             index,

@@ -16,7 +16,7 @@
 //! in memory and go with the next unit of work (the report adds those waiting).
 
 use crate::fhir::{Issue, Severity};
-use crate::store::{QualityDelta, QualityTotals};
+use crate::store::{QualityCounts, QualityDelta, QualityTotals};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -221,15 +221,39 @@ fn delay_bucket(ms: i64) -> u32 {
     }
 }
 
-/// What one resource adds to the figures; `stored_as` is the id it was written
-/// under (None: refused).
-pub fn delta(f: &Facts, stored_as: Option<&str>) -> QualityDelta {
-    let mut d = QualityDelta::default();
+/// What a refused resource adds to the figures.
+fn refused(f: &Facts) -> QualityDelta {
+    QualityDelta {
+        counts: counts(f, false),
+        patients: Vec::new(),
+    }
+}
+
+/// What a checked resource adds to the quality figures once it is written, worked out
+/// on the request thread so that the single writer only sums figures.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub counts: QualityCounts,
+    /// For patients: their keys (kind, key) for the uniqueness rule.
+    pub patient_keys: Option<Vec<(String, String)>>,
+}
+
+impl Recorded {
+    pub fn of(f: &Facts) -> Recorded {
+        Recorded {
+            counts: counts(f, true),
+            patient_keys: patient_keys(f),
+        }
+    }
+}
+
+fn counts(f: &Facts, accepted: bool) -> QualityCounts {
+    let mut counts = QualityCounts::new();
     let mut add = |metric: String, n: i64| {
-        *d.counts.entry((f.source.clone(), f.rtype.clone(), metric)).or_default() += n;
+        *counts.entry((f.source.clone(), f.rtype.clone(), metric)).or_default() += n;
     };
     add("received".into(), 1);
-    add(if stored_as.is_some() { "accepted" } else { "rejected" }.into(), 1);
+    add(if accepted { "accepted" } else { "rejected" }.into(), 1);
     if f.errors > 0 {
         add("errors".into(), 1);
     }
@@ -253,14 +277,16 @@ pub fn delta(f: &Facts, stored_as: Option<&str>) -> QualityDelta {
         add(format!("delay\t{b}"), 1);
         add(format!("delayms\t{b}"), ms);
     }
-    if let (Some(id), Some((ids, demo))) = (stored_as, &f.patient) {
-        let mut keys: Vec<(String, String)> = ids.iter().map(|k| ("identifier".to_string(), k.clone())).collect();
-        if let Some(demo) = demo {
-            keys.push(("demographics".into(), demo.clone()));
-        }
-        d.patients.push((id.to_string(), keys));
+    counts
+}
+
+fn patient_keys(f: &Facts) -> Option<Vec<(String, String)>> {
+    let (ids, demo) = f.patient.as_ref()?;
+    let mut keys: Vec<(String, String)> = ids.iter().map(|k| ("identifier".to_string(), k.clone())).collect();
+    if let Some(demo) = demo {
+        keys.push(("demographics".into(), demo.clone()));
     }
-    d
+    Some(keys)
 }
 
 impl Counters {
@@ -310,7 +336,7 @@ impl Book {
     /// Returns whether so many wait that they should be stored now.
     pub fn rejected(&self, f: &Facts) -> bool {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.merge(delta(f, None));
+        pending.merge(refused(f));
         pending.counts.len() > 1_000
     }
 

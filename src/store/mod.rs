@@ -243,6 +243,23 @@ pub fn add_counts(into: &mut QualityCounts, from: QualityCounts) {
     }
 }
 
+/// Adds `from`'s figures to `into`'s, copying a key only when `into` lacks it (the
+/// writer sums one resource's figures after another's, mostly under the same keys).
+/// Returns how many keys were new to `into`.
+pub fn sum_counts(into: &mut QualityCounts, from: &QualityCounts) -> usize {
+    let mut new = 0;
+    for (k, n) in from {
+        match into.get_mut(k) {
+            Some(total) => *total += n,
+            None => {
+                into.insert(k.clone(), *n);
+                new += 1;
+            }
+        }
+    }
+    new
+}
+
 /// The node's quality figures as stored: every (source, type, metric) with its total.
 #[derive(Debug, Default, Clone)]
 pub struct QualityTotals {
@@ -267,8 +284,15 @@ pub trait WriteTxn {
     fn nested(&mut self, f: &mut dyn FnMut(&mut dyn WriteTxn) -> bool) -> Result<bool, StoreError>;
     /// A timestamp for this unit of work: never earlier than any earlier unit's.
     fn now(&mut self) -> i64;
-    /// Adds a unit's quality figures (delta rows, appended without locks on hot rows).
-    fn add_quality(&mut self, delta: &QualityDelta) -> Result<(), StoreError>;
+    /// Adds quality figures to the unit's, and patients with their keys (kind, key) for
+    /// the uniqueness rule; the figures are stored as delta rows (appended without
+    /// locks on hot rows) when the unit commits. Returns how many of the figures are new
+    /// to the unit: each is a delta row.
+    fn add_quality(
+        &mut self,
+        counts: &QualityCounts,
+        patients: &[(String, Vec<(String, String)>)],
+    ) -> Result<usize, StoreError>;
     /// Folds the quality delta rows into one row per (source, type, metric).
     fn compact_quality(&mut self) -> Result<(), StoreError>;
     /// A shared value (`auth::Shared`: used assertion ids, failed secrets) and its expiry

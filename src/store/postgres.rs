@@ -9,10 +9,13 @@
 //! read `FOR UPDATE`; `(type, id)` is unique.
 
 use super::sql::{self, Arg};
-use super::{Current, HistoryQuery, Method, NewVersion, Store, StoreError, Stored, WriteJob, WriteTxn};
+use super::{
+    sum_counts, Current, HistoryQuery, Method, NewVersion, QualityCounts, Store, StoreError, Stored, WriteJob, WriteTxn,
+};
 use crate::search::query::Include;
 use crate::search::{IndexRows, SearchRequest};
-use postgres::types::ToSql;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Row, Statement, Transaction};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -422,16 +425,50 @@ fn row_to_stored(r: &Row) -> Stored {
 
 type SqlValue = Box<dyn ToSql + Sync>;
 
-/// Tables that take bulk inserts, in the order `flush` writes them.
-const TABLES: [(&str, &str); 8] = [
-    ("resources", "rid, type, id, version, last_updated, deleted"),
-    ("versions", "rid, version, type, last_updated, method, json"),
-    ("idx_token", "rid, param, system, code, text"),
-    ("idx_string", "rid, param, norm, exact"),
-    ("idx_date", "rid, param, lo, hi"),
-    ("idx_ref", "rid, param, ttype, tid, url"),
-    ("idx_quantity", "rid, param, value, system, code, unit"),
-    ("idx_uri", "rid, param, value"),
+/// Tables that take bulk inserts, in the order `flush` writes them, with their
+/// columns' types as `COPY ... BINARY` sends them.
+const TABLES: [(&str, &str, &[Type]); 9] = [
+    (
+        "resources",
+        "rid, type, id, version, last_updated, deleted",
+        &[Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::INT2],
+    ),
+    (
+        "versions",
+        "rid, version, type, last_updated, method, json",
+        &[Type::INT8, Type::INT8, Type::TEXT, Type::INT8, Type::TEXT, Type::BYTEA],
+    ),
+    (
+        "idx_token",
+        "rid, param, system, code, text",
+        &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
+    ),
+    (
+        "idx_string",
+        "rid, param, norm, exact",
+        &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT],
+    ),
+    (
+        "idx_date",
+        "rid, param, lo, hi",
+        &[Type::INT8, Type::TEXT, Type::INT8, Type::INT8],
+    ),
+    (
+        "idx_ref",
+        "rid, param, ttype, tid, url",
+        &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
+    ),
+    (
+        "idx_quantity",
+        "rid, param, value, system, code, unit",
+        &[Type::INT8, Type::TEXT, Type::FLOAT8, Type::TEXT, Type::TEXT, Type::TEXT],
+    ),
+    ("idx_uri", "rid, param, value", &[Type::INT8, Type::TEXT, Type::TEXT]),
+    (
+        "quality_deltas",
+        "source, rtype, metric, n, created",
+        &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::INT8],
+    ),
 ];
 
 struct PgTxn<'a, 'c> {
@@ -441,7 +478,9 @@ struct PgTxn<'a, 'c> {
     savepoints: usize,
     /// New rows by table (index into `TABLES`), inserted in bulk by `flush`
     /// before any read in the transaction and before commit.
-    pending: [Vec<Vec<SqlValue>>; 8],
+    pending: [Vec<Vec<SqlValue>>; 9],
+    /// The unit's quality figures, queued as delta rows when it commits.
+    counts: QualityCounts,
     /// Pre-allocated resource keys from the `resources` sequence.
     rids: Vec<i64>,
     /// Versions written by this unit of work.
@@ -466,35 +505,40 @@ impl PgTxn<'_, '_> {
             .ok_or_else(|| StoreError::Internal("no resource key allocated".into()))
     }
 
-    /// Inserts every pending row: multi-row INSERTs of up to ~30,000 parameters.
+    /// Inserts every pending row, one binary `COPY` per table. One statement text per
+    /// table whatever the row count: multi-row `INSERT`s were a new statement for
+    /// every count, parsed and planned each time, and that was most of the backend's
+    /// ingest time.
     fn flush(&mut self) -> Result<(), StoreError> {
-        for (t, (table, cols)) in TABLES.iter().enumerate() {
-            let rows = std::mem::take(&mut self.pending[t]);
-            let Some(width) = rows.first().map(Vec::len) else {
+        for (t, (table, cols, types)) in TABLES.iter().enumerate() {
+            if self.pending[t].is_empty() {
                 continue;
-            };
-            let per_statement = (30_000 / width).max(1);
-            for chunk in rows.chunks(per_statement) {
-                let mut sql = format!("INSERT INTO {table} ({cols}) VALUES ");
-                let mut n = 0;
-                for (i, row) in chunk.iter().enumerate() {
-                    sql.push_str(if i == 0 { "(" } else { ",(" });
-                    for j in 0..row.len() {
-                        n += 1;
-                        if j > 0 {
-                            sql.push(',');
-                        }
-                        sql.push('$');
-                        sql.push_str(&n.to_string());
-                    }
-                    sql.push(')');
-                }
-                let params: Vec<&(dyn ToSql + Sync)> = chunk.iter().flatten().map(|b| b.as_ref()).collect();
-                let st = self.stmt(&sql)?;
-                self.tx.execute(&st, &params).map_err(db_err)?;
             }
+            let rows = std::mem::take(&mut self.pending[t]);
+            let st = self.stmt(&format!("COPY {table} ({cols}) FROM STDIN (FORMAT binary)"))?;
+            let sink = self.tx.copy_in(&st).map_err(db_err)?;
+            let mut w = BinaryCopyInWriter::new(sink, types);
+            for row in &rows {
+                let values: Vec<&(dyn ToSql + Sync)> = row.iter().map(|b| b.as_ref()).collect();
+                w.write(&values).map_err(db_err)?;
+            }
+            w.finish().map_err(db_err)?;
         }
         Ok(())
+    }
+
+    /// Queues the unit's quality figures as one delta row per (source, type, metric).
+    fn queue_counts(&mut self) {
+        let now = crate::fhir::time::now_millis();
+        for ((source, rtype, metric), n) in std::mem::take(&mut self.counts) {
+            self.pending[8].push(vec![
+                Box::new(source),
+                Box::new(rtype),
+                Box::new(metric),
+                Box::new(n),
+                Box::new(now),
+            ]);
+        }
     }
 
     fn queue_index(&mut self, rid: i64, index: &IndexRows) {
@@ -605,18 +649,16 @@ impl WriteTxn for PgTxn<'_, '_> {
         Ok(())
     }
 
-    fn add_quality(&mut self, delta: &super::QualityDelta) -> Result<(), StoreError> {
-        let now = crate::fhir::time::now_millis();
-        let add = self.stmt(&sql::numbered(sql::QUALITY_ADD))?;
-        for ((source, rtype, metric), n) in &delta.counts {
-            self.tx
-                .execute(&add, &[source, rtype, metric, n, &now])
-                .map_err(db_err)?;
-        }
+    fn add_quality(
+        &mut self,
+        counts: &QualityCounts,
+        patients: &[(String, Vec<(String, String)>)],
+    ) -> Result<usize, StoreError> {
+        let new = sum_counts(&mut self.counts, counts);
         let key = self.stmt(&sql::numbered(sql::QUALITY_KEY))?;
         let holder = self.stmt(&sql::numbered(sql::QUALITY_KEY_HOLDER))?;
         let pair = self.stmt(&sql::numbered(sql::QUALITY_PAIR))?;
-        for (patient, keys) in &delta.patients {
+        for (patient, keys) in patients {
             self.tx.execute(&key, &[&"id", patient, patient]).map_err(db_err)?;
             for (kind, k) in keys {
                 self.tx.execute(&key, &[kind, k, patient]).map_err(db_err)?;
@@ -631,7 +673,7 @@ impl WriteTxn for PgTxn<'_, '_> {
                 }
             }
         }
-        Ok(())
+        Ok(new)
     }
 
     fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
@@ -675,6 +717,7 @@ impl WriteTxn for PgTxn<'_, '_> {
 
     fn nested(&mut self, f: &mut dyn FnMut(&mut dyn WriteTxn) -> bool) -> Result<bool, StoreError> {
         self.flush()?;
+        let counts_before = self.counts.clone();
         self.savepoints += 1;
         let name = format!("entry{}", self.savepoints);
         self.tx.batch_execute(&format!("SAVEPOINT {name}")).map_err(db_err)?;
@@ -685,6 +728,7 @@ impl WriteTxn for PgTxn<'_, '_> {
         if !keep {
             // What the entry queued but did not flush is dropped with it.
             self.pending.iter_mut().for_each(Vec::clear);
+            self.counts = counts_before;
         }
         let end = if keep {
             format!("RELEASE SAVEPOINT {name}")
@@ -818,12 +862,16 @@ impl Store for PostgresStore {
                 locked_types: Vec::new(),
                 savepoints: 0,
                 pending: Default::default(),
+                counts: QualityCounts::new(),
                 rids: Vec::new(),
                 written: 0,
             };
             let kept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut txn)));
             let flushed = match kept {
-                Ok(true) => txn.flush().map(|()| true),
+                Ok(true) => {
+                    txn.queue_counts();
+                    txn.flush().map(|()| true)
+                }
                 Ok(false) => Ok(false),
                 Err(_) => Err(StoreError::JobPanicked),
             };

@@ -9,7 +9,8 @@
 
 use super::sql::{self, Arg, Sql};
 use super::{
-    add_counts, Current, HistoryQuery, Method, NewVersion, QualityCounts, Store, StoreError, Stored, WriteJob, WriteTxn,
+    add_counts, sum_counts, Current, HistoryQuery, Method, NewVersion, QualityCounts, Store, StoreError, Stored,
+    WriteJob, WriteTxn,
 };
 use crate::search::query::Include;
 use crate::search::{IndexRows, SearchRequest};
@@ -527,9 +528,13 @@ impl WriteTxn for SqliteTxn<'_> {
         Ok(())
     }
 
-    fn add_quality(&mut self, delta: &super::QualityDelta) -> Result<(), StoreError> {
-        add_counts(&mut self.counts, delta.counts.clone());
-        for (patient, keys) in &delta.patients {
+    fn add_quality(
+        &mut self,
+        counts: &QualityCounts,
+        patients: &[(String, Vec<(String, String)>)],
+    ) -> Result<usize, StoreError> {
+        let new = sum_counts(&mut self.counts, counts);
+        for (patient, keys) in patients {
             let mut key = self.conn.prepare_cached(sql::QUALITY_KEY).map_err(db_err)?;
             key.execute(params!["id", patient, patient]).map_err(db_err)?;
             for (kind, k) in keys {
@@ -554,7 +559,7 @@ impl WriteTxn for SqliteTxn<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(new)
     }
 
     fn shared_get(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
@@ -1064,7 +1069,7 @@ mod tests {
                 txn.shared_put(&format!("k{i}"), Some((b"v", i64::MAX))).unwrap();
                 let mut delta = super::super::QualityDelta::default();
                 delta.counts.insert(("t".into(), "Patient".into(), "n".into()), 1);
-                txn.add_quality(&delta).unwrap();
+                txn.add_quality(&delta.counts, &delta.patients).unwrap();
                 match i % 3 {
                     0 => true,
                     1 => false,
