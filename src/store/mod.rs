@@ -370,3 +370,30 @@ pub trait Store: Send + Sync + 'static {
     /// Finishes queued work and releases connections; later calls may fail.
     fn close(&self);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writer sums resource after resource into its unit's figures; what it reports as
+    /// new is what becomes a delta row (and drives the folding), so it must count keys new
+    /// to the unit, not figures added.
+    #[test]
+    fn sums_by_key_and_counts_only_keys_new_to_the_unit() {
+        let key = |metric: &str| ("ehr".to_string(), "Patient".to_string(), metric.to_string());
+        let one: QualityCounts = [(key("received"), 1), (key("accepted"), 1)].into();
+        let other: QualityCounts = [(key("received"), 1), (key("delayms\t3"), 250)].into();
+        let mut unit = QualityCounts::new();
+        assert_eq!(sum_counts(&mut unit, &one), 2);
+        assert_eq!(sum_counts(&mut unit, &one), 0);
+        assert_eq!(sum_counts(&mut unit, &other), 1);
+        let expected: QualityCounts = [(key("received"), 3), (key("accepted"), 2), (key("delayms\t3"), 250)].into();
+        assert_eq!(unit, expected);
+        // The same figures summed by the owned path agree.
+        let mut owned = QualityCounts::new();
+        for c in [one.clone(), one, other] {
+            add_counts(&mut owned, c);
+        }
+        assert_eq!(owned, unit);
+    }
+}
