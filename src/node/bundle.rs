@@ -526,13 +526,13 @@ impl FhirService {
                     fhir::refs::rewrite(&mut value, &mut |r| final_map.get(r).cloned());
                     if let Action::Create { prepared, .. } | Action::Update { prepared, .. } = &mut p.action {
                         let body_id = prepared.body_id.clone();
-                        let checked = super::Checked {
-                            rtype: prepared.rtype.clone(),
-                            issues: std::mem::take(&mut prepared.issues),
-                            flagged: prepared.flagged,
-                            facts: std::mem::take(&mut prepared.facts),
-                        };
-                        *prepared = service.prepare(checked, value);
+                        *prepared = service.prepare_again(
+                            std::mem::take(&mut prepared.rtype),
+                            std::mem::take(&mut prepared.issues),
+                            prepared.flagged,
+                            prepared.recorded.clone(),
+                            value,
+                        );
                         prepared.body_id = body_id;
                     }
                 }

@@ -25,8 +25,6 @@ pub struct Prepared {
     pub issues: Vec<Issue>,
     /// How many of `issues` are flagged profile errors.
     pub flagged: usize,
-    /// What the resource tells about data quality (kept to prepare it again).
-    pub facts: super::quality::Facts,
     /// What it adds to the quality figures once written.
     pub recorded: std::sync::Arc<super::quality::Recorded>,
     /// The id in the body, if any.
@@ -261,13 +259,21 @@ impl FhirService {
     }
 
     /// Splits a checked resource for storage and computes its index rows.
-    pub fn prepare(&self, checked: Checked, mut value: Value) -> Prepared {
-        let Checked {
-            rtype,
-            issues,
-            flagged,
-            facts,
-        } = checked;
+    pub fn prepare(&self, checked: Checked, value: Value) -> Prepared {
+        let recorded = std::sync::Arc::new(super::quality::Recorded::of(&checked.facts));
+        self.prepare_again(checked.rtype, checked.issues, checked.flagged, recorded, value)
+    }
+
+    /// Prepares a resource whose check is already done (a transaction entry whose
+    /// references were rewritten): what the check found is carried over.
+    pub fn prepare_again(
+        &self,
+        rtype: String,
+        issues: Vec<Issue>,
+        flagged: usize,
+        recorded: std::sync::Arc<super::quality::Recorded>,
+        mut value: Value,
+    ) -> Prepared {
         let index = search::extract(&self.registry, &rtype, &value);
         let obj = value.as_object_mut().expect("check_resource accepted only objects");
         obj.shift_remove("resourceType");
@@ -287,8 +293,7 @@ impl FhirService {
             rtype,
             issues,
             flagged,
-            recorded: std::sync::Arc::new(super::quality::Recorded::of(&facts)),
-            facts,
+            recorded,
             body_id,
             index,
             meta_rest,

@@ -425,48 +425,43 @@ fn row_to_stored(r: &Row) -> Stored {
 
 type SqlValue = Box<dyn ToSql + Sync>;
 
-/// Tables that take bulk inserts, in the order `flush` writes them, with their
-/// columns' types as `COPY ... BINARY` sends them.
-const TABLES: [(&str, &str, &[Type]); 9] = [
+/// Tables that take bulk inserts, in the order `flush` writes them: each one's `COPY`
+/// and its columns' types as `COPY ... BINARY` sends them.
+const TABLES: [(&str, &[Type]); 9] = [
     (
-        "resources",
-        "rid, type, id, version, last_updated, deleted",
+        "COPY resources (rid, type, id, version, last_updated, deleted) FROM STDIN (FORMAT binary)",
         &[Type::INT8, Type::TEXT, Type::TEXT, Type::INT8, Type::INT8, Type::INT2],
     ),
     (
-        "versions",
-        "rid, version, type, last_updated, method, json",
+        "COPY versions (rid, version, type, last_updated, method, json) FROM STDIN (FORMAT binary)",
         &[Type::INT8, Type::INT8, Type::TEXT, Type::INT8, Type::TEXT, Type::BYTEA],
     ),
     (
-        "idx_token",
-        "rid, param, system, code, text",
+        "COPY idx_token (rid, param, system, code, text) FROM STDIN (FORMAT binary)",
         &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
     ),
     (
-        "idx_string",
-        "rid, param, norm, exact",
+        "COPY idx_string (rid, param, norm, exact) FROM STDIN (FORMAT binary)",
         &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT],
     ),
     (
-        "idx_date",
-        "rid, param, lo, hi",
+        "COPY idx_date (rid, param, lo, hi) FROM STDIN (FORMAT binary)",
         &[Type::INT8, Type::TEXT, Type::INT8, Type::INT8],
     ),
     (
-        "idx_ref",
-        "rid, param, ttype, tid, url",
+        "COPY idx_ref (rid, param, ttype, tid, url) FROM STDIN (FORMAT binary)",
         &[Type::INT8, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT],
     ),
     (
-        "idx_quantity",
-        "rid, param, value, system, code, unit",
+        "COPY idx_quantity (rid, param, value, system, code, unit) FROM STDIN (FORMAT binary)",
         &[Type::INT8, Type::TEXT, Type::FLOAT8, Type::TEXT, Type::TEXT, Type::TEXT],
     ),
-    ("idx_uri", "rid, param, value", &[Type::INT8, Type::TEXT, Type::TEXT]),
     (
-        "quality_deltas",
-        "source, rtype, metric, n, created",
+        "COPY idx_uri (rid, param, value) FROM STDIN (FORMAT binary)",
+        &[Type::INT8, Type::TEXT, Type::TEXT],
+    ),
+    (
+        "COPY quality_deltas (source, rtype, metric, n, created) FROM STDIN (FORMAT binary)",
         &[Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8, Type::INT8],
     ),
 ];
@@ -510,12 +505,12 @@ impl PgTxn<'_, '_> {
     /// every count, parsed and planned each time, and that was most of the backend's
     /// ingest time.
     fn flush(&mut self) -> Result<(), StoreError> {
-        for (t, (table, cols, types)) in TABLES.iter().enumerate() {
+        for (t, (copy, types)) in TABLES.iter().enumerate() {
             if self.pending[t].is_empty() {
                 continue;
             }
             let rows = std::mem::take(&mut self.pending[t]);
-            let st = self.stmt(&format!("COPY {table} ({cols}) FROM STDIN (FORMAT binary)"))?;
+            let st = self.stmt(copy)?;
             let sink = self.tx.copy_in(&st).map_err(db_err)?;
             let mut w = BinaryCopyInWriter::new(sink, types);
             for row in &rows {
